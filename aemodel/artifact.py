@@ -1,0 +1,158 @@
+"""The model artefact: everything scoring needs, under one directory or object prefix.
+
+Layout at ``MODEL_URI``::
+
+    model.safetensors   weights (safetensors: loading never unpickles anything)
+    model.json          model config, column schema, preprocessing statistics, threshold,
+                        validation error distribution, training history, checksums
+    _SUCCESS            written last; an artefact without it is incomplete and refused
+
+Any fsspec URI works (local path, ``file://``, ``s3://``, ``gs://``, ``memory://``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import fsspec
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from aemodel.model import AutoencoderConfig, TabularAutoencoder
+from aemodel.preprocess import Preprocessor
+
+FORMAT = "aescore-model"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "model.json"
+SUCCESS_FILE = "_SUCCESS"
+
+
+class ArtifactError(ValueError):
+    """A model artefact is missing, incomplete, tampered with or of another format."""
+
+
+@dataclass
+class ModelArtifact:
+    """A trained model with its preprocessing and reference statistics.
+
+    Attributes:
+        model_config: Network shape.
+        preprocessor: Fitted preprocessing, including the column schema.
+        state_dict: Weights.
+        threshold: Anomaly threshold on ``recon_error`` and how it was chosen.
+        reference: Validation error distribution (``ErrorStats.summary()``).
+        history: Per-epoch training and validation loss.
+        train_config: The training job's config, for provenance.
+        created_at: UTC ISO timestamp.
+        version: Content hash of weights and metadata, set on save/load.
+    """
+
+    model_config: AutoencoderConfig
+    preprocessor: Preprocessor
+    state_dict: dict[str, torch.Tensor]
+    threshold: dict = field(default_factory=dict)
+    reference: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    train_config: dict = field(default_factory=dict)
+    created_at: str = ""
+    version: str = ""
+
+    def build_model(self) -> TabularAutoencoder:
+        """The network with its weights loaded, in eval mode."""
+        model = TabularAutoencoder(self.model_config)
+        model.load_state_dict(self.state_dict, strict=True)
+        return model.eval()
+
+    @property
+    def threshold_value(self) -> float | None:
+        return self.threshold.get("value")
+
+
+def _join(uri: str, name: str) -> str:
+    return uri.rstrip("/") + "/" + name
+
+
+def save_artifact(art: ModelArtifact, uri: str, storage_options: dict | None = None) -> str:
+    """Write the artefact to ``uri`` (replacing any artefact there) and return its version."""
+    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    # Invalidate first: a reader never sees new weights beside old metadata as complete.
+    if fs.exists(_join(path, SUCCESS_FILE)):
+        fs.rm(_join(path, SUCCESS_FILE))
+    fs.makedirs(path, exist_ok=True)
+    weights = save_safetensors({k: v.detach().cpu().contiguous() for k, v in art.state_dict.items()})
+    weights_sha = hashlib.sha256(weights).hexdigest()
+    art.created_at = art.created_at or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_config": art.model_config.to_dict(),
+        "preprocessor": art.preprocessor.to_dict(),
+        "threshold": art.threshold,
+        "reference": art.reference,
+        "history": art.history,
+        "train_config": art.train_config,
+        "created_at": art.created_at,
+        "files": {WEIGHTS_FILE: {"sha256": weights_sha, "bytes": len(weights)}},
+    }
+    body = json.dumps(meta, sort_keys=True).encode()
+    art.version = hashlib.sha256(body).hexdigest()[:16]
+    meta["version"] = art.version
+    with fs.open(_join(path, WEIGHTS_FILE), "wb") as f:
+        f.write(weights)
+    with fs.open(_join(path, META_FILE), "wb") as f:
+        f.write(json.dumps(meta, indent=2, sort_keys=True).encode())
+    with fs.open(_join(path, SUCCESS_FILE), "wb") as f:
+        f.write(art.version.encode())
+    return art.version
+
+
+def load_artifact(uri: str, storage_options: dict | None = None) -> ModelArtifact:
+    """Read and verify an artefact.
+
+    Raises:
+        ArtifactError: No complete artefact at ``uri``, a checksum mismatch, or an
+            unknown format.
+    """
+    try:
+        fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+        if not fs.exists(_join(path, SUCCESS_FILE)):
+            raise ArtifactError(f"no complete model artefact at {uri} (missing {SUCCESS_FILE}; "
+                                "was training interrupted, or is the path wrong?)")
+        with fs.open(_join(path, META_FILE), "rb") as f:
+            meta = json.loads(f.read())
+        with fs.open(_join(path, WEIGHTS_FILE), "rb") as f:
+            weights = f.read()
+    except FileNotFoundError as e:
+        raise ArtifactError(f"model artefact at {uri} is incomplete: {e}") from e
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"model artefact at {uri}: {META_FILE} is not valid JSON ({e})") from e
+    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(f"{uri} is not an {FORMAT} v{FORMAT_VERSION} artefact")
+    body = json.dumps({k: v for k, v in meta.items() if k != "version"}, sort_keys=True).encode()
+    if hashlib.sha256(body).hexdigest()[:16] != meta.get("version"):
+        raise ArtifactError(f"model artefact at {uri}: {META_FILE} does not match its version hash "
+                            "(edited or tampered)")
+    expected = meta["files"][WEIGHTS_FILE]["sha256"]
+    if hashlib.sha256(weights).hexdigest() != expected:
+        raise ArtifactError(f"model artefact at {uri}: {WEIGHTS_FILE} does not match its checksum "
+                            "in model.json (corrupt or tampered)")
+    try:
+        state = load_safetensors(weights)
+    except Exception as e:  # safetensors raises its own error types
+        raise ArtifactError(f"model artefact at {uri}: cannot read {WEIGHTS_FILE}: {e}") from e
+    return ModelArtifact(
+        model_config=AutoencoderConfig(**meta["model_config"]),
+        preprocessor=Preprocessor.from_dict(meta["preprocessor"]),
+        state_dict=state,
+        threshold=meta["threshold"],
+        reference=meta["reference"],
+        history=meta["history"],
+        train_config=meta["train_config"],
+        created_at=meta["created_at"],
+        version=meta["version"],
+    )

@@ -1,0 +1,285 @@
+"""Preprocessing fitted on training data only, from mergeable partial statistics.
+
+Fitting is two steps so that it runs distributed without pulling rows anywhere:
+``partial_stats`` summarises one batch (a Ray Data block, a Parquet file), ``merge_stats``
+combines summaries, ``Preprocessor.fit`` turns the merged summary into parameters.
+
+Missing-value policy (documented in the README): null, NaN and +/-inf cells are missing.
+A missing cell is imputed from training statistics (numeric: the training mean, binary:
+the majority value, categorical: the most frequent category) so the encoder sees a
+plausible input, is excluded from the row's reconstruction error, and is counted in
+``missing_cells``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from aemodel.schema import ColumnSpec, SchemaError
+
+OTHER_CATEGORY = "<other>"
+# Keep at most this many distinct values per column in a partial summary, so an
+# id-like column cannot blow up memory; the tail only ever lands in <other>.
+MAX_TRACKED_VALUES = 10_000
+
+
+@dataclass
+class PreprocessConfig:
+    """How statistics become preprocessing parameters."""
+
+    clip_sigma: float = 10.0
+    """Standardised numeric values are clipped to +/- this many training std devs."""
+    min_scale_ratio: float = 1e-3
+    """Scale floor relative to max(|mean|, 1): constant columns do not blow up the error."""
+    max_categories: int = 64
+    """Most frequent values kept per categorical column; the rest map to <other>."""
+    min_category_count: int = 5
+    """A value seen fewer times in training maps to <other>."""
+    min_entropy: float = 0.05
+    """Floor (nats) on the constant-predictor loss used to normalise binary/categorical losses."""
+
+    def __post_init__(self) -> None:
+        if self.clip_sigma <= 0 or self.min_scale_ratio <= 0 or self.min_entropy <= 0:
+            raise ValueError("clip_sigma, min_scale_ratio and min_entropy must be > 0")
+        if self.max_categories < 1 or self.min_category_count < 1:
+            raise ValueError("max_categories and min_category_count must be >= 1")
+
+
+def _numeric_values(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Float64 values with every missing cell (null, NaN, inf) as NaN."""
+    if pa.types.is_null(col.type):
+        return np.full(len(col), np.nan)
+    arr = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+    arr = np.array(arr, dtype=np.float64, copy=True)
+    arr[~np.isfinite(arr)] = np.nan
+    return arr
+
+
+def _string_values(col: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(col.type.value_type)
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        col = pc.cast(col, pa.string())
+    return col
+
+
+def _binary_values(col: pa.ChunkedArray | pa.Array, name: str) -> np.ndarray:
+    vals = _numeric_values(col)
+    bad = ~np.isnan(vals) & (vals != 0) & (vals != 1)
+    if bad.any():
+        raise SchemaError(f"binary column {name!r} has values other than 0/1 (e.g. {vals[bad][0]})")
+    return vals
+
+
+def partial_stats(table: pa.Table, specs: list[ColumnSpec]) -> dict:
+    """Mergeable summary of one batch: counts, moments, category counts per column."""
+    out: dict[str, dict] = {}
+    for s in specs:
+        col = table.column(s.name)
+        if s.kind == "numeric":
+            v = _numeric_values(col)
+            ok = v[~np.isnan(v)]
+            n = int(ok.size)
+            mean = float(ok.mean()) if n else 0.0
+            out[s.name] = {"n": n, "mean": mean, "m2": float(((ok - mean) ** 2).sum()) if n else 0.0,
+                           "min": float(ok.min()) if n else None, "max": float(ok.max()) if n else None,
+                           "missing": int(v.size - n)}
+        elif s.kind == "binary":
+            v = _binary_values(col, s.name)
+            ok = v[~np.isnan(v)]
+            out[s.name] = {"n": int(ok.size), "pos": int(ok.sum()), "missing": int(v.size - ok.size)}
+        else:
+            vc = pc.value_counts(_string_values(col))
+            values = vc.field("values").to_pylist()
+            counts = vc.field("counts").to_pylist()
+            d = {v: c for v, c in zip(values, counts) if v is not None}
+            missing = sum(c for v, c in zip(values, counts) if v is None)
+            out[s.name] = {"counts": _cap_counts(d), "n": int(len(col) - missing), "missing": int(missing)}
+    out["__rows__"] = {"n": table.num_rows}
+    return out
+
+
+def _cap_counts(d: dict[str, int]) -> dict[str, int]:
+    if len(d) <= MAX_TRACKED_VALUES:
+        return d
+    return dict(sorted(d.items(), key=lambda kv: -kv[1])[:MAX_TRACKED_VALUES])
+
+
+def merge_stats(a: dict, b: dict) -> dict:
+    """Combine two summaries from ``partial_stats`` (associative, commutative)."""
+    out: dict[str, dict] = {}
+    for name in a:
+        x, y = a[name], b[name]
+        if "mean" in x:
+            n = x["n"] + y["n"]
+            if n == 0:
+                out[name] = dict(x, missing=x["missing"] + y["missing"])
+                continue
+            delta = y["mean"] - x["mean"]
+            mean = x["mean"] + delta * y["n"] / n
+            m2 = x["m2"] + y["m2"] + delta * delta * x["n"] * y["n"] / n
+            mins = [v for v in (x["min"], y["min"]) if v is not None]
+            maxs = [v for v in (x["max"], y["max"]) if v is not None]
+            out[name] = {"n": n, "mean": mean, "m2": m2, "min": min(mins), "max": max(maxs),
+                         "missing": x["missing"] + y["missing"]}
+        elif "pos" in x:
+            out[name] = {k: x[k] + y[k] for k in x}
+        elif "counts" in x:
+            counts = dict(x["counts"])
+            for k, c in y["counts"].items():
+                counts[k] = counts.get(k, 0) + c
+            out[name] = {"counts": _cap_counts(counts), "n": x["n"] + y["n"],
+                         "missing": x["missing"] + y["missing"]}
+        else:
+            out[name] = {"n": x["n"] + y["n"]}
+    return out
+
+
+def _entropy(probs: np.ndarray) -> float:
+    p = probs[probs > 0]
+    return float(-(p * np.log(p)).sum())
+
+
+@dataclass
+class Preprocessor:
+    """Fitted preprocessing: turns an Arrow table into model tensors.
+
+    Attributes:
+        specs: Feature columns in model order (numeric, binary, categorical).
+        numeric: Per numeric column: mean, scale (std with a floor), training std.
+        binary: Per binary column: training rate of 1s and the imputation value.
+        categorical: Per categorical column: vocabulary (the last entry is <other>),
+            training frequency of each entry, imputation index.
+        baselines: Per column, in model order, the loss of the best constant predictor
+            fitted on training data; each column's loss is divided by it.
+        config: The options used for fitting.
+        train_rows: Rows seen when fitting.
+    """
+
+    specs: list[ColumnSpec]
+    numeric: dict[str, dict] = field(default_factory=dict)
+    binary: dict[str, dict] = field(default_factory=dict)
+    categorical: dict[str, dict] = field(default_factory=dict)
+    baselines: list[float] = field(default_factory=list)
+    config: PreprocessConfig = field(default_factory=PreprocessConfig)
+    train_rows: int = 0
+
+    @classmethod
+    def fit(cls, specs: list[ColumnSpec], stats: dict, config: PreprocessConfig | None = None) -> Preprocessor:
+        """Parameters from merged training statistics.
+
+        Raises:
+            SchemaError: A feature column has no observed value at all in training.
+        """
+        config = config or PreprocessConfig()
+        pp = cls(specs=specs, config=config, train_rows=int(stats["__rows__"]["n"]))
+        for s in specs:
+            st = stats[s.name]
+            observed = st["n"]
+            if observed == 0:
+                raise SchemaError(f"column {s.name!r} has no non-missing value in the training data; "
+                                  "exclude it (--exclude-columns) or fix the data")
+            if s.kind == "numeric":
+                std = math.sqrt(st["m2"] / st["n"])
+                floor = config.min_scale_ratio * max(abs(st["mean"]), 1.0)
+                pp.numeric[s.name] = {"mean": st["mean"], "scale": max(std, floor), "std": std,
+                                      "min": st["min"], "max": st["max"]}
+                pp.baselines.append(1.0)  # predicting the mean of a standardised column costs 1
+            elif s.kind == "binary":
+                rate = st["pos"] / st["n"]
+                pp.binary[s.name] = {"rate": rate, "fill": 1.0 if rate >= 0.5 else 0.0}
+                h = _entropy(np.array([rate, 1 - rate]))
+                pp.baselines.append(max(h, config.min_entropy))
+            else:
+                ranked = sorted(st["counts"].items(), key=lambda kv: (-kv[1], kv[0]))
+                vocab = [v for v, c in ranked[: config.max_categories] if c >= config.min_category_count]
+                if not vocab:  # every value rare: keep the most frequent so the column means something
+                    vocab = [ranked[0][0]]
+                kept = sum(st["counts"][v] for v in vocab)
+                freq = np.array([st["counts"][v] for v in vocab] + [observed - kept], dtype=np.float64)
+                freq /= freq.sum()
+                pp.categorical[s.name] = {"vocab": vocab + [OTHER_CATEGORY], "freq": freq.tolist(),
+                                          "fill": 0, "distinct": len(st["counts"])}
+                pp.baselines.append(max(_entropy(freq), config.min_entropy))
+        return pp
+
+    @property
+    def numeric_names(self) -> list[str]:
+        return [s.name for s in self.specs if s.kind == "numeric"]
+
+    @property
+    def binary_names(self) -> list[str]:
+        return [s.name for s in self.specs if s.kind == "binary"]
+
+    @property
+    def categorical_names(self) -> list[str]:
+        return [s.name for s in self.specs if s.kind == "categorical"]
+
+    @property
+    def category_sizes(self) -> list[int]:
+        return [len(self.categorical[n]["vocab"]) for n in self.categorical_names]
+
+    def transform(self, table: pa.Table) -> dict[str, np.ndarray]:
+        """Encode a table for the model.
+
+        Returns:
+            ``x_num`` float32 [B, n_numeric] standardised and clipped; ``x_bin`` float32
+            [B, n_binary]; ``x_cat`` int64 [B, n_categorical] vocabulary indices;
+            ``observed`` float32 [B, n_columns], 0 where the cell was missing;
+            ``missing_cells`` and ``unseen_cells`` int32 [B].
+        """
+        n = table.num_rows
+        clip = self.config.clip_sigma
+        x_num = np.zeros((n, len(self.numeric_names)), dtype=np.float32)
+        x_bin = np.zeros((n, len(self.binary_names)), dtype=np.float32)
+        x_cat = np.zeros((n, len(self.categorical_names)), dtype=np.int64)
+        observed = np.ones((n, len(self.specs)), dtype=np.float32)
+        unseen = np.zeros(n, dtype=np.int32)
+        j = 0
+        for i, name in enumerate(self.numeric_names):
+            p = self.numeric[name]
+            v = _numeric_values(table.column(name))
+            miss = np.isnan(v)
+            z = np.clip((v - p["mean"]) / p["scale"], -clip, clip)
+            z[miss] = 0.0
+            x_num[:, i] = z
+            observed[:, j] = ~miss
+            j += 1
+        for i, name in enumerate(self.binary_names):
+            v = _binary_values(table.column(name), name)
+            miss = np.isnan(v)
+            v[miss] = self.binary[name]["fill"]
+            x_bin[:, i] = v
+            observed[:, j] = ~miss
+            j += 1
+        for i, name in enumerate(self.categorical_names):
+            p = self.categorical[name]
+            strings = _string_values(table.column(name))
+            known = pa.array(p["vocab"][:-1], type=pa.string())
+            idx = pc.index_in(strings, value_set=known)
+            miss = pc.is_null(strings).to_numpy(zero_copy_only=False)
+            codes = pc.fill_null(idx, len(p["vocab"]) - 1).to_numpy(zero_copy_only=False).astype(np.int64)
+            unseen += (~miss & (codes == len(p["vocab"]) - 1)).astype(np.int32)
+            codes[miss] = p["fill"]
+            x_cat[:, i] = codes
+            observed[:, j] = ~miss
+            j += 1
+        missing = (observed.shape[1] - observed.sum(axis=1)).astype(np.int32)
+        return {"x_num": x_num, "x_bin": x_bin, "x_cat": x_cat, "observed": observed,
+                "missing_cells": missing, "unseen_cells": unseen}
+
+    def to_dict(self) -> dict:
+        return {"specs": [s.to_dict() for s in self.specs], "numeric": self.numeric,
+                "binary": self.binary, "categorical": self.categorical, "baselines": self.baselines,
+                "config": asdict(self.config), "train_rows": self.train_rows}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocessor:
+        return cls(specs=[ColumnSpec.from_dict(s) for s in d["specs"]], numeric=d["numeric"],
+                   binary=d["binary"], categorical=d["categorical"], baselines=list(d["baselines"]),
+                   config=PreprocessConfig(**d["config"]), train_rows=int(d["train_rows"]))

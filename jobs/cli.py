@@ -1,0 +1,63 @@
+"""The ``aescore`` command: ``aescore {train,score,demo} [flags]``.
+
+Exit code 0 on success; otherwise one ``error: ...`` line on stderr and exit code 2 for
+bad configuration or input, 1 for any other failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+from jobs.errors import describe
+
+_USAGE = """usage: aescore {train,score,demo} [--help] [flags]
+
+  train   fit the autoencoder with Ray Train and write a model artefact
+  score   score Parquet shards with a model artefact (rows/ + summary.json)
+  demo    generate mixed-type data with injected anomalies, train, score, report AUROC
+"""
+
+_INPUT_ERRORS = ("InputError", "SchemaError", "ArtifactError", "ConfigError")
+
+
+def run_cli(job: Callable[[], str]) -> int:
+    """Run ``job`` (which returns the final one-line result) with the CLI's error contract."""
+    try:
+        line = job()
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except BaseException as e:  # noqa: BLE001 - every failure becomes one line
+        logging.getLogger("aescore").debug("job failed", exc_info=True)
+        print(f"error: {describe(e)}", file=sys.stderr)
+        names = {cls.__name__ for cls in type(e).__mro__}
+        return 2 if names & set(_INPUT_ERRORS) else 1
+    print(line, flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch ``aescore SUBCOMMAND ...`` to the job's ``main``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        from jobs.train import main as job_main
+    elif command == "score":
+        from jobs.score import main as job_main
+    elif command == "demo":
+        from jobs.demo import main as job_main
+    else:
+        print(f"error: unknown command {command!r}\n{_USAGE}", file=sys.stderr)
+        return 2
+    return job_main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""User-facing errors and how the CLI turns any failure into one ``error: ...`` line."""
+
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """Input data or paths are unusable (missing, empty, corrupt, wrong schema)."""
+
+
+class TrainingError(RuntimeError):
+    """Training ran but produced no usable model (NaN loss, no data reached the model)."""
+
+
+# Errors whose message is written for the user and is shown as is.
+_USER_ERRORS = ("InputError", "SchemaError", "ArtifactError", "ConfigError", "TrainingError")
+
+
+def _causes(exc: BaseException):
+    seen: set[int] = set()
+    stack = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        # Ray wraps task errors (RayTaskError.cause) and Train wraps worker errors.
+        stack.extend([getattr(e, "cause", None), e.__cause__, e.__context__])
+        for attr in ("worker_failures", "_worker_failures"):
+            failures = getattr(e, attr, None)
+            if isinstance(failures, dict):
+                stack.extend(v for v in failures.values() if isinstance(v, BaseException))
+        wrapped = getattr(e, "_error", None)
+        if isinstance(wrapped, BaseException):
+            stack.append(wrapped)
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line message for ``exc``: the innermost user-facing error if there is one."""
+    for e in _causes(exc):
+        if type(e).__name__.startswith("RayTaskError"):
+            continue  # its message is a remote traceback; its cause is the real error
+        if any(cls.__name__ in _USER_ERRORS for cls in type(e).__mro__):
+            return " ".join(str(e).split())
+    first = " ".join(str(exc).split())
+    if len(first) > 500:
+        first = first[:500] + "..."
+    return f"{type(exc).__name__}: {first}"

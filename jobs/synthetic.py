@@ -1,0 +1,83 @@
+"""Synthetic mixed-type tabular data with injected anomalies (demo, tests, benchmarks).
+
+Normal rows come from a low-dimensional latent model, so their columns are correlated
+and an autoencoder can compress them. Anomalous rows break that structure: each of them
+takes its column values from unrelated rows (marginals unchanged, joint structure gone),
+and some also get an out-of-range value. The label column is never a feature.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from jobs.storage import url_to_fs
+
+LABEL = "is_injected_anomaly"
+ROW_ID = "row_id"
+N_NUMERIC, N_BINARY, CATEGORY_SIZES = 8, 3, (4, 6)
+
+
+def make_mixed_table(n_rows: int, seed: int = 0, anomaly_fraction: float = 0.03, start_id: int = 0,
+                     missing_fraction: float = 0.01) -> pa.Table:
+    """``n_rows`` rows: row_id, 8 numeric (mixed scales, one near-constant), 3 bool, 2 string columns, label.
+
+    The structure (loadings) depends only on a fixed seed, so tables made with different
+    ``seed`` values are samples of the same distribution.
+    """
+    structure = np.random.default_rng(12345)
+    rng = np.random.default_rng(seed)
+    k = 3
+    w_num = structure.normal(size=(k, N_NUMERIC))
+    w_bin = structure.normal(size=(k, N_BINARY))
+    w_cat = [structure.normal(size=(k, c)) * 2.0 for c in CATEGORY_SIZES]
+    scales = np.array([1.0, 10.0, 1000.0, 0.01, 5.0, 1.0, 100.0, 1.0])
+    offsets = np.array([0.0, 50.0, 1e4, 0.0, -3.0, 1.0, 0.0, 0.0])
+
+    z = rng.normal(size=(n_rows, k))
+    num = (z @ w_num + 0.1 * rng.normal(size=(n_rows, N_NUMERIC))) * scales + offsets
+    num[:, 7] = 42.0 + 1e-9 * rng.normal(size=n_rows)  # near-constant column
+    bins = (z @ w_bin + 0.2 * rng.normal(size=(n_rows, N_BINARY))) > 0
+    cats = [np.argmax(z @ w + 0.3 * rng.gumbel(size=(n_rows, w.shape[1])), axis=1) for w in w_cat]
+
+    labels = rng.random(n_rows) < anomaly_fraction
+    idx = np.flatnonzero(labels)
+    if idx.size:
+        def donor() -> np.ndarray:
+            return rng.integers(0, n_rows, size=idx.size)
+        for j in range(N_NUMERIC - 1):
+            num[idx, j] = num[donor(), j]
+        for j in range(N_BINARY):
+            bins[idx, j] = bins[donor(), j]
+        for c in cats:
+            c[idx] = c[donor()]
+        extreme = idx[rng.random(idx.size) < 0.3]
+        num[extreme, 0] += rng.choice([-6.0, 6.0], size=extreme.size) * scales[0] * 3
+
+    cols: dict[str, pa.Array] = {ROW_ID: pa.array(np.arange(start_id, start_id + n_rows, dtype=np.int64))}
+    missing = rng.random(n_rows) < missing_fraction
+    for j in range(N_NUMERIC):
+        cols[f"num_{j}"] = pa.array(num[:, j], mask=missing if j == 1 else None)
+    for j in range(N_BINARY):
+        cols[f"flag_{j}"] = pa.array(bins[:, j])
+    for i, c in enumerate(cats):
+        cols[f"cat_{i}"] = pa.array([f"c{i}_{v}" for v in c])
+    cols[LABEL] = pa.array(labels)
+    return pa.table(cols)
+
+
+def write_shards(table: pa.Table, uri: str, n_shards: int, storage_options: dict | None = None) -> list[str]:
+    """Write ``table`` as ``n_shards`` Parquet files under ``uri`` (replacing what is there)."""
+    fs, path = url_to_fs(uri, storage_options)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+    fs.makedirs(path, exist_ok=True)
+    bounds = np.linspace(0, table.num_rows, n_shards + 1).astype(int)
+    out = []
+    for i in range(n_shards):
+        p = f"{path.rstrip('/')}/part-{i:05d}.parquet"
+        with fs.open(p, "wb") as f:
+            pq.write_table(table.slice(bounds[i], bounds[i + 1] - bounds[i]), f)
+        out.append(fs.unstrip_protocol(p))
+    return out

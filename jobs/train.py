@@ -1,0 +1,413 @@
+"""Train the autoencoder with Ray Train and write one model artefact.
+
+Submit to a Ray cluster (from the repository root)::
+
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
+        python -m jobs.train --data s3://bucket/train/ --out s3://bucket/models/ae-v1 \\
+        --num-workers 4 --use-gpu --storage-path s3://bucket/ray-train
+
+Locally: ``aescore train --data ./data/train --out ./model`` (starts a private local Ray).
+
+Layers: ``train_step``/``eval_step`` are plain torch; ``train_loop_per_worker`` holds every
+``ray.train`` call; ``run(cfg)`` builds datasets, fits preprocessing, trains, computes
+the validation error distribution and saves the artefact; ``main()`` parses the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ray.train
+import ray.train.torch
+import numpy as np
+import torch
+from ray.train.torch import TorchTrainer
+
+from aemodel import (AutoencoderConfig, ModelArtifact, Preprocessor, TabularAutoencoder, batch_loss,
+                     check_schema, column_losses, resolve_columns, row_errors, save_artifact)
+from aemodel.metrics import ErrorStats, histogram_edges
+from aemodel.model import Activation
+from aemodel.preprocess import PreprocessConfig
+from jobs.config import config_to_dict, parse_config
+from jobs.datasets import encode, hash_split, open_parquet_input
+from jobs.errors import TrainingError
+from jobs.ray_runtime import ColumnStatsAggregate, ensure_ray
+
+
+@dataclass
+class TrainConfig:
+    """Options of ``aescore train``."""
+
+    data: str
+    """Training Parquet: a file, a directory/prefix of shards, or a glob (any fsspec URI)."""
+    out: str
+    """Where to write the model artefact (directory or object prefix); replaced if present."""
+    val_data: str | None = None
+    """Separate validation Parquet; if unset, a deterministic row-hash split of --data."""
+    val_fraction: float = 0.1
+    """Fraction of --data rows held out for validation when --val-data is unset."""
+    feature_columns: list[str] = field(default_factory=list)
+    """Columns to use as features (comma-separated); empty means every supported column."""
+    exclude_columns: list[str] = field(default_factory=list)
+    """Columns never used as features: ids, labels, timestamps (comma-separated)."""
+    column_types: dict[str, str] = field(default_factory=dict)
+    """Override inferred column types, e.g. zip=categorical,flag=binary."""
+    num_workers: int = 1
+    """Ray Train workers (data-parallel replicas)."""
+    use_gpu: bool = False
+    """One GPU per worker."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per worker; keep it below the node's CPUs so Ray Data can read."""
+    epochs: int = 40
+    """Maximum epochs; early stopping usually ends training sooner."""
+    batch_size: int = 256
+    """Rows per optimizer step per worker."""
+    learning_rate: float = 2e-3
+    """AdamW learning rate."""
+    weight_decay: float = 1e-5
+    """AdamW weight decay."""
+    latent_dim: int = 8
+    """Bottleneck width: too small loses detail, too large can copy the input."""
+    hidden_dims: list[int] = field(default_factory=lambda: [64, 32])
+    """Encoder hidden layer widths (the decoder mirrors them)."""
+    activation: Activation = "relu"
+    """Activation function: relu, gelu, silu or tanh."""
+    dropout: float = 0.0
+    """Dropout rate after hidden layers."""
+    patience: int = 5
+    """Stop after this many epochs without validation improvement."""
+    min_delta: float = 1e-3
+    """Relative validation-loss improvement that counts as progress."""
+    threshold_quantile: float = 0.99
+    """Default anomaly threshold: this quantile of validation reconstruction error."""
+    clip_sigma: float = 10.0
+    """Clip standardised numeric values to +/- this many training standard deviations."""
+    max_categories: int = 64
+    """Most frequent values kept per categorical column (the rest become <other>)."""
+    min_category_count: int = 5
+    """Values seen fewer times in training become <other>."""
+    materialize: bool = True
+    """Cache the encoded training data in the Ray object store instead of re-reading every epoch."""
+    storage_path: str | None = None
+    """Ray Train checkpoint storage (shared storage such as s3:// on multi-node clusters)."""
+    run_name: str | None = None
+    """Ray Train run name (default: aescore-train-<timestamp>)."""
+    max_failures: int = 0
+    """Worker failures Ray Train recovers from by restarting from the last checkpoint."""
+    seed: int = 0
+    """Random seed for weights and shuffling."""
+    ray_address: str | None = None
+    """Ray cluster address; default RAY_ADDRESS if set, else a private local Ray."""
+
+    def __post_init__(self) -> None:
+        if not self.data or not self.out:
+            raise ValueError("--data and --out are required")
+        checks = [
+            (0.0 < self.val_fraction < 1.0, f"val_fraction must be in (0, 1), got {self.val_fraction}"),
+            (self.num_workers >= 1, f"num_workers must be >= 1, got {self.num_workers}"),
+            (self.cpus_per_worker > 0, f"cpus_per_worker must be > 0, got {self.cpus_per_worker}"),
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (self.latent_dim >= 1, f"latent_dim must be >= 1, got {self.latent_dim}"),
+            (all(h >= 1 for h in self.hidden_dims), f"hidden_dims must be >= 1, got {self.hidden_dims}"),
+            (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
+            (self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
+            (self.min_delta >= 0, f"min_delta must be >= 0, got {self.min_delta}"),
+            (0.5 <= self.threshold_quantile < 1.0, f"threshold_quantile must be in [0.5, 1), got {self.threshold_quantile}"),
+            (self.max_failures >= 0, f"max_failures must be >= 0, got {self.max_failures}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+        overlap = set(self.feature_columns) & set(self.exclude_columns)
+        if overlap:
+            raise ValueError(f"columns both featured and excluded: {sorted(overlap)}")
+        self.preprocess_config()  # validates clip_sigma, max_categories, ...
+        for col, kind in self.column_types.items():
+            if kind not in ("numeric", "binary", "categorical"):
+                raise ValueError(f"column_types: {col}={kind}: unknown column type (numeric, binary, categorical)")
+
+    def preprocess_config(self) -> PreprocessConfig:
+        return PreprocessConfig(clip_sigma=self.clip_sigma, max_categories=self.max_categories,
+                                min_category_count=self.min_category_count)
+
+
+# --- layer 1: pure torch ---------------------------------------------------------------
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
+               baselines: torch.Tensor) -> float:
+    """One optimizer step on an encoded batch; returns the batch's mean row error."""
+    model.train()
+    recon = model(batch["x_num"], batch["x_bin"], batch["x_cat"])
+    loss = batch_loss(column_losses(recon, batch["x_num"], batch["x_bin"], batch["x_cat"], baselines),
+                      batch["observed"])
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def eval_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], baselines: torch.Tensor) -> tuple[float, int]:
+    """Sum of row errors and row count of an encoded batch, without gradients."""
+    model.eval()
+    with torch.inference_mode():
+        recon = model(batch["x_num"], batch["x_bin"], batch["x_cat"])
+        err = row_errors(column_losses(recon, batch["x_num"], batch["x_bin"], batch["x_cat"], baselines),
+                         batch["observed"])
+    return float(err.sum()), int(err.shape[0])
+
+
+# --- layer 2: everything that talks to ray.train ----------------------------------------
+
+def _global_sums(values: list[float], device: torch.device) -> list[float]:
+    """Sum ``values`` over all workers (identity with one worker)."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def _gather(obj: object) -> list:
+    """Every worker's ``obj`` (a one-element list with one worker)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [obj]
+    out: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def validation_reference(model: torch.nn.Module, val_shard, device: torch.device, baselines: torch.Tensor,
+                         quantile: float) -> tuple[dict, dict]:
+    """Validation error distribution and the default threshold, computed by all workers.
+
+    Each worker scores its shard of the validation split; sketches are merged to find the
+    ``quantile`` threshold, then exact counts are merged with that threshold. The
+    threshold thus comes from held-out training-time data only, never from scored data.
+    """
+    errs = []
+    for batch in val_shard.iter_torch_batches(batch_size=8192, device=device, prefetch_batches=2):
+        model.eval()
+        with torch.inference_mode():
+            recon = model(batch["x_num"], batch["x_bin"], batch["x_cat"])
+            err = row_errors(column_losses(recon, batch["x_num"], batch["x_bin"], batch["x_cat"], baselines),
+                             batch["observed"])
+        errs.append(err.float().cpu().numpy())
+    local = np.concatenate(errs) if errs else np.zeros(0, dtype=np.float32)
+    edges = histogram_edges()
+    merged = ErrorStats(edges=edges)
+    for part in _gather(ErrorStats(edges=edges).update(local)):
+        merged.merge(part)
+    threshold = merged.quantiles([quantile])[0]
+    merged = ErrorStats(edges=edges, threshold=threshold)
+    for part in _gather(ErrorStats(edges=edges, threshold=threshold).update(local)):
+        merged.merge(part)
+    return merged.summary(), {"value": threshold, "method": "validation_quantile", "quantile": quantile,
+                              "validation_rows": merged.count}
+
+
+def _report(metrics: dict, rank: int, state: dict, extra_files: dict[str, dict] | None = None) -> None:
+    """``ray.train.report`` with a checkpoint written by rank 0 (weights are replicated)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = None
+        if rank == 0:
+            torch.save(state, Path(tmp) / "state.pt")
+            for name, content in (extra_files or {}).items():
+                (Path(tmp) / name).write_text(json.dumps(content))
+            ckpt = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=ckpt)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train loop: epochs of train/validation, global metrics, early stopping, checkpoints.
+
+    Every worker computes the same global losses (all-reduced), so every worker takes the
+    same stop decision and calls ``ray.train.report`` the same number of times. The last
+    checkpoint holds the best weights and the validation reference (``reference.json``).
+    """
+    torch.manual_seed(config["seed"])
+    torch.set_num_threads(config["torch_threads"])
+    device = ray.train.torch.get_device()
+    model = ray.train.torch.prepare_model(TabularAutoencoder(AutoencoderConfig(**config["model_config"])))
+    raw_model = model.module if hasattr(model, "module") else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"],
+                                  weight_decay=config["weight_decay"])
+    baselines = torch.tensor(config["baselines"], dtype=torch.float32, device=device)
+
+    start_epoch, best_val, bad_epochs, history = 0, math.inf, 0, []
+    best_state = {k: v.detach().clone() for k, v in raw_model.state_dict().items()}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:  # resuming after a worker failure
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / "state.pt", weights_only=True, map_location=device)
+        raw_model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        best_state, history = state["best_model"], state["history"]
+        start_epoch, best_val, bad_epochs = state["epoch"] + 1, state["best_val"], state["bad_epochs"]
+
+    def snapshot(epoch: int) -> dict:
+        return {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "best_model": best_state,
+                "history": history, "epoch": epoch, "best_val": best_val, "bad_epochs": bad_epochs}
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    rank = ray.train.get_context().get_world_rank()
+    last_report = time.monotonic()
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, config["epochs"]):
+        t0 = time.perf_counter()
+        tr_sum, tr_n = 0.0, 0
+        for batch in train_shard.iter_torch_batches(
+                batch_size=config["batch_size"], device=device, prefetch_batches=2,
+                local_shuffle_buffer_size=config["batch_size"] * 8, local_shuffle_seed=config["seed"] + epoch):
+            n = batch["x_num"].shape[0]
+            tr_sum += train_step(model, optimizer, batch, baselines) * n
+            tr_n += n
+        va_sum, va_n = 0.0, 0
+        for batch in val_shard.iter_torch_batches(batch_size=8192, device=device, prefetch_batches=2):
+            s, n = eval_step(model, batch, baselines)
+            va_sum, va_n = va_sum + s, va_n + n
+        # Ray Train V2 takes one report per controller poll (~2 s), so reporting after every
+        # short epoch would stall training: report when rank 0's clock says a poll is due
+        # (shared through the all-reduce, so every worker agrees), and at the end.
+        due = float(rank == 0 and time.monotonic() - last_report >= config["report_interval_s"])
+        tr_sum, tr_n, va_sum, va_n, due = _global_sums([tr_sum, tr_n, va_sum, va_n, due], device)
+        if tr_n == 0 or va_n == 0:
+            raise TrainingError(f"no rows reached training (train={tr_n:.0f}, validation={va_n:.0f})")
+        train_loss, val_loss = tr_sum / tr_n, va_sum / va_n
+        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+            raise TrainingError(f"loss became {train_loss} (train) / {val_loss} (validation) at epoch {epoch}; "
+                                "lower --learning-rate or check the data for extreme values")
+        if val_loss < best_val * (1.0 - config["min_delta"]):
+            best_val, bad_epochs = val_loss, 0
+            best_state = {k: v.detach().clone() for k, v in raw_model.state_dict().items()}
+        else:
+            bad_epochs += 1
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                        "seconds": time.perf_counter() - t0, "train_rows": int(tr_n), "val_rows": int(va_n)})
+        if bad_epochs >= config["patience"]:
+            break
+        if due:
+            last_report = time.monotonic()
+            _report({**history[-1], "best_val_loss": best_val}, rank, snapshot(epoch))
+
+    raw_model.load_state_dict(best_state)
+    reference, threshold = validation_reference(raw_model, val_shard, device, baselines,
+                                                config["threshold_quantile"])
+    final = {**history[-1], "best_val_loss": best_val, "finished": True} if history else {"finished": True}
+    _report(final, rank, snapshot(epoch), {"reference.json": reference, "threshold.json": threshold})
+
+
+# --- layer 3: the driver ----------------------------------------------------------------
+
+@dataclass
+class TrainResult:
+    """What ``run`` produced."""
+
+    model_uri: str
+    version: str
+    history: list[dict]
+    threshold: float
+    reference: dict
+    train_rows: int
+    val_rows: int
+    wall_seconds: float
+
+
+def _final_checkpoint(result: ray.train.Result) -> tuple[dict, dict, dict]:
+    """Best weights + history, validation reference and threshold from the last checkpoint."""
+    if result.checkpoint is None:
+        raise TrainingError("training finished without a checkpoint")
+    with result.checkpoint.as_directory() as d:
+        if not (Path(d) / "reference.json").exists():
+            raise TrainingError("training ended before its final checkpoint (see the Ray Train logs)")
+        state = torch.load(Path(d) / "state.pt", weights_only=True, map_location="cpu")
+        reference = json.loads((Path(d) / "reference.json").read_text())
+        threshold = json.loads((Path(d) / "threshold.json").read_text())
+    return state, reference, threshold
+
+
+def run(cfg: TrainConfig) -> TrainResult:
+    """Train on ``cfg.data`` and write the artefact to ``cfg.out``. CPU-only unless ``use_gpu``."""
+    t0 = time.perf_counter()
+    train_in = open_parquet_input(cfg.data)
+    specs = resolve_columns(train_in.schema, cfg.feature_columns or None, cfg.exclude_columns, cfg.column_types)
+    for f in train_in.files:
+        check_schema(f.schema, specs, f.uri)
+    val_in = open_parquet_input(cfg.val_data, specs=specs) if cfg.val_data else None
+    names = [s.name for s in specs]
+
+    ensure_ray(cfg.ray_address)
+    if val_in is None:
+        train_ds, val_ds = hash_split(train_in.read(names), names, cfg.val_fraction)
+    else:
+        train_ds, val_ds = train_in.read(names), val_in.read(names)
+    stats = train_ds.aggregate(ColumnStatsAggregate(specs))["column_stats"]
+    if stats is None or stats["__rows__"]["n"] == 0:
+        raise TrainingError("the training split is empty")
+    pp = Preprocessor.fit(specs, stats, cfg.preprocess_config())  # training rows only: no leakage
+    model_config = AutoencoderConfig(n_numeric=len(pp.numeric_names), n_binary=len(pp.binary_names),
+                                     category_sizes=pp.category_sizes, hidden_dims=cfg.hidden_dims,
+                                     latent_dim=cfg.latent_dim, activation=cfg.activation, dropout=cfg.dropout)
+    train_enc, val_enc = encode(train_ds, pp), encode(val_ds, pp)
+    if cfg.materialize:
+        train_enc, val_enc = train_enc.materialize(), val_enc.materialize()
+
+    loop_config = {
+        "model_config": model_config.to_dict(), "baselines": pp.baselines, "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate, "weight_decay": cfg.weight_decay,
+        "patience": cfg.patience, "min_delta": cfg.min_delta, "seed": cfg.seed,
+        "torch_threads": max(1, int(cfg.cpus_per_worker)), "report_interval_s": 2.0,
+        "threshold_quantile": cfg.threshold_quantile,
+    }
+    run_name = cfg.run_name or time.strftime("aescore-train-%Y%m%d-%H%M%S")
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                               resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=run_name, storage_path=cfg.storage_path,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures)),
+        datasets={"train": train_enc, "val": val_enc},
+    )
+    state, reference, threshold = _final_checkpoint(trainer.fit())
+    history = state["history"]
+    art = ModelArtifact(model_config=model_config, preprocessor=pp, state_dict=state["best_model"],
+                        threshold=threshold, reference=reference, history=history,
+                        train_config=config_to_dict(cfg))
+    version = save_artifact(art, cfg.out)
+    best = min(history, key=lambda h: h["val_loss"])
+    return TrainResult(model_uri=cfg.out, version=version, history=history,
+                       threshold=art.threshold["value"], reference=art.reference,
+                       train_rows=best["train_rows"], val_rows=best["val_rows"],
+                       wall_seconds=time.perf_counter() - t0)
+
+
+def format_result(r: TrainResult) -> str:
+    best = min(r.history, key=lambda h: h["val_loss"])
+    return (f"trained {r.model_uri} (version {r.version}): {len(r.history)} epochs, best epoch {best['epoch']} "
+            f"train_loss={best['train_loss']:.4f} val_loss={best['val_loss']:.4f}, threshold={r.threshold:.4f}, "
+            f"rows train={r.train_rows} val={r.val_rows}, {r.wall_seconds:.1f}s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m jobs.train``: parse flags, train, print a one-line result."""
+    from jobs.cli import run_cli
+
+    return run_cli(lambda: format_result(run(parse_config(TrainConfig, argv, prog="aescore train",
+                                                          description=__doc__.split("\n")[0]))))
+
+
+__all__ = ["TrainConfig", "TrainResult", "eval_step", "main", "run", "train_loop_per_worker", "train_step"]
+
+if __name__ == "__main__":
+    sys.exit(main())
