@@ -10,7 +10,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from jobs.errors import describe
+from jobs.errors import describe, find_user_error
 
 _USAGE = """usage: aescore {train,score,demo} [--help] [flags]
 
@@ -18,8 +18,6 @@ _USAGE = """usage: aescore {train,score,demo} [--help] [flags]
   score   score Parquet shards with a model artefact (rows/ + summary.json)
   demo    generate mixed-type data with injected anomalies, train, score, report AUROC
 """
-
-_INPUT_ERRORS = ("InputError", "SchemaError", "ArtifactError", "ConfigError")
 
 
 def run_cli(job: Callable[[], str]) -> int:
@@ -34,8 +32,8 @@ def run_cli(job: Callable[[], str]) -> int:
     except BaseException as e:  # noqa: BLE001 - every failure becomes one line
         logging.getLogger("aescore").debug("job failed", exc_info=True)
         print(f"error: {describe(e)}", file=sys.stderr)
-        names = {cls.__name__ for cls in type(e).__mro__}
-        return 2 if names & set(_INPUT_ERRORS) else 1
+        user = find_user_error(e)
+        return 2 if user is not None and type(user).__name__ != "TrainingError" else 1
     print(line, flush=True)
     return 0
 

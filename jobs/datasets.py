@@ -35,9 +35,11 @@ class ParquetInput:
 
     def read(self, columns: list[str] | None = None, include_row_hash: bool = False) -> ray.data.Dataset:
         """The files as a Ray Dataset (lazy), only ``columns`` if given."""
-        return ray.data.read_parquet([f.path for f in self.files], filesystem=arrow_filesystem(self.fs),
-                                     columns=columns, include_row_hash=include_row_hash,
-                                     file_extensions=None)
+        ds = ray.data.read_parquet([f.path for f in self.files], filesystem=arrow_filesystem(self.fs),
+                                   include_row_hash=include_row_hash, file_extensions=None)
+        if columns is not None:
+            ds = ds.select_columns(columns + (["row_hash"] if include_row_hash else []))
+        return ds
 
 
 def open_parquet_input(uri: str, storage_options: dict | None = None,

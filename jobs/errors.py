@@ -35,13 +35,21 @@ def _causes(exc: BaseException):
             stack.append(wrapped)
 
 
-def describe(exc: BaseException) -> str:
-    """A one-line message for ``exc``: the innermost user-facing error if there is one."""
+def find_user_error(exc: BaseException) -> BaseException | None:
+    """The innermost error written for the user (bad input, config, artefact), if any."""
     for e in _causes(exc):
         if type(e).__name__.startswith("RayTaskError"):
             continue  # its message is a remote traceback; its cause is the real error
         if any(cls.__name__ in _USER_ERRORS for cls in type(e).__mro__):
-            return " ".join(str(e).split())
+            return e
+    return None
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line message for ``exc``: the user-facing error inside it if there is one."""
+    user = find_user_error(exc)
+    if user is not None:
+        return " ".join(str(user).split())
     first = " ".join(str(exc).split())
     if len(first) > 500:
         first = first[:500] + "..."

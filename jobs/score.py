@@ -32,7 +32,7 @@ from ray.data import ActorPoolStrategy
 from aemodel import ModelArtifact, RowScorer, load_artifact
 from aemodel.metrics import histogram_edges
 from jobs.config import parse_config
-from jobs.datasets import open_parquet_input
+from jobs.datasets import ParquetInput, open_parquet_input
 from jobs.errors import InputError
 from jobs.ray_runtime import ErrorStatsAggregate, ensure_ray
 from jobs.storage import arrow_filesystem, join, remove, url_to_fs, write_bytes
@@ -140,17 +140,21 @@ class ScoreResult:
     summary: dict
 
 
-def build_scored_dataset(cfg: ScoreConfig, art: ModelArtifact, loader: ModelLoader = load_artifact
-                         ) -> tuple[ray.data.Dataset, dict]:
-    """The lazy read -> score pipeline, and facts about its input."""
-    specs = art.preprocessor.specs
-    data = open_parquet_input(cfg.data, specs=specs)
+def open_scoring_input(cfg: ScoreConfig, art: ModelArtifact) -> ParquetInput:
+    """List and check the input files against the model's columns (footers only, no Ray)."""
+    data = open_parquet_input(cfg.data, specs=art.preprocessor.specs)
     for f in data.files:
         missing = [c for c in cfg.id_columns if c not in f.schema.names]
         if missing:
             raise InputError(f"{f.uri}: id column(s) {missing} not in the data")
+    return data
+
+
+def build_scored_dataset(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput,
+                         loader: ModelLoader = load_artifact) -> ray.data.Dataset:
+    """The lazy read -> score pipeline; rows keep their ids, so order never matters."""
     passthrough = list(cfg.id_columns) or [ROW_HASH]
-    features = [s.name for s in specs]
+    features = [s.name for s in art.preprocessor.specs]
     columns = list(dict.fromkeys([*cfg.id_columns, *features]))
     ds = data.read(columns=columns, include_row_hash=not cfg.id_columns)
     threads = max(1, int(cfg.cpus_per_worker))
@@ -160,15 +164,10 @@ def build_scored_dataset(cfg: ScoreConfig, art: ModelArtifact, loader: ModelLoad
               "num_gpus": 1 if cfg.use_gpu else 0}
     if cfg.use_actors:
         default_size = max(1, int(ray.cluster_resources().get("GPU", 0))) if cfg.use_gpu else 1
-        size = cfg.concurrency or default_size
-        scored = ds.map_batches(BatchScorer, fn_constructor_kwargs=args,
-                                compute=ActorPoolStrategy(size=size), **common)
-    else:
-        compute = ray.data.TaskPoolStrategy(size=cfg.concurrency) if cfg.concurrency else None
-        scored = ds.map_batches(score_batch, fn_kwargs=args, compute=compute, **common)
-    facts = {"input_files": [f.uri for f in data.files], "input_rows": data.num_rows,
-             "skipped_empty_files": data.skipped_empty, "fs": data.fs}
-    return scored, facts
+        return ds.map_batches(BatchScorer, fn_constructor_kwargs=args,
+                              compute=ActorPoolStrategy(size=cfg.concurrency or default_size), **common)
+    compute = ray.data.TaskPoolStrategy(size=cfg.concurrency) if cfg.concurrency else None
+    return ds.map_batches(score_batch, fn_kwargs=args, compute=compute, **common)
 
 
 def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact) -> ScoreResult:
@@ -176,8 +175,9 @@ def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact) -> ScoreResult:
     t0 = time.perf_counter()
     art = loader(cfg.model)  # fail fast on a bad artefact, before Ray starts
     threshold = cfg.threshold if cfg.threshold is not None else art.threshold_value
+    data = open_scoring_input(cfg, art)
     ensure_ray(cfg.ray_address)
-    scored, facts = build_scored_dataset(cfg, art, loader)
+    scored = build_scored_dataset(cfg, art, data, loader)
 
     out_fs, out_path = url_to_fs(cfg.out)
     rows_path = join(out_path, "rows")
@@ -186,15 +186,15 @@ def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact) -> ScoreResult:
         remove(out_fs, join(out_path, name))
     scored.write_parquet(rows_path, filesystem=arrow_filesystem(out_fs), min_rows_per_file=100_000)
 
-    written = ray.data.read_parquet(rows_path, filesystem=arrow_filesystem(out_fs),
-                                    columns=["recon_error", "missing_cells", "unseen_cells"])
+    written = ray.data.read_parquet(rows_path, filesystem=arrow_filesystem(out_fs)).select_columns(
+        ["recon_error", "missing_cells", "unseen_cells"])
     edges = histogram_edges()
     agg = written.aggregate(ErrorStatsAggregate("recon_error", edges, threshold),
                             ray.data.aggregate.Sum("missing_cells", alias_name="missing_cells"),
                             ray.data.aggregate.Sum("unseen_cells", alias_name="unseen_cells"))
     stats = agg["error_stats(recon_error)"]
-    if stats["count"] + stats["nonfinite"] != facts["input_rows"]:
-        raise RuntimeError(f"wrote {stats['count'] + stats['nonfinite']} rows for {facts['input_rows']} input rows")
+    if stats["count"] + stats["nonfinite"] != data.num_rows:
+        raise RuntimeError(f"wrote {stats['count'] + stats['nonfinite']} rows for {data.num_rows} input rows")
     summary = {
         **stats,
         "row_count": stats["count"],
@@ -204,8 +204,8 @@ def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact) -> ScoreResult:
         "unseen_category_cells": int(agg["unseen_cells"] or 0),
         "threshold_source": "override" if cfg.threshold is not None else art.threshold.get("method"),
         "model": {"uri": cfg.model, "version": art.version, "created_at": art.created_at},
-        "input": {"uri": cfg.data, "files": facts["input_files"], "rows": facts["input_rows"],
-                  "skipped_empty_files": facts["skipped_empty_files"]},
+        "input": {"uri": cfg.data, "files": [f.uri for f in data.files], "rows": data.num_rows,
+                  "skipped_empty_files": data.skipped_empty},
         "wall_seconds": round(time.perf_counter() - t0, 3),
     }
     write_bytes(out_fs, join(out_path, "summary.json"), json.dumps(summary, indent=2).encode())

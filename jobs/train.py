@@ -175,42 +175,26 @@ def _global_sums(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def _gather(obj: object) -> list:
-    """Every worker's ``obj`` (a one-element list with one worker)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return [obj]
-    out: list = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(out, obj)
-    return out
-
-
-def validation_reference(model: torch.nn.Module, val_shard, device: torch.device, baselines: torch.Tensor,
+def validation_reference(model: torch.nn.Module, val_data, device: torch.device, baselines: torch.Tensor,
                          quantile: float) -> tuple[dict, dict]:
-    """Validation error distribution and the default threshold, computed by all workers.
+    """Validation error distribution and the default threshold (the ``quantile`` of it).
 
-    Each worker scores its shard of the validation split; sketches are merged to find the
-    ``quantile`` threshold, then exact counts are merged with that threshold. The
-    threshold thus comes from held-out training-time data only, never from scored data.
+    The threshold thus comes from held-out training-time data only, never from data that
+    is scored later. Histogram edges are the fixed grid of ``histogram_edges``.
     """
     errs = []
-    for batch in val_shard.iter_torch_batches(batch_size=8192, device=device, prefetch_batches=2):
+    for batch in val_data.iter_torch_batches(batch_size=8192, device=device, prefetch_batches=2):
         model.eval()
         with torch.inference_mode():
             recon = model(batch["x_num"], batch["x_bin"], batch["x_cat"])
             err = row_errors(column_losses(recon, batch["x_num"], batch["x_bin"], batch["x_cat"], baselines),
                              batch["observed"])
         errs.append(err.float().cpu().numpy())
-    local = np.concatenate(errs) if errs else np.zeros(0, dtype=np.float32)
-    edges = histogram_edges()
-    merged = ErrorStats(edges=edges)
-    for part in _gather(ErrorStats(edges=edges).update(local)):
-        merged.merge(part)
-    threshold = merged.quantiles([quantile])[0]
-    merged = ErrorStats(edges=edges, threshold=threshold)
-    for part in _gather(ErrorStats(edges=edges, threshold=threshold).update(local)):
-        merged.merge(part)
-    return merged.summary(), {"value": threshold, "method": "validation_quantile", "quantile": quantile,
-                              "validation_rows": merged.count}
+    values = np.concatenate(errs) if errs else np.zeros(0, dtype=np.float32)
+    threshold = ErrorStats(edges=histogram_edges()).update(values).quantiles([quantile])[0]
+    stats = ErrorStats(edges=histogram_edges(), threshold=threshold).update(values)
+    return stats.summary(), {"value": threshold, "method": "validation_quantile", "quantile": quantile,
+                             "validation_rows": stats.count}
 
 
 def _report(metrics: dict, rank: int, state: dict, extra_files: dict[str, dict] | None = None) -> None:
@@ -257,7 +241,7 @@ def train_loop_per_worker(config: dict) -> None:
                 "history": history, "epoch": epoch, "best_val": best_val, "bad_epochs": bad_epochs}
 
     train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
+    val_data = ray.train.get_dataset_shard("val")
     rank = ray.train.get_context().get_world_rank()
     last_report = time.monotonic()
     epoch = start_epoch - 1
@@ -270,15 +254,15 @@ def train_loop_per_worker(config: dict) -> None:
             n = batch["x_num"].shape[0]
             tr_sum += train_step(model, optimizer, batch, baselines) * n
             tr_n += n
-        va_sum, va_n = 0.0, 0
-        for batch in val_shard.iter_torch_batches(batch_size=8192, device=device, prefetch_batches=2):
-            s, n = eval_step(model, batch, baselines)
+        va_sum, va_n = 0.0, 0  # every worker sees the whole validation set: no all-reduce
+        for batch in val_data.iter_torch_batches(batch_size=8192, device=device, prefetch_batches=2):
+            s, n = eval_step(raw_model, batch, baselines)
             va_sum, va_n = va_sum + s, va_n + n
         # Ray Train V2 takes one report per controller poll (~2 s), so reporting after every
         # short epoch would stall training: report when rank 0's clock says a poll is due
         # (shared through the all-reduce, so every worker agrees), and at the end.
         due = float(rank == 0 and time.monotonic() - last_report >= config["report_interval_s"])
-        tr_sum, tr_n, va_sum, va_n, due = _global_sums([tr_sum, tr_n, va_sum, va_n, due], device)
+        tr_sum, tr_n, due = _global_sums([tr_sum, tr_n, due], device)
         if tr_n == 0 or va_n == 0:
             raise TrainingError(f"no rows reached training (train={tr_n:.0f}, validation={va_n:.0f})")
         train_loss, val_loss = tr_sum / tr_n, va_sum / va_n
@@ -299,7 +283,7 @@ def train_loop_per_worker(config: dict) -> None:
             _report({**history[-1], "best_val_loss": best_val}, rank, snapshot(epoch))
 
     raw_model.load_state_dict(best_state)
-    reference, threshold = validation_reference(raw_model, val_shard, device, baselines,
+    reference, threshold = validation_reference(raw_model, val_data, device, baselines,
                                                 config["threshold_quantile"])
     final = {**history[-1], "best_val_loss": best_val, "finished": True} if history else {"finished": True}
     _report(final, rank, snapshot(epoch), {"reference.json": reference, "threshold.json": threshold})
@@ -378,6 +362,10 @@ def run(cfg: TrainConfig) -> TrainResult:
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures)),
         datasets={"train": train_enc, "val": val_enc},
+        # Only the training set is sharded. Ray Train's shards are equal-sized (it drops
+        # up to num_workers-1 rows), which is fine for SGD but not for validation: every
+        # worker evaluates the whole validation set, so val_loss and the threshold are exact.
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
     state, reference, threshold = _final_checkpoint(trainer.fit())
     history = state["history"]

@@ -1,0 +1,150 @@
+"""End to end on a private 2-CPU Ray: Ray Train fits the model, Ray Data scores Parquet shards."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from aemodel import ArtifactError, RowScorer, SchemaError, auroc, load_artifact
+from jobs import score, train
+from jobs.synthetic import LABEL, ROW_ID
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+
+@pytest.fixture(scope="module")
+def trained(ray_start_2_cpus, mixed_data, tmp_path_factory):
+    """One real training run with two data-parallel workers (fractional CPUs so reads still run)."""
+    root = tmp_path_factory.mktemp("train")
+    cfg = train.TrainConfig(data=mixed_data["train"], out=str(root / "model"), exclude_columns=[ROW_ID, LABEL],
+                            num_workers=2, cpus_per_worker=0.5, epochs=12, hidden_dims=[32, 16], latent_dim=4,
+                            batch_size=128, storage_path=str(root / "ray"), run_name="e2e")
+    return train.run(cfg)
+
+
+@pytest.fixture(scope="module")
+def scored(trained, mixed_data, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("scores") / "run")
+    cfg = score.ScoreConfig(model=trained.model_uri, data=mixed_data["score"], out=out, id_columns=[ROW_ID, LABEL],
+                            batch_size=500)
+    return score.run(cfg), out
+
+
+def _rows(out):
+    return pq.read_table(f"{out}/rows")
+
+
+def test_validation_loss_falls_and_split_covers_all_rows(trained, mixed_data):
+    h = trained.history
+    assert len(h) >= 3
+    assert min(e["val_loss"] for e in h) < 0.6 * h[0]["val_loss"]
+    assert h[-1]["train_loss"] < h[0]["train_loss"]
+    # Ray Train's equal shards drop fewer than num_workers training rows; validation is exact.
+    assert 0 <= mixed_data["train_table"].num_rows - (trained.train_rows + trained.val_rows) < 2
+    assert 0.05 < trained.val_rows / mixed_data["train_table"].num_rows < 0.15
+
+
+def test_artefact_round_trips_with_reference_and_threshold(trained):
+    art = load_artifact(trained.model_uri)
+    assert art.version == trained.version
+    assert art.threshold["method"] == "validation_quantile" and art.threshold_value > 0
+    assert art.reference["count"] == trained.val_rows
+    assert art.reference["quantiles"]["p99"] == pytest.approx(art.threshold_value, rel=0.05)
+    assert [h["epoch"] for h in art.history] == list(range(len(art.history)))
+    kinds = [s.kind for s in art.preprocessor.specs]
+    assert kinds.count("numeric") == 8 and kinds.count("binary") == 3 and kinds.count("categorical") == 2
+
+
+def test_scoring_output_is_complete_and_summary_matches_recomputation(scored, mixed_data):
+    result, out = scored
+    rows = _rows(out)
+    source = mixed_data["score_table"]
+    assert rows.num_rows == source.num_rows
+    ids = rows[ROW_ID].to_numpy()
+    assert len(np.unique(ids)) == len(ids) and set(ids) == set(source[ROW_ID].to_numpy())
+    assert set(rows.column_names) == {ROW_ID, LABEL, "recon_error", "is_anomaly", "missing_cells", "unseen_cells"}
+    summary = json.loads(open(f"{out}/summary.json").read())
+    assert summary == json.loads(json.dumps(result.summary))
+    err = rows["recon_error"].to_numpy().astype(np.float64)
+    assert summary["row_count"] == rows.num_rows
+    assert summary["mean"] == pytest.approx(err.mean(), rel=1e-6)
+    assert summary["max"] == pytest.approx(err.max(), rel=1e-6)
+    assert summary["anomaly_count"] == int(pc.sum(rows["is_anomaly"]).as_py())
+    assert summary["missing_cells"] == int(pc.sum(rows["missing_cells"]).as_py()) > 0
+    assert summary["quantiles"]["p50"] == pytest.approx(np.quantile(err, 0.5), rel=0.02)
+    assert (tmp := __import__("pathlib").Path(out) / "_SUCCESS").exists(), tmp
+
+
+def test_injected_anomalies_score_higher(scored):
+    rows = _rows(scored[1])
+    err, label = rows["recon_error"].to_numpy(), rows[LABEL].to_numpy()
+    assert err[label].mean() > 3 * err[~label].mean()
+    assert auroc(err, label) > 0.9
+
+
+def test_reloaded_model_scores_identically(scored, trained, mixed_data):
+    """A model trained with 2 workers, reloaded from its artefact, reproduces the job's scores."""
+    rows = _rows(scored[1]).sort_by(ROW_ID)
+    local = RowScorer(load_artifact(trained.model_uri)).score_table(mixed_data["score_table"])
+    order = np.argsort(mixed_data["score_table"][ROW_ID].to_numpy())
+    np.testing.assert_allclose(rows["recon_error"].to_numpy(), local["recon_error"][order].astype(np.float32),
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_rerun_replaces_output_and_actor_path_agrees(scored, trained, mixed_data):
+    _, out = scored
+    before = _rows(out).sort_by(ROW_ID)
+    cfg = score.ScoreConfig(model=trained.model_uri, data=mixed_data["score"], out=out, id_columns=[ROW_ID],
+                            compute="actors", concurrency=1, cpus_per_worker=0.5, batch_size=700)
+    score.run(cfg)
+    after = _rows(out).sort_by(ROW_ID)
+    assert after.num_rows == before.num_rows  # replaced, not appended
+    np.testing.assert_array_equal(after["recon_error"].to_numpy(), before["recon_error"].to_numpy())
+
+
+def test_without_id_columns_rows_get_a_unique_row_hash(trained, mixed_data, tmp_path):
+    score.run(score.ScoreConfig(model=trained.model_uri, data=mixed_data["score"], out=str(tmp_path / "o")))
+    rows = _rows(str(tmp_path / "o"))
+    assert rows.column_names[0] == "row_hash"
+    assert len(np.unique(rows["row_hash"].to_numpy())) == rows.num_rows == mixed_data["score_table"].num_rows
+
+
+def test_model_loader_is_injectable(trained, mixed_data, tmp_path):
+    def strict_loader(uri):
+        art = load_artifact(uri)
+        art.threshold = {**art.threshold, "value": 0.0}
+        return art
+
+    result = score.run(score.ScoreConfig(model=trained.model_uri, data=mixed_data["score"], out=str(tmp_path / "o"),
+                                         id_columns=[ROW_ID]), loader=strict_loader)
+    assert result.summary["anomaly_count"] == mixed_data["score_table"].num_rows
+    assert pc.all(_rows(str(tmp_path / "o"))["is_anomaly"]).as_py()
+
+
+def test_bad_scoring_input_names_the_problem_and_commits_nothing(trained, mixed_data, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    pq.write_table(mixed_data["score_table"].slice(0, 50), bad / "good.parquet")
+    pq.write_table(mixed_data["score_table"].slice(50, 50).drop_columns(["num_3"]), bad / "broken.parquet")
+    out = tmp_path / "o"
+    with pytest.raises(SchemaError, match=r"broken\.parquet: missing feature column\(s\) \['num_3'\]"):
+        score.run(score.ScoreConfig(model=trained.model_uri, data=str(bad), out=str(out)))
+    assert not (out / "_SUCCESS").exists()
+    with pytest.raises(ArtifactError):
+        score.run(score.ScoreConfig(model=str(tmp_path / "nope"), data=str(bad), out=str(out)))
+    assert not (out / "_SUCCESS").exists()
+
+
+def test_empty_file_is_skipped_and_reported(trained, mixed_data, tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    t = mixed_data["score_table"]
+    pq.write_table(t.slice(0, 300), d / "a.parquet")
+    pq.write_table(t.slice(0, 0), d / "empty.parquet")
+    result = score.run(score.ScoreConfig(model=trained.model_uri, data=str(d), out=str(tmp_path / "o"),
+                                         id_columns=[ROW_ID]))
+    assert result.summary["row_count"] == 300
+    assert [p.rsplit("/", 1)[-1] for p in result.summary["input"]["skipped_empty_files"]] == ["empty.parquet"]
