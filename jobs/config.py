@@ -116,8 +116,7 @@ def load_yaml(uri: str) -> dict:
 
 def build_parser(cls: type, prog: str, description: str | None = None) -> argparse.ArgumentParser:
     """An argparse parser with one flag per field of ``cls`` (values stay strings)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", help="YAML file with any of the options below (flags win)")
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
@@ -134,8 +133,8 @@ def build_parser(cls: type, prog: str, description: str | None = None) -> argpar
         else:
             required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
             metavar = "N" if tp in (int, float) else "VALUE"
-            parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar=metavar,
-                                help=f"{help_text}{' (required)' if required else ''} (default: {default})")
+            suffix = " (required)" if required else f" (default: {default})"
+            parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar=metavar, help=help_text + suffix)
     return parser
 
 

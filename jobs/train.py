@@ -20,7 +20,7 @@ import math
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray.train
@@ -32,112 +32,11 @@ from ray.train.torch import TorchTrainer
 from aemodel import (AutoencoderConfig, ModelArtifact, Preprocessor, TabularAutoencoder, batch_loss,
                      check_schema, column_losses, resolve_columns, row_errors, save_artifact)
 from aemodel.metrics import ErrorStats, histogram_edges
-from aemodel.model import Activation
-from aemodel.preprocess import PreprocessConfig
 from jobs.config import config_to_dict, parse_config
 from jobs.datasets import encode, hash_split, open_parquet_input
 from jobs.errors import TrainingError
+from jobs.train_config import TrainConfig
 from jobs.ray_runtime import ColumnStatsAggregate, ensure_ray
-
-
-@dataclass
-class TrainConfig:
-    """Options of ``aescore train``."""
-
-    data: str
-    """Training Parquet: a file, a directory/prefix of shards, or a glob (any fsspec URI)."""
-    out: str
-    """Where to write the model artefact (directory or object prefix); replaced if present."""
-    val_data: str | None = None
-    """Separate validation Parquet; if unset, a deterministic row-hash split of --data."""
-    val_fraction: float = 0.1
-    """Fraction of --data rows held out for validation when --val-data is unset."""
-    feature_columns: list[str] = field(default_factory=list)
-    """Columns to use as features (comma-separated); empty means every supported column."""
-    exclude_columns: list[str] = field(default_factory=list)
-    """Columns never used as features: ids, labels, timestamps (comma-separated)."""
-    column_types: dict[str, str] = field(default_factory=dict)
-    """Override inferred column types, e.g. zip=categorical,flag=binary."""
-    num_workers: int = 1
-    """Ray Train workers (data-parallel replicas)."""
-    use_gpu: bool = False
-    """One GPU per worker."""
-    cpus_per_worker: float = 1.0
-    """CPUs reserved per worker; keep it below the node's CPUs so Ray Data can read."""
-    epochs: int = 40
-    """Maximum epochs; early stopping usually ends training sooner."""
-    batch_size: int = 256
-    """Rows per optimizer step per worker."""
-    learning_rate: float = 2e-3
-    """AdamW learning rate."""
-    weight_decay: float = 1e-5
-    """AdamW weight decay."""
-    latent_dim: int = 8
-    """Bottleneck width: too small loses detail, too large can copy the input."""
-    hidden_dims: list[int] = field(default_factory=lambda: [64, 32])
-    """Encoder hidden layer widths (the decoder mirrors them)."""
-    activation: Activation = "relu"
-    """Activation function: relu, gelu, silu or tanh."""
-    dropout: float = 0.0
-    """Dropout rate after hidden layers."""
-    patience: int = 5
-    """Stop after this many epochs without validation improvement."""
-    min_delta: float = 1e-3
-    """Relative validation-loss improvement that counts as progress."""
-    threshold_quantile: float = 0.99
-    """Default anomaly threshold: this quantile of validation reconstruction error."""
-    clip_sigma: float = 10.0
-    """Clip standardised numeric values to +/- this many training standard deviations."""
-    max_categories: int = 64
-    """Most frequent values kept per categorical column (the rest become <other>)."""
-    min_category_count: int = 5
-    """Values seen fewer times in training become <other>."""
-    materialize: bool = True
-    """Cache the encoded training data in the Ray object store instead of re-reading every epoch."""
-    storage_path: str | None = None
-    """Ray Train checkpoint storage (shared storage such as s3:// on multi-node clusters)."""
-    run_name: str | None = None
-    """Ray Train run name (default: aescore-train-<timestamp>)."""
-    max_failures: int = 0
-    """Worker failures Ray Train recovers from by restarting from the last checkpoint."""
-    seed: int = 0
-    """Random seed for weights and shuffling."""
-    ray_address: str | None = None
-    """Ray cluster address; default RAY_ADDRESS if set, else a private local Ray."""
-
-    def __post_init__(self) -> None:
-        if not self.data or not self.out:
-            raise ValueError("--data and --out are required")
-        checks = [
-            (0.0 < self.val_fraction < 1.0, f"val_fraction must be in (0, 1), got {self.val_fraction}"),
-            (self.num_workers >= 1, f"num_workers must be >= 1, got {self.num_workers}"),
-            (self.cpus_per_worker > 0, f"cpus_per_worker must be > 0, got {self.cpus_per_worker}"),
-            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
-            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
-            (self.latent_dim >= 1, f"latent_dim must be >= 1, got {self.latent_dim}"),
-            (all(h >= 1 for h in self.hidden_dims), f"hidden_dims must be >= 1, got {self.hidden_dims}"),
-            (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
-            (self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
-            (self.min_delta >= 0, f"min_delta must be >= 0, got {self.min_delta}"),
-            (0.5 <= self.threshold_quantile < 1.0, f"threshold_quantile must be in [0.5, 1), got {self.threshold_quantile}"),
-            (self.max_failures >= 0, f"max_failures must be >= 0, got {self.max_failures}"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(msg)
-        overlap = set(self.feature_columns) & set(self.exclude_columns)
-        if overlap:
-            raise ValueError(f"columns both featured and excluded: {sorted(overlap)}")
-        self.preprocess_config()  # validates clip_sigma, max_categories, ...
-        for col, kind in self.column_types.items():
-            if kind not in ("numeric", "binary", "categorical"):
-                raise ValueError(f"column_types: {col}={kind}: unknown column type (numeric, binary, categorical)")
-
-    def preprocess_config(self) -> PreprocessConfig:
-        return PreprocessConfig(clip_sigma=self.clip_sigma, max_categories=self.max_categories,
-                                min_category_count=self.min_category_count)
 
 
 # --- layer 1: pure torch ---------------------------------------------------------------
@@ -276,6 +175,9 @@ def train_loop_per_worker(config: dict) -> None:
             bad_epochs += 1
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                         "seconds": time.perf_counter() - t0, "train_rows": int(tr_n), "val_rows": int(va_n)})
+        if rank == 0:  # one progress line per epoch in the driver's log
+            print(f"epoch {epoch}: train_loss={train_loss:.5f} val_loss={val_loss:.5f} best={best_val:.5f} "
+                  f"({history[-1]['seconds']:.2f}s)", flush=True)
         if bad_epochs >= config["patience"]:
             break
         if due:
