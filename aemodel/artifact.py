@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -80,10 +81,6 @@ def _join(uri: str, name: str) -> str:
 def save_artifact(art: ModelArtifact, uri: str, storage_options: dict | None = None) -> str:
     """Write the artefact to ``uri`` (replacing any artefact there) and return its version."""
     fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
-    # Invalidate first: a reader never sees new weights beside old metadata as complete.
-    if fs.exists(_join(path, SUCCESS_FILE)):
-        fs.rm(_join(path, SUCCESS_FILE))
-    fs.makedirs(path, exist_ok=True)
     weights = save_safetensors({k: v.detach().cpu().contiguous() for k, v in art.state_dict.items()})
     weights_sha = hashlib.sha256(weights).hexdigest()
     art.created_at = art.created_at or datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -102,12 +99,22 @@ def save_artifact(art: ModelArtifact, uri: str, storage_options: dict | None = N
     body = json.dumps(meta, sort_keys=True).encode()
     art.version = hashlib.sha256(body).hexdigest()[:16]
     meta["version"] = art.version
-    with fs.open(_join(path, WEIGHTS_FILE), "wb") as f:
-        f.write(weights)
-    with fs.open(_join(path, META_FILE), "wb") as f:
-        f.write(json.dumps(meta, indent=2, sort_keys=True).encode())
+    # Stage both files, then swap them in behind the _SUCCESS marker: a crash at any
+    # point leaves either the old complete artefact, or none (no _SUCCESS), never a mix.
+    staging = _join(path, f"_staging/{uuid.uuid4().hex[:12]}")
+    fs.makedirs(staging, exist_ok=True)
+    for name, data in ((WEIGHTS_FILE, weights), (META_FILE, json.dumps(meta, indent=2, sort_keys=True).encode())):
+        with fs.open(_join(staging, name), "wb") as f:
+            f.write(data)
+    if fs.exists(_join(path, SUCCESS_FILE)):
+        fs.rm(_join(path, SUCCESS_FILE))
+    for name in (WEIGHTS_FILE, META_FILE):
+        if fs.exists(_join(path, name)):
+            fs.rm(_join(path, name))
+        fs.mv(_join(staging, name), _join(path, name))
     with fs.open(_join(path, SUCCESS_FILE), "wb") as f:
         f.write(art.version.encode())
+    fs.rm(_join(path, "_staging"), recursive=True)
     return art.version
 
 

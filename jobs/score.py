@@ -9,8 +9,10 @@ Submit to a Ray cluster (from the repository root)::
 Locally: ``aescore score --model ./model --data ./data/score --out ./scores``.
 
 Output at ``--out``: ``rows/*.parquet`` (id columns, recon_error, is_anomaly,
-missing_cells, unseen_cells), ``summary.json``, and ``_SUCCESS`` written last. A rerun
-replaces the previous output; a prefix without ``_SUCCESS`` is incomplete.
+missing_cells, unseen_cells), ``summary.json``, ``manifest.json`` and ``_SUCCESS``,
+written last. Rows are staged under ``_staging/`` and committed only when everything
+succeeded (``jobs.commit``); a prefix without ``_SUCCESS`` is absent. A rerun with the
+same run id reuses the committed output; any other run replaces it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Literal
 
 import pyarrow as pa
@@ -31,14 +34,16 @@ from ray.data import ActorPoolStrategy
 
 from aemodel import ModelArtifact, RowScorer, load_artifact
 from aemodel.metrics import histogram_edges
-from jobs.config import parse_config
+from jobs.commit import MANIFEST, OutputCommit
+from jobs.config import config_to_dict, parse_config
 from jobs.datasets import ParquetInput, open_parquet_input
 from jobs.errors import InputError
 from jobs.ray_runtime import ErrorStatsAggregate, ensure_ray
-from jobs.storage import arrow_filesystem, join, remove, url_to_fs, write_bytes
+from jobs.manifest import fingerprint, git_commit, library_versions
+from jobs.storage import arrow_filesystem, inspect_parquet_files, normalize_storage_options, redact_config
 
 ROW_HASH = "row_hash"
-ModelLoader = Callable[[str], ModelArtifact]
+ModelLoader = Callable[[str, dict | None], ModelArtifact]  # (uri, storage_options) -> artefact
 
 
 @dataclass
@@ -65,6 +70,12 @@ class ScoreConfig:
     """CPUs reserved per scoring actor/task; torch uses this many threads (at least 1)."""
     threshold: float | None = None
     """Override the model's anomaly threshold on recon_error."""
+    storage_options: dict[str, str] = field(default_factory=dict)
+    """fsspec options for every path (e.g. endpoint_url); prefer env credentials. Never written out."""
+    run_id: str | None = None
+    """Identity of this run; default: a hash of model version, input files and options."""
+    force: bool = False
+    """Recompute even if OUT already holds a committed run with the same run id."""
     ray_address: str | None = None
     """Ray cluster address; default RAY_ADDRESS if set, else a private local Ray."""
 
@@ -96,13 +107,15 @@ class BatchScorer:
         threshold: Anomaly threshold override (None: the model's).
         use_gpu: Run on CUDA.
         threads: torch intra-op threads, matched to the CPUs reserved for this worker.
-        loader: Loads an artefact from a URI; injectable for tests and custom registries.
+        loader: Loads an artefact from (URI, storage options); injectable for tests and registries.
+        storage_options: fsspec options for the model URI.
     """
 
     def __init__(self, model_uri: str, passthrough: list[str], threshold: float | None = None,
-                 use_gpu: bool = False, threads: int = 1, loader: ModelLoader = load_artifact):
+                 use_gpu: bool = False, threads: int = 1, loader: ModelLoader = load_artifact,
+                 storage_options: dict | None = None):
         torch.set_num_threads(threads)
-        art = loader(model_uri)
+        art = loader(model_uri, storage_options)
         if threshold is not None:
             art.threshold = {**art.threshold, "value": threshold}
         self.passthrough = passthrough
@@ -122,14 +135,16 @@ class BatchScorer:
 
 @functools.lru_cache(maxsize=4)
 def _cached_scorer(model_uri: str, passthrough: tuple[str, ...], threshold: float | None, use_gpu: bool,
-                   threads: int, loader: ModelLoader) -> BatchScorer:
-    return BatchScorer(model_uri, list(passthrough), threshold, use_gpu, threads, loader)
+                   threads: int, loader: ModelLoader, storage_options: str) -> BatchScorer:
+    return BatchScorer(model_uri, list(passthrough), threshold, use_gpu, threads, loader,
+                       json.loads(storage_options))
 
 
 def score_batch(batch: pa.Table, *, model_uri: str, passthrough: list[str], threshold: float | None,
-                use_gpu: bool, threads: int, loader: ModelLoader) -> pa.Table:
+                use_gpu: bool, threads: int, loader: ModelLoader, storage_options: dict | None) -> pa.Table:
     """Task-path UDF: the model is loaded once per worker process and reused across tasks."""
-    return _cached_scorer(model_uri, tuple(passthrough), threshold, use_gpu, threads, loader)(batch)
+    return _cached_scorer(model_uri, tuple(passthrough), threshold, use_gpu, threads, loader,
+                          json.dumps(storage_options or {}, sort_keys=True))(batch)
 
 
 @dataclass
@@ -138,11 +153,13 @@ class ScoreResult:
 
     out: str
     summary: dict
+    manifest: dict
+    reused: bool = False
 
 
 def open_scoring_input(cfg: ScoreConfig, art: ModelArtifact) -> ParquetInput:
     """List and check the input files against the model's columns (footers only, no Ray)."""
-    data = open_parquet_input(cfg.data, specs=art.preprocessor.specs)
+    data = open_parquet_input(cfg.data, normalize_storage_options(cfg.storage_options), specs=art.preprocessor.specs)
     for f in data.files:
         missing = [c for c in cfg.id_columns if c not in f.schema.names]
         if missing:
@@ -159,7 +176,8 @@ def build_scored_dataset(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInpu
     ds = data.read(columns=columns, include_row_hash=not cfg.id_columns)
     threads = max(1, int(cfg.cpus_per_worker))
     args = {"model_uri": cfg.model, "passthrough": passthrough, "threshold": cfg.threshold,
-            "use_gpu": cfg.use_gpu, "threads": threads, "loader": loader}
+            "use_gpu": cfg.use_gpu, "threads": threads, "loader": loader,
+            "storage_options": normalize_storage_options(cfg.storage_options)}
     common = {"batch_format": "pyarrow", "batch_size": cfg.batch_size, "num_cpus": cfg.cpus_per_worker,
               "num_gpus": 1 if cfg.use_gpu else 0}
     if cfg.use_actors:
@@ -170,53 +188,87 @@ def build_scored_dataset(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInpu
     return ds.map_batches(score_batch, fn_kwargs=args, compute=compute, **common)
 
 
+def compute_run_id(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput) -> str:
+    """Same model, same input files (by size and ETag/mtime) and same options: same run."""
+    return fingerprint({"model": art.version, "threshold": cfg.threshold, "id_columns": cfg.id_columns,
+                        "inputs": [(f.uri, f.size, f.etag) for f in data.files]})
+
+
+def summarize(rows: ray.data.Dataset, threshold: float) -> dict:
+    """Error distribution and cell counts of scored rows (one Ray Data aggregation)."""
+    agg = rows.select_columns(["recon_error", "missing_cells", "unseen_cells"]).aggregate(
+        ErrorStatsAggregate("recon_error", histogram_edges(), threshold),
+        ray.data.aggregate.Sum("missing_cells", alias_name="missing_cells"),
+        ray.data.aggregate.Sum("unseen_cells", alias_name="unseen_cells"))
+    stats = agg["error_stats(recon_error)"]
+    return {**stats, "row_count": stats["count"] + stats["nonfinite"], "anomaly_count": stats["above_threshold"],
+            "anomaly_rate": stats["above_threshold_fraction"], "missing_cells": int(agg["missing_cells"] or 0),
+            "unseen_category_cells": int(agg["unseen_cells"] or 0)}
+
+
 def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact) -> ScoreResult:
-    """Score ``cfg.data`` into ``cfg.out``. CPU-only unless ``use_gpu``."""
-    t0 = time.perf_counter()
-    art = loader(cfg.model)  # fail fast on a bad artefact, before Ray starts
+    """Score ``cfg.data`` into ``cfg.out`` (staged, then committed). CPU-only unless ``use_gpu``."""
+    t0, started = time.perf_counter(), datetime.now(timezone.utc)
+    options = normalize_storage_options(cfg.storage_options)
+    art = loader(cfg.model, options)  # fail fast on a bad artefact, before Ray starts
     threshold = cfg.threshold if cfg.threshold is not None else art.threshold_value
     data = open_scoring_input(cfg, art)
+    run_id = cfg.run_id or compute_run_id(cfg, art, data)
+    out = OutputCommit(cfg.out, options)
+    committed = out.committed_manifest()
+    if committed and committed.get("run_id") == run_id and not cfg.force:
+        print(f"{cfg.out} already holds committed run {run_id}; reusing it (--force recomputes)", flush=True)
+        return ScoreResult(out=cfg.out, summary=out.read_json("summary.json"), manifest=committed, reused=True)
+
     ensure_ray(cfg.ray_address)
-    scored = build_scored_dataset(cfg, art, data, loader)
-
-    out_fs, out_path = url_to_fs(cfg.out)
-    rows_path = join(out_path, "rows")
-    # Uncommit first: from here until _SUCCESS is rewritten, readers see no output.
-    for name in ("_SUCCESS", "summary.json", "rows"):
-        remove(out_fs, join(out_path, name))
-    scored.write_parquet(rows_path, filesystem=arrow_filesystem(out_fs), min_rows_per_file=100_000)
-
-    written = ray.data.read_parquet(rows_path, filesystem=arrow_filesystem(out_fs)).select_columns(
-        ["recon_error", "missing_cells", "unseen_cells"])
-    edges = histogram_edges()
-    agg = written.aggregate(ErrorStatsAggregate("recon_error", edges, threshold),
-                            ray.data.aggregate.Sum("missing_cells", alias_name="missing_cells"),
-                            ray.data.aggregate.Sum("unseen_cells", alias_name="unseen_cells"))
-    stats = agg["error_stats(recon_error)"]
-    if stats["count"] + stats["nonfinite"] != data.num_rows:
-        raise RuntimeError(f"wrote {stats['count'] + stats['nonfinite']} rows for {data.num_rows} input rows")
-    summary = {
-        **stats,
-        "row_count": stats["count"],
-        "anomaly_count": stats["above_threshold"],
-        "anomaly_rate": stats["above_threshold_fraction"],
-        "missing_cells": int(agg["missing_cells"] or 0),
-        "unseen_category_cells": int(agg["unseen_cells"] or 0),
-        "threshold_source": "override" if cfg.threshold is not None else art.threshold.get("method"),
-        "model": {"uri": cfg.model, "version": art.version, "created_at": art.created_at},
-        "input": {"uri": cfg.data, "files": [f.uri for f in data.files], "rows": data.num_rows,
-                  "skipped_empty_files": data.skipped_empty},
-        "wall_seconds": round(time.perf_counter() - t0, 3),
-    }
-    write_bytes(out_fs, join(out_path, "summary.json"), json.dumps(summary, indent=2).encode())
-    write_bytes(out_fs, join(out_path, "_SUCCESS"), b"")
-    return ScoreResult(out=cfg.out, summary=summary)
+    out.begin()
+    try:
+        scored = build_scored_dataset(cfg, art, data, loader)
+        arrow_fs = arrow_filesystem(out.fs)
+        scored.write_parquet(out.staged("rows"), filesystem=arrow_fs, min_rows_per_file=100_000)
+        staged_rows = ray.data.read_parquet(out.staged("rows"), filesystem=arrow_fs)
+        summary = summarize(staged_rows, threshold)
+        if summary["row_count"] != data.num_rows:
+            raise RuntimeError(f"wrote {summary['row_count']} rows for {data.num_rows} input rows; not committing")
+        written = inspect_parquet_files(out.fs, sorted(p for p in out.fs.find(out.staged("rows"))
+                                                       if p.endswith(".parquet")))
+        prefix = out.staged("rows")
+        summary.update({
+            "threshold_source": "override" if cfg.threshold is not None else art.threshold.get("method"),
+            "model": {"uri": cfg.model, "version": art.version, "created_at": art.created_at},
+            "input": {"uri": cfg.data, "files": [f.uri for f in data.files], "rows": data.num_rows,
+                      "skipped_empty_files": data.skipped_empty},
+            "run_id": run_id,
+            "wall_seconds": round(time.perf_counter() - t0, 3),
+        })
+        manifest = {
+            "run_id": run_id,
+            "kind": "aescore-score",
+            "started_at": started.isoformat(timespec="seconds"),
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model": {"uri": cfg.model, "version": art.version},
+            "inputs": [{"uri": f.uri, "size": f.size, "etag": f.etag, "rows": f.num_rows} for f in data.files],
+            "skipped_empty_inputs": data.skipped_empty,
+            "outputs": [{"path": "rows/" + f.path[len(prefix) + 1:], "rows": f.num_rows, "size": f.size}
+                        for f in written],
+            "row_count": summary["row_count"],
+            "config": redact_config(config_to_dict(cfg)),
+            "versions": library_versions(),
+            "git_commit": git_commit(),
+        }
+        out.commit(trees=["rows"], files={"summary.json": json.dumps(summary, indent=2).encode(),
+                                          MANIFEST: json.dumps(manifest, indent=2).encode()})
+    except BaseException:
+        out.abort()
+        raise
+    return ScoreResult(out=cfg.out, summary=summary, manifest=manifest)
 
 
 def format_result(r: ScoreResult) -> str:
     s = r.summary
     q = s["quantiles"]
-    return (f"scored {s['row_count']} rows -> {r.out}: mean={s['mean']:.4f} p50={q['p50']:.4f} "
+    verb = "reused" if r.reused else "scored"
+    return (f"{verb} {s['row_count']} rows -> {r.out}: mean={s['mean']:.4f} p50={q['p50']:.4f} "
             f"p99={q['p99']:.4f} max={s['max']:.4f}, {s['anomaly_count']} above threshold "
             f"{s['threshold']:.4f} ({100 * s['anomaly_rate']:.2f}%), {s['wall_seconds']:.1f}s")
 

@@ -76,6 +76,8 @@ class ParquetFileInfo:
     num_rows: int
     size: int
     schema: object  # pyarrow.Schema
+    etag: str | None = None
+    """ETag (object stores) or modification time (file systems): changes when the file does."""
 
 
 def inspect_parquet_files(fs: fsspec.AbstractFileSystem, files: list[str]) -> list[ParquetFileInfo]:
@@ -88,10 +90,13 @@ def inspect_parquet_files(fs: fsspec.AbstractFileSystem, files: list[str]) -> li
     for path in files:
         uri = fs.unstrip_protocol(path)
         try:
+            info = fs.info(path)
             with fs.open(path, "rb") as f:
                 pf = pq.ParquetFile(f)
+                version = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
                 infos.append(ParquetFileInfo(path=path, uri=uri, num_rows=pf.metadata.num_rows,
-                                             size=fs.size(path), schema=pf.schema_arrow))
+                                             size=int(info.get("size") or 0), schema=pf.schema_arrow,
+                                             etag=None if version is None else str(version).strip('"')))
         except FileNotFoundError as e:
             raise InputError(f"{uri}: file disappeared while reading ({e})") from e
         except Exception as e:  # pyarrow raises ArrowInvalid/OSError for corrupt footers
@@ -110,3 +115,39 @@ def write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
     fs.makedirs(parent, exist_ok=True)
     with fs.open(path, "wb") as f:
         f.write(data)
+
+
+def normalize_storage_options(options: dict | None) -> dict:
+    """fsspec options from config strings: "true"/"false" become booleans."""
+    out = {}
+    for key, value in (options or {}).items():
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            value = value.lower() == "true"
+        out[key] = value
+    return out
+
+
+REDACTED = "<redacted>"
+
+
+def redact_config(config: dict) -> dict:
+    """A config dict safe to write anywhere: storage option values are never kept."""
+    out = dict(config)
+    if out.get("storage_options"):
+        out["storage_options"] = {k: REDACTED for k in out["storage_options"]}
+    return out
+
+
+def move_tree(fs: fsspec.AbstractFileSystem, src: str, dst: str) -> list[str]:
+    """Move every file under ``src`` to the same relative path under ``dst``.
+
+    Local moves are renames; on object stores this is copy + delete per object, so the
+    caller must gate readers with a marker written afterwards (``_SUCCESS``).
+    """
+    moved = []
+    for path in sorted(fs.find(src)):
+        target = dst.rstrip("/") + "/" + path[len(src.rstrip("/")) + 1:]
+        fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        fs.mv(path, target)
+        moved.append(target)
+    return moved

@@ -27,6 +27,7 @@ import ray.train
 import ray.train.torch
 import numpy as np
 import torch
+from fsspec.implementations.local import LocalFileSystem
 from ray.train.torch import TorchTrainer
 
 from aemodel import (AutoencoderConfig, ModelArtifact, Preprocessor, TabularAutoencoder, batch_loss,
@@ -35,6 +36,7 @@ from aemodel.metrics import ErrorStats, histogram_edges
 from jobs.config import config_to_dict, parse_config
 from jobs.datasets import encode, hash_split, open_parquet_input
 from jobs.errors import TrainingError
+from jobs.storage import arrow_filesystem, normalize_storage_options, redact_config, url_to_fs
 from jobs.train_config import TrainConfig
 from jobs.ray_runtime import ColumnStatsAggregate, ensure_ray
 
@@ -220,14 +222,25 @@ def _final_checkpoint(result: ray.train.Result) -> tuple[dict, dict, dict]:
     return state, reference, threshold
 
 
+def _run_storage(storage_path: str | None, options: dict) -> dict:
+    """RunConfig storage arguments: object stores go through the same fsspec filesystem."""
+    if storage_path is None:
+        return {}
+    fs, path = url_to_fs(storage_path, options)
+    if isinstance(fs, LocalFileSystem):
+        return {"storage_path": path}
+    return {"storage_path": path, "storage_filesystem": arrow_filesystem(fs)}
+
+
 def run(cfg: TrainConfig) -> TrainResult:
     """Train on ``cfg.data`` and write the artefact to ``cfg.out``. CPU-only unless ``use_gpu``."""
     t0 = time.perf_counter()
-    train_in = open_parquet_input(cfg.data)
+    options = normalize_storage_options(cfg.storage_options)
+    train_in = open_parquet_input(cfg.data, options)
     specs = resolve_columns(train_in.schema, cfg.feature_columns or None, cfg.exclude_columns, cfg.column_types)
     for f in train_in.files:
         check_schema(f.schema, specs, f.uri)
-    val_in = open_parquet_input(cfg.val_data, specs=specs) if cfg.val_data else None
+    val_in = open_parquet_input(cfg.val_data, options, specs=specs) if cfg.val_data else None
     names = [s.name for s in specs]
 
     ensure_ray(cfg.ray_address)
@@ -260,7 +273,7 @@ def run(cfg: TrainConfig) -> TrainResult:
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=ray.train.RunConfig(
-            name=run_name, storage_path=cfg.storage_path,
+            name=run_name, **_run_storage(cfg.storage_path, options),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures)),
         datasets={"train": train_enc, "val": val_enc},
@@ -273,8 +286,8 @@ def run(cfg: TrainConfig) -> TrainResult:
     history = state["history"]
     art = ModelArtifact(model_config=model_config, preprocessor=pp, state_dict=state["best_model"],
                         threshold=threshold, reference=reference, history=history,
-                        train_config=config_to_dict(cfg))
-    version = save_artifact(art, cfg.out)
+                        train_config=redact_config(config_to_dict(cfg)))
+    version = save_artifact(art, cfg.out, options)
     best = min(history, key=lambda h: h["val_loss"])
     return TrainResult(model_uri=cfg.out, version=version, history=history,
                        threshold=art.threshold["value"], reference=art.reference,

@@ -62,6 +62,8 @@ class TrainConfig:
     """Values seen fewer times in training become <other>."""
     materialize: bool = True
     """Cache the encoded training data in the Ray object store instead of re-reading every epoch."""
+    storage_options: dict[str, str] = field(default_factory=dict)
+    """fsspec options for every path (e.g. endpoint_url); prefer env credentials. Never written out."""
     storage_path: str | None = None
     """Ray Train checkpoint storage (shared storage such as s3:// on multi-node clusters)."""
     run_name: str | None = None

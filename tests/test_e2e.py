@@ -113,8 +113,8 @@ def test_without_id_columns_rows_get_a_unique_row_hash(trained, mixed_data, tmp_
 
 
 def test_model_loader_is_injectable(trained, mixed_data, tmp_path):
-    def strict_loader(uri):
-        art = load_artifact(uri)
+    def strict_loader(uri, storage_options):
+        art = load_artifact(uri, storage_options)
         art.threshold = {**art.threshold, "value": 0.0}
         return art
 
