@@ -114,7 +114,8 @@ def save_artifact(art: ModelArtifact, uri: str, storage_options: dict | None = N
         fs.mv(_join(staging, name), _join(path, name))
     with fs.open(_join(path, SUCCESS_FILE), "wb") as f:
         f.write(art.version.encode())
-    fs.rm(_join(path, "_staging"), recursive=True)
+    if fs.exists(_join(path, "_staging")):  # object stores have no empty folders left over
+        fs.rm(_join(path, "_staging"), recursive=True)
     return art.version
 
 

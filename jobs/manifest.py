@@ -9,8 +9,7 @@ import platform
 import subprocess
 from importlib import metadata
 
-_LIBRARIES = ("aescore", "ray", "torch", "pyarrow", "pandas", "numpy", "fsspec", "s3fs", "safetensors",
-              "datasketches")
+_LIBRARIES = ("aescore", "ray", "torch", "pyarrow", "pandas", "numpy", "fsspec", "s3fs", "safetensors")
 
 
 def library_versions() -> dict[str, str | None]:

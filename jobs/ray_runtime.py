@@ -78,10 +78,12 @@ class ErrorStatsAggregate(AggregateFnV2):
 
 
 def _dump(stats: ErrorStats) -> bytes:
-    d = {k: v for k, v in vars(stats).items() if k != "sketch"}
-    return json.dumps(d).encode() + b"\n" + stats.sketch
+    d = dict(vars(stats))
+    d["sketch"] = [[k, c] for k, c in stats.sketch.items()]  # JSON keys must be strings
+    return json.dumps(d).encode()
 
 
 def _load(data: bytes) -> ErrorStats:
-    head, _, sketch = data.partition(b"\n")
-    return ErrorStats(**json.loads(head), sketch=sketch)
+    d = json.loads(data)
+    d["sketch"] = {int(k): int(c) for k, c in d["sketch"]}
+    return ErrorStats(**d)

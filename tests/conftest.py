@@ -1,18 +1,55 @@
-"""Shared fixtures: a private 2-CPU Ray (like Ray's own ``ray_start_4_cpus``) and small data."""
+"""Shared fixtures: a local S3 server, a private 2-CPU Ray, small data sets.
+
+Order matters: the S3 server's endpoint and the (planted) credentials go into the
+environment before Ray starts, so every Ray worker inherits them, as on a real cluster.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import secrets
+import socket
 
 import pytest
 
-# Quieter, deterministic Ray for tests; set before Ray is imported anywhere.
+# Quieter Ray for tests; set before Ray is imported anywhere.
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
-def ray_start_2_cpus():
+def s3_server():
+    """moto's S3 API server on 127.0.0.1 with a planted secret key (for leak checks)."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    secret = "aescore-planted-secret-" + secrets.token_hex(8)
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "aescore-test-key",
+           "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield {"endpoint": env["AWS_ENDPOINT_URL"], "secret": secret, "env": env}
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def ray_start_2_cpus(s3_server):
     """A private local Ray with 2 CPUs for the whole session (never joins another cluster)."""
     import ray
 
@@ -33,3 +70,15 @@ def mixed_data(tmp_path_factory):
     write_shards(score, str(root / "score"), 3)
     return {"root": root, "train": str(root / "train"), "score": str(root / "score"),
             "train_table": train, "score_table": score}
+
+
+@pytest.fixture
+def bucket(s3_server, request):
+    """A fresh S3 bucket on the local server, as an s3:// URI."""
+    import s3fs
+
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")
+    name = f"aescore-{slug}-{secrets.token_hex(3)}"
+    s3fs.S3FileSystem.clear_instance_cache()
+    s3fs.S3FileSystem().mkdir(name)
+    return f"s3://{name}"

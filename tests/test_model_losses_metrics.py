@@ -67,13 +67,13 @@ def test_error_stats_merge_equals_one_pass_and_matches_numpy():
     for chunk in np.array_split(values, 7):
         parts.merge(ErrorStats(edges=edges, threshold=0.5).update(chunk))
     s1, s2 = one.summary(), parts.summary()
-    for key in ("count", "above_threshold", "histogram", "min", "max"):
-        assert s1[key] == s2[key]
+    for key in ("count", "above_threshold", "histogram", "min", "max", "quantiles"):
+        assert s1[key] == s2[key]  # exact: the result does not depend on how rows were split
     assert s2["mean"] == pytest.approx(values.mean()) and s2["std"] == pytest.approx(values.std())
     assert s2["above_threshold"] == int((values > 0.5).sum())
     assert sum(s2["histogram"]["counts"]) + s2["histogram"]["underflow"] + s2["histogram"]["overflow"] == 50_000
     for name, q in (("p50", 0.5), ("p99", 0.99), ("p99_9", 0.999)):
-        assert s2["quantiles"][name] == pytest.approx(np.quantile(values, q), rel=0.02)
+        assert s2["quantiles"][name] == pytest.approx(np.quantile(values, q), rel=0.005)
 
 
 def test_error_stats_count_nonfinite_separately():
