@@ -99,4 +99,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable module, not this __main__ copy, so that Ray pickles the UDFs and
+    # the training loop as references to jobs.demo, which every worker can import.
+    from jobs.demo import main as module_main
+
+    sys.exit(module_main())

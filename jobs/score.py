@@ -282,4 +282,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable module, not this __main__ copy, so that Ray pickles the UDFs and
+    # the training loop as references to jobs.score, which every worker can import.
+    from jobs.score import main as module_main
+
+    sys.exit(module_main())

@@ -313,4 +313,8 @@ def main(argv: list[str] | None = None) -> int:
 __all__ = ["TrainConfig", "TrainResult", "eval_step", "main", "run", "train_loop_per_worker", "train_step"]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable module, not this __main__ copy, so that Ray pickles the UDFs and
+    # the training loop as references to jobs.train, which every worker can import.
+    from jobs.train import main as module_main
+
+    sys.exit(module_main())

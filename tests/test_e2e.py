@@ -1,6 +1,10 @@
 """End to end on a private 2-CPU Ray: Ray Train fits the model, Ray Data scores Parquet shards."""
 
 import json
+import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -148,3 +152,49 @@ def test_empty_file_is_skipped_and_reported(trained, mixed_data, tmp_path):
                                          id_columns=[ROW_ID]))
     assert result.summary["row_count"] == 300
     assert [p.rsplit("/", 1)[-1] for p in result.summary["input"]["skipped_empty_files"]] == ["empty.parquet"]
+
+
+def test_killed_scoring_run_commits_nothing_and_the_rerun_is_complete(trained, mixed_data, tmp_path):
+    """SIGKILL the scoring driver after it staged rows: no _SUCCESS; the rerun commits each id once."""
+    import ray
+
+    from jobs.synthetic import make_mixed_table, write_shards
+
+    data = tmp_path / "in"
+    table = make_mixed_table(20_000, seed=5, start_id=100_000)
+    write_shards(table, str(data), 8)
+    out = tmp_path / "out"
+    args = ["--model", trained.model_uri, "--data", str(data), "--out", str(out), "--id-columns", ROW_ID,
+            "--batch-size", "500"]
+    gcs = ray.get_runtime_context().gcs_address
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.score", *args, "--ray-address", gcs],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
+    deadline = time.monotonic() + 240
+    while not list(out.glob("_staging/*/rows/*.parquet")):
+        assert proc.poll() is None, "the scoring run ended before it could be killed"
+        assert time.monotonic() < deadline, "no staged rows appeared"
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait(timeout=30)
+    assert not (out / "_SUCCESS").exists() and not (out / "rows").exists()
+
+    result = score.run(score.ScoreConfig(model=trained.model_uri, data=str(data), out=str(out), id_columns=[ROW_ID],
+                                         batch_size=500))
+    rows = _rows(str(out))
+    ids = rows[ROW_ID].to_numpy()
+    assert len(ids) == len(np.unique(ids)) == table.num_rows
+    assert set(ids) == set(table[ROW_ID].to_numpy())
+    assert (out / "_SUCCESS").exists() and not (out / "_staging").exists()
+    assert result.summary["row_count"] == table.num_rows
+
+
+def test_rerun_with_same_run_id_reuses_the_committed_output(trained, mixed_data, tmp_path):
+    cfg = score.ScoreConfig(model=trained.model_uri, data=mixed_data["score"], out=str(tmp_path / "o"),
+                            id_columns=[ROW_ID])
+    first = score.run(cfg)
+    again = score.run(cfg)
+    assert not first.reused and again.reused
+    assert again.summary == json.loads(json.dumps(first.summary))
+    forced = score.run(score.ScoreConfig(**{**cfg.__dict__, "force": True}))
+    assert not forced.reused and forced.summary["count"] == first.summary["count"]
+    assert _rows(str(tmp_path / "o")).num_rows == mixed_data["score_table"].num_rows

@@ -1,0 +1,119 @@
+"""`ray job submit` for real: a local Ray head, the train job, then the score job, on S3.
+
+The head is started with its own temp dir and ports and stopped by the PIDs of its own
+processes only (``ray stop`` would also stop every other Ray on the machine).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+import s3fs
+
+from jobs.synthetic import LABEL, ROW_ID, write_shards
+from tests.conftest import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.e2e, pytest.mark.submit, pytest.mark.timeout(900)]
+
+
+def _ray_cli() -> str:
+    return str(Path(sys.executable).with_name("ray"))
+
+
+@pytest.fixture(scope="module")
+def ray_head(s3_server):
+    """A Ray head on 127.0.0.1 in its own short temp dir; yields (dashboard address, env)."""
+    temp_dir = tempfile.mkdtemp(prefix="aesray-", dir="/tmp")  # short: Ray's socket paths are length-limited
+    env = {**os.environ, **s3_server["env"], "RAY_AUTH_MODE": "disabled",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    env.pop("RAY_ADDRESS", None)
+    dash = free_port()
+    cmd = [_ray_cli(), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
+           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", f"--temp-dir={temp_dir}",
+           f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+           f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+           f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
+           f"--ray-client-server-port={free_port()}", "--disable-usage-stats"]
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=180)
+    try:
+        yield f"http://127.0.0.1:{dash}", env
+    finally:
+        _stop_processes_under(temp_dir)
+
+
+def _stop_processes_under(temp_dir: str) -> None:
+    """Terminate the processes of the cluster in ``temp_dir`` (and their children) by PID."""
+    mine = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(temp_dir in part for part in (p.info["cmdline"] or [])):
+                mine.append(p)
+                mine.extend(p.children(recursive=True))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    for p in mine:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(mine, timeout=15)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def _submit(address: str, env: dict, entrypoint: list[str]) -> subprocess.CompletedProcess:
+    sid = f"aescore-test-{uuid.uuid4().hex[:8]}"
+    cmd = [_ray_cli(), "job", "submit", "--address", address, "--submission-id", sid, "--working-dir", ".",
+           "--runtime-env", "cluster/runtime_env.yaml", "--", *entrypoint]
+    out = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    status = subprocess.run([_ray_cli(), "job", "status", "--address", address, sid], env=env,
+                            capture_output=True, text=True, timeout=60)
+    out.status = status.stdout  # type: ignore[attr-defined]
+    return out
+
+
+def test_train_then_score_via_ray_job_submit(ray_head, mixed_data, bucket, s3_server):
+    address, env = ray_head
+    write_shards(mixed_data["train_table"], f"{bucket}/train", 2)
+    write_shards(mixed_data["score_table"], f"{bucket}/score", 2)
+
+    train = _submit(address, env, ["python", "-m", "jobs.train", "--data", f"{bucket}/train",
+                                   "--out", f"{bucket}/model", "--exclude-columns", f"{ROW_ID},{LABEL}",
+                                   "--epochs", "4", "--cpus-per-worker", "0.5", "--storage-path", f"{bucket}/ray"])
+    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
+    assert "succeeded" in train.status.lower()
+    assert "trained s3://" in train.stdout
+
+    score = _submit(address, env, ["python", "-m", "jobs.score", "--model", f"{bucket}/model",
+                                   "--data", f"{bucket}/score", "--out", f"{bucket}/scores",
+                                   "--id-columns", ROW_ID])
+    assert score.returncode == 0, score.stdout[-3000:] + score.stderr[-3000:]
+    assert "succeeded" in score.status.lower()
+
+    fs = s3fs.S3FileSystem()
+    fs.invalidate_cache()
+    assert fs.exists(f"{bucket}/scores/_SUCCESS")
+    with fs.open(f"{bucket}/scores/manifest.json") as f:
+        manifest = json.load(f)
+    assert manifest["row_count"] == mixed_data["score_table"].num_rows
+    assert s3_server["secret"] not in train.stdout + train.stderr + score.stdout + score.stderr
+
+
+def test_failing_job_exits_nonzero_with_the_error(ray_head, bucket):
+    address, env = ray_head
+    out = _submit(address, env, ["python", "-m", "jobs.score", "--model", f"{bucket}/missing-model",
+                                 "--data", f"{bucket}/x", "--out", f"{bucket}/o"])
+    assert out.returncode != 0
+    assert "failed" in out.status.lower()
+    assert "error: no complete model artefact" in out.stdout + out.stderr
