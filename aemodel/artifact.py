@@ -50,6 +50,7 @@ class ModelArtifact:
         history: Per-epoch training and validation loss.
         train_config: The training job's config, for provenance.
         created_at: UTC ISO timestamp.
+        run_id: Identity of the training run (config + input files) that produced it.
         version: Content hash of weights and metadata, set on save/load.
     """
 
@@ -61,6 +62,7 @@ class ModelArtifact:
     history: list[dict] = field(default_factory=list)
     train_config: dict = field(default_factory=dict)
     created_at: str = ""
+    run_id: str = ""
     version: str = ""
 
     def build_model(self) -> TabularAutoencoder:
@@ -94,6 +96,7 @@ def save_artifact(art: ModelArtifact, uri: str, storage_options: dict | None = N
         "history": art.history,
         "train_config": art.train_config,
         "created_at": art.created_at,
+        "run_id": art.run_id,
         "files": {WEIGHTS_FILE: {"sha256": weights_sha, "bytes": len(weights)}},
     }
     body = json.dumps(meta, sort_keys=True).encode()
@@ -162,5 +165,6 @@ def load_artifact(uri: str, storage_options: dict | None = None) -> ModelArtifac
         history=meta["history"],
         train_config=meta["train_config"],
         created_at=meta["created_at"],
+        run_id=meta.get("run_id", ""),
         version=meta["version"],
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 
@@ -40,6 +41,34 @@ def sketch_add(buckets: dict[int, int], values: np.ndarray) -> dict[int, int]:
     if small.any():
         out[ZERO_BUCKET] = out.get(ZERO_BUCKET, 0) + int(small.sum())
     return out
+
+
+SUM_SHIFT = 200  # float32 values are m * 2**(e - 24) with e - 24 >= -172
+SUMSQ_SHIFT = 400
+
+
+def exact_sums(values: np.ndarray) -> tuple[int, int]:
+    """Exact sum and sum of squares of float32-representable values, as scaled integers.
+
+    Floating-point sums depend on the order of addition, so partial sums merged in a
+    different order (another blocking, another run) would differ in the last bits.
+    Integers do not: each value is split into its 24-bit integer mantissa and exponent,
+    mantissas are summed per exponent (exactly: float64 holds integers up to 2**53), and
+    the per-exponent sums are shifted into one Python integer. Mean and std derived from
+    them are correctly rounded and identical however the values were split.
+    """
+    frac, exp = np.frexp(np.asarray(values, dtype=np.float32).astype(np.float64))
+    mant = np.rint(frac * (1 << 24)).astype(np.int64)  # |mant| < 2**24, value = mant * 2**(exp - 24)
+    shift = exp.astype(np.int64) - 24 + SUM_SHIFT
+    sums = np.bincount(shift, weights=mant.astype(np.float64))
+    total = sum(int(c) << i for i, c in enumerate(sums.tolist()) if c)
+    sq = mant * mant  # < 2**48: split in 24-bit halves so each bincount stays exact
+    sq_shift = 2 * (exp.astype(np.int64) - 24) + SUMSQ_SHIFT
+    hi = np.bincount(sq_shift, weights=(sq >> 24).astype(np.float64))
+    lo = np.bincount(sq_shift, weights=(sq & ((1 << 24) - 1)).astype(np.float64))
+    total_sq = sum(((int(h) << 24) + int(lo_)) << i for i, (h, lo_) in enumerate(zip(hi.tolist(), lo.tolist()))
+                   if h or lo_)
+    return total, total_sq
 
 
 def sketch_merge(a: dict[int, int], b: dict[int, int]) -> dict[int, int]:
@@ -83,8 +112,10 @@ class ErrorStats:
     edges: list[float]
     threshold: float | None = None
     count: int = 0
-    mean: float = 0.0
-    m2: float = 0.0
+    sum_scaled: int = 0
+    """Exact sum of the values times 2**SUM_SHIFT (see ``exact_sums``)."""
+    sumsq_scaled: int = 0
+    """Exact sum of squares times 2**SUMSQ_SHIFT."""
     min: float = math.inf
     max: float = -math.inf
     nonfinite: int = 0
@@ -100,15 +131,15 @@ class ErrorStats:
 
     def update(self, values: np.ndarray) -> ErrorStats:
         """Add a batch of values (in place); non-finite values are only counted."""
-        v = np.asarray(values, dtype=np.float64)
+        v = np.asarray(values, dtype=np.float32).astype(np.float64)  # stored errors are float32
         finite = np.isfinite(v)
         self.nonfinite += int((~finite).sum())
         v = v[finite]
         if v.size == 0:
             return self
-        other = ErrorStats(edges=self.edges, threshold=self.threshold, count=int(v.size),
-                           mean=float(v.mean()), min=float(v.min()), max=float(v.max()))
-        other.m2 = float(((v - other.mean) ** 2).sum())
+        total, total_sq = exact_sums(v)
+        other = ErrorStats(edges=self.edges, threshold=self.threshold, count=int(v.size), sum_scaled=total,
+                           sumsq_scaled=total_sq, min=float(v.min()), max=float(v.max()))
         edges = np.asarray(self.edges)
         other.underflow = int((v < edges[0]).sum())
         other.overflow = int((v > edges[-1]).sum())
@@ -122,12 +153,9 @@ class ErrorStats:
         """Combine ``other`` into this accumulator (in place) and return it."""
         if other.edges != self.edges:
             raise ValueError("cannot merge error statistics with different histogram edges")
-        n = self.count + other.count
-        if other.count:
-            delta = other.mean - self.mean
-            self.mean += delta * other.count / n
-            self.m2 += other.m2 + delta * delta * self.count * other.count / n
-        self.count = n
+        self.count += other.count
+        self.sum_scaled += other.sum_scaled
+        self.sumsq_scaled += other.sumsq_scaled
         self.min, self.max = min(self.min, other.min), max(self.max, other.max)
         self.nonfinite += other.nonfinite
         self.above += other.above
@@ -136,6 +164,21 @@ class ErrorStats:
         self.bins = [a + b for a, b in zip(self.bins, other.bins)]
         self.sketch = sketch_merge(self.sketch, other.sketch)
         return self
+
+    @property
+    def mean(self) -> float | None:
+        if not self.count:
+            return None
+        return float(Fraction(self.sum_scaled, self.count << SUM_SHIFT))
+
+    @property
+    def std(self) -> float | None:
+        """Population standard deviation, from exact sums (correctly rounded)."""
+        if not self.count:
+            return None
+        mean = Fraction(self.sum_scaled, self.count << SUM_SHIFT)
+        var = Fraction(self.sumsq_scaled, self.count << SUMSQ_SHIFT) - mean * mean
+        return math.sqrt(max(float(var), 0.0))
 
     def quantiles(self, qs: list[float]) -> list[float | None]:
         return sketch_quantiles(self.sketch, qs)
@@ -152,8 +195,8 @@ class ErrorStats:
         return {
             "count": self.count,
             "nonfinite": self.nonfinite,
-            "mean": None if empty else self.mean,
-            "std": None if empty else math.sqrt(self.m2 / self.count),
+            "mean": self.mean,
+            "std": self.std,
             "min": None if empty else self.min,
             "max": None if empty else self.max,
             "quantiles": dict(zip(wanted, qs)),

@@ -70,7 +70,8 @@ def run(cfg: DemoConfig) -> DemoResult:
                  score_uri, cfg.shards)
     model_uri, scores_uri = join(cfg.out, "model"), join(cfg.out, "scores")
     tr = train.run(train.TrainConfig(data=train_uri, out=model_uri, exclude_columns=[ROW_ID, LABEL],
-                                     epochs=cfg.epochs, seed=cfg.seed, ray_address=cfg.ray_address))
+                                     epochs=cfg.epochs, seed=cfg.seed, ray_address=cfg.ray_address,
+                                     overwrite=True))
     print(train.format_result(tr), flush=True)
     sr = score.run(score.ScoreConfig(model=model_uri, data=score_uri, out=scores_uri,
                                      id_columns=[ROW_ID, LABEL], ray_address=cfg.ray_address))

@@ -180,12 +180,22 @@ def build_scored_dataset(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInpu
             "storage_options": normalize_storage_options(cfg.storage_options)}
     common = {"batch_format": "pyarrow", "batch_size": cfg.batch_size, "num_cpus": cfg.cpus_per_worker,
               "num_gpus": 1 if cfg.use_gpu else 0}
+    # A dead scorer (OOM, preempted node) is restarted and its batches retried. Retries
+    # cannot duplicate rows: Ray names a write task's files by task, so a retry replaces
+    # them, and the row count is checked against the input before anything is committed.
     if cfg.use_actors:
         default_size = max(1, int(ray.cluster_resources().get("GPU", 0))) if cfg.use_gpu else 1
         return ds.map_batches(BatchScorer, fn_constructor_kwargs=args,
-                              compute=ActorPoolStrategy(size=cfg.concurrency or default_size), **common)
+                              compute=ActorPoolStrategy(size=cfg.concurrency or default_size),
+                              max_restarts=3, max_task_retries=3, **common)
     compute = ray.data.TaskPoolStrategy(size=cfg.concurrency) if cfg.concurrency else None
-    return ds.map_batches(score_batch, fn_kwargs=args, compute=compute, **common)
+    return ds.map_batches(score_batch, fn_kwargs=args, compute=compute, max_retries=3, **common)
+
+
+def _ignored_columns(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput) -> list[str]:
+    """Input columns that are neither features nor ids: not read, reported."""
+    used = {s.name for s in art.preprocessor.specs} | set(cfg.id_columns)
+    return sorted({n for f in data.files for n in f.schema.names} - used)
 
 
 def compute_run_id(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput) -> str:
@@ -226,6 +236,8 @@ def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact) -> ScoreResult:
         scored = build_scored_dataset(cfg, art, data, loader)
         arrow_fs = arrow_filesystem(out.fs)
         scored.write_parquet(out.staged("rows"), filesystem=arrow_fs, min_rows_per_file=100_000)
+        if not out.fs.exists(out.staged("rows")):
+            raise RuntimeError(f"wrote 0 rows for {data.num_rows} input rows; not committing")
         staged_rows = ray.data.read_parquet(out.staged("rows"), filesystem=arrow_fs)
         summary = summarize(staged_rows, threshold)
         if summary["row_count"] != data.num_rows:
@@ -237,7 +249,7 @@ def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact) -> ScoreResult:
             "threshold_source": "override" if cfg.threshold is not None else art.threshold.get("method"),
             "model": {"uri": cfg.model, "version": art.version, "created_at": art.created_at},
             "input": {"uri": cfg.data, "files": [f.uri for f in data.files], "rows": data.num_rows,
-                      "skipped_empty_files": data.skipped_empty},
+                      "skipped_empty_files": data.skipped_empty, "ignored_columns": _ignored_columns(cfg, art, data)},
             "run_id": run_id,
             "wall_seconds": round(time.perf_counter() - t0, 3),
         })

@@ -7,6 +7,7 @@ Every path in every job goes through here, so a local path, ``file://``, ``s3://
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import fsspec
@@ -26,10 +27,38 @@ def url_to_fs(uri: str, storage_options: dict | None = None) -> tuple[fsspec.Abs
 
 
 def arrow_filesystem(fs: fsspec.AbstractFileSystem) -> pafs.FileSystem:
-    """A pyarrow filesystem for Ray Data: native for local paths, fsspec-backed otherwise."""
+    """A pyarrow filesystem for Ray Data's reads and writes.
+
+    Local paths and S3 use pyarrow's native filesystems. For S3 that matters beyond
+    speed: under transient errors (503 SlowDown) the fsspec bridge can report a file as
+    zero bytes, and Ray Data then silently skips it; the native client retries
+    (standard AWS strategy) and fails loudly. Other schemes go through fsspec.
+    """
     if isinstance(fs, LocalFileSystem):
         return pafs.LocalFileSystem()
+    if "s3" in (fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)):
+        return native_s3(getattr(fs, "storage_options", {}) or {})
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def native_s3(options: dict) -> pafs.S3FileSystem:
+    """pyarrow's S3 client configured from s3fs-style storage options (env fills the rest)."""
+    kwargs: dict = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=10)}
+    endpoint = (options.get("endpoint_url") or (options.get("client_kwargs") or {}).get("endpoint_url")
+                or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
+    for ours, theirs in (("key", "access_key"), ("secret", "secret_key"), ("token", "session_token")):
+        if options.get(ours):
+            kwargs[theirs] = options[ours]
+    if options.get("anon"):
+        kwargs["anonymous"] = True
+    region = options.get("region") or (options.get("client_kwargs") or {}).get("region_name") \
+        or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kwargs["region"] = region
+    return pafs.S3FileSystem(**kwargs)
 
 
 def join(uri: str, *parts: str) -> str:
@@ -60,8 +89,10 @@ def list_parquet_files(uri: str, storage_options: dict | None = None) -> tuple[f
                            and not any(part.startswith(("_", ".")) for part in p[len(path):].split("/")[:-1]))
         else:
             raise InputError(f"input path does not exist: {uri}")
-    except (FileNotFoundError, PermissionError) as e:
-        raise InputError(f"cannot list {uri}: {e}") from e
+    except InputError:
+        raise
+    except OSError as e:  # permissions, unreachable endpoints, storage errors after retries
+        raise InputError(f"cannot list {uri}: {type(e).__name__}: {e}") from e
     if not files:
         raise InputError(f"no Parquet files found at {uri}")
     return fs, files

@@ -31,11 +31,12 @@ from fsspec.implementations.local import LocalFileSystem
 from ray.train.torch import TorchTrainer
 
 from aemodel import (AutoencoderConfig, ModelArtifact, Preprocessor, TabularAutoencoder, batch_loss,
-                     check_schema, column_losses, resolve_columns, row_errors, save_artifact)
+                     check_schema, column_losses, load_artifact, resolve_columns, row_errors, save_artifact)
 from aemodel.metrics import ErrorStats, histogram_edges
 from jobs.config import config_to_dict, parse_config
 from jobs.datasets import encode, hash_split, open_parquet_input
-from jobs.errors import TrainingError
+from jobs.errors import InputError, TrainingError
+from jobs.manifest import fingerprint
 from jobs.storage import arrow_filesystem, normalize_storage_options, redact_config, url_to_fs
 from jobs.train_config import TrainConfig
 from jobs.ray_runtime import ColumnStatsAggregate, ensure_ray
@@ -126,7 +127,7 @@ def train_loop_per_worker(config: dict) -> None:
                                   weight_decay=config["weight_decay"])
     baselines = torch.tensor(config["baselines"], dtype=torch.float32, device=device)
 
-    start_epoch, best_val, bad_epochs, history = 0, math.inf, 0, []
+    start_epoch, best_val, bad_epochs, history, attempt = 0, math.inf, 0, [], 0
     best_state = {k: v.detach().clone() for k, v in raw_model.state_dict().items()}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:  # resuming after a worker failure
@@ -136,17 +137,22 @@ def train_loop_per_worker(config: dict) -> None:
         optimizer.load_state_dict(state["optimizer"])
         best_state, history = state["best_model"], state["history"]
         start_epoch, best_val, bad_epochs = state["epoch"] + 1, state["best_val"], state["bad_epochs"]
+        attempt = state.get("attempt", 0) + 1
 
     def snapshot(epoch: int) -> dict:
         return {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "best_model": best_state,
-                "history": history, "epoch": epoch, "best_val": best_val, "bad_epochs": bad_epochs}
+                "history": history, "epoch": epoch, "best_val": best_val, "bad_epochs": bad_epochs,
+                "attempt": attempt}
 
+    finished = False
+    if checkpoint and state.get("finished"):
+        finished = True  # a completed run restored by name: nothing left to train
     train_shard = ray.train.get_dataset_shard("train")
     val_data = ray.train.get_dataset_shard("val")
     rank = ray.train.get_context().get_world_rank()
     last_report = time.monotonic()
     epoch = start_epoch - 1
-    for epoch in range(start_epoch, config["epochs"]):
+    for epoch in range(start_epoch, config["epochs"] if not finished else start_epoch):
         t0 = time.perf_counter()
         tr_sum, tr_n = 0.0, 0
         for batch in train_shard.iter_torch_batches(
@@ -176,7 +182,8 @@ def train_loop_per_worker(config: dict) -> None:
         else:
             bad_epochs += 1
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                        "seconds": time.perf_counter() - t0, "train_rows": int(tr_n), "val_rows": int(va_n)})
+                        "seconds": time.perf_counter() - t0, "train_rows": int(tr_n), "val_rows": int(va_n),
+                        "attempt": attempt})  # > 0: resumed from a checkpoint after a failure
         if rank == 0:  # one progress line per epoch in the driver's log
             print(f"epoch {epoch}: train_loss={train_loss:.5f} val_loss={val_loss:.5f} best={best_val:.5f} "
                   f"({history[-1]['seconds']:.2f}s)", flush=True)
@@ -190,7 +197,8 @@ def train_loop_per_worker(config: dict) -> None:
     reference, threshold = validation_reference(raw_model, val_data, device, baselines,
                                                 config["threshold_quantile"])
     final = {**history[-1], "best_val_loss": best_val, "finished": True} if history else {"finished": True}
-    _report(final, rank, snapshot(epoch), {"reference.json": reference, "threshold.json": threshold})
+    _report(final, rank, {**snapshot(max(epoch, start_epoch - 1)), "finished": True},
+            {"reference.json": reference, "threshold.json": threshold})
 
 
 # --- layer 3: the driver ----------------------------------------------------------------
@@ -207,6 +215,8 @@ class TrainResult:
     train_rows: int
     val_rows: int
     wall_seconds: float
+    run_id: str = ""
+    reused: bool = False
 
 
 def _final_checkpoint(result: ray.train.Result) -> tuple[dict, dict, dict]:
@@ -242,6 +252,16 @@ def run(cfg: TrainConfig) -> TrainResult:
         check_schema(f.schema, specs, f.uri)
     val_in = open_parquet_input(cfg.val_data, options, specs=specs) if cfg.val_data else None
     names = [s.name for s in specs]
+    run_id = fingerprint({"config": _identity(cfg), "inputs": [(f.uri, f.size, f.etag) for f in train_in.files],
+                          "val_inputs": [(f.uri, f.size, f.etag) for f in val_in.files] if val_in else None})
+    existing = _committed_artifact(cfg.out, options)
+    if existing is not None and existing.run_id == run_id and not cfg.overwrite:
+        print(f"{cfg.out} already holds the model of run {run_id}; reusing it (--overwrite retrains)", flush=True)
+        return _result_from(existing, cfg.out, time.perf_counter() - t0, reused=True)
+    if existing is not None and not cfg.overwrite:
+        raise InputError(f"a model artefact from another run ({existing.run_id or 'unknown'}, version "
+                         f"{existing.version}, created {existing.created_at}) is already at {cfg.out}; "
+                         "pass --overwrite to replace it or choose another --out")
 
     ensure_ray(cfg.ray_address)
     if val_in is None:
@@ -258,6 +278,10 @@ def run(cfg: TrainConfig) -> TrainResult:
     train_enc, val_enc = encode(train_ds, pp), encode(val_ds, pp)
     if cfg.materialize:
         train_enc, val_enc = train_enc.materialize(), val_enc.materialize()
+        expected = train_in.num_rows + (val_in.num_rows if val_in else 0)
+        if train_enc.count() + val_enc.count() != expected:  # free on materialized data
+            raise TrainingError(f"read {train_enc.count() + val_enc.count()} rows but the input files hold "
+                                f"{expected}; refusing to train on partial data")
 
     loop_config = {
         "model_config": model_config.to_dict(), "baselines": pp.baselines, "epochs": cfg.epochs,
@@ -266,7 +290,9 @@ def run(cfg: TrainConfig) -> TrainResult:
         "torch_threads": max(1, int(cfg.cpus_per_worker)), "report_interval_s": 2.0,
         "threshold_quantile": cfg.threshold_quantile,
     }
-    run_name = cfg.run_name or time.strftime("aescore-train-%Y%m%d-%H%M%S")
+    # Named by run id, so rerunning a crashed run resumes from its checkpoints; a forced
+    # retrain (--overwrite) of the same run starts a fresh Ray Train run instead.
+    run_name = cfg.run_name or (f"aescore-train-{run_id}" + (time.strftime("-%Y%m%d-%H%M%S") if cfg.overwrite else ""))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -286,18 +312,38 @@ def run(cfg: TrainConfig) -> TrainResult:
     history = state["history"]
     art = ModelArtifact(model_config=model_config, preprocessor=pp, state_dict=state["best_model"],
                         threshold=threshold, reference=reference, history=history,
-                        train_config=redact_config(config_to_dict(cfg)))
-    version = save_artifact(art, cfg.out, options)
-    best = min(history, key=lambda h: h["val_loss"])
-    return TrainResult(model_uri=cfg.out, version=version, history=history,
-                       threshold=art.threshold["value"], reference=art.reference,
-                       train_rows=best["train_rows"], val_rows=best["val_rows"],
-                       wall_seconds=time.perf_counter() - t0)
+                        train_config=redact_config(config_to_dict(cfg)), run_id=run_id)
+    save_artifact(art, cfg.out, options)
+    return _result_from(art, cfg.out, time.perf_counter() - t0)
+
+
+def _identity(cfg: TrainConfig) -> dict:
+    """The options that define what is trained (not where or how it is launched)."""
+    d = redact_config(config_to_dict(cfg))
+    for key in ("out", "overwrite", "ray_address", "storage_path", "run_name", "max_failures", "storage_options"):
+        d.pop(key, None)
+    return d
+
+
+def _committed_artifact(uri: str, options: dict) -> ModelArtifact | None:
+    """The artefact committed at ``uri``, None if there is none; a broken one is an error."""
+    fs, path = url_to_fs(uri, options)
+    if not fs.exists(path.rstrip("/") + "/_SUCCESS"):
+        return None
+    return load_artifact(uri, options)
+
+
+def _result_from(art: ModelArtifact, uri: str, seconds: float, reused: bool = False) -> TrainResult:
+    best = min(art.history, key=lambda h: h["val_loss"])
+    return TrainResult(model_uri=uri, version=art.version, history=art.history, threshold=art.threshold["value"],
+                       reference=art.reference, train_rows=best["train_rows"], val_rows=best["val_rows"],
+                       wall_seconds=seconds, run_id=art.run_id, reused=reused)
 
 
 def format_result(r: TrainResult) -> str:
     best = min(r.history, key=lambda h: h["val_loss"])
-    return (f"trained {r.model_uri} (version {r.version}): {len(r.history)} epochs, best epoch {best['epoch']} "
+    verb = "reused" if r.reused else "trained"
+    return (f"{verb} {r.model_uri} (version {r.version}): {len(r.history)} epochs, best epoch {best['epoch']} "
             f"train_loss={best['train_loss']:.4f} val_loss={best['val_loss']:.4f}, threshold={r.threshold:.4f}, "
             f"rows train={r.train_rows} val={r.val_rows}, {r.wall_seconds:.1f}s")
 

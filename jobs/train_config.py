@@ -67,7 +67,9 @@ class TrainConfig:
     storage_path: str | None = None
     """Ray Train checkpoint storage (shared storage such as s3:// on multi-node clusters)."""
     run_name: str | None = None
-    """Ray Train run name (default: aescore-train-<timestamp>)."""
+    """Ray Train run name; default aescore-train-<run id>, so rerunning the same run resumes it."""
+    overwrite: bool = False
+    """Replace a model artefact at --out that another run wrote (the same run is reused)."""
     max_failures: int = 0
     """Worker failures Ray Train recovers from by restarting from the last checkpoint."""
     seed: int = 0

@@ -82,3 +82,16 @@ def bucket(s3_server, request):
     s3fs.S3FileSystem.clear_instance_cache()
     s3fs.S3FileSystem().mkdir(name)
     return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def trained(ray_start_2_cpus, mixed_data, tmp_path_factory):
+    """One real training run with two data-parallel workers (fractional CPUs so reads still run)."""
+    from jobs import train
+    from jobs.synthetic import LABEL, ROW_ID
+
+    root = tmp_path_factory.mktemp("train")
+    cfg = train.TrainConfig(data=mixed_data["train"], out=str(root / "model"), exclude_columns=[ROW_ID, LABEL],
+                            num_workers=2, cpus_per_worker=0.5, epochs=12, hidden_dims=[32, 16], latent_dim=4,
+                            batch_size=128, storage_path=str(root / "ray"))
+    return train.run(cfg)

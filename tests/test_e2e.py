@@ -20,16 +20,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")
-def trained(ray_start_2_cpus, mixed_data, tmp_path_factory):
-    """One real training run with two data-parallel workers (fractional CPUs so reads still run)."""
-    root = tmp_path_factory.mktemp("train")
-    cfg = train.TrainConfig(data=mixed_data["train"], out=str(root / "model"), exclude_columns=[ROW_ID, LABEL],
-                            num_workers=2, cpus_per_worker=0.5, epochs=12, hidden_dims=[32, 16], latent_dim=4,
-                            batch_size=128, storage_path=str(root / "ray"), run_name="e2e")
-    return train.run(cfg)
-
-
-@pytest.fixture(scope="module")
 def scored(trained, mixed_data, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("scores") / "run")
     cfg = score.ScoreConfig(model=trained.model_uri, data=mixed_data["score"], out=out, id_columns=[ROW_ID, LABEL],
@@ -186,6 +176,11 @@ def test_killed_scoring_run_commits_nothing_and_the_rerun_is_complete(trained, m
     assert set(ids) == set(table[ROW_ID].to_numpy())
     assert (out / "_SUCCESS").exists() and not (out / "_staging").exists()
     assert result.summary["row_count"] == table.num_rows
+    uninterrupted = score.run(score.ScoreConfig(model=trained.model_uri, data=str(data), out=str(tmp_path / "clean"),
+                                                id_columns=[ROW_ID], batch_size=500))
+    volatile = {"wall_seconds"}
+    assert {k: v for k, v in result.summary.items() if k not in volatile} == \
+        {k: v for k, v in uninterrupted.summary.items() if k not in volatile}
 
 
 def test_rerun_with_same_run_id_reuses_the_committed_output(trained, mixed_data, tmp_path):

@@ -1,0 +1,193 @@
+"""Bad-input matrix: each case names the file/column/problem and commits nothing.
+
+Error cases go through the real CLI (exit code 2, one ``error:`` line); cases the system
+handles (extra columns, NaN/inf, empty files, unseen categories, an all-NaN column at
+scoring time) are scored and reported.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jobs import score
+from jobs.synthetic import LABEL, ROW_ID, make_mixed_table
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def _table(n=200, seed=7):
+    return make_mixed_table(n, seed=seed, start_id=50_000)
+
+
+def _write(dirpath: Path, tables: dict[str, pa.Table]) -> str:
+    dirpath.mkdir(parents=True, exist_ok=True)
+    for name, t in tables.items():
+        pq.write_table(t, dirpath / name)
+    return str(dirpath)
+
+
+def _case_missing_column(d):
+    return _write(d, {"ok.parquet": _table(), "bad.parquet": _table().drop_columns(["num_3"])}), \
+        r"bad\.parquet: missing feature column\(s\) \['num_3'\]"
+
+
+def _case_type_changed(d):
+    t = _table()
+    t = t.set_column(t.schema.get_field_index("num_0"), "num_0", pa.array([str(v) for v in t["num_0"].to_pylist()]))
+    return _write(d, {"part.parquet": t}), r"part\.parquet: column 'num_0' has type string"
+
+
+def _case_zero_rows(d):
+    return _write(d, {"a.parquet": _table().slice(0, 0), "b.parquet": _table().slice(0, 0)}), \
+        "2 Parquet file\\(s\\) but zero rows in total"
+
+
+def _case_corrupt_file(d):
+    path = _write(d, {"good.parquet": _table(), "torn.parquet": _table()})
+    data = (d / "torn.parquet").read_bytes()
+    (d / "torn.parquet").write_bytes(data[: len(data) // 2])
+    return path, r"torn\.parquet: not a readable Parquet file"
+
+
+def _case_not_parquet(d):
+    d.mkdir(parents=True)
+    (d / "events.parquet").write_text("id,value\n1,2\n")
+    return str(d), r"events\.parquet: not a readable Parquet file"
+
+
+def _case_missing_path(d):
+    return str(d / "nowhere"), "input path does not exist: .*nowhere"
+
+
+def _case_other_models_schema(d):
+    rng = np.random.default_rng(0)
+    t = pa.table({"price": rng.normal(size=50), "zip": rng.choice(["a", "b"], 50)})
+    return _write(d, {"other.parquet": t}), r"other\.parquet: missing feature column\(s\) \['num_0', 'num_1'"
+
+
+SCORE_INPUT_CASES = {
+    "missing_feature_column": _case_missing_column,
+    "column_type_changed": _case_type_changed,
+    "zero_rows_in_total": _case_zero_rows,
+    "truncated_parquet": _case_corrupt_file,
+    "not_parquet": _case_not_parquet,
+    "nonexistent_path": _case_missing_path,
+    "schema_of_another_model": _case_other_models_schema,
+}
+
+
+def _assert_failed_cleanly(out: subprocess.CompletedProcess, pattern: str, out_dir: Path) -> None:
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1, out.stderr[-2000:]
+    import re
+
+    assert re.search(pattern, lines[0]), lines[0]
+    assert not (out_dir / "_SUCCESS").exists() and not (out_dir / "rows").exists()
+
+
+@pytest.mark.parametrize("case", sorted(SCORE_INPUT_CASES))
+def test_bad_scoring_input(case, trained, tmp_path):
+    data, pattern = SCORE_INPUT_CASES[case](tmp_path / "in")
+    out_dir = tmp_path / "out"
+    result = _cli("score", "--model", trained.model_uri, "--data", data, "--out", str(out_dir))
+    _assert_failed_cleanly(result, pattern, out_dir)
+
+
+def test_nonexistent_bucket(trained, tmp_path, s3_server):
+    out_dir = tmp_path / "out"
+    result = _cli("score", "--model", trained.model_uri, "--data", "s3://no-such-bucket-aescore/x/",
+                  "--out", str(out_dir))
+    _assert_failed_cleanly(result, "no-such-bucket-aescore", out_dir)
+
+
+@pytest.mark.parametrize("damage, pattern", [
+    ("delete_weights", "model artefact at .* is incomplete"),
+    ("flip_weight_byte", "does not match its checksum"),
+    ("edit_metadata", "does not match its version hash"),
+    ("remove_success", "no complete model artefact"),
+])
+def test_damaged_model_artefact(damage, pattern, trained, mixed_data, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(trained.model_uri, model)
+    if damage == "delete_weights":
+        (model / "model.safetensors").unlink()
+    elif damage == "flip_weight_byte":
+        data = bytearray((model / "model.safetensors").read_bytes())
+        data[len(data) // 2] ^= 0x01
+        (model / "model.safetensors").write_bytes(bytes(data))
+    elif damage == "edit_metadata":
+        meta = json.loads((model / "model.json").read_text())
+        meta["threshold"]["value"] *= 10
+        (model / "model.json").write_text(json.dumps(meta))
+    else:
+        (model / "_SUCCESS").unlink()
+    out_dir = tmp_path / "out"
+    result = _cli("score", "--model", str(model), "--data", mixed_data["score"], "--out", str(out_dir))
+    _assert_failed_cleanly(result, pattern, out_dir)
+
+
+@pytest.mark.parametrize("flags, pattern", [
+    (["--latent-dim", "-4"], "latent_dim must be >= 1, got -4"),
+    (["--column-types", "num_0=ordinal"], "num_0=ordinal: unknown column type"),
+    (["--epochs", "ten"], "epochs: cannot read 'ten' as int"),
+    (["--feature-columns", "num_0,nope"], r"feature column\(s\) \['nope'\] not in the data"),
+])
+def test_invalid_training_config_rejected_before_ray(flags, pattern, mixed_data, tmp_path):
+    out_dir = tmp_path / "model"
+    result = _cli("train", "--data", mixed_data["train"], "--out", str(out_dir), *flags)
+    _assert_failed_cleanly(result, pattern, out_dir)
+    assert "Started a local Ray instance" not in result.stderr
+
+
+def test_all_nan_column_in_training_names_the_column(ray_start_2_cpus, tmp_path):
+    t = _table(400)
+    t = t.set_column(t.schema.get_field_index("num_2"), "num_2", pa.array(np.full(400, np.nan)))
+    data = _write(tmp_path / "in", {"a.parquet": t})
+    from jobs import train
+    from jobs.errors import describe
+
+    with pytest.raises(Exception) as err:
+        train.run(train.TrainConfig(data=data, out=str(tmp_path / "m"), exclude_columns=[ROW_ID, LABEL], epochs=1))
+    assert describe(err.value).startswith("column 'num_2' has no non-missing value in the training data")
+    assert not (tmp_path / "m" / "_SUCCESS").exists()
+
+
+def test_handled_inputs_are_scored_and_reported(trained, tmp_path):
+    """Extra columns, NaN/inf, an all-NaN column, unseen categories, an empty file."""
+    t = _table(300)
+    num = t["num_4"].to_numpy(zero_copy_only=False).copy()
+    num[:3] = [np.nan, np.inf, -np.inf]
+    t = t.set_column(t.schema.get_field_index("num_4"), "num_4", pa.array(num))
+    t = t.set_column(t.schema.get_field_index("num_6"), "num_6", pa.array(np.full(300, np.nan)))
+    cats = t["cat_0"].to_pylist()
+    cats[10:15] = ["never-seen"] * 5
+    t = t.set_column(t.schema.get_field_index("cat_0"), "cat_0", pa.array(cats))
+    t = t.append_column("comment", pa.array(["x"] * 300))
+    data = _write(tmp_path / "in", {"a.parquet": t, "empty.parquet": t.slice(0, 0)})
+    result = score.run(score.ScoreConfig(model=trained.model_uri, data=data, out=str(tmp_path / "o"),
+                                         id_columns=[ROW_ID]))
+    s = result.summary
+    assert s["row_count"] == 300 and s["nonfinite"] == 0
+    assert s["input"]["ignored_columns"] == ["comment", LABEL]
+    assert [p.rsplit("/", 1)[-1] for p in s["input"]["skipped_empty_files"]] == ["empty.parquet"]
+    assert s["unseen_category_cells"] == 5
+    rows = pq.read_table(tmp_path / "o" / "rows").sort_by(ROW_ID)
+    missing = rows["missing_cells"].to_numpy()
+    base = (~np.isfinite(t.sort_by(ROW_ID)["num_1"].to_numpy(zero_copy_only=False))).astype(int)  # demo's own gaps
+    expected = base + 1  # num_6 everywhere
+    expected[np.isin(rows[ROW_ID].to_numpy(), t[ROW_ID].to_numpy()[:3])] += 1
+    assert missing.tolist() == expected.tolist()
+    assert s["missing_cells"] == int(expected.sum())
+    assert np.all(np.isfinite(rows["recon_error"].to_numpy()))
