@@ -106,3 +106,48 @@ def test_permanent_storage_error_fails_cleanly(trained, mixed_data, bucket, tmp_
                                         storage_options={"endpoint_url": proxy.url}))
     assert describe(err.value).startswith(f"cannot list {bucket}/in")
     assert not (tmp_path / "o" / "_SUCCESS").exists() and not (tmp_path / "o" / "rows").exists()
+
+
+def _scorer_actors() -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])
+            if "MapWorker" in cmd and "BatchScorer" in cmd:
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def test_dead_scorer_actor_is_restarted_without_duplicates(trained, tmp_path):
+    from jobs.synthetic import make_mixed_table
+
+    table = make_mixed_table(30_000, seed=9, start_id=200_000)
+    write_shards(table, str(tmp_path / "in"), 10)
+    cfg = dict(model=trained.model_uri, data=str(tmp_path / "in"), id_columns=[ROW_ID], compute="actors",
+               concurrency=1, cpus_per_worker=0.5, batch_size=300)
+    killed = []
+
+    def killer():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            actors = _scorer_actors()
+            if actors:
+                time.sleep(1.0)  # let it score some batches first
+                for p in _scorer_actors():
+                    p.kill()
+                    killed.append(p.pid)
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    result = score.run(score.ScoreConfig(out=str(tmp_path / "o"), **cfg))
+    thread.join()
+    assert killed, "no scorer actor was found to kill"
+    rows = pq.read_table(tmp_path / "o" / "rows")
+    ids = rows[ROW_ID].to_numpy()
+    assert len(ids) == len(np.unique(ids)) == table.num_rows
+    clean = score.run(score.ScoreConfig(out=str(tmp_path / "c"), **cfg))
+    assert result.summary["mean"] == clean.summary["mean"]
+    assert result.summary["quantiles"] == clean.summary["quantiles"]
