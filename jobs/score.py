@@ -22,7 +22,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Literal
 
@@ -40,7 +40,8 @@ from jobs.datasets import ParquetInput, open_parquet_input
 from jobs.errors import InputError
 from jobs.ray_runtime import ErrorStatsAggregate, ensure_ray
 from jobs.manifest import fingerprint, git_commit, library_versions
-from jobs.storage import arrow_filesystem, inspect_parquet_files, normalize_storage_options, redact_config
+from jobs.storage import (arrow_filesystem, inspect_parquet_files, normalize_storage_options, redact_config,
+                          resolve_model_uri)
 
 ROW_HASH = "row_hash"
 ModelLoader = Callable[[str, dict | None], ModelArtifact]  # (uri, storage_options) -> artefact
@@ -51,7 +52,7 @@ class ScoreConfig:
     """Options of ``aescore score``."""
 
     model: str
-    """Model artefact URI written by ``aescore train``."""
+    """Model artefact URI written by ``aescore train``, or a pointer file from --publish-latest."""
     data: str
     """Parquet to score: a file, a directory/prefix of shards, or a glob (any fsspec URI)."""
     out: str
@@ -220,6 +221,7 @@ def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact) -> ScoreResult:
     """Score ``cfg.data`` into ``cfg.out`` (staged, then committed). CPU-only unless ``use_gpu``."""
     t0, started = time.perf_counter(), datetime.now(timezone.utc)
     options = normalize_storage_options(cfg.storage_options)
+    cfg = replace(cfg, model=resolve_model_uri(cfg.model, options))  # follow a LATEST pointer once
     art = loader(cfg.model, options)  # fail fast on a bad artefact, before Ray starts
     threshold = cfg.threshold if cfg.threshold is not None else art.threshold_value
     data = open_scoring_input(cfg, art)

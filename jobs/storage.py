@@ -7,6 +7,7 @@ Every path in every job goes through here, so a local path, ``file://``, ``s3://
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
@@ -182,3 +183,32 @@ def move_tree(fs: fsspec.AbstractFileSystem, src: str, dst: str) -> list[str]:
         fs.mv(path, target)
         moved.append(target)
     return moved
+
+
+def resolve_model_uri(uri: str, storage_options: dict | None = None) -> str:
+    """A model URI, following a pointer file (JSON ``{"model_uri": ...}``) if ``uri`` is one.
+
+    Training's ``--publish-latest`` writes such a pointer in one PUT (atomic on object
+    stores), after the artefact is committed, so readers never see a half-written model.
+    """
+    fs, path = url_to_fs(uri, storage_options)
+    if not fs.isfile(path):
+        return uri
+    try:
+        with fs.open(path, "rb") as f:
+            target = json.loads(f.read())["model_uri"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{uri} is a file but not a model pointer (JSON with model_uri): {e}") from e
+    return target
+
+
+def publish_pointer(uri: str, model_uri: str, version: str, storage_options: dict | None = None) -> None:
+    """Write the pointer at ``uri`` to ``model_uri`` (one object write; atomic rename locally)."""
+    fs, path = url_to_fs(uri, storage_options)
+    body = json.dumps({"model_uri": model_uri, "version": version}).encode()
+    if isinstance(fs, LocalFileSystem):
+        tmp = f"{path}.tmp"
+        write_bytes(fs, tmp, body)
+        fs.mv(tmp, path)
+    else:
+        write_bytes(fs, path, body)

@@ -37,7 +37,7 @@ from jobs.config import config_to_dict, parse_config
 from jobs.datasets import encode, hash_split, open_parquet_input
 from jobs.errors import InputError, TrainingError
 from jobs.manifest import fingerprint
-from jobs.storage import arrow_filesystem, normalize_storage_options, redact_config, url_to_fs
+from jobs.storage import arrow_filesystem, normalize_storage_options, publish_pointer, redact_config, url_to_fs
 from jobs.train_config import TrainConfig
 from jobs.ray_runtime import ColumnStatsAggregate, ensure_ray
 
@@ -314,13 +314,16 @@ def run(cfg: TrainConfig) -> TrainResult:
                         threshold=threshold, reference=reference, history=history,
                         train_config=redact_config(config_to_dict(cfg)), run_id=run_id)
     save_artifact(art, cfg.out, options)
+    if cfg.publish_latest:
+        publish_pointer(cfg.publish_latest, cfg.out, art.version, options)
     return _result_from(art, cfg.out, time.perf_counter() - t0)
 
 
 def _identity(cfg: TrainConfig) -> dict:
     """The options that define what is trained (not where or how it is launched)."""
     d = redact_config(config_to_dict(cfg))
-    for key in ("out", "overwrite", "ray_address", "storage_path", "run_name", "max_failures", "storage_options"):
+    for key in ("out", "overwrite", "ray_address", "storage_path", "run_name", "max_failures", "storage_options",
+                "publish_latest"):
         d.pop(key, None)
     return d
 

@@ -68,6 +68,8 @@ class TrainConfig:
     """Ray Train checkpoint storage (shared storage such as s3:// on multi-node clusters)."""
     run_name: str | None = None
     """Ray Train run name; default aescore-train-<run id>, so rerunning the same run resumes it."""
+    publish_latest: str | None = None
+    """After a successful run, point this file (e.g. s3://bucket/models/LATEST.json) at --out."""
     overwrite: bool = False
     """Replace a model artefact at --out that another run wrote (the same run is reused)."""
     max_failures: int = 0

@@ -1,0 +1,113 @@
+"""Drift between two reconstruction-error distributions given as fixed-edge histograms.
+
+Every histogram in this project uses the same log-spaced edges (``histogram_edges``), plus
+an underflow and an overflow count, so any two runs, nights or the model's validation
+reference compare bin by bin. The statistics below are computed on those bins: KS is the
+largest CDF gap at a bin edge (a lower bound of the exact KS), Wasserstein-1 integrates
+the CDF gap across bins (the overflow bin is not integrated), PSI uses the bins directly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+PSI_EPSILON = 1e-4  # keeps empty bins from making PSI infinite
+
+
+def _probabilities(hist: dict) -> np.ndarray:
+    counts = np.array([hist["underflow"], *hist["counts"], hist["overflow"]], dtype=np.float64)
+    total = counts.sum()
+    return counts / total if total else counts
+
+
+def psi(current: dict, reference: dict) -> float:
+    """Population stability index; > 0.1 moderate, > 0.2 large shift (common rule of thumb)."""
+    p = _probabilities(current) + PSI_EPSILON
+    q = _probabilities(reference) + PSI_EPSILON
+    p, q = p / p.sum(), q / q.sum()
+    return float(((p - q) * np.log(p / q)).sum())
+
+
+def ks(current: dict, reference: dict) -> float:
+    """Largest gap between the two CDFs at the bin edges."""
+    return float(np.abs(np.cumsum(_probabilities(current)) - np.cumsum(_probabilities(reference))).max())
+
+
+def wasserstein(current: dict, reference: dict) -> float:
+    """Wasserstein-1 distance: the area between the CDFs, bin by bin (0 to the last edge)."""
+    edges = np.asarray(current["edges"], dtype=np.float64)
+    widths = np.diff(np.concatenate([[0.0], edges]))  # underflow spans [0, first edge]
+    gap = np.abs(np.cumsum(_probabilities(current)) - np.cumsum(_probabilities(reference)))[: len(widths)]
+    return float((gap * widths).sum())
+
+
+def _relative(current: float | None, reference: float | None) -> float | None:
+    if current is None or reference is None or reference == 0:
+        return None
+    return (current - reference) / abs(reference)
+
+
+def compare(current: dict, reference: dict) -> dict:
+    """Drift of ``current`` against ``reference`` (both ``ErrorStats.summary()`` dicts)."""
+    if current["histogram"]["edges"] != reference["histogram"]["edges"]:
+        raise ValueError("histograms have different edges; they cannot be compared")
+    rate = current.get("above_threshold_fraction")
+    ref_rate = reference.get("above_threshold_fraction")
+    z = None
+    if rate is not None and ref_rate is not None and 0 < ref_rate < 1 and current.get("count"):
+        # How many standard errors tonight's anomaly count lies above the baseline rate
+        # (binomial): a ratio on a handful of rows is noise, not drift.
+        n = current["count"]
+        z = (rate - ref_rate) * n / math.sqrt(n * ref_rate * (1 - ref_rate))
+    return {
+        "psi": psi(current["histogram"], reference["histogram"]),
+        "ks": ks(current["histogram"], reference["histogram"]),
+        "wasserstein": wasserstein(current["histogram"], reference["histogram"]),
+        "mean_shift": _relative(current.get("mean"), reference.get("mean")),
+        "p99_shift": _relative(current["quantiles"].get("p99"), reference["quantiles"].get("p99")),
+        "anomaly_rate": rate,
+        "reference_anomaly_rate": ref_rate,
+        "anomaly_rate_ratio": None if rate is None or not ref_rate else rate / ref_rate,
+        "anomaly_rate_z": z,
+    }
+
+
+def pool(summaries: list[dict]) -> dict:
+    """One summary-like dict whose histogram and anomaly counts are the sum of ``summaries``."""
+    first = summaries[0]["histogram"]
+    hist = {"edges": first["edges"], "counts": [0] * len(first["counts"]), "underflow": 0, "overflow": 0}
+    count = above = 0
+    weighted_mean = 0.0
+    for s in summaries:
+        h = s["histogram"]
+        hist["counts"] = [a + b for a, b in zip(hist["counts"], h["counts"])]
+        hist["underflow"] += h["underflow"]
+        hist["overflow"] += h["overflow"]
+        count += s["count"]
+        above += s.get("above_threshold") or 0
+        weighted_mean += (s.get("mean") or 0.0) * s["count"]
+    p99s = [s["quantiles"].get("p99") for s in summaries if s["quantiles"].get("p99") is not None]
+    return {"histogram": hist, "count": count, "mean": weighted_mean / count if count else None,
+            "quantiles": {"p99": float(np.median(p99s)) if p99s else None},
+            "above_threshold_fraction": above / count if count else None}
+
+
+def alerts(drift: dict, psi_limit: float, ks_limit: float, rate_ratio_limit: float, min_z: float = 3.0
+           ) -> list[str]:
+    """Human-readable reasons this drift crosses the configured limits (empty: no alert).
+
+    The anomaly-rate alert needs both the ratio above ``rate_ratio_limit`` and the excess
+    significant (``anomaly_rate_z`` above ``min_z``).
+    """
+    out = []
+    if drift["psi"] > psi_limit:
+        out.append(f"PSI {drift['psi']:.3f} > {psi_limit}")
+    if drift["ks"] > ks_limit:
+        out.append(f"KS {drift['ks']:.3f} > {ks_limit}")
+    ratio = drift["anomaly_rate_ratio"]
+    z = drift.get("anomaly_rate_z")
+    if ratio is not None and math.isfinite(ratio) and ratio > rate_ratio_limit and z is not None and z > min_z:
+        out.append(f"anomaly rate {drift['anomaly_rate']:.4f} is {ratio:.1f}x the reference's (z={z:.1f})")
+    return out

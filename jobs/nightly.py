@@ -1,0 +1,196 @@
+"""Nightly scoring: score one date partition, commit it, report drift, page on an alert.
+
+Submit to a Ray cluster (from the repository root), e.g. from a scheduler::
+
+    ray job submit --address http://127.0.0.1:8265 --working-dir . \\
+        --runtime-env cluster/runtime_env.yaml -- \\
+        python -m jobs.nightly --model s3://bucket/models/LATEST.json \\
+        --data 's3://bucket/events/dt={date}/' --out 's3://bucket/scores/dt={date}/' --id-columns event_id
+
+Locally: ``aescore nightly --date 2026-11-27 --model ./model --data './events/dt={date}' --out './scores/dt={date}'``.
+
+``--date`` defaults to yesterday (UTC); ``--start``/``--end`` backfill a range in order.
+Each night is an ordinary committed scoring run (idempotent: a rerun reuses it), then
+``drift.json`` beside its ``summary.json`` compares the night with the model's validation
+reference and with the previous ``--history-nights`` committed nights.
+
+Exit codes: 0 all nights fine; 3 at least one night crossed an alert limit; 2 bad input or
+configuration (e.g. a missing input partition); 1 any other failure.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from typing import Literal
+
+from aemodel import drift
+from jobs import score
+from jobs.commit import SUCCESS
+from jobs.config import parse_config
+from jobs.storage import join, normalize_storage_options, resolve_model_uri, url_to_fs, write_bytes
+
+DRIFT_EXIT_CODE = 3
+
+
+@dataclass
+class NightlyConfig:
+    """Options of ``aescore nightly``."""
+
+    model: str
+    """Model artefact URI, or a pointer file written by ``aescore train --publish-latest``."""
+    data: str
+    """Input URI template with {date}, e.g. s3://bucket/events/dt={date}/."""
+    out: str
+    """Output URI template with {date}, e.g. s3://bucket/scores/dt={date}/."""
+    date: str | None = None
+    """Night to score (YYYY-MM-DD); default yesterday in UTC."""
+    start: str | None = None
+    """First night of a backfill (with --end); nights run in date order."""
+    end: str | None = None
+    """Last night of a backfill (inclusive)."""
+    id_columns: list[str] = field(default_factory=list)
+    """Input columns copied to the output to identify rows."""
+    history_nights: int = 7
+    """Previous committed nights that form the recent baseline."""
+    psi_alert: float = 0.2
+    """Alert when PSI of recon_error against a baseline exceeds this."""
+    ks_alert: float = 0.15
+    """Alert when the KS statistic against a baseline exceeds this."""
+    anomaly_rate_alert: float = 3.0
+    """Alert when the anomaly rate exceeds this multiple of the baseline's."""
+    batch_size: int = 8192
+    """Rows per model call."""
+    compute: Literal["auto", "actors", "tasks"] = "auto"
+    """Scoring compute strategy (see aescore score)."""
+    use_gpu: bool = False
+    """Score on GPUs."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per scoring worker."""
+    storage_options: dict[str, str] = field(default_factory=dict)
+    """fsspec options for every path; prefer env credentials. Never written out."""
+    force: bool = False
+    """Rescore nights that are already committed."""
+    ray_address: str | None = None
+    """Ray cluster address; default RAY_ADDRESS if set, else a private local Ray."""
+
+    def __post_init__(self) -> None:
+        for name in ("data", "out"):
+            if "{date}" not in getattr(self, name):
+                raise ValueError(f"--{name} must contain {{date}} so each night has its own partition")
+        if (self.start is None) != (self.end is None):
+            raise ValueError("--start and --end go together")
+        if self.date and self.start:
+            raise ValueError("give either --date or --start/--end")
+        self.nights()  # parses every date
+        if self.history_nights < 0:
+            raise ValueError(f"history_nights must be >= 0, got {self.history_nights}")
+
+    def nights(self) -> list[date]:
+        """The dates to run, in order."""
+        def parse(s: str) -> date:
+            try:
+                return date.fromisoformat(s)
+            except ValueError as e:
+                raise ValueError(f"not a date (YYYY-MM-DD): {s!r}") from e
+
+        if self.start:
+            first, last = parse(self.start), parse(self.end)
+            if last < first:
+                raise ValueError(f"--end {self.end} is before --start {self.start}")
+            return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+        if self.date:
+            return [parse(self.date)]
+        return [datetime.now(timezone.utc).date() - timedelta(days=1)]
+
+
+@dataclass
+class NightResult:
+    night: str
+    out: str
+    reused: bool
+    drift: dict
+
+
+def _committed_summary(uri: str, options: dict) -> dict | None:
+    fs, path = url_to_fs(uri, options)
+    if not fs.exists(join(path, SUCCESS)):  # uncommitted output counts as absent
+        return None
+    with fs.open(join(path, "summary.json"), "rb") as f:
+        return json.loads(f.read())
+
+
+def run_night(cfg: NightlyConfig, night: date) -> NightResult:
+    """Score one night, then write its drift report beside its summary."""
+    options = normalize_storage_options(cfg.storage_options)
+    stamp = night.isoformat()
+    out = cfg.out.format(date=stamp)
+    model_uri = resolve_model_uri(cfg.model, options)
+    result = score.run(score.ScoreConfig(
+        model=model_uri, data=cfg.data.format(date=stamp), out=out, id_columns=cfg.id_columns,
+        batch_size=cfg.batch_size, compute=cfg.compute, use_gpu=cfg.use_gpu, cpus_per_worker=cfg.cpus_per_worker,
+        storage_options=cfg.storage_options, force=cfg.force, ray_address=cfg.ray_address))
+    tonight = result.summary
+
+    from aemodel import load_artifact
+
+    reference = load_artifact(model_uri, options).reference
+    report: dict = {"date": stamp, "model": tonight["model"], "row_count": tonight["row_count"],
+                    "limits": {"psi": cfg.psi_alert, "ks": cfg.ks_alert, "anomaly_rate_ratio": cfg.anomaly_rate_alert},
+                    "vs_validation": drift.compare(tonight, reference), "alerts": []}
+    previous = []
+    for back in range(1, cfg.history_nights + 1):
+        s = _committed_summary(cfg.out.format(date=(night - timedelta(days=back)).isoformat()), options)
+        if s is not None and s["histogram"]["edges"] == tonight["histogram"]["edges"]:
+            previous.append({**s, "date": (night - timedelta(days=back)).isoformat()})
+    report["previous_nights"] = [p["date"] for p in previous]
+    if previous:
+        report["vs_previous_nights"] = drift.compare(tonight, drift.pool(previous))
+    for name in ("vs_validation", "vs_previous_nights"):
+        if name in report:
+            report["alerts"] += [f"{name}: {a}" for a in drift.alerts(report[name], cfg.psi_alert, cfg.ks_alert,
+                                                                       cfg.anomaly_rate_alert)]
+    fs, path = url_to_fs(out, options)
+    write_bytes(fs, join(path, "drift.json"), json.dumps(report, indent=2).encode())
+    return NightResult(night=stamp, out=out, reused=result.reused, drift=report)
+
+
+def run(cfg: NightlyConfig) -> list[NightResult]:
+    """Every night of ``cfg`` in date order."""
+    return [run_night(cfg, night) for night in cfg.nights()]
+
+
+def format_night(r: NightResult) -> str:
+    d = r.drift["vs_validation"]
+    state = "ALERT " + "; ".join(r.drift["alerts"]) if r.drift["alerts"] else "ok"
+    return (f"{r.night}: {'reused' if r.reused else 'scored'} {r.drift['row_count']} rows -> {r.out}; "
+            f"vs validation PSI={d['psi']:.3f} KS={d['ks']:.3f}; {state}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m jobs.nightly``: exit 3 when a night crossed an alert limit."""
+    from jobs.cli import run_cli
+
+    results: list[NightResult] = []
+
+    def job() -> str:
+        cfg = parse_config(NightlyConfig, argv, prog="aescore nightly", description=__doc__.split("\n")[0])
+        for night in cfg.nights():
+            results.append(run_night(cfg, night))
+            print(format_night(results[-1]), flush=True)
+        alerted = [r.night for r in results if r.drift["alerts"]]
+        return f"nightly: {len(results)} night(s), alerts on {alerted or 'none'}"
+
+    code = run_cli(job)
+    if code == 0 and any(r.drift["alerts"] for r in results):
+        return DRIFT_EXIT_CODE
+    return code
+
+
+if __name__ == "__main__":
+    # Run the importable module so Ray pickles references to jobs.* (see jobs/score.py).
+    from jobs.nightly import main as module_main
+
+    sys.exit(module_main())

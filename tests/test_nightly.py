@@ -1,0 +1,82 @@
+"""Nightly scoring on a local S3 server: three nights, the third drifted."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import s3fs
+
+from jobs import nightly
+from jobs.errors import InputError
+from jobs.storage import publish_pointer
+from jobs.synthetic import ROW_ID, make_mixed_table, write_shards
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+
+@pytest.fixture
+def nights(trained, bucket):
+    publish_pointer(f"{bucket}/models/LATEST.json", trained.model_uri, trained.version)
+    for day, frac in (("2026-11-01", 0.03), ("2026-11-02", 0.03), ("2026-11-03", 0.45)):
+        table = make_mixed_table(1500, seed=int(day[-2:]) + 40, anomaly_fraction=frac, start_id=int(day[-2:]) * 10**6)
+        write_shards(table, f"{bucket}/events/dt={day}", 2)
+    return nightly.NightlyConfig(model=f"{bucket}/models/LATEST.json", data=f"{bucket}/events/dt={{date}}",
+                                 out=f"{bucket}/scores/dt={{date}}", id_columns=[ROW_ID], batch_size=1000)
+
+
+def test_three_nights_flag_only_the_drifted_one(nights, bucket):
+    from dataclasses import replace
+
+    results = nightly.run(replace(nights, start="2026-11-01", end="2026-11-03"))
+    assert [r.night for r in results] == ["2026-11-01", "2026-11-02", "2026-11-03"]
+    first, second, third = (r.drift for r in results)
+    assert first["alerts"] == [] and second["alerts"] == [], (first, second)
+    assert second["previous_nights"] == ["2026-11-01"] and "vs_previous_nights" in second
+    assert third["alerts"], third
+    assert third["vs_previous_nights"]["psi"] > nights.psi_alert
+    assert third["vs_validation"]["anomaly_rate_ratio"] > nights.anomaly_rate_alert
+    assert third["previous_nights"] == ["2026-11-02", "2026-11-01"]
+    fs = s3fs.S3FileSystem()
+    fs.invalidate_cache()
+    for day in ("2026-11-01", "2026-11-02", "2026-11-03"):
+        for name in ("_SUCCESS", "summary.json", "manifest.json", "drift.json"):
+            assert fs.exists(f"{bucket}/scores/dt={day}/{name}"), (day, name)
+
+    # Idempotent: rerunning a night reuses its committed output and reports the same drift.
+    again = nightly.run(replace(nights, date="2026-11-02"))[0]
+    assert again.reused and again.drift == second
+
+    with pytest.raises(InputError, match="input path does not exist: .*dt=2026-11-04"):
+        nightly.run(replace(nights, date="2026-11-04"))
+    assert not fs.exists(f"{bucket}/scores/dt=2026-11-04/_SUCCESS")
+
+
+def test_cli_exit_code_3_on_alert(nights, bucket):
+    import ray
+
+    from dataclasses import replace
+
+    nightly.run(replace(nights, start="2026-11-02", end="2026-11-03"))
+    base = ["--model", nights.model, "--data", nights.data, "--out", nights.out, "--id-columns", ROW_ID,
+            "--ray-address", ray.get_runtime_context().gcs_address]
+    ok = subprocess.run([sys.executable, "-m", "jobs.nightly", "--date", "2026-11-02", *base],
+                        capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    alert = subprocess.run([sys.executable, "-m", "jobs.nightly", "--date", "2026-11-03", *base],
+                           capture_output=True, text=True, timeout=300)
+    assert alert.returncode == nightly.DRIFT_EXIT_CODE, alert.stderr[-2000:]
+    assert "2026-11-03: reused" in alert.stdout and "ALERT" in alert.stdout
+    missing = subprocess.run([sys.executable, "-m", "jobs.nightly", "--date", "2026-11-09", *base],
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "input path does not exist" in missing.stderr
+
+
+def test_nightly_config_checks():
+    with pytest.raises(ValueError, match="must contain \\{date\\}"):
+        nightly.NightlyConfig(model="m", data="s3://b/events/", out="s3://b/o/{date}")
+    with pytest.raises(ValueError, match="before --start"):
+        nightly.NightlyConfig(model="m", data="{date}", out="{date}", start="2026-11-03", end="2026-11-01")
+    cfg = nightly.NightlyConfig(model="m", data="{date}", out="{date}", start="2026-10-30", end="2026-11-02")
+    assert [d.isoformat() for d in cfg.nights()] == ["2026-10-30", "2026-10-31", "2026-11-01", "2026-11-02"]
+    assert json.dumps(cfg.nights()[0].isoformat())
