@@ -39,6 +39,15 @@ def run_cli(job: Callable[[], str]) -> int:
     return 0
 
 
+def job_main(config_cls: type, run: Callable, format_result: Callable, argv: list[str] | None, prog: str,
+             doc: str | None) -> int:
+    """The ``main`` of a job: parse ``config_cls`` from flags, ``run`` it, print the result line."""
+    from jobs.config import parse_config
+
+    description = (doc or "").strip().split("\n")[0]
+    return run_cli(lambda: format_result(run(parse_config(config_cls, argv, prog=prog, description=description))))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Dispatch ``aescore SUBCOMMAND ...`` to the job's ``main``."""
     argv = list(sys.argv[1:] if argv is None else argv)

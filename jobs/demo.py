@@ -20,7 +20,6 @@ import pyarrow.parquet as pq
 
 from aemodel import auroc
 from jobs import score, train
-from jobs.config import parse_config
 from jobs.storage import join, url_to_fs
 from jobs.synthetic import LABEL, ROW_ID, make_mixed_table, write_shards
 
@@ -93,10 +92,9 @@ def format_result(r: DemoResult) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m jobs.demo``."""
-    from jobs.cli import run_cli
+    from jobs.cli import job_main
 
-    return run_cli(lambda: format_result(run(parse_config(DemoConfig, argv, prog="aescore demo",
-                                                          description=__doc__.split("\n")[0]))))
+    return job_main(DemoConfig, run, format_result, argv, "aescore demo", __doc__)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from ray.data import ActorPoolStrategy
 from aemodel import ModelArtifact, RowScorer, load_artifact
 from aemodel.metrics import histogram_edges
 from jobs.commit import MANIFEST, OutputCommit
-from jobs.config import config_to_dict, parse_config
+from jobs.config import config_to_dict
 from jobs.datasets import ParquetInput, open_parquet_input
 from jobs.errors import InputError
 from jobs.ray_runtime import ErrorStatsAggregate, ensure_ray
@@ -181,16 +181,17 @@ def build_scored_dataset(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInpu
             "storage_options": normalize_storage_options(cfg.storage_options)}
     common = {"batch_format": "pyarrow", "batch_size": cfg.batch_size, "num_cpus": cfg.cpus_per_worker,
               "num_gpus": 1 if cfg.use_gpu else 0}
-    # A dead scorer (OOM, preempted node) is restarted and its batches retried. Retries
-    # cannot duplicate rows: Ray names a write task's files by task, so a retry replaces
-    # them, and the row count is checked against the input before anything is committed.
+    # A dead scorer (OOM, preempted node) is restarted and its batches retried: Ray Data
+    # gives pool actors max_restarts=-1 and max_task_retries=-1, and tasks keep Ray's
+    # retries on system failures (passing these explicitly is deprecated in Ray 2.60).
+    # Retries cannot duplicate rows: a write task's files are named by task, so a retry
+    # replaces them, and the row count is checked against the input before committing.
     if cfg.use_actors:
         default_size = max(1, int(ray.cluster_resources().get("GPU", 0))) if cfg.use_gpu else 1
         return ds.map_batches(BatchScorer, fn_constructor_kwargs=args,
-                              compute=ActorPoolStrategy(size=cfg.concurrency or default_size),
-                              max_restarts=3, max_task_retries=3, **common)
+                              compute=ActorPoolStrategy(size=cfg.concurrency or default_size), **common)
     compute = ray.data.TaskPoolStrategy(size=cfg.concurrency) if cfg.concurrency else None
-    return ds.map_batches(score_batch, fn_kwargs=args, compute=compute, max_retries=3, **common)
+    return ds.map_batches(score_batch, fn_kwargs=args, compute=compute, **common)
 
 
 def _ignored_columns(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput) -> list[str]:
@@ -289,10 +290,9 @@ def format_result(r: ScoreResult) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m jobs.score``: parse flags, score, print a one-line result."""
-    from jobs.cli import run_cli
+    from jobs.cli import job_main
 
-    return run_cli(lambda: format_result(run(parse_config(ScoreConfig, argv, prog="aescore score",
-                                                          description=__doc__.split("\n")[0]))))
+    return job_main(ScoreConfig, run, format_result, argv, "aescore score", __doc__)
 
 
 if __name__ == "__main__":

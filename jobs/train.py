@@ -33,7 +33,7 @@ from ray.train.torch import TorchTrainer
 from aemodel import (AutoencoderConfig, ModelArtifact, Preprocessor, TabularAutoencoder, batch_loss,
                      check_schema, column_losses, load_artifact, resolve_columns, row_errors, save_artifact)
 from aemodel.metrics import ErrorStats, histogram_edges
-from jobs.config import config_to_dict, parse_config
+from jobs.config import config_to_dict
 from jobs.datasets import encode, hash_split, open_parquet_input
 from jobs.errors import InputError, TrainingError
 from jobs.manifest import fingerprint
@@ -353,10 +353,9 @@ def format_result(r: TrainResult) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m jobs.train``: parse flags, train, print a one-line result."""
-    from jobs.cli import run_cli
+    from jobs.cli import job_main
 
-    return run_cli(lambda: format_result(run(parse_config(TrainConfig, argv, prog="aescore train",
-                                                          description=__doc__.split("\n")[0]))))
+    return job_main(TrainConfig, run, format_result, argv, "aescore train", __doc__)
 
 
 __all__ = ["TrainConfig", "TrainResult", "eval_step", "main", "run", "train_loop_per_worker", "train_step"]

@@ -7,13 +7,12 @@ import sys
 import time
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from aemodel import ArtifactError, RowScorer, SchemaError, auroc, load_artifact
-from jobs import score, train
+from jobs import score
 from jobs.synthetic import LABEL, ROW_ID
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]

@@ -1,6 +1,5 @@
 """Nightly scoring on a local S3 server: three nights, the third drifted."""
 
-import json
 import subprocess
 import sys
 
@@ -60,9 +59,6 @@ def test_cli_exit_code_3_on_alert(nights, bucket):
     nightly.run(replace(nights, start="2026-11-02", end="2026-11-03"))
     base = ["--model", nights.model, "--data", nights.data, "--out", nights.out, "--id-columns", ROW_ID,
             "--ray-address", ray.get_runtime_context().gcs_address]
-    ok = subprocess.run([sys.executable, "-m", "jobs.nightly", "--date", "2026-11-02", *base],
-                        capture_output=True, text=True, timeout=300)
-    assert ok.returncode == 0, ok.stderr[-2000:]
     alert = subprocess.run([sys.executable, "-m", "jobs.nightly", "--date", "2026-11-03", *base],
                            capture_output=True, text=True, timeout=300)
     assert alert.returncode == nightly.DRIFT_EXIT_CODE, alert.stderr[-2000:]
@@ -79,4 +75,3 @@ def test_nightly_config_checks():
         nightly.NightlyConfig(model="m", data="{date}", out="{date}", start="2026-11-03", end="2026-11-01")
     cfg = nightly.NightlyConfig(model="m", data="{date}", out="{date}", start="2026-10-30", end="2026-11-02")
     assert [d.isoformat() for d in cfg.nights()] == ["2026-10-30", "2026-10-31", "2026-11-01", "2026-11-02"]
-    assert json.dumps(cfg.nights()[0].isoformat())

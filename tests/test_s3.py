@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 
 def _train_cfg(data, out, storage):
-    return train.TrainConfig(data=data, out=out, exclude_columns=[ROW_ID, LABEL], epochs=6, hidden_dims=[16],
+    return train.TrainConfig(data=data, out=out, exclude_columns=[ROW_ID, LABEL], epochs=3, hidden_dims=[16],
                              latent_dim=4, batch_size=256, cpus_per_worker=0.5, storage_path=storage, run_name="s3")
 
 
@@ -69,9 +69,9 @@ def test_train_and_score_on_s3_match_local(ray_start_2_cpus, mixed_data, bucket,
     assert secret not in captured.out + captured.err
 
 
-def test_storage_options_are_used_and_never_written(ray_start_2_cpus, mixed_data, bucket, tmp_path, s3_server):
+def test_storage_options_are_used_and_never_written(trained, mixed_data, bucket, tmp_path, s3_server):
     """Credentials given as storage_options reach S3 but no output; the config shows only their keys."""
-    model = train.run(_train_cfg(mixed_data["train"], str(tmp_path / "m"), str(tmp_path / "ray")))
+    model = trained
     options = {"endpoint_url": s3_server["endpoint"], "key": "aescore-test-key", "secret": s3_server["secret"]}
     write_shards(mixed_data["score_table"], f"{bucket}/in", 2)
     result = score.run(score.ScoreConfig(model=model.model_uri, data=f"{bucket}/in", out=f"{bucket}/out",
