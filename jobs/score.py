@@ -188,8 +188,16 @@ def build_scored_dataset(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInpu
     # replaces them, and the row count is checked against the input before committing.
     if cfg.use_actors:
         default_size = max(1, int(ray.cluster_resources().get("GPU", 0))) if cfg.use_gpu else 1
+        size = cfg.concurrency or default_size
+        cpus = ray.cluster_resources().get("CPU", 0)
+        if not cfg.use_gpu and cpus and size * cfg.cpus_per_worker >= cpus:
+            # Seen here: a pool that reserves every CPU leaves none for the Parquet reads
+            # that feed it, and the job stalls forever instead of failing.
+            raise InputError(f"{size} scoring actors x {cfg.cpus_per_worker:g} CPU would reserve all {cpus:g} "
+                             "CPUs and starve the Parquet reads; lower --concurrency or --cpus-per-worker, "
+                             "or use the default task path")
         return ds.map_batches(BatchScorer, fn_constructor_kwargs=args,
-                              compute=ActorPoolStrategy(size=cfg.concurrency or default_size), **common)
+                              compute=ActorPoolStrategy(size=size), **common)
     compute = ray.data.TaskPoolStrategy(size=cfg.concurrency) if cfg.concurrency else None
     return ds.map_batches(score_batch, fn_kwargs=args, compute=compute, **common)
 

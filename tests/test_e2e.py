@@ -192,3 +192,13 @@ def test_rerun_with_same_run_id_reuses_the_committed_output(trained, mixed_data,
     forced = score.run(score.ScoreConfig(**{**cfg.__dict__, "force": True}))
     assert not forced.reused and forced.summary["count"] == first.summary["count"]
     assert _rows(str(tmp_path / "o")).num_rows == mixed_data["score_table"].num_rows
+
+
+def test_actor_pool_that_would_reserve_every_cpu_is_refused(trained, mixed_data, tmp_path):
+    """2 actors x 1 CPU on a 2-CPU Ray would starve the reads and hang: refused up front."""
+    from jobs.errors import InputError
+
+    with pytest.raises(InputError, match="would reserve all 2 CPUs"):
+        score.run(score.ScoreConfig(model=trained.model_uri, data=mixed_data["score"], out=str(tmp_path / "o"),
+                                    compute="actors", concurrency=2, cpus_per_worker=1.0))
+    assert not (tmp_path / "o" / "_SUCCESS").exists() and not (tmp_path / "o" / "_staging").exists()
