@@ -99,6 +99,11 @@ def validation_reference(model: torch.nn.Module, val_data, device: torch.device,
                              "validation_rows": stats.count}
 
 
+def _load_state(checkpoint_dir: str, device: torch.device | str) -> dict:
+    """A training checkpoint's state; weights_only=True, so nothing in it is unpickled as code."""
+    return torch.load(Path(checkpoint_dir) / "state.pt", weights_only=True, map_location=device)
+
+
 def _report(metrics: dict, rank: int, state: dict, extra_files: dict[str, dict] | None = None) -> None:
     """``ray.train.report`` with a checkpoint written by rank 0 (weights are replicated)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,7 +137,7 @@ def train_loop_per_worker(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:  # resuming after a worker failure
         with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / "state.pt", weights_only=True, map_location=device)
+            state = _load_state(d, device)
         raw_model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         best_state, history = state["best_model"], state["history"]
@@ -226,7 +231,7 @@ def _final_checkpoint(result: ray.train.Result) -> tuple[dict, dict, dict]:
     with result.checkpoint.as_directory() as d:
         if not (Path(d) / "reference.json").exists():
             raise TrainingError("training ended before its final checkpoint (see the Ray Train logs)")
-        state = torch.load(Path(d) / "state.pt", weights_only=True, map_location="cpu")
+        state = _load_state(d, "cpu")
         reference = json.loads((Path(d) / "reference.json").read_text())
         threshold = json.loads((Path(d) / "threshold.json").read_text())
     return state, reference, threshold
