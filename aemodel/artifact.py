@@ -4,7 +4,10 @@ Layout at ``MODEL_URI``::
 
     model.safetensors   weights (safetensors: loading never unpickles anything)
     model.json          model config, column schema, preprocessing statistics, threshold,
-                        validation error distribution, training history, checksums
+                        validation error distribution, training history, diagnostics, checksums
+    train_rows.bloom    Bloom filter of training/validation row hashes (leakage check)
+    metrics.json        training diagnostics, losses and threshold, for people (copy of model.json's)
+    report.html         training report: loss curves and validation error distribution
     _SUCCESS            written last; an artefact without it is incomplete and refused
 
 Any fsspec URI works (local path, ``file://``, ``s3://``, ``gs://``, ``memory://``).
@@ -23,13 +26,16 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from aemodel.leakage import BloomFilter
 from aemodel.model import AutoencoderConfig, TabularAutoencoder
 from aemodel.preprocess import Preprocessor
 
 FORMAT = "aescore-model"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
+BLOOM_FILE = "train_rows.bloom"
 META_FILE = "model.json"
+METRICS_FILE = "metrics.json"
 SUCCESS_FILE = "_SUCCESS"
 
 
@@ -51,6 +57,11 @@ class ModelArtifact:
         train_config: The training job's config, for provenance.
         created_at: UTC ISO timestamp.
         run_id: Identity of the training run (config + input files) that produced it.
+        metrics: Training diagnostics and final losses (also written as metrics.json).
+        training_rows: Bloom filter of the training and validation rows' hashes.
+        training_rows_info: Rows in the filter, its false-positive rate, overlap found.
+        extra_files: Files for people written beside the artefact (e.g. report.html);
+            not read back by ``load_artifact``.
         version: Content hash of weights and metadata, set on save/load.
     """
 
@@ -63,6 +74,10 @@ class ModelArtifact:
     train_config: dict = field(default_factory=dict)
     created_at: str = ""
     run_id: str = ""
+    metrics: dict = field(default_factory=dict)
+    training_rows: BloomFilter | None = None
+    training_rows_info: dict = field(default_factory=dict)
+    extra_files: dict[str, bytes] = field(default_factory=dict)
     version: str = ""
 
     def build_model(self) -> TabularAutoencoder:
@@ -83,8 +98,9 @@ def _join(uri: str, name: str) -> str:
 def save_artifact(art: ModelArtifact, uri: str, storage_options: dict | None = None) -> str:
     """Write the artefact to ``uri`` (replacing any artefact there) and return its version."""
     fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
-    weights = save_safetensors({k: v.detach().cpu().contiguous() for k, v in art.state_dict.items()})
-    weights_sha = hashlib.sha256(weights).hexdigest()
+    checked = {WEIGHTS_FILE: save_safetensors({k: v.detach().cpu().contiguous() for k, v in art.state_dict.items()})}
+    if art.training_rows is not None:
+        checked[BLOOM_FILE] = art.training_rows.to_bytes()
     art.created_at = art.created_at or datetime.now(timezone.utc).isoformat(timespec="seconds")
     meta = {
         "format": FORMAT,
@@ -97,24 +113,33 @@ def save_artifact(art: ModelArtifact, uri: str, storage_options: dict | None = N
         "train_config": art.train_config,
         "created_at": art.created_at,
         "run_id": art.run_id,
-        "files": {WEIGHTS_FILE: {"sha256": weights_sha, "bytes": len(weights)}},
+        "metrics": art.metrics,
+        "training_rows": ({**art.training_rows_info, "n_bits": art.training_rows.n_bits,
+                           "n_hashes": art.training_rows.n_hashes} if art.training_rows is not None else None),
+        "files": {name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+                  for name, data in checked.items()},
     }
     body = json.dumps(meta, sort_keys=True).encode()
     art.version = hashlib.sha256(body).hexdigest()[:16]
     meta["version"] = art.version
-    # Stage both files, then swap them in behind the _SUCCESS marker: a crash at any
+    files = {**checked, META_FILE: json.dumps(meta, indent=2, sort_keys=True).encode(),
+             METRICS_FILE: json.dumps({"version": art.version, **art.metrics, "threshold": art.threshold},
+                                      indent=2).encode(),
+             **art.extra_files}
+    # Stage every file, then swap them in behind the _SUCCESS marker: a crash at any
     # point leaves either the old complete artefact, or none (no _SUCCESS), never a mix.
     staging = _join(path, f"_staging/{uuid.uuid4().hex[:12]}")
     fs.makedirs(staging, exist_ok=True)
-    for name, data in ((WEIGHTS_FILE, weights), (META_FILE, json.dumps(meta, indent=2, sort_keys=True).encode())):
+    for name, data in files.items():
         with fs.open(_join(staging, name), "wb") as f:
             f.write(data)
     if fs.exists(_join(path, SUCCESS_FILE)):
         fs.rm(_join(path, SUCCESS_FILE))
-    for name in (WEIGHTS_FILE, META_FILE):
+    for name in dict.fromkeys([*files, BLOOM_FILE]):  # a stale filter from an older artefact must not survive
         if fs.exists(_join(path, name)):
             fs.rm(_join(path, name))
-        fs.mv(_join(staging, name), _join(path, name))
+        if name in files:
+            fs.mv(_join(staging, name), _join(path, name))
     with fs.open(_join(path, SUCCESS_FILE), "wb") as f:
         f.write(art.version.encode())
     if fs.exists(_join(path, "_staging")):  # object stores have no empty folders left over
@@ -138,6 +163,10 @@ def load_artifact(uri: str, storage_options: dict | None = None) -> ModelArtifac
             meta = json.loads(f.read())
         with fs.open(_join(path, WEIGHTS_FILE), "rb") as f:
             weights = f.read()
+        bloom = None
+        if meta.get("training_rows"):
+            with fs.open(_join(path, BLOOM_FILE), "rb") as f:
+                bloom = f.read()
     except FileNotFoundError as e:
         raise ArtifactError(f"model artefact at {uri} is incomplete: {e}") from e
     except json.JSONDecodeError as e:
@@ -148,10 +177,12 @@ def load_artifact(uri: str, storage_options: dict | None = None) -> ModelArtifac
     if hashlib.sha256(body).hexdigest()[:16] != meta.get("version"):
         raise ArtifactError(f"model artefact at {uri}: {META_FILE} does not match its version hash "
                             "(edited or tampered)")
-    expected = meta["files"][WEIGHTS_FILE]["sha256"]
-    if hashlib.sha256(weights).hexdigest() != expected:
-        raise ArtifactError(f"model artefact at {uri}: {WEIGHTS_FILE} does not match its checksum "
-                            "in model.json (corrupt or tampered)")
+    for name, data in ((WEIGHTS_FILE, weights), (BLOOM_FILE, bloom)):
+        if data is not None and hashlib.sha256(data).hexdigest() != meta["files"][name]["sha256"]:
+            raise ArtifactError(f"model artefact at {uri}: {name} does not match its checksum "
+                                "in model.json (corrupt or tampered)")
+    info = dict(meta.get("training_rows") or {})
+    training_rows = BloomFilter(info.pop("n_bits"), info.pop("n_hashes"), bloom) if bloom is not None else None
     try:
         state = load_safetensors(weights)
     except Exception as e:  # safetensors raises its own error types
@@ -166,5 +197,8 @@ def load_artifact(uri: str, storage_options: dict | None = None) -> ModelArtifac
         train_config=meta["train_config"],
         created_at=meta["created_at"],
         run_id=meta.get("run_id", ""),
+        metrics=meta.get("metrics", {}),
+        training_rows=training_rows,
+        training_rows_info=info,
         version=meta["version"],
     )

@@ -88,7 +88,7 @@ def partial_stats(table: pa.Table, specs: list[ColumnSpec]) -> dict:
             mean = float(ok.mean()) if n else 0.0
             out[s.name] = {"n": n, "mean": mean, "m2": float(((ok - mean) ** 2).sum()) if n else 0.0,
                            "min": float(ok.min()) if n else None, "max": float(ok.max()) if n else None,
-                           "missing": int(v.size - n)}
+                           "missing": int(v.size - n), "integral": bool(np.all(ok == np.round(ok)))}
         elif s.kind == "binary":
             v = _binary_values(col, s.name)
             ok = v[~np.isnan(v)]
@@ -126,7 +126,8 @@ def merge_stats(a: dict, b: dict) -> dict:
             mins = [v for v in (x["min"], y["min"]) if v is not None]
             maxs = [v for v in (x["max"], y["max"]) if v is not None]
             out[name] = {"n": n, "mean": mean, "m2": m2, "min": min(mins), "max": max(maxs),
-                         "missing": x["missing"] + y["missing"]}
+                         "missing": x["missing"] + y["missing"],
+                         "integral": x.get("integral", True) and y.get("integral", True)}
         elif "pos" in x:
             out[name] = {k: x[k] + y[k] for k in x}
         elif "counts" in x:
@@ -223,6 +224,18 @@ class Preprocessor:
     @property
     def category_sizes(self) -> list[int]:
         return [len(self.categorical[n]["vocab"]) for n in self.categorical_names]
+
+    def constant_outputs(self) -> dict:
+        """Outputs of the best constant predictor: the mean-reconstruction baseline.
+
+        Numerics predict the training mean (0 after standardising), binaries the training
+        rate, categoricals the training frequencies; see ``diagnostics.mean_reconstruction``.
+        """
+        rates = np.clip([self.binary[n]["rate"] for n in self.binary_names], 1e-6, 1 - 1e-6)
+        return {"n_numeric": len(self.numeric_names),
+                "binary_logits": np.log(rates / (1 - rates)).tolist(),
+                "categorical_logits": [np.log(np.clip(self.categorical[n]["freq"], 1e-9, None)).tolist()
+                                       for n in self.categorical_names]}
 
     def transform(self, table: pa.Table) -> dict[str, np.ndarray]:
         """Encode a table for the model.

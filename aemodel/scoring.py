@@ -2,12 +2,46 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import pyarrow as pa
 import torch
 
 from aemodel.artifact import ModelArtifact
 from aemodel.losses import column_losses, row_errors
+
+TOP_FEATURE_TYPE = pa.list_(pa.struct([("column", pa.string()), ("share", pa.float32()), ("z", pa.float32())]))
+"""``top_features``: per row, the k columns with the largest error, largest first."""
+
+
+def top_features(col_losses: np.ndarray, observed: np.ndarray, names: list[str], k: int,
+                 ref_mean: np.ndarray | None, ref_std: np.ndarray | None) -> pa.Array:
+    """The ``k`` columns contributing most to each row's error, with share and z-score.
+
+    ``share`` is the column's part of the row's error (cells sum to 1 over all observed
+    columns); ``z`` is how many validation standard deviations the column's error is above
+    its validation mean (NaN without a reference). Missing cells are never listed.
+    """
+    b, c = col_losses.shape
+    k = min(k, c)
+    contrib = np.where(observed > 0, col_losses, -1.0)  # missing cells sort last
+    top = np.argsort(-contrib, axis=1, kind="stable")[:, :k]
+    picked = np.take_along_axis(contrib, top, axis=1)
+    total = np.where(observed > 0, col_losses, 0.0).sum(axis=1, keepdims=True)
+    share = np.where(total > 0, np.clip(picked, 0, None) / np.maximum(total, 1e-30), 0.0)
+    if ref_mean is not None and ref_std is not None:
+        z = (picked - ref_mean[top]) / np.maximum(ref_std[top], 1e-6)
+    else:
+        z = np.full_like(picked, np.nan)
+    keep = (picked >= 0).ravel()  # drop missing cells (rows with fewer than k observed)
+    counts = (picked >= 0).sum(axis=1)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    values = pa.StructArray.from_arrays(
+        [pa.array(np.asarray(names, dtype=object)[top.ravel()[keep]], type=pa.string()),
+         pa.array(share.ravel()[keep], type=pa.float32()), pa.array(z.ravel()[keep], type=pa.float32())],
+        fields=list(TOP_FEATURE_TYPE.value_type))
+    return pa.ListArray.from_arrays(pa.array(offsets), values, type=TOP_FEATURE_TYPE)
 
 
 class RowScorer:
@@ -16,35 +50,68 @@ class RowScorer:
     Args:
         artifact: The loaded model artefact.
         device: Torch device to run on.
+        precision: ``bf16``/``fp16`` run the network under CUDA autocast (losses stay
+            float32); ignored on CPU.
     """
 
-    def __init__(self, artifact: ModelArtifact, device: str | torch.device = "cpu"):
+    def __init__(self, artifact: ModelArtifact, device: str | torch.device = "cpu",
+                 precision: Literal["fp32", "bf16", "fp16"] = "fp32"):
         self.artifact = artifact
+        self.precision = precision
         self.preprocessor = artifact.preprocessor
+        self.columns = [s.name for s in self.preprocessor.specs]  # model column order
         self.device = torch.device(device)
         self.model = artifact.build_model().to(self.device)
         self.baselines = torch.tensor(self.preprocessor.baselines, dtype=torch.float32, device=self.device)
         self.threshold = artifact.threshold_value
+        ref = artifact.reference.get("columns")
+        self.ref_mean = np.array([ref[c]["mean"] for c in self.columns]) if ref else None
+        self.ref_std = np.array([ref[c]["std"] for c in self.columns]) if ref else None
+
+    def errors_encoded(self, enc: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Per-row error [B] and per-cell normalised loss [B, n_columns] of an encoded batch."""
+        dev = self.device
+        cuda = dev.type == "cuda"
+        # On CUDA, copy from pinned host memory so the transfer is asynchronous.
+        t = {k: (torch.from_numpy(enc[k]).pin_memory() if cuda else torch.from_numpy(enc[k])).to(dev, non_blocking=cuda)
+             for k in ("x_num", "x_bin", "x_cat", "observed")}
+        autocast = cuda and self.precision != "fp32"
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        with torch.inference_mode():
+            with torch.autocast("cuda", dtype=dtype, enabled=autocast):
+                recon = self.model(t["x_num"], t["x_bin"], t["x_cat"])
+            if autocast:
+                recon = type(recon)(recon.numeric.float(), recon.binary_logits.float(),
+                                    [c.float() for c in recon.categorical_logits])
+            losses = column_losses(recon, t["x_num"], t["x_bin"], t["x_cat"], self.baselines)
+            err = row_errors(losses, t["observed"])
+        return err.float().cpu().numpy(), losses.float().cpu().numpy()
 
     def score_encoded(self, enc: dict[str, np.ndarray]) -> np.ndarray:
         """Per-row reconstruction error for an encoded batch (see ``Preprocessor.transform``)."""
-        dev = self.device
-        nb = dev.type == "cuda"
-        t = {k: torch.from_numpy(enc[k]).to(dev, non_blocking=nb) for k in ("x_num", "x_bin", "x_cat", "observed")}
-        with torch.inference_mode():
-            recon = self.model(t["x_num"], t["x_bin"], t["x_cat"])
-            losses = column_losses(recon, t["x_num"], t["x_bin"], t["x_cat"], self.baselines)
-            err = row_errors(losses, t["observed"])
-        return err.float().cpu().numpy()
+        return self.errors_encoded(enc)[0]
 
-    def score_table(self, table: pa.Table) -> dict[str, np.ndarray]:
-        """``recon_error``, ``is_anomaly``, ``missing_cells`` and ``unseen_cells`` per row."""
+    def score_table(self, table: pa.Table, top_k: int = 0, column_errors: bool = False) -> dict[str, np.ndarray]:
+        """``recon_error``, ``is_anomaly``, ``missing_cells`` and ``unseen_cells`` per row.
+
+        Args:
+            table: Rows with (at least) the model's feature columns.
+            top_k: Also return ``top_features`` (see ``top_features``) with this many columns.
+            column_errors: Also return ``column_errors``, [B, n_columns] normalised loss per
+                cell in ``self.columns`` order, NaN where the cell was missing.
+        """
         enc = self.preprocessor.transform(table)
-        err = self.score_encoded(enc)
+        err, losses = self.errors_encoded(enc)
         thr = self.threshold
-        return {
+        out = {
             "recon_error": err,
             "is_anomaly": err > thr if thr is not None else np.zeros(len(err), dtype=bool),
             "missing_cells": enc["missing_cells"],
             "unseen_cells": enc["unseen_cells"],
         }
+        if top_k:
+            out["top_features"] = top_features(losses, enc["observed"], self.columns, top_k,
+                                               self.ref_mean, self.ref_std)
+        if column_errors:
+            out["column_errors"] = np.where(enc["observed"] > 0, losses, np.nan).astype(np.float32)
+        return out

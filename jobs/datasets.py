@@ -75,19 +75,24 @@ def _row_buckets(table: pa.Table, columns: list[str]) -> np.ndarray:
     return (h % np.uint64(10_000)).astype(np.int64)
 
 
+def keep_split(table: pa.Table, columns: list[str], cut: int, validation: bool) -> pa.Table:
+    """The rows of ``table`` on one side of the row-hash split (bucket < cut: validation)."""
+    in_val = _row_buckets(table, columns) < cut
+    return table.filter(pa.array(in_val if validation else ~in_val))
+
+
+def split_cut(val_fraction: float) -> int:
+    return int(round(val_fraction * 10_000))
+
+
 def hash_split(ds: ray.data.Dataset, columns: list[str], val_fraction: float
                ) -> tuple[ray.data.Dataset, ray.data.Dataset]:
     """Deterministic train/validation split by row hash."""
-    cut = int(round(val_fraction * 10_000))
-
-    def keep(table: pa.Table, validation: bool) -> pa.Table:
-        in_val = _row_buckets(table, columns) < cut
-        return table.filter(pa.array(in_val if validation else ~in_val))
-
-    train = ds.map_batches(keep, fn_kwargs={"validation": False}, batch_format="pyarrow", batch_size=None,
-                           udf_modifying_row_count=True)
-    val = ds.map_batches(keep, fn_kwargs={"validation": True}, batch_format="pyarrow", batch_size=None,
-                         udf_modifying_row_count=True)
+    args = {"columns": columns, "cut": split_cut(val_fraction)}
+    train = ds.map_batches(keep_split, fn_kwargs={**args, "validation": False}, batch_format="pyarrow",
+                           batch_size=None, udf_modifying_row_count=True)
+    val = ds.map_batches(keep_split, fn_kwargs={**args, "validation": True}, batch_format="pyarrow",
+                         batch_size=None, udf_modifying_row_count=True)
     return train, val
 
 

@@ -87,7 +87,8 @@ def format_result(r: DemoResult) -> str:
     s = r.score.summary
     return (f"demo: AUROC={r.auroc:.3f} (recon_error vs injected anomalies), "
             f"train_loss={best['train_loss']:.4f} val_loss={best['val_loss']:.4f} after {len(r.train.history)} epochs, "
-            f"{s['anomaly_count']}/{s['row_count']} flagged, wall {r.wall_seconds:.1f}s")
+            f"{s['anomaly_count']}/{s['row_count']} flagged, wall {r.wall_seconds:.1f}s\n"
+            f"reports: {join(r.train.model_uri, 'report.html')} and {join(r.score.out, 'report.html')}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,10 +6,13 @@ import json
 import os
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 from ray.data.aggregate import AggregateFnV2
 from ray.data.block import BlockAccessor
 
+from aemodel.leakage import BloomFilter, row_hashes
 from aemodel.metrics import ErrorStats
 from aemodel.preprocess import merge_stats, partial_stats
 from aemodel.schema import ColumnSpec
@@ -31,12 +34,15 @@ def ensure_ray(address: str | None = None) -> None:
 class ColumnStatsAggregate(AggregateFnV2):
     """Mergeable preprocessing statistics (``aemodel.preprocess.partial_stats``) per block."""
 
-    def __init__(self, specs: list[ColumnSpec]):
-        self._specs = specs
+    def __init__(self, specs: list[ColumnSpec], train_filter=None):
+        """Args: specs: feature columns; train_filter: table -> table keeping training rows."""
+        self._specs, self._filter = specs, train_filter
         super().__init__("column_stats", zero_factory=lambda: b"", on=None, ignore_nulls=False)
 
     def aggregate_block(self, block) -> bytes:
         table = BlockAccessor.for_block(block).to_arrow()
+        if self._filter is not None:
+            table = self._filter(table)
         return json.dumps(partial_stats(table, self._specs)).encode()
 
     def combine(self, current: bytes, new: bytes) -> bytes:
@@ -50,12 +56,87 @@ class ColumnStatsAggregate(AggregateFnV2):
         return json.loads(accumulator) if accumulator else None
 
 
+class RowBloomAggregate(AggregateFnV2):
+    """A Bloom filter of row hashes (``aemodel.leakage``), plus how many rows were already in ``against``.
+
+    The accumulator is bytes: rows and overlap as two little-endian int64, then the bits.
+    """
+
+    def __init__(self, specs: list[ColumnSpec], n_bits: int, n_hashes: int, against: BloomFilter | None = None):
+        self._specs, self._shape = specs, (n_bits, n_hashes)
+        self._against = against.to_bytes() if against is not None else None
+        super().__init__("row_bloom", zero_factory=lambda: b"", on=None, ignore_nulls=False)
+
+    def aggregate_block(self, block) -> bytes:
+        hashes = row_hashes(BlockAccessor.for_block(block).to_arrow(), self._specs)
+        overlap = 0
+        if self._against is not None:
+            overlap = int(BloomFilter(*self._shape, self._against).contains(hashes).sum())
+        bits = BloomFilter(*self._shape).add(hashes).to_bytes()
+        return np.array([len(hashes), overlap], dtype="<i8").tobytes() + bits
+
+    def combine(self, current: bytes, new: bytes) -> bytes:
+        if not current:
+            return new
+        if not new:
+            return current
+        counts = np.frombuffer(current[:16], dtype="<i8") + np.frombuffer(new[:16], dtype="<i8")
+        bits = np.frombuffer(current[16:], dtype=np.uint8) | np.frombuffer(new[16:], dtype=np.uint8)
+        return counts.astype("<i8").tobytes() + bits.tobytes()
+
+    def finalize(self, accumulator: bytes) -> bytes:
+        return accumulator  # bytes travel back to the driver as they are; see decode_bloom
+
+
+def decode_bloom(accumulator: bytes | None, n_bits: int, n_hashes: int) -> tuple[BloomFilter, int, int]:
+    """(filter, rows, rows found in ``against``) from a ``RowBloomAggregate`` result."""
+    if not accumulator:
+        return BloomFilter(n_bits, n_hashes), 0, 0
+    rows, overlap = (int(x) for x in np.frombuffer(accumulator[:16], dtype="<i8"))
+    return BloomFilter(n_bits, n_hashes, accumulator[16:]), rows, overlap
+
+
+class TopFeaturesAggregate(AggregateFnV2):
+    """Per column: rows it leads (largest error), rows it is in the top k, and its share sum."""
+
+    def __init__(self, on: str = "top_features"):
+        super().__init__("top_features", zero_factory=lambda: b"", on=on, ignore_nulls=False)
+
+    def aggregate_block(self, block) -> bytes:
+        col = BlockAccessor.for_block(block).to_arrow().column(self.get_target_column()).combine_chunks()
+        flat = pc.list_flatten(col)
+        grouped = pa.table({"c": flat.field("column"), "s": flat.field("share")}).group_by("c").aggregate(
+            [("s", "sum"), ("s", "count")])
+        led = pc.list_element(col.filter(pc.greater(pc.list_value_length(col), 0)), 0).field("column")
+        led_counts = pc.value_counts(led)
+        names = grouped.column("c").to_pylist()
+        acc = {"top1_rows": dict(zip(led_counts.field("values").to_pylist(), led_counts.field("counts").to_pylist())),
+               "topk_rows": dict(zip(names, grouped.column("s_count").to_pylist())),
+               "share_sum": dict(zip(names, grouped.column("s_sum").to_pylist()))}
+        return json.dumps(acc).encode()
+
+    def combine(self, current: bytes, new: bytes) -> bytes:
+        if not current:
+            return new
+        if not new:
+            return current
+        a, b = json.loads(current), json.loads(new)
+        for key in a:
+            for name, v in b[key].items():
+                a[key][name] = a[key].get(name, 0) + v
+        return json.dumps(a).encode()
+
+    def finalize(self, accumulator: bytes) -> bytes:
+        return accumulator or json.dumps({"top1_rows": {}, "topk_rows": {}, "share_sum": {}}).encode()
+
+
 class ErrorStatsAggregate(AggregateFnV2):
     """``aemodel.metrics.ErrorStats`` over one float column, merged across blocks."""
 
     def __init__(self, on: str, edges: list[float], threshold: float | None,
-                 extra_quantiles: dict[str, float] | None = None):
-        self._edges, self._threshold, self._extra = edges, threshold, extra_quantiles
+                 extra_quantiles: dict[str, float] | None = None, with_sketch: bool = False):
+        """``with_sketch`` adds the quantile sketch as ``sketch`` ([[bucket, count], ...])."""
+        self._edges, self._threshold, self._extra, self._with_sketch = edges, threshold, extra_quantiles, with_sketch
         super().__init__(f"error_stats({on})", zero_factory=lambda: b"", on=on, ignore_nulls=False)
 
     def _new(self) -> ErrorStats:
@@ -74,7 +155,11 @@ class ErrorStatsAggregate(AggregateFnV2):
         return _dump(_load(current).merge(_load(new)))
 
     def finalize(self, accumulator: bytes) -> dict:
-        return (_load(accumulator) if accumulator else self._new()).summary(self._extra)
+        stats = _load(accumulator) if accumulator else self._new()
+        out = stats.summary(self._extra)
+        if self._with_sketch:
+            out["sketch"] = [[k, c] for k, c in stats.sketch.items()]
+        return out
 
 
 def _dump(stats: ErrorStats) -> bytes:

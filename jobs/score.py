@@ -9,7 +9,8 @@ Submit to a Ray cluster (from the repository root)::
 Locally: ``aescore score --model ./model --data ./data/score --out ./scores``.
 
 Output at ``--out``: ``rows/*.parquet`` (id columns, recon_error, is_anomaly,
-missing_cells, unseen_cells), ``summary.json``, ``manifest.json`` and ``_SUCCESS``,
+missing_cells, unseen_cells, top_features, seen_in_training, err_<column> with
+--column-errors), ``summary.json``, ``report.html``, ``manifest.json`` and ``_SUCCESS``,
 written last. Rows are staged under ``_staging/`` and committed only when everything
 succeeded (``jobs.commit``); a prefix without ``_SUCCESS`` is absent. A rerun with the
 same run id reuses the committed output; any other run replaces it.
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Literal
 
+import numpy as np
 import pyarrow as pa
 import ray
 import ray.data
@@ -33,12 +35,14 @@ import torch
 from ray.data import ActorPoolStrategy
 
 from aemodel import ModelArtifact, RowScorer, load_artifact
-from aemodel.metrics import histogram_edges
+from aemodel.leakage import row_hashes
 from jobs.commit import MANIFEST, OutputCommit
 from jobs.config import config_to_dict
 from jobs.datasets import ParquetInput, open_parquet_input
 from jobs.errors import InputError
-from jobs.ray_runtime import ErrorStatsAggregate, ensure_ray
+from jobs.ray_runtime import ensure_ray
+from jobs.report import scoring_report
+from jobs.score_summary import COLUMN_ERROR_PREFIX, summarize, summary_warnings
 from jobs.manifest import fingerprint, git_commit, library_versions
 from jobs.storage import (arrow_filesystem, inspect_parquet_files, normalize_storage_options, redact_config,
                           resolve_model_uri)
@@ -67,10 +71,16 @@ class ScoreConfig:
     """actors: a pool that loads the model once per actor; tasks: fused with the read; auto: actors on GPU, tasks on CPU."""
     use_gpu: bool = False
     """Score on GPUs (one per actor)."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """GPU only: run the network under bf16/fp16 autocast (errors are still computed in float32)."""
     cpus_per_worker: float = 1.0
     """CPUs reserved per scoring actor/task; torch uses this many threads (at least 1)."""
     threshold: float | None = None
     """Override the model's anomaly threshold on recon_error."""
+    top_k: int = 3
+    """Columns listed per row in top_features (largest error first, with share and z-score); 0 turns it off."""
+    column_errors: bool = False
+    """Also write each feature column's error per row (err_<column>; wide) and its mean in the summary."""
     storage_options: dict[str, str] = field(default_factory=dict)
     """fsspec options for every path (e.g. endpoint_url); prefer env credentials. Never written out."""
     run_id: str | None = None
@@ -91,6 +101,10 @@ class ScoreConfig:
             raise ValueError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker}")
         if self.threshold is not None and not self.threshold >= 0:
             raise ValueError(f"threshold must be >= 0, got {self.threshold}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         if ROW_HASH in self.id_columns:
             raise ValueError(f"{ROW_HASH!r} is reserved for the synthetic row id")
 
@@ -110,20 +124,25 @@ class BatchScorer:
         threads: torch intra-op threads, matched to the CPUs reserved for this worker.
         loader: Loads an artefact from (URI, storage options); injectable for tests and registries.
         storage_options: fsspec options for the model URI.
+        top_k: Columns per row in ``top_features`` (0: none).
+        column_errors: Add ``err_<column>`` per feature (null where the cell was missing).
+        precision: fp32, or bf16/fp16 autocast on GPU.
     """
 
     def __init__(self, model_uri: str, passthrough: list[str], threshold: float | None = None,
                  use_gpu: bool = False, threads: int = 1, loader: ModelLoader = load_artifact,
-                 storage_options: dict | None = None):
+                 storage_options: dict | None = None, top_k: int = 0, column_errors: bool = False,
+                 precision: str = "fp32"):
         torch.set_num_threads(threads)
         art = loader(model_uri, storage_options)
         if threshold is not None:
             art.threshold = {**art.threshold, "value": threshold}
-        self.passthrough = passthrough
-        self.scorer = RowScorer(art, "cuda" if use_gpu else "cpu")
+        self.passthrough, self.top_k, self.column_errors = passthrough, top_k, column_errors
+        self.scorer = RowScorer(art, "cuda" if use_gpu else "cpu", precision)
+        self.seen = art.training_rows  # None for artefacts without a row filter
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        res = self.scorer.score_table(batch)
+        res = self.scorer.score_table(batch, top_k=self.top_k, column_errors=self.column_errors)
         cols = {c: batch.column(c) for c in self.passthrough}
         cols.update({
             "recon_error": pa.array(res["recon_error"], type=pa.float32()),
@@ -131,21 +150,33 @@ class BatchScorer:
             "missing_cells": pa.array(res["missing_cells"], type=pa.int32()),
             "unseen_cells": pa.array(res["unseen_cells"], type=pa.int32()),
         })
+        if self.top_k:
+            cols["top_features"] = res["top_features"]
+        if self.seen is not None:
+            hashes = row_hashes(batch, self.scorer.preprocessor.specs)
+            cols["seen_in_training"] = pa.array(self.seen.contains(hashes), type=pa.bool_())
+        if self.column_errors:
+            for i, name in enumerate(self.scorer.columns):
+                v = res["column_errors"][:, i]
+                cols[f"{COLUMN_ERROR_PREFIX}{name}"] = pa.array(v, type=pa.float32(), mask=np.isnan(v))
         return pa.table(cols)
 
 
 @functools.lru_cache(maxsize=4)
 def _cached_scorer(model_uri: str, passthrough: tuple[str, ...], threshold: float | None, use_gpu: bool,
-                   threads: int, loader: ModelLoader, storage_options: str) -> BatchScorer:
+                   threads: int, loader: ModelLoader, storage_options: str, top_k: int,
+                   column_errors: bool, precision: str) -> BatchScorer:
     return BatchScorer(model_uri, list(passthrough), threshold, use_gpu, threads, loader,
-                       json.loads(storage_options))
+                       json.loads(storage_options), top_k, column_errors, precision)
 
 
 def score_batch(batch: pa.Table, *, model_uri: str, passthrough: list[str], threshold: float | None,
-                use_gpu: bool, threads: int, loader: ModelLoader, storage_options: dict | None) -> pa.Table:
+                use_gpu: bool, threads: int, loader: ModelLoader, storage_options: dict | None,
+                top_k: int = 0, column_errors: bool = False, precision: str = "fp32") -> pa.Table:
     """Task-path UDF: the model is loaded once per worker process and reused across tasks."""
     return _cached_scorer(model_uri, tuple(passthrough), threshold, use_gpu, threads, loader,
-                          json.dumps(storage_options or {}, sort_keys=True))(batch)
+                          json.dumps(storage_options or {}, sort_keys=True), top_k, column_errors,
+                          precision)(batch)
 
 
 @dataclass
@@ -178,7 +209,8 @@ def build_scored_dataset(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInpu
     threads = max(1, int(cfg.cpus_per_worker))
     args = {"model_uri": cfg.model, "passthrough": passthrough, "threshold": cfg.threshold,
             "use_gpu": cfg.use_gpu, "threads": threads, "loader": loader,
-            "storage_options": normalize_storage_options(cfg.storage_options)}
+            "storage_options": normalize_storage_options(cfg.storage_options), "top_k": cfg.top_k,
+            "column_errors": cfg.column_errors, "precision": cfg.precision}
     common = {"batch_format": "pyarrow", "batch_size": cfg.batch_size, "num_cpus": cfg.cpus_per_worker,
               "num_gpus": 1 if cfg.use_gpu else 0}
     # A dead scorer (OOM, preempted node) is restarted and its batches retried: Ray Data
@@ -214,18 +246,6 @@ def compute_run_id(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput) -> 
                         "inputs": [(f.uri, f.size, f.etag) for f in data.files]})
 
 
-def summarize(rows: ray.data.Dataset, threshold: float) -> dict:
-    """Error distribution and cell counts of scored rows (one Ray Data aggregation)."""
-    agg = rows.select_columns(["recon_error", "missing_cells", "unseen_cells"]).aggregate(
-        ErrorStatsAggregate("recon_error", histogram_edges(), threshold),
-        ray.data.aggregate.Sum("missing_cells", alias_name="missing_cells"),
-        ray.data.aggregate.Sum("unseen_cells", alias_name="unseen_cells"))
-    stats = agg["error_stats(recon_error)"]
-    return {**stats, "row_count": stats["count"] + stats["nonfinite"], "anomaly_count": stats["above_threshold"],
-            "anomaly_rate": stats["above_threshold_fraction"], "missing_cells": int(agg["missing_cells"] or 0),
-            "unseen_category_cells": int(agg["unseen_cells"] or 0)}
-
-
 def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact) -> ScoreResult:
     """Score ``cfg.data`` into ``cfg.out`` (staged, then committed). CPU-only unless ``use_gpu``."""
     t0, started = time.perf_counter(), datetime.now(timezone.utc)
@@ -246,11 +266,13 @@ def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact) -> ScoreResult:
     try:
         scored = build_scored_dataset(cfg, art, data, loader)
         arrow_fs = arrow_filesystem(out.fs)
+        t_pipeline = time.perf_counter()
         scored.write_parquet(out.staged("rows"), filesystem=arrow_fs, min_rows_per_file=100_000)
+        t_summary = time.perf_counter()
         if not out.fs.exists(out.staged("rows")):
             raise RuntimeError(f"wrote 0 rows for {data.num_rows} input rows; not committing")
         staged_rows = ray.data.read_parquet(out.staged("rows"), filesystem=arrow_fs)
-        summary = summarize(staged_rows, threshold)
+        summary = summarize(staged_rows, threshold, art, cfg)
         if summary["row_count"] != data.num_rows:
             raise RuntimeError(f"wrote {summary['row_count']} rows for {data.num_rows} input rows; not committing")
         written = inspect_parquet_files(out.fs, sorted(p for p in out.fs.find(out.staged("rows"))
@@ -258,11 +280,14 @@ def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact) -> ScoreResult:
         prefix = out.staged("rows")
         summary.update({
             "threshold_source": "override" if cfg.threshold is not None else art.threshold.get("method"),
+            "threshold_ci": None if cfg.threshold is not None else art.threshold.get("ci"),
             "model": {"uri": cfg.model, "version": art.version, "created_at": art.created_at},
             "input": {"uri": cfg.data, "files": [f.uri for f in data.files], "rows": data.num_rows,
                       "skipped_empty_files": data.skipped_empty, "ignored_columns": _ignored_columns(cfg, art, data)},
             "run_id": run_id,
             "wall_seconds": round(time.perf_counter() - t0, 3),
+            "timings": {"read_score_write_s": round(t_summary - t_pipeline, 3),
+                        "summary_s": round(time.perf_counter() - t_summary, 3)},
         })
         manifest = {
             "run_id": run_id,
@@ -279,7 +304,9 @@ def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact) -> ScoreResult:
             "versions": library_versions(),
             "git_commit": git_commit(),
         }
+        summary["warnings"] = summary_warnings(summary)
         out.commit(trees=["rows"], files={"summary.json": json.dumps(summary, indent=2).encode(),
+                                          "report.html": scoring_report(summary),
                                           MANIFEST: json.dumps(manifest, indent=2).encode()})
     except BaseException:
         out.abort()

@@ -15,31 +15,32 @@ the validation error distribution and saves the artefact; ``main()`` parses the 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import ray.train
 import ray.train.torch
-import numpy as np
 import torch
 from fsspec.implementations.local import LocalFileSystem
 from ray.train.torch import TorchTrainer
 
 from aemodel import (AutoencoderConfig, ModelArtifact, Preprocessor, TabularAutoencoder, batch_loss,
                      check_schema, column_losses, load_artifact, resolve_columns, row_errors, save_artifact)
-from aemodel.metrics import ErrorStats, histogram_edges
 from jobs.config import config_to_dict
-from jobs.datasets import encode, hash_split, open_parquet_input
+from aemodel.leakage import BloomFilter, id_like_columns
+from jobs.datasets import encode, hash_split, keep_split, open_parquet_input, split_cut
 from jobs.errors import InputError, TrainingError
 from jobs.manifest import fingerprint
 from jobs.storage import arrow_filesystem, normalize_storage_options, publish_pointer, redact_config, url_to_fs
 from jobs.train_config import TrainConfig
-from jobs.ray_runtime import ColumnStatsAggregate, ensure_ray
+from jobs.ray_runtime import ColumnStatsAggregate, RowBloomAggregate, decode_bloom, ensure_ray
+from jobs.report import training_report
+from jobs.train_eval import TrainResult, assess, final_checkpoint, format_result, validation_reference
 
 
 # --- layer 1: pure torch ---------------------------------------------------------------
@@ -75,28 +76,6 @@ def _global_sums(values: list[float], device: torch.device) -> list[float]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(t)
     return t.tolist()
-
-
-def validation_reference(model: torch.nn.Module, val_data, device: torch.device, baselines: torch.Tensor,
-                         quantile: float) -> tuple[dict, dict]:
-    """Validation error distribution and the default threshold (the ``quantile`` of it).
-
-    The threshold thus comes from held-out training-time data only, never from data that
-    is scored later. Histogram edges are the fixed grid of ``histogram_edges``.
-    """
-    errs = []
-    for batch in val_data.iter_torch_batches(batch_size=8192, device=device, prefetch_batches=2):
-        model.eval()
-        with torch.inference_mode():
-            recon = model(batch["x_num"], batch["x_bin"], batch["x_cat"])
-            err = row_errors(column_losses(recon, batch["x_num"], batch["x_bin"], batch["x_cat"], baselines),
-                             batch["observed"])
-        errs.append(err.float().cpu().numpy())
-    values = np.concatenate(errs) if errs else np.zeros(0, dtype=np.float32)
-    threshold = ErrorStats(edges=histogram_edges()).update(values).quantiles([quantile])[0]
-    stats = ErrorStats(edges=histogram_edges(), threshold=threshold).update(values)
-    return stats.summary(), {"value": threshold, "method": "validation_quantile", "quantile": quantile,
-                             "validation_rows": stats.count}
 
 
 def _load_state(checkpoint_dir: str, device: torch.device | str) -> dict:
@@ -199,43 +178,14 @@ def train_loop_per_worker(config: dict) -> None:
             _report({**history[-1], "best_val_loss": best_val}, rank, snapshot(epoch))
 
     raw_model.load_state_dict(best_state)
-    reference, threshold = validation_reference(raw_model, val_data, device, baselines,
-                                                config["threshold_quantile"])
+    reference, threshold = validation_reference(raw_model, val_data, device, baselines, config["threshold_quantile"],
+                                                config["constant_outputs"], config["columns"])
     final = {**history[-1], "best_val_loss": best_val, "finished": True} if history else {"finished": True}
     _report(final, rank, {**snapshot(max(epoch, start_epoch - 1)), "finished": True},
             {"reference.json": reference, "threshold.json": threshold})
 
 
 # --- layer 3: the driver ----------------------------------------------------------------
-
-@dataclass
-class TrainResult:
-    """What ``run`` produced."""
-
-    model_uri: str
-    version: str
-    history: list[dict]
-    threshold: float
-    reference: dict
-    train_rows: int
-    val_rows: int
-    wall_seconds: float
-    run_id: str = ""
-    reused: bool = False
-
-
-def _final_checkpoint(result: ray.train.Result) -> tuple[dict, dict, dict]:
-    """Best weights + history, validation reference and threshold from the last checkpoint."""
-    if result.checkpoint is None:
-        raise TrainingError("training finished without a checkpoint")
-    with result.checkpoint.as_directory() as d:
-        if not (Path(d) / "reference.json").exists():
-            raise TrainingError("training ended before its final checkpoint (see the Ray Train logs)")
-        state = _load_state(d, "cpu")
-        reference = json.loads((Path(d) / "reference.json").read_text())
-        threshold = json.loads((Path(d) / "threshold.json").read_text())
-    return state, reference, threshold
-
 
 def _run_storage(storage_path: str | None, options: dict) -> dict:
     """RunConfig storage arguments: object stores go through the same fsspec filesystem."""
@@ -269,17 +219,15 @@ def run(cfg: TrainConfig) -> TrainResult:
                          "pass --overwrite to replace it or choose another --out")
 
     ensure_ray(cfg.ray_address)
+    stats, seen_rows, leakage = _fit_statistics(cfg, specs, train_in, val_in)
+    pp = Preprocessor.fit(specs, stats, cfg.preprocess_config())  # training rows only: no leakage
+    model_config = AutoencoderConfig(n_numeric=len(pp.numeric_names), n_binary=len(pp.binary_names),
+                                     category_sizes=pp.category_sizes, hidden_dims=cfg.resolved_hidden_dims(int(stats["__rows__"]["n"])),
+                                     latent_dim=cfg.resolved_latent_dim(len(specs)), activation=cfg.activation, dropout=cfg.dropout)
     if val_in is None:
         train_ds, val_ds = hash_split(train_in.read(names), names, cfg.val_fraction)
     else:
         train_ds, val_ds = train_in.read(names), val_in.read(names)
-    stats = train_ds.aggregate(ColumnStatsAggregate(specs))["column_stats"]
-    if stats is None or stats["__rows__"]["n"] == 0:
-        raise TrainingError("the training split is empty")
-    pp = Preprocessor.fit(specs, stats, cfg.preprocess_config())  # training rows only: no leakage
-    model_config = AutoencoderConfig(n_numeric=len(pp.numeric_names), n_binary=len(pp.binary_names),
-                                     category_sizes=pp.category_sizes, hidden_dims=cfg.hidden_dims,
-                                     latent_dim=cfg.latent_dim, activation=cfg.activation, dropout=cfg.dropout)
     train_enc, val_enc = encode(train_ds, pp), encode(val_ds, pp)
     if cfg.materialize:
         train_enc, val_enc = train_enc.materialize(), val_enc.materialize()
@@ -290,10 +238,10 @@ def run(cfg: TrainConfig) -> TrainResult:
 
     loop_config = {
         "model_config": model_config.to_dict(), "baselines": pp.baselines, "epochs": cfg.epochs,
-        "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate, "weight_decay": cfg.weight_decay,
+        "batch_size": cfg.resolved_batch_size(int(stats["__rows__"]["n"])), "learning_rate": cfg.learning_rate, "weight_decay": cfg.weight_decay,
         "patience": cfg.patience, "min_delta": cfg.min_delta, "seed": cfg.seed,
         "torch_threads": max(1, int(cfg.cpus_per_worker)), "report_interval_s": 2.0,
-        "threshold_quantile": cfg.threshold_quantile,
+        "threshold_quantile": cfg.quantile, "constant_outputs": pp.constant_outputs(), "columns": names,
     }
     # Named by run id, so rerunning a crashed run resumes from its checkpoints; a forced
     # retrain (--overwrite) of the same run starts a fresh Ray Train run instead.
@@ -313,15 +261,53 @@ def run(cfg: TrainConfig) -> TrainResult:
         # worker evaluates the whole validation set, so val_loss and the threshold are exact.
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
-    state, reference, threshold = _final_checkpoint(trainer.fit())
+    state, reference, threshold = final_checkpoint(trainer.fit())
     history = state["history"]
+    metrics = assess(cfg, model_config, history, reference, threshold, leakage)
+    failed = [c for c in metrics["diagnostics"] if c["status"] == "fail"]
+    if failed:  # checked before anything is written: a failed run leaves no artefact
+        raise TrainingError("; ".join(f"{c['check']}: {c['message']}" for c in failed))
     art = ModelArtifact(model_config=model_config, preprocessor=pp, state_dict=state["best_model"],
                         threshold=threshold, reference=reference, history=history,
-                        train_config=redact_config(config_to_dict(cfg)), run_id=run_id)
+                        train_config=redact_config(config_to_dict(cfg)), run_id=run_id, metrics=metrics,
+                        training_rows=seen_rows, training_rows_info=leakage["training_rows"])
+    art.extra_files = {"report.html": training_report(cfg.out, history, reference, threshold, metrics)}
     save_artifact(art, cfg.out, options)
     if cfg.publish_latest:
         publish_pointer(cfg.publish_latest, cfg.out, art.version, options)
     return _result_from(art, cfg.out, time.perf_counter() - t0)
+
+
+def _fit_statistics(cfg: TrainConfig, specs: list, train_in, val_in) -> tuple[dict, BloomFilter, dict]:
+    """Preprocessing statistics of the training rows and a Bloom filter of all rows seen.
+
+    One Ray Data pass over the training input computes both; with a separate validation
+    input, a second pass over it adds its rows and counts those already in training.
+    """
+    names = [s.name for s in specs]
+    seen = BloomFilter.for_rows(train_in.num_rows + (val_in.num_rows if val_in else 0))
+    shape = (seen.n_bits, seen.n_hashes)
+    if val_in is None:
+        keep_train = functools.partial(keep_split, columns=names, cut=split_cut(cfg.val_fraction), validation=False)
+        agg = train_in.read(names).aggregate(ColumnStatsAggregate(specs, keep_train), RowBloomAggregate(specs, *shape))
+        overlap = {"train_val_overlap_rows": 0, "method": "row-hash split: identical rows always share a side"}
+    else:
+        agg = train_in.read(names).aggregate(ColumnStatsAggregate(specs), RowBloomAggregate(specs, *shape))
+    seen, rows, _ = decode_bloom(agg["row_bloom"], *shape)
+    if val_in is not None:
+        val_agg = val_in.read(names).aggregate(RowBloomAggregate(specs, *shape, against=seen))
+        val_seen, val_rows, hits = decode_bloom(val_agg["row_bloom"], *shape)
+        fpr = seen.false_positive_rate
+        overlap = {"train_val_overlap_rows": hits, "train_val_overlap_fraction": hits / max(val_rows, 1),
+                   "expected_false_matches": fpr * val_rows, "method": "Bloom filter of training row hashes"}
+        seen.merge(val_seen)
+        rows += val_rows
+    stats = agg["column_stats"]
+    if stats is None or stats["__rows__"]["n"] == 0:
+        raise TrainingError("the training split is empty")
+    leakage = {**overlap, "id_like_columns": id_like_columns(specs, stats),
+               "training_rows": {"rows": rows, "false_positive_rate": seen.false_positive_rate}}
+    return stats, seen, leakage
 
 
 def _identity(cfg: TrainConfig) -> dict:
@@ -345,15 +331,7 @@ def _result_from(art: ModelArtifact, uri: str, seconds: float, reused: bool = Fa
     best = min(art.history, key=lambda h: h["val_loss"])
     return TrainResult(model_uri=uri, version=art.version, history=art.history, threshold=art.threshold["value"],
                        reference=art.reference, train_rows=best["train_rows"], val_rows=best["val_rows"],
-                       wall_seconds=seconds, run_id=art.run_id, reused=reused)
-
-
-def format_result(r: TrainResult) -> str:
-    best = min(r.history, key=lambda h: h["val_loss"])
-    verb = "reused" if r.reused else "trained"
-    return (f"{verb} {r.model_uri} (version {r.version}): {len(r.history)} epochs, best epoch {best['epoch']} "
-            f"train_loss={best['train_loss']:.4f} val_loss={best['val_loss']:.4f}, threshold={r.threshold:.4f}, "
-            f"rows train={r.train_rows} val={r.val_rows}, {r.wall_seconds:.1f}s")
+                       wall_seconds=seconds, run_id=art.run_id, reused=reused, metrics=art.metrics)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,16 +34,16 @@ class TrainConfig:
     """CPUs reserved per worker; keep it below the node's CPUs so Ray Data can read."""
     epochs: int = 40
     """Maximum epochs; early stopping usually ends training sooner."""
-    batch_size: int = 256
-    """Rows per optimizer step per worker."""
+    batch_size: int | None = None
+    """Rows per optimizer step per worker; default: training rows / 32 per worker, clamped to [16, 256]."""
     learning_rate: float = 2e-3
     """AdamW learning rate."""
     weight_decay: float = 1e-5
     """AdamW weight decay."""
-    latent_dim: int = 8
-    """Bottleneck width: too small loses detail, too large can copy the input."""
-    hidden_dims: list[int] = field(default_factory=lambda: [64, 32])
-    """Encoder hidden layer widths (the decoder mirrors them)."""
+    latent_dim: int | None = None
+    """Bottleneck width (too small loses detail, too large can copy the input); default: features / 3, in [2, 8]."""
+    hidden_dims: list[int] | None = None
+    """Encoder hidden layer widths (the decoder mirrors them); default [h, h/2], h = training rows / 6 in [16, 64]."""
     activation: Activation = "relu"
     """Activation function: relu, gelu, silu or tanh."""
     dropout: float = 0.0
@@ -53,7 +53,11 @@ class TrainConfig:
     min_delta: float = 1e-3
     """Relative validation-loss improvement that counts as progress."""
     threshold_quantile: float = 0.99
-    """Default anomaly threshold: this quantile of validation reconstruction error."""
+    """Anomaly threshold: this quantile of validation reconstruction error (ignored if threshold_fpr is set)."""
+    threshold_fpr: float | None = None
+    """Anomaly threshold from a target false-positive rate on validation data (e.g. 0.005)."""
+    max_overfit_ratio: float | None = None
+    """Fail the run (no artefact) if best-epoch validation loss exceeds this many times the training loss."""
     clip_sigma: float = 10.0
     """Clip standardised numeric values to +/- this many training standard deviations."""
     max_categories: int = 64
@@ -87,15 +91,19 @@ class TrainConfig:
             (self.num_workers >= 1, f"num_workers must be >= 1, got {self.num_workers}"),
             (self.cpus_per_worker > 0, f"cpus_per_worker must be > 0, got {self.cpus_per_worker}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.batch_size is None or self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
-            (self.latent_dim >= 1, f"latent_dim must be >= 1, got {self.latent_dim}"),
-            (all(h >= 1 for h in self.hidden_dims), f"hidden_dims must be >= 1, got {self.hidden_dims}"),
+            (self.latent_dim is None or self.latent_dim >= 1, f"latent_dim must be >= 1, got {self.latent_dim}"),
+            (all(h >= 1 for h in self.hidden_dims or []), f"hidden_dims must be >= 1, got {self.hidden_dims}"),
             (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
             (self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
             (self.min_delta >= 0, f"min_delta must be >= 0, got {self.min_delta}"),
             (0.5 <= self.threshold_quantile < 1.0, f"threshold_quantile must be in [0.5, 1), got {self.threshold_quantile}"),
+            (self.threshold_fpr is None or 0.0 < self.threshold_fpr <= 0.5,
+             f"threshold_fpr must be in (0, 0.5], got {self.threshold_fpr}"),
+            (self.max_overfit_ratio is None or self.max_overfit_ratio > 1.0,
+             f"max_overfit_ratio must be > 1, got {self.max_overfit_ratio}"),
             (self.max_failures >= 0, f"max_failures must be >= 0, got {self.max_failures}"),
         ]
         for ok, msg in checks:
@@ -108,6 +116,28 @@ class TrainConfig:
         for col, kind in self.column_types.items():
             if kind not in ("numeric", "binary", "categorical"):
                 raise ValueError(f"column_types: {col}={kind}: unknown column type (numeric, binary, categorical)")
+
+    def resolved_batch_size(self, train_rows: int) -> int:
+        """The batch size, or the default: at least ~32 steps per epoch on small data."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return int(min(256, max(16, train_rows // (32 * self.num_workers))))
+
+    def resolved_hidden_dims(self, train_rows: int) -> list[int]:
+        """The hidden widths, or the default: narrower layers for small tables (fewer weights to overfit)."""
+        if self.hidden_dims is not None:
+            return list(self.hidden_dims)
+        h = int(min(64, max(16, train_rows // 6)))
+        return [h, max(8, h // 2)]
+
+    def resolved_latent_dim(self, n_features: int) -> int:
+        """The latent size, or the default: a third of the features, between 2 and 8."""
+        return self.latent_dim if self.latent_dim is not None else int(min(8, max(2, n_features // 3)))
+
+    @property
+    def quantile(self) -> float:
+        """The validation-error quantile used as threshold."""
+        return 1.0 - self.threshold_fpr if self.threshold_fpr is not None else self.threshold_quantile
 
     def preprocess_config(self) -> PreprocessConfig:
         return PreprocessConfig(clip_sigma=self.clip_sigma, max_categories=self.max_categories,

@@ -14,7 +14,15 @@ from jobs.synthetic import ROW_ID, make_mixed_table, write_shards
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
+def bucket(s3_server):
+    """One bucket for the module: the CLI test reuses the nights the first test committed."""
+    s3fs.S3FileSystem.clear_instance_cache()
+    s3fs.S3FileSystem().mkdir("aescore-nightly")
+    return "s3://aescore-nightly"
+
+
+@pytest.fixture(scope="module")
 def nights(trained, bucket):
     publish_pointer(f"{bucket}/models/LATEST.json", trained.model_uri, trained.version)
     for day, frac in (("2026-11-01", 0.03), ("2026-11-02", 0.03), ("2026-11-03", 0.45)):
@@ -56,7 +64,7 @@ def test_cli_exit_code_3_on_alert(nights, bucket):
 
     from dataclasses import replace
 
-    nightly.run(replace(nights, start="2026-11-02", end="2026-11-03"))
+    nightly.run(replace(nights, start="2026-11-02", end="2026-11-03"))  # committed already if run after the first test
     base = ["--model", nights.model, "--data", nights.data, "--out", nights.out, "--id-columns", ROW_ID,
             "--ray-address", ray.get_runtime_context().gcs_address]
     alert = subprocess.run([sys.executable, "-m", "jobs.nightly", "--date", "2026-11-03", *base],

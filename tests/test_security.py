@@ -46,7 +46,7 @@ def test_pickle_planted_as_weights_is_refused_and_never_runs(trained, tmp_path):
 
 def test_pickle_planted_as_training_checkpoint_is_refused(tmp_path):
     """Checkpoints are read with torch.load(weights_only=True): code in them never runs."""
-    from jobs.train import _final_checkpoint
+    from jobs.train_eval import final_checkpoint
     from ray.train import Checkpoint
 
     ckpt = tmp_path / "ckpt"
@@ -56,5 +56,5 @@ def test_pickle_planted_as_training_checkpoint_is_refused(tmp_path):
     (ckpt / "reference.json").write_text("{}")
     (ckpt / "threshold.json").write_text("{}")
     with pytest.raises(pickle.UnpicklingError):
-        _final_checkpoint(SimpleNamespace(checkpoint=Checkpoint.from_directory(str(ckpt))))
+        final_checkpoint(SimpleNamespace(checkpoint=Checkpoint.from_directory(str(ckpt))))
     assert not marker.exists()

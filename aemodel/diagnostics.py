@@ -1,0 +1,153 @@
+"""Training diagnostics and threshold calibration: pure functions over losses and errors.
+
+Each diagnostic returns a verdict in plain language, so a run that did not learn, that
+overfits, or whose bottleneck is wide enough to copy its input says so instead of
+passing as a success. ``status`` is ``ok``, ``warning`` or ``fail``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from aemodel.model import Reconstruction
+
+OVERFIT_WARN_RATIO = 1.5
+"""val/train loss ratio above which the overfitting check warns."""
+FLAT_IMPROVEMENT = 0.05
+"""Below this relative improvement of the validation loss over training, it is flat."""
+NO_BETTER_THAN_MEAN = 0.9
+"""Model error at or above this fraction of the mean-prediction baseline: not learned."""
+JUMP = 0.10
+"""An epoch whose validation loss rises by more than this fraction counts as a jump."""
+
+
+def calibrate_threshold(values: np.ndarray, quantile: float, n_boot: int = 200, level: float = 0.95,
+                        seed: int = 0) -> dict:
+    """Threshold = the ``quantile`` order statistic of validation errors, with a bootstrap CI.
+
+    The threshold is the smallest validation error with at most ``1 - quantile`` of the
+    validation rows above it, so the false-positive rate on clean validation data is at
+    most the target. The confidence interval resamples the validation rows ``n_boot``
+    times (percentile bootstrap); on sorted values a resample's order statistic is the
+    value at the same order statistic of the resampled indices, which costs O(n) each.
+
+    Raises:
+        ValueError: no finite validation error.
+    """
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    v = v[np.isfinite(v)]
+    n = v.size
+    if n == 0:
+        raise ValueError("no finite validation error to calibrate a threshold on")
+    k = min(n - 1, max(0, math.ceil(quantile * n) - 1))
+    rng = np.random.default_rng(seed)
+    boot = np.empty(n_boot)
+    for b in range(n_boot):
+        idx = rng.integers(0, n, size=n)
+        boot[b] = v[np.partition(idx, k)[k]]
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(boot, [alpha, 1.0 - alpha])
+    return {"value": float(v[k]), "method": "validation_quantile", "quantile": quantile,
+            "target_fpr": 1.0 - quantile, "validation_rows": int(n),
+            "validation_fpr": float((v > v[k]).mean()),
+            "ci": [float(lo), float(hi)], "ci_level": level, "bootstrap_resamples": n_boot,
+            "tail_rows": int(n - k - 1)}
+
+
+def mean_reconstruction(baseline_outputs: dict, batch_size: int, device: torch.device | str = "cpu"
+                        ) -> Reconstruction:
+    """The "predict the training distribution" reconstruction for ``batch_size`` rows.
+
+    Args:
+        baseline_outputs: ``Preprocessor.constant_outputs()``: numeric means (0 after
+            standardising), binary logits and categorical log-frequencies.
+    """
+    num = torch.zeros(batch_size, baseline_outputs["n_numeric"], device=device)
+    bins = torch.tensor(baseline_outputs["binary_logits"], dtype=torch.float32, device=device)
+    cats = [torch.tensor(c, dtype=torch.float32, device=device).expand(batch_size, -1)
+            for c in baseline_outputs["categorical_logits"]]
+    return Reconstruction(numeric=num, binary_logits=bins.expand(batch_size, -1), categorical_logits=cats)
+
+
+def _check(name: str, status: str, message: str, **values) -> dict:
+    return {"check": name, "status": status, "message": message, **values}
+
+
+def diagnose(history: list[dict], *, n_features: int, input_width: int, latent_dim: int,
+             baseline_val_loss: float | None, max_overfit_ratio: float | None = None) -> list[dict]:
+    """Verdicts on a finished training run.
+
+    Args:
+        history: Per-epoch ``train_loss`` and ``val_loss``.
+        n_features: Feature columns.
+        input_width: Encoder input width (numerics + binaries + one-hot categories).
+        latent_dim: Bottleneck width.
+        baseline_val_loss: Validation error of predicting the training distribution of
+            each column (the mean-reconstruction baseline); 1.0 on data like training.
+        max_overfit_ratio: If set, a val/train ratio above it fails the check.
+    """
+    out: list[dict] = []
+    val = np.array([h["val_loss"] for h in history], dtype=np.float64)
+    best = min(history, key=lambda h: h["val_loss"])
+    tr, va = best["train_loss"], best["val_loss"]
+
+    ratio = va / tr if tr > 0 else math.inf
+    limit = max_overfit_ratio or math.inf
+    if ratio > limit:
+        status = "fail"
+    elif ratio > OVERFIT_WARN_RATIO:
+        status = "warning"
+    else:
+        status = "ok"
+    msg = (f"validation loss {va:.4g} is {ratio:.1f}x the training loss {tr:.4g} at the best epoch: "
+           + ("the model memorises its training rows (overfitting); use more data, a smaller model, "
+              "dropout or weight decay" if status != "ok" else "no sign of overfitting"))
+    out.append(_check("overfitting", status, msg, train_loss=tr, val_loss=va, ratio=ratio,
+                      warn_ratio=OVERFIT_WARN_RATIO, fail_ratio=max_overfit_ratio))
+
+    if baseline_val_loss is not None and baseline_val_loss > 0:
+        frac = va / baseline_val_loss
+        status = "warning" if frac >= NO_BETTER_THAN_MEAN else "ok"
+        msg = (f"model error is {100 * frac:.1f}% of the mean-reconstruction baseline "
+               f"({baseline_val_loss:.4g}, predicting each column's training distribution)"
+               + ("; it barely beats predicting the mean: the model did not learn the data's structure"
+                  if status != "ok" else ""))
+        out.append(_check("vs_mean_baseline", status, msg, baseline_val_loss=baseline_val_loss, fraction=frac))
+
+    if len(val) >= 3:
+        improvement = (val[0] - val.min()) / val[0] if val[0] > 0 else 0.0
+        rises = np.diff(val) / np.maximum(val[:-1], 1e-12)
+        jumps = int((rises > JUMP).sum())
+        if improvement < FLAT_IMPROVEMENT:
+            out.append(_check("learning", "warning",
+                              f"validation loss is flat: it improved {100 * improvement:.1f}% over "
+                              f"{len(val)} epochs; the model is not learning (raise the learning rate, "
+                              "check the features)", improvement=improvement, jumps=jumps))
+        elif jumps >= max(2, math.ceil(0.25 * (len(val) - 1))):
+            out.append(_check("learning", "warning",
+                              f"validation loss jumps: it rose by more than {100 * JUMP:.0f}% in {jumps} of "
+                              f"{len(val) - 1} epochs; training is unstable (lower the learning rate)",
+                              improvement=improvement, jumps=jumps))
+        else:
+            out.append(_check("learning", "ok", f"validation loss fell {100 * improvement:.1f}% from the first "
+                              f"epoch ({val[0]:.4g} -> {val.min():.4g})", improvement=improvement, jumps=jumps))
+
+    if latent_dim >= n_features:
+        out.append(_check("latent_size", "warning",
+                          f"latent_dim {latent_dim} >= {n_features} input features (encoder width "
+                          f"{input_width}): the bottleneck is wide enough to copy the input, so a low error "
+                          "may not mean the model learned structure; use a smaller --latent-dim "
+                          "(aescore sweep --latent compares sizes)", latent_dim=latent_dim,
+                          n_features=n_features))
+    else:
+        out.append(_check("latent_size", "ok", f"latent_dim {latent_dim} < {n_features} input features",
+                          latent_dim=latent_dim, n_features=n_features))
+    return out
+
+
+def format_diagnostics(checks: list[dict]) -> str:
+    """One line per check, e.g. ``[warning] overfitting: ...``."""
+    return "\n".join(f"[{c['status']}] {c['check']}: {c['message']}" for c in checks)

@@ -1,0 +1,141 @@
+"""Leakage checks: row-content hashes, a mergeable Bloom filter of training rows, id-like columns.
+
+A scoring row that also occurs in the training or validation data has a low error
+because the model saw it, not because it is normal; the summary counts such rows. The
+training rows are remembered as a Bloom filter (fixed size, merged by OR, so it is built
+block by block without collecting rows) stored in the model artefact.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from aemodel.preprocess import _numeric_values, _string_values
+from aemodel.schema import ColumnSpec
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+MAX_BLOOM_BITS = 1 << 29
+"""64 MiB cap on the filter; beyond ~28M rows its false-positive rate grows (and is reported)."""
+
+
+def row_hashes(table: pa.Table, specs: list[ColumnSpec]) -> np.ndarray:
+    """A 64-bit hash of each row's feature values, independent of the storage type.
+
+    Numeric and binary cells hash as float64 (so 3 and 3.0 match; every missing value
+    hashes alike), categorical cells as strings. pandas' hash uses a fixed key, so hashes
+    agree across processes, runs and machines.
+    """
+    h = np.zeros(table.num_rows, dtype=np.uint64)
+    for s in specs:
+        col = table.column(s.name)
+        if s.kind == "categorical":
+            vals = np.asarray(_string_values(col).to_pylist(), dtype=object)
+        else:
+            vals = _numeric_values(col)
+        with np.errstate(over="ignore"):
+            h = h * _GOLDEN + pd.util.hash_array(vals)
+    return h
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser: a second, independent hash for double hashing."""
+    with np.errstate(over="ignore"):
+        z = h + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+class BloomFilter:
+    """A Bloom filter over 64-bit row hashes (``bits`` packed into bytes).
+
+    Args:
+        n_bits: Filter size in bits (a multiple of 8).
+        n_hashes: Bit positions per item.
+        data: Packed bits, or None for an empty filter.
+    """
+
+    def __init__(self, n_bits: int, n_hashes: int, data: bytes | np.ndarray | None = None):
+        self.n_bits, self.n_hashes = int(n_bits), int(n_hashes)
+        if data is None:
+            self.bits = np.zeros(self.n_bits // 8, dtype=np.uint8)
+        else:
+            self.bits = np.frombuffer(bytes(data), dtype=np.uint8).copy()
+            if self.bits.size * 8 != self.n_bits:
+                raise ValueError(f"Bloom filter data holds {self.bits.size * 8} bits, expected {self.n_bits}")
+
+    @classmethod
+    def for_rows(cls, n_rows: int, fpr: float = 1e-4) -> BloomFilter:
+        """A filter sized for ``n_rows`` items at false-positive rate ``fpr`` (capped size)."""
+        bits = math.ceil(max(n_rows, 1) * -math.log(fpr) / math.log(2) ** 2 / 8) * 8
+        bits = min(max(bits, 1024), MAX_BLOOM_BITS)
+        k = max(1, round(bits / max(n_rows, 1) * math.log(2)))
+        return cls(bits, min(k, 16))
+
+    def _positions(self, hashes: np.ndarray) -> np.ndarray:
+        h1, h2 = hashes.astype(np.uint64), _mix(hashes.astype(np.uint64)) | np.uint64(1)
+        i = np.arange(self.n_hashes, dtype=np.uint64)[:, None]
+        with np.errstate(over="ignore"):
+            return ((h1[None, :] + i * h2[None, :]) % np.uint64(self.n_bits)).astype(np.int64)
+
+    def add(self, hashes: np.ndarray) -> BloomFilter:
+        pos = self._positions(hashes).ravel()
+        np.bitwise_or.at(self.bits, pos >> 3, (1 << (pos & 7)).astype(np.uint8))
+        return self
+
+    def contains(self, hashes: np.ndarray) -> np.ndarray:
+        """Per hash: True if possibly added (false positives at ``false_positive_rate``)."""
+        if len(hashes) == 0:
+            return np.zeros(0, dtype=bool)
+        pos = self._positions(hashes)
+        hit = (self.bits[pos >> 3] >> (pos & 7).astype(np.uint8)) & 1
+        return hit.all(axis=0)
+
+    def merge(self, other: BloomFilter) -> BloomFilter:
+        if (other.n_bits, other.n_hashes) != (self.n_bits, self.n_hashes):
+            raise ValueError("cannot merge Bloom filters of different shapes")
+        self.bits |= other.bits
+        return self
+
+    @property
+    def false_positive_rate(self) -> float:
+        """Chance that a row never added tests positive, from the filter's fill."""
+        fill = float(np.unpackbits(self.bits).mean()) if self.bits.size else 0.0
+        return fill ** self.n_hashes
+
+    def to_bytes(self) -> bytes:
+        return self.bits.tobytes()
+
+
+def id_like_columns(specs: list[ColumnSpec], stats: dict, min_rows: int = 50) -> list[dict]:
+    """Feature columns whose values look like row identifiers (near-unique).
+
+    An id used as a feature lets the model memorise rows and makes every unseen id an
+    "anomaly". Flagged: categorical columns whose values are nearly all distinct or seen
+    once, and integer columns that densely cover a range about as long as the row count
+    (sequential ids). Uses only the training statistics of ``partial_stats``.
+    """
+    found = []
+    for s in specs:
+        st = stats.get(s.name, {})
+        n = st.get("n", 0)
+        if n < min_rows:
+            continue
+        if s.kind == "categorical":
+            counts = st["counts"]
+            singles = sum(1 for c in counts.values() if c == 1)
+            if len(counts) >= 0.9 * n or (len(counts) >= min_rows and singles >= 0.9 * len(counts)):
+                found.append({"column": s.name, "reason": f"{len(counts)} distinct values in {n} rows, "
+                                                          f"{singles} seen once"})
+        elif s.kind == "numeric" and st.get("integral") and st["max"] is not None:
+            span = st["max"] - st["min"] + 1
+            std = math.sqrt(st["m2"] / n)
+            uniform_std = span / math.sqrt(12)
+            if 0.9 * n <= span <= 1.5 * n and 0.8 <= std / max(uniform_std, 1e-12) <= 1.2:
+                found.append({"column": s.name, "reason": f"integers spread evenly over "
+                                                          f"[{st['min']:.0f}, {st['max']:.0f}] for {n} rows"})
+    return found

@@ -1,0 +1,241 @@
+"""Latent-size sweep: one model per latent size, trained as parallel Ray Train runs.
+
+Submit to a Ray cluster (from the repository root)::
+
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
+        python -m jobs.sweep --data s3://bucket/train/ --out s3://bucket/sweeps/s1 \\
+        --latent 2,4,8,16,32 --label-data s3://bucket/labelled/ --label-column is_fraud
+
+Locally: ``aescore sweep --data ./data/train --out ./sweep --latent 2,4,8,16``.
+
+Each trial is a Ray task that runs the whole ``jobs.train.run`` (its own Ray Train run,
+up to ``--max-concurrent`` at a time), writing the model to ``OUT/latent-<k>``. The sweep then writes ``sweep.csv``, ``sweep.json`` and ``sweep.png``
+(validation loss, and AUROC when labels are given, against latent size), and marks the
+smallest latent within ``--tolerance`` of the best validation loss as the recommendation.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pyarrow as pa
+import ray
+import ray.data
+
+from aemodel import load_artifact
+from aemodel.metrics import auroc_from_sketches, histogram_edges
+from jobs.config import config_to_dict
+from jobs.datasets import open_parquet_input
+from jobs.errors import InputError, TrainingError
+from jobs.ray_runtime import ErrorStatsAggregate, ensure_ray
+from jobs.storage import join, normalize_storage_options, url_to_fs
+from jobs.train_config import TrainConfig
+
+
+@dataclass
+class SweepConfig:
+    """Options of ``aescore sweep``."""
+
+    data: str
+    """Training Parquet (any fsspec URI)."""
+    out: str
+    """Output prefix: latent-<k>/ model artefacts, sweep.csv, sweep.json, sweep.png."""
+    latent: list[int] = field(default_factory=lambda: [2, 4, 8, 16, 32])
+    """Latent sizes to train (comma-separated)."""
+    tolerance: float = 0.05
+    """Recommend the smallest latent whose validation loss is within this fraction of the best."""
+    label_data: str | None = None
+    """Labelled Parquet (anomaly = 1) to compute each model's AUROC on; never used for training."""
+    label_column: str | None = None
+    """Column of --label-data holding the 0/1 anomaly label."""
+    val_data: str | None = None
+    """Separate validation Parquet; default: the row-hash split of --data."""
+    feature_columns: list[str] = field(default_factory=list)
+    """Feature columns (default: every supported column)."""
+    exclude_columns: list[str] = field(default_factory=list)
+    """Columns never used as features (ids, labels, timestamps)."""
+    column_types: dict[str, str] = field(default_factory=dict)
+    """Override inferred column types, e.g. zip=categorical."""
+    hidden_dims: list[int] | None = None
+    """Encoder hidden layer widths (the decoder mirrors them); default as in aescore train."""
+    epochs: int = 40
+    """Maximum epochs per model (early stopping applies)."""
+    max_concurrent: int = 2
+    """Trials trained at the same time."""
+    cpus_per_worker: float = 0.5
+    """CPUs reserved per training worker of each trial (keep trials x workers x this below the CPUs)."""
+    num_workers: int = 1
+    """Ray Train workers per trial."""
+    use_gpu: bool = False
+    """One GPU per training worker."""
+    storage_options: dict[str, str] = field(default_factory=dict)
+    """fsspec options for every path; prefer env credentials. Never written out."""
+    overwrite: bool = False
+    """Replace models from another run under --out."""
+    seed: int = 0
+    """Random seed of every trial."""
+    ray_address: str | None = None
+    """Ray cluster address; default RAY_ADDRESS if set, else a private local Ray."""
+
+    def __post_init__(self) -> None:
+        if not self.data or not self.out:
+            raise ValueError("--data and --out are required")
+        if not self.latent or any(k < 1 for k in self.latent) or len(set(self.latent)) != len(self.latent):
+            raise ValueError(f"latent must be distinct sizes >= 1, got {self.latent}")
+        if not 0 <= self.tolerance < 1:
+            raise ValueError(f"tolerance must be in [0, 1), got {self.tolerance}")
+        if bool(self.label_data) != bool(self.label_column):
+            raise ValueError("--label-data and --label-column go together")
+        if self.max_concurrent < 1 or self.num_workers < 1 or self.cpus_per_worker <= 0:
+            raise ValueError("max_concurrent and num_workers must be >= 1, cpus_per_worker > 0")
+
+    def train_config(self, latent_dim: int) -> TrainConfig:
+        keep = {f: getattr(self, f) for f in ("data", "val_data", "feature_columns", "exclude_columns",
+                                              "column_types", "hidden_dims", "epochs", "cpus_per_worker",
+                                              "num_workers", "use_gpu", "storage_options", "overwrite", "seed")}
+        return TrainConfig(out=join(self.out, f"latent-{latent_dim}"), latent_dim=latent_dim, **keep)
+
+
+def errors_by_class(batch: pa.Table, model_uri: str, label: str, options: dict) -> pa.Table:
+    """recon_error split into ``pos`` / ``neg`` columns by label (NaN in the other)."""
+    from jobs.score import score_batch
+
+    err = score_batch(batch, model_uri=model_uri, passthrough=[], threshold=None, use_gpu=False, threads=1,
+                      loader=load_artifact, storage_options=options).column("recon_error")
+    err = np.asarray(err.to_numpy(zero_copy_only=False), dtype=np.float64)
+    y = np.asarray(batch.column(label).to_numpy(zero_copy_only=False)).astype(bool)
+    return pa.table({"pos": np.where(y, err, np.nan), "neg": np.where(y, np.nan, err)})
+
+
+def labelled_auroc(model_uri: str, data: str, label: str, options: dict) -> float:
+    """AUROC of recon_error against ``label``, from per-class sketches merged by Ray Data."""
+    art = load_artifact(model_uri, options)
+    labelled = open_parquet_input(data, options, specs=art.preprocessor.specs)
+    features = [s.name for s in art.preprocessor.specs]
+    if label not in labelled.schema.names:
+        raise InputError(f"{data}: label column {label!r} not found")
+
+    # Tasks fused with the read, not an actor pool: concurrent trials each holding actors
+    # can reserve the CPUs that the reads need (seen here: it deadlocks on 2 CPUs).
+    scored = labelled.read([*features, label]).map_batches(
+        errors_by_class, fn_kwargs={"model_uri": model_uri, "label": label, "options": options},
+        batch_format="pyarrow")
+    agg = scored.aggregate(*(ErrorStatsAggregate(c, histogram_edges(), None, with_sketch=True) for c in ("pos", "neg")))
+    pos, neg = ({int(k): int(c) for k, c in agg[f"error_stats({c})"]["sketch"]} for c in ("pos", "neg"))
+    return auroc_from_sketches(pos, neg)
+
+
+def train_one(sweep: dict, latent_dim: int) -> dict:
+    """One sweep trial: train (and evaluate) the model of one latent size."""
+    from jobs import train
+
+    cfg = SweepConfig(**sweep)
+    result = train.run(cfg.train_config(latent_dim))
+    best = min(result.history, key=lambda h: h["val_loss"])
+    metrics = {"latent_dim": latent_dim, "val_loss": best["val_loss"], "train_loss": best["train_loss"],
+               "epochs": len(result.history), "model": result.model_uri,
+               "warnings": [c["check"] for c in result.metrics["diagnostics"] if c["status"] != "ok"],
+               "auroc": None}
+    if cfg.label_data:
+        metrics["auroc"] = labelled_auroc(result.model_uri, cfg.label_data, cfg.label_column,
+                                          normalize_storage_options(cfg.storage_options))
+    return metrics
+
+
+@dataclass
+class SweepResult:
+    out: str
+    rows: list[dict]
+    recommended: int
+
+
+def recommend(rows: list[dict], tolerance: float) -> int:
+    """The smallest latent whose validation loss is within ``tolerance`` of the best."""
+    best = min(r["val_loss"] for r in rows)
+    return min(r["latent_dim"] for r in rows if r["val_loss"] <= best * (1 + tolerance))
+
+
+def run(cfg: SweepConfig) -> SweepResult:
+    """Train one model per latent size as Tune trials and write the comparison."""
+    ensure_ray(cfg.ray_address)
+    cpus = ray.cluster_resources().get("CPU", 0)
+    reserved = min(cfg.max_concurrent, len(cfg.latent)) * cfg.num_workers * cfg.cpus_per_worker
+    if not cfg.use_gpu and cpus and reserved >= cpus:
+        raise InputError(f"{reserved:g} CPUs reserved by concurrent trials would leave none of the {cpus:g} "
+                         "for reading data; lower --max-concurrent or --cpus-per-worker")
+    options = normalize_storage_options(cfg.storage_options)
+    if cfg.label_column and cfg.label_column not in cfg.exclude_columns and cfg.label_column in \
+            open_parquet_input(cfg.data, options).schema.names:
+        cfg = replace(cfg, exclude_columns=[*cfg.exclude_columns, cfg.label_column])  # a label is never a feature
+    # Each trial is a zero-CPU Ray task that drives its own Ray Train run (whose workers
+    # reserve CPUs) and Ray Data reads. Not a Tune trial: Tune puts a trial in a placement
+    # group that captures its child tasks, so the trial's Ray Data tasks could not get CPUs.
+    remote = ray.remote(num_cpus=0, max_retries=0)(train_one)
+    sweep, pending, rows = config_to_dict(cfg), [], []
+    for k in cfg.latent:
+        if len(pending) >= cfg.max_concurrent:
+            done, pending = ray.wait(pending, num_returns=1)
+            rows += _results(done)
+        pending.append(remote.remote(sweep, k))
+    rows += _results(pending)
+    rows.sort(key=lambda m: m["latent_dim"])
+    best = recommend(rows, cfg.tolerance)
+    for r in rows:
+        r["recommended"] = r["latent_dim"] == best
+    _write_outputs(cfg, rows, best)
+    return SweepResult(out=cfg.out, rows=rows, recommended=best)
+
+
+def _results(refs: list) -> list[dict]:
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as e:
+        raise TrainingError(f"a sweep trial failed: {e.cause if e.cause is not None else e}") from e
+
+
+def _write_outputs(cfg: SweepConfig, rows: list[dict], best: int) -> None:
+    from jobs.report import sweep_plot
+
+    fs, path = url_to_fs(cfg.out, normalize_storage_options(cfg.storage_options))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows([{**r, "warnings": ";".join(r["warnings"])} for r in rows])
+    files = {"sweep.csv": buf.getvalue().encode(),
+             "sweep.json": json.dumps({"recommended_latent_dim": best, "tolerance": cfg.tolerance, "rows": rows},
+                                      indent=2).encode(),
+             "sweep.png": sweep_plot(rows, best, cfg.tolerance)}
+    for name, data in files.items():
+        with fs.open(path.rstrip("/") + "/" + name, "wb") as f:
+            f.write(data)
+
+
+def format_result(r: SweepResult) -> str:
+    lines = [f"{'latent':>6} {'val_loss':>9} {'train_loss':>10} {'auroc':>6}  warnings"]
+    for row in r.rows:
+        auc = f"{row['auroc']:.3f}" if row["auroc"] is not None else "-"
+        mark = "  <- recommended" if row["recommended"] else ""
+        lines.append(f"{row['latent_dim']:>6} {row['val_loss']:>9.4f} {row['train_loss']:>10.4f} {auc:>6}  "
+                     f"{','.join(row['warnings']) or '-'}{mark}")
+    lines.append(f"sweep -> {r.out}: recommended latent_dim={r.recommended}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m jobs.sweep``."""
+    from jobs.cli import job_main
+
+    return job_main(SweepConfig, run, format_result, argv, "aescore sweep", __doc__)
+
+
+__all__ = ["SweepConfig", "SweepResult", "main", "recommend", "run", "train_one"]
+
+if __name__ == "__main__":
+    from jobs.sweep import main as module_main  # pickle UDFs as jobs.sweep, importable on workers
+
+    sys.exit(module_main())

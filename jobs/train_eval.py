@@ -1,0 +1,131 @@
+"""After training: the validation reference, the calibrated threshold and the run's verdicts.
+
+Everything here uses the validation split only (never data scored later), so the
+threshold, the per-column error reference and the diagnostics cannot leak scoring data.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aemodel import column_losses, row_errors
+from aemodel.diagnostics import calibrate_threshold, diagnose, format_diagnostics, mean_reconstruction
+from aemodel.model import AutoencoderConfig
+from aemodel.metrics import ErrorStats, histogram_edges
+
+
+def validation_reference(model: torch.nn.Module, val_data, device: torch.device, baselines: torch.Tensor,
+                         quantile: float, constant_outputs: dict, columns: list[str]) -> tuple[dict, dict]:
+    """Validation error distribution, per-column reference, baseline loss and threshold.
+
+    Args:
+        val_data: A Ray Data iterator over the encoded validation rows (the whole set).
+        quantile: The threshold's quantile of validation error (1 - target FPR).
+        constant_outputs: ``Preprocessor.constant_outputs()`` for the mean baseline.
+        columns: Feature names in model order.
+
+    Returns:
+        ``reference``: ``ErrorStats.summary()`` plus ``columns`` (mean/std/count of each
+        column's normalised loss, for z-scores) and ``mean_baseline_loss``; ``threshold``:
+        ``calibrate_threshold``'s result.
+    """
+    errs, col_sums, baseline_sum = [], None, 0.0
+    model.eval()
+    for batch in val_data.iter_torch_batches(batch_size=8192, device=device, prefetch_batches=2):
+        with torch.inference_mode():
+            x = (batch["x_num"], batch["x_bin"], batch["x_cat"])
+            losses = column_losses(model(*x), *x, baselines)
+            err = row_errors(losses, batch["observed"])
+            const = mean_reconstruction(constant_outputs, x[0].shape[0], device)
+            baseline_sum += float(row_errors(column_losses(const, *x, baselines), batch["observed"]).sum())
+        errs.append(err.float().cpu().numpy())
+        obs = batch["observed"].cpu().numpy()
+        lo = losses.double().cpu().numpy()
+        part = np.stack([obs.sum(0), np.where(obs > 0, lo, 0).sum(0), np.where(obs > 0, lo * lo, 0).sum(0)])
+        col_sums = part if col_sums is None else col_sums + part
+    values = np.concatenate(errs) if errs else np.zeros(0, dtype=np.float32)
+    threshold = calibrate_threshold(values, quantile)
+    stats = ErrorStats(edges=histogram_edges(), threshold=threshold["value"]).update(values)
+    n, s1, s2 = col_sums if col_sums is not None else np.zeros((3, len(columns)))
+    mean = s1 / np.maximum(n, 1)
+    std = np.sqrt(np.maximum(s2 / np.maximum(n, 1) - mean * mean, 0.0))
+    reference = {**stats.summary(), "mean_baseline_loss": baseline_sum / max(len(values), 1),
+                 "columns": {c: {"count": int(n[i]), "mean": float(mean[i]), "std": float(std[i])}
+                             for i, c in enumerate(columns)}}
+    return reference, threshold
+
+
+def final_checkpoint(result) -> tuple[dict, dict, dict]:
+    """Best weights + history, validation reference and threshold from the last checkpoint."""
+    from jobs.errors import TrainingError
+    from jobs.train import _load_state
+
+    if result.checkpoint is None:
+        raise TrainingError("training finished without a checkpoint")
+    with result.checkpoint.as_directory() as d:
+        if not (Path(d) / "reference.json").exists():
+            raise TrainingError("training ended before its final checkpoint (see the Ray Train logs)")
+        state = _load_state(d, "cpu")
+        reference = json.loads((Path(d) / "reference.json").read_text())
+        threshold = json.loads((Path(d) / "threshold.json").read_text())
+    return state, reference, threshold
+
+
+def assess(cfg, model_config: AutoencoderConfig, history: list[dict], reference: dict, threshold: dict,
+           leakage: dict) -> dict:
+    """The run's ``metrics.json``: final losses, diagnostics with verdicts, leakage checks.
+
+    Args:
+        cfg: The ``TrainConfig``.
+        leakage: From ``jobs.train._fit_statistics``: overlap counts and id-like columns.
+    """
+    best = min(history, key=lambda h: h["val_loss"])
+    checks = diagnose(history, n_features=model_config.n_columns, input_width=model_config.input_dim,
+                      latent_dim=model_config.latent_dim, baseline_val_loss=reference.get("mean_baseline_loss"),
+                      max_overfit_ratio=cfg.max_overfit_ratio)
+    warnings = [f"column {c['column']!r} looks like a row id ({c['reason']}); ids as features let the model "
+                "memorise rows: exclude it (--exclude-columns)" for c in leakage["id_like_columns"]]
+    if leakage.get("train_val_overlap_rows", 0) > max(1.0, 3 * leakage.get("expected_false_matches", 0.0)):
+        warnings.append(f"{leakage['train_val_overlap_rows']} validation rows also occur in the training data "
+                        "(leakage: validation loss and threshold look better than they are)")
+    return {"best_epoch": best["epoch"], "epochs_run": len(history), "train_loss": best["train_loss"],
+            "val_loss": best["val_loss"], "mean_baseline_val_loss": reference.get("mean_baseline_loss"),
+            "stopped_early": len(history) < cfg.epochs, "latent_dim": model_config.latent_dim,
+            "n_features": model_config.n_columns, "diagnostics": checks, "warnings": warnings, "leakage": leakage}
+
+
+@dataclass
+class TrainResult:
+    """What ``jobs.train.run`` produced."""
+
+    model_uri: str
+    version: str
+    history: list[dict]
+    threshold: float
+    reference: dict
+    train_rows: int
+    val_rows: int
+    wall_seconds: float
+    run_id: str = ""
+    reused: bool = False
+    metrics: dict | None = None
+
+
+def format_result(r: TrainResult) -> str:
+    """The diagnostics, one per line, then a one-line result."""
+    best = min(r.history, key=lambda h: h["val_loss"])
+    verb = "reused" if r.reused else "trained"
+    lines = []
+    if r.metrics and r.metrics.get("diagnostics"):
+        lines.append(format_diagnostics(r.metrics["diagnostics"]))
+    for w in (r.metrics or {}).get("warnings", []):
+        lines.append(f"[warning] {w}")
+    lines.append(f"{verb} {r.model_uri} (version {r.version}): {len(r.history)} epochs, best epoch {best['epoch']} "
+                 f"train_loss={best['train_loss']:.4f} val_loss={best['val_loss']:.4f}, threshold={r.threshold:.4f}, "
+                 f"rows train={r.train_rows} val={r.val_rows}, {r.wall_seconds:.1f}s")
+    return "\n".join(lines)

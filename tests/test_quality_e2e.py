@@ -1,0 +1,88 @@
+"""End to end: training diagnostics, leakage checks, per-column errors, reports and the latent sweep."""
+
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from aemodel import load_artifact
+from jobs import score, sweep, train
+from jobs.errors import TrainingError
+from jobs.synthetic import LABEL, ROW_ID
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+
+def _noise(path, rows: int, seed: int) -> str:
+    os.makedirs(path, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    pq.write_table(pa.table({f"x{i}": rng.normal(size=rows) for i in range(12)}), f"{path}/part-0.parquet")
+    return str(path)
+
+
+def test_tiny_training_set_with_a_big_model_is_flagged_and_can_fail_the_run(ray_start_2_cpus, tmp_path):
+    """48 rows of noise, a 256-wide network: it memorises the rows, validation stays bad."""
+    cfg = train.TrainConfig(data=_noise(tmp_path / "train", 48, 0), val_data=_noise(tmp_path / "val", 200, 1),
+                            out=str(tmp_path / "model"), hidden_dims=[256, 256], latent_dim=8, batch_size=8,
+                            epochs=30, patience=30, learning_rate=3e-3, max_overfit_ratio=2.0)
+    with pytest.raises(TrainingError, match="overfitting: validation loss .* the training loss"):
+        train.run(cfg)
+    assert not (tmp_path / "model" / "_SUCCESS").exists()  # a failed run publishes nothing
+
+
+def test_scoring_output_has_top_features_column_errors_and_a_report(trained, mixed_data, tmp_path):
+    out = str(tmp_path / "scores")
+    res = score.run(score.ScoreConfig(model=trained.model_uri, data=mixed_data["score"], out=out,
+                                      id_columns=[ROW_ID, LABEL], top_k=2, column_errors=True))
+    rows = pq.read_table(f"{out}/rows")
+    art = load_artifact(trained.model_uri)
+    names = [s.name for s in art.preprocessor.specs]
+    err = np.column_stack([rows[f"err_{n}"].to_numpy(zero_copy_only=False) for n in names])
+    top = rows["top_features"].to_pylist()
+    for i in range(0, rows.num_rows, 97):  # the listed columns are the row's largest errors
+        order = [names[j] for j in np.argsort(-np.nan_to_num(err[i], nan=-1))[:2]]
+        assert [f["column"] for f in top[i]] == order
+        assert sum(f["share"] for f in top[i]) <= 1.0 + 1e-5
+    assert res.summary["training_overlap"]["rows"] <= 3  # fresh rows: only Bloom false positives
+    means = res.summary["columns"]["mean_error"]
+    assert means[names[0]] == pytest.approx(np.nanmean(err[:, 0]), rel=1e-4)
+    assert sum(res.summary["columns"]["top1_rows"].values()) == rows.num_rows
+    page = open(f"{out}/report.html").read()
+    assert page.count("data:image/png;base64,") == 4 and "Columns by mean error" in page
+    assert os.path.exists(os.path.join(trained.model_uri, "report.html"))
+    metrics = json.load(open(os.path.join(trained.model_uri, "metrics.json")))
+    assert {c["check"] for c in metrics["diagnostics"]} >= {"overfitting", "vs_mean_baseline", "latent_size"}
+
+
+def test_scoring_the_training_data_is_reported_as_leakage_and_changes_nothing(trained, mixed_data, tmp_path):
+    before = load_artifact(trained.model_uri)
+    res = score.run(score.ScoreConfig(model=trained.model_uri, data=mixed_data["train"], out=str(tmp_path / "s"),
+                                      id_columns=[ROW_ID]))
+    overlap = res.summary["training_overlap"]
+    assert overlap["rows"] == mixed_data["train_table"].num_rows and overlap["fraction"] == 1.0
+    assert any("leakage" in w for w in res.summary["warnings"])
+    after = load_artifact(trained.model_uri)  # scoring never refits preprocessing or the threshold
+    assert after.version == before.version and after.threshold == before.threshold
+    assert after.preprocessor.to_dict() == before.preprocessor.to_dict()
+    assert res.summary["threshold"] == before.threshold_value
+
+
+def test_latent_sweep_recommends_a_size_and_warns_when_latent_reaches_the_inputs(ray_start_2_cpus, mixed_data,
+                                                                                 tmp_path):
+    cfg = sweep.SweepConfig(data=mixed_data["train"], out=str(tmp_path / "sweep"), latent=[2, 16],
+                            exclude_columns=[ROW_ID], label_data=mixed_data["score"], label_column=LABEL,
+                            hidden_dims=[32], epochs=6, max_concurrent=1)
+    res = sweep.run(cfg)
+    by_k = {r["latent_dim"]: r for r in res.rows}
+    assert set(by_k) == {2, 16} and res.recommended in by_k
+    assert "latent_size" in by_k[16]["warnings"] and "latent_size" not in by_k[2]["warnings"]  # 13 features
+    assert all(0.5 < r["auroc"] <= 1.0 for r in res.rows)
+    metrics = json.load(open(tmp_path / "sweep" / "latent-16" / "metrics.json"))
+    assert any(c["check"] == "latent_size" and c["status"] == "warning" for c in metrics["diagnostics"])
+    table = json.load(open(tmp_path / "sweep" / "sweep.json"))
+    assert table["recommended_latent_dim"] == res.recommended
+    assert (tmp_path / "sweep" / "sweep.png").read_bytes().startswith(b"\x89PNG")
+    assert "recommended" in sweep.format_result(res)
