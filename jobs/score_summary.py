@@ -8,7 +8,7 @@ import ray.data
 
 from aemodel import ModelArtifact
 from aemodel.metrics import histogram_edges
-from jobs.ray_runtime import ErrorStatsAggregate, TopFeaturesAggregate
+from jobs.ray_runtime import ErrorStatsAggregate, TopFeaturesAggregate, aggregate_blocks
 
 COLUMN_ERROR_PREFIX = "err_"
 SEEN = "seen_in_training"
@@ -40,7 +40,7 @@ def summarize(rows: ray.data.Dataset, threshold: float, art: ModelArtifact, cfg)
     if seen:
         aggs.append(ray.data.aggregate.Sum(SEEN, alias_name=SEEN))
         columns.append(SEEN)
-    agg = rows.select_columns(columns).aggregate(*aggs)
+    agg = aggregate_blocks(rows.select_columns(columns), *aggs)
     stats = agg["error_stats(recon_error)"]
     row_count = stats["count"] + stats["nonfinite"]
     summary = {**stats, "row_count": row_count, "anomaly_count": stats["above_threshold"],

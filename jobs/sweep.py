@@ -32,7 +32,7 @@ from aemodel.metrics import auroc_from_sketches, histogram_edges
 from jobs.config import config_to_dict
 from jobs.datasets import open_parquet_input
 from jobs.errors import InputError, TrainingError
-from jobs.ray_runtime import ErrorStatsAggregate, ensure_ray
+from jobs.ray_runtime import ErrorStatsAggregate, aggregate_blocks, ensure_ray
 from jobs.storage import join, normalize_storage_options, url_to_fs
 from jobs.train_config import TrainConfig
 
@@ -125,7 +125,7 @@ def labelled_auroc(model_uri: str, data: str, label: str, options: dict) -> floa
     scored = labelled.read([*features, label]).map_batches(
         errors_by_class, fn_kwargs={"model_uri": model_uri, "label": label, "options": options},
         batch_format="pyarrow")
-    agg = scored.aggregate(*(ErrorStatsAggregate(c, histogram_edges(), None, with_sketch=True) for c in ("pos", "neg")))
+    agg = aggregate_blocks(scored, *(ErrorStatsAggregate(c, histogram_edges(), None, with_sketch=True) for c in ("pos", "neg")))
     pos, neg = ({int(k): int(c) for k, c in agg[f"error_stats({c})"]["sketch"]} for c in ("pos", "neg"))
     return auroc_from_sketches(pos, neg)
 

@@ -38,7 +38,7 @@ from jobs.errors import InputError, TrainingError
 from jobs.manifest import fingerprint
 from jobs.storage import arrow_filesystem, normalize_storage_options, publish_pointer, redact_config, url_to_fs
 from jobs.train_config import TrainConfig
-from jobs.ray_runtime import ColumnStatsAggregate, RowBloomAggregate, decode_bloom, ensure_ray
+from jobs.ray_runtime import ColumnStatsAggregate, RowBloomAggregate, aggregate_blocks, decode_bloom, ensure_ray
 from jobs.report import training_report
 from jobs.train_eval import TrainResult, assess, final_checkpoint, format_result, validation_reference
 
@@ -289,13 +289,14 @@ def _fit_statistics(cfg: TrainConfig, specs: list, train_in, val_in) -> tuple[di
     shape = (seen.n_bits, seen.n_hashes)
     if val_in is None:
         keep_train = functools.partial(keep_split, columns=names, cut=split_cut(cfg.val_fraction), validation=False)
-        agg = train_in.read(names).aggregate(ColumnStatsAggregate(specs, keep_train), RowBloomAggregate(specs, *shape))
+        agg = aggregate_blocks(train_in.read(names), ColumnStatsAggregate(specs, keep_train),
+                               RowBloomAggregate(specs, *shape))
         overlap = {"train_val_overlap_rows": 0, "method": "row-hash split: identical rows always share a side"}
     else:
-        agg = train_in.read(names).aggregate(ColumnStatsAggregate(specs), RowBloomAggregate(specs, *shape))
+        agg = aggregate_blocks(train_in.read(names), ColumnStatsAggregate(specs), RowBloomAggregate(specs, *shape))
     seen, rows, _ = decode_bloom(agg["row_bloom"], *shape)
     if val_in is not None:
-        val_agg = val_in.read(names).aggregate(RowBloomAggregate(specs, *shape, against=seen))
+        val_agg = aggregate_blocks(val_in.read(names), RowBloomAggregate(specs, *shape, against=seen))
         val_seen, val_rows, hits = decode_bloom(val_agg["row_bloom"], *shape)
         fpr = seen.false_positive_rate
         overlap = {"train_val_overlap_rows": hits, "train_val_overlap_fraction": hits / max(val_rows, 1),
