@@ -3,7 +3,7 @@
     .venv/bin/python bench/score_memory.py [--rows 1000000] [--scale 10]
 
 For N and scale*N rows of 32 float32 columns (20 Parquet shards each), this runs
-``score.run`` on a private local Ray while a sampler thread adds up the proportional set
+``score.run`` on a fresh private local Ray (one per size) while a sampler thread adds up the proportional set
 size (PSS: shared pages such as the object store are split between the processes that map
 them, so the sum is the true total) of this driver and every process it started (raylet,
 GCS, Ray workers), every 0.2 s. The peer is a plain script in a subprocess: pandas reads
@@ -87,15 +87,18 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory(prefix="aescore-bench-") as tmp:
         root = Path(tmp)
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         for n in (args.rows, args.rows * args.scale):
             data = root / f"data-{n}"
             data.mkdir()
             make_shards(data, n, args.shards)
             if not (root / "model").exists():
+                ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
                 train.run(train.TrainConfig(data=str(data / "part-00000.parquet"), out=str(root / "model"),
                                             exclude_columns=["id"], epochs=2, cpus_per_worker=0.5,
                                             storage_path=str(root / "ray")))
+                ray.shutdown()
+            # A fresh Ray per size: idle workers left by an earlier run would count against this one.
+            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
             with TreeMemorySampler() as mem:
                 t0 = time.perf_counter()
                 score.run(score.ScoreConfig(model=str(root / "model"), data=str(data), out=str(root / f"out-{n}"),
@@ -106,11 +109,12 @@ def main() -> None:
                                       Path(__file__).resolve().parents[1])})
             results[n] = {"peak_mb": mem.peak_mb, "idle_mb": mem.baseline_mb, "seconds": seconds,
                           "peer_mb": float(peer.stdout.strip().splitlines()[-1])}
-            print(f"rows={n:>10}: aescore score peak {mem.peak_mb:8.0f} MB (Ray idle {mem.baseline_mb:.0f} MB), "
+            print(f"rows={n:>10}: aescore score peak {mem.peak_mb:8.0f} MB (Ray idle before the run "
+                  f"{mem.baseline_mb:.0f} MB), "
                   f"{seconds:6.1f}s; pandas read-all peer peak {results[n]['peer_mb']:8.0f} MB", flush=True)
             for d in (data, root / f"out-{n}", root / f"peer-{n}"):
                 subprocess.run(["rm", "-rf", str(d)], check=True)
-        ray.shutdown()
+            ray.shutdown()
     small, large = (results[n] for n in sorted(results))
     big = max(results)
     print(f"machine: {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB")
