@@ -161,7 +161,7 @@ def recommend(rows: list[dict], tolerance: float) -> int:
 
 
 def run(cfg: SweepConfig) -> SweepResult:
-    """Train one model per latent size as Tune trials and write the comparison."""
+    """Train one model per latent size as parallel Ray Train runs and write the comparison."""
     ensure_ray(cfg.ray_address)
     cpus = ray.cluster_resources().get("CPU", 0)
     reserved = min(cfg.max_concurrent, len(cfg.latent)) * cfg.num_workers * cfg.cpus_per_worker
