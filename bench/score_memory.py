@@ -78,6 +78,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--scale", type=int, default=10)
     parser.add_argument("--shards", type=int, default=20)
+    parser.add_argument("--object-store-limit-mb", type=int, default=None,
+                        help="ScoreConfig.object_store_limit_mb (default: the product's; 0: Ray's own budget)")
     args = parser.parse_args()
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     import ray
@@ -85,6 +87,7 @@ def main() -> None:
     from jobs import score, train
 
     results = {}
+    extra = {} if args.object_store_limit_mb is None else {"object_store_limit_mb": args.object_store_limit_mb}
     with tempfile.TemporaryDirectory(prefix="aescore-bench-") as tmp:
         root = Path(tmp)
         for n in (args.rows, args.rows * args.scale):
@@ -102,7 +105,7 @@ def main() -> None:
             with TreeMemorySampler() as mem:
                 t0 = time.perf_counter()
                 score.run(score.ScoreConfig(model=str(root / "model"), data=str(data), out=str(root / f"out-{n}"),
-                                            id_columns=["id"], batch_size=65536))
+                                            id_columns=["id"], batch_size=65536, **extra))
                 seconds = time.perf_counter() - t0
             peer = subprocess.run([sys.executable, "-c", PEER, str(root / "model"), str(data), str(root / f"peer-{n}")],
                                   capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(
