@@ -103,11 +103,13 @@ class SweepConfig:
 
 def errors_by_class(batch: pa.Table, model_uri: str, label: str, options: dict) -> pa.Table:
     """recon_error split into ``pos`` / ``neg`` columns by label (NaN in the other)."""
-    from jobs.score import score_batch
+    from jobs.score import _cached_scorer
 
-    err = score_batch(batch, model_uri=model_uri, passthrough=[], threshold=None, use_gpu=False, threads=1,
-                      loader=load_artifact, storage_options=options).column("recon_error")
-    err = np.asarray(err.to_numpy(zero_copy_only=False), dtype=np.float64)
+    # Only the error is needed: the per-process cached model, without the output columns
+    # (top features, training-row check) that a scoring run adds.
+    scorer = _cached_scorer(model_uri, (), None, False, 1, load_artifact, json.dumps(options, sort_keys=True),
+                            0, False, "fp32").scorer
+    err = scorer.score_table(batch)["recon_error"].astype(np.float64)
     y = np.asarray(batch.column(label).to_numpy(zero_copy_only=False)).astype(bool)
     return pa.table({"pos": np.where(y, err, np.nan), "neg": np.where(y, np.nan, err)})
 

@@ -222,8 +222,10 @@ def run(cfg: TrainConfig) -> TrainResult:
     stats, seen_rows, leakage = _fit_statistics(cfg, specs, train_in, val_in)
     pp = Preprocessor.fit(specs, stats, cfg.preprocess_config())  # training rows only: no leakage
     model_config = AutoencoderConfig(n_numeric=len(pp.numeric_names), n_binary=len(pp.binary_names),
-                                     category_sizes=pp.category_sizes, hidden_dims=cfg.resolved_hidden_dims(int(stats["__rows__"]["n"])),
-                                     latent_dim=cfg.resolved_latent_dim(len(specs)), activation=cfg.activation, dropout=cfg.dropout)
+                                     category_sizes=pp.category_sizes,
+                                     hidden_dims=cfg.resolved_hidden_dims(pp.train_rows),
+                                     latent_dim=cfg.resolved_latent_dim(len(specs)), activation=cfg.activation,
+                                     dropout=cfg.dropout)
     if val_in is None:
         train_ds, val_ds = hash_split(train_in.read(names), names, cfg.val_fraction)
     else:
@@ -238,7 +240,8 @@ def run(cfg: TrainConfig) -> TrainResult:
 
     loop_config = {
         "model_config": model_config.to_dict(), "baselines": pp.baselines, "epochs": cfg.epochs,
-        "batch_size": cfg.resolved_batch_size(int(stats["__rows__"]["n"])), "learning_rate": cfg.learning_rate, "weight_decay": cfg.weight_decay,
+        "batch_size": cfg.resolved_batch_size(pp.train_rows), "learning_rate": cfg.learning_rate,
+        "weight_decay": cfg.weight_decay,
         "patience": cfg.patience, "min_delta": cfg.min_delta, "seed": cfg.seed,
         "torch_threads": max(1, int(cfg.cpus_per_worker)), "report_interval_s": 2.0,
         "threshold_quantile": cfg.quantile, "constant_outputs": pp.constant_outputs(), "columns": names,
