@@ -1,8 +1,8 @@
 """Reconstruction losses: one loss per column kind, normalised, combined per row.
 
-The per-row reconstruction error is
+Training minimises, per row,
 
-    recon_error(row) = sum_c  m_c * L_c / b_c  /  sum_c m_c
+    loss(row) = sum_c  m_c * L_c / b_c  /  sum_c m_c
 
 where, for each feature column c,
 
@@ -15,12 +15,23 @@ where, for each feature column c,
   floored so near-constant columns cannot dominate;
 * ``m_c`` is 1 if the cell was observed and 0 if it was missing (imputed).
 
-So every column counts the same whatever its scale or cardinality, and an error of 1.0
+So every column counts the same whatever its scale or cardinality, and a loss of 1.0
 means "no better than predicting the training distribution of each column".
+
+The scored ``recon_error`` divides each column once more, by ``s_c``, the column's mean
+``L_c / b_c`` on the validation rows (floored; see ``error_scales``):
+
+    recon_error(row) = sum_c  m_c * L_c / (b_c * s_c)  /  sum_c m_c
+
+so 1.0 is the error of a typical validation row, and a column the model reconstructs
+well counts for more than one it always reconstructs poorly: a large error in a column
+that is normally predictable is the stronger anomaly signal (``bench/quality.py``
+measures the effect on real data; the README has the table).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -56,3 +67,19 @@ def row_errors(col_losses: torch.Tensor, observed: torch.Tensor) -> torch.Tensor
 def batch_loss(col_losses: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
     """Training objective: the mean per-row error of the batch."""
     return row_errors(col_losses, observed).mean()
+
+
+def error_scales(validation_means: np.ndarray, floor: float) -> np.ndarray:
+    """Per-column divisors ``s_c`` for ``recon_error``: mean validation loss, at least ``floor``.
+
+    The floor (in units of the constant predictor's loss) caps how much a column the model
+    reconstructs almost perfectly can be amplified; a column never observed in validation
+    gets 1.0.
+
+    Args:
+        validation_means: [n_columns] mean normalised loss of each column on validation rows
+            (NaN where a column had no observed validation cell).
+        floor: Smallest divisor, > 0.
+    """
+    m = np.asarray(validation_means, dtype=np.float64)
+    return np.where(np.isfinite(m), np.maximum(m, floor), 1.0)

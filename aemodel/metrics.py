@@ -96,8 +96,8 @@ def sketch_quantiles(buckets: dict[int, int], qs: list[float]) -> list[float | N
 def histogram_edges(lo: float = 1e-4, hi: float = 1e3, per_decade: int = 10) -> list[float]:
     """Fixed, log-spaced bin edges for reconstruction error.
 
-    ``recon_error`` is normalised (1.0 = no better than predicting the training
-    distribution of each column), so one fixed grid suits every model and makes the
+    ``recon_error`` is normalised (1.0 = the error of a typical validation row, see
+    ``aemodel.losses``), so one fixed grid suits every model and makes the
     histograms of any two runs, models or nights directly comparable. Values below
     ``lo`` (e.g. exact zeros) count as ``underflow``, above ``hi`` as ``overflow``.
     """

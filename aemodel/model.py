@@ -27,8 +27,8 @@ class AutoencoderConfig:
     """Widths of the encoder's hidden layers; the decoder mirrors them."""
     latent_dim: int = 8
     """Width of the bottleneck."""
-    activation: Activation = "relu"
-    """Non-linearity between layers."""
+    activation: Activation = "tanh"
+    """Non-linearity between layers (tanh: bounded, so extreme inputs reconstruct badly)."""
     dropout: float = 0.0
     """Dropout after each hidden layer (training only)."""
 

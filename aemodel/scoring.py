@@ -62,14 +62,20 @@ class RowScorer:
         self.columns = [s.name for s in self.preprocessor.specs]  # model column order
         self.device = torch.device(device)
         self.model = artifact.build_model().to(self.device)
-        self.baselines = torch.tensor(self.preprocessor.baselines, dtype=torch.float32, device=self.device)
         self.threshold = artifact.threshold_value
         ref = artifact.reference.get("columns")
-        self.ref_mean = np.array([ref[c]["mean"] for c in self.columns]) if ref else None
-        self.ref_std = np.array([ref[c]["std"] for c in self.columns]) if ref else None
+        # Per-column validation scales (see aemodel.losses); artefacts written before them
+        # have none, and their thresholds were calibrated unscaled, so 1.0 keeps them consistent.
+        scales = np.array([ref[c].get("scale", 1.0) for c in self.columns]) if ref else np.ones(len(self.columns))
+        self.loss_scales = torch.tensor(np.asarray(self.preprocessor.baselines) * scales, dtype=torch.float32,
+                                        device=self.device)
+        """Divisor of each column's raw loss: training baseline times validation scale."""
+        # z-scores compare scaled losses, so the validation reference is scaled the same way.
+        self.ref_mean = np.array([ref[c]["mean"] for c in self.columns]) / scales if ref else None
+        self.ref_std = np.array([ref[c]["std"] for c in self.columns]) / scales if ref else None
 
     def errors_encoded(self, enc: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Per-row error [B] and per-cell normalised loss [B, n_columns] of an encoded batch."""
+        """Per-row ``recon_error`` [B] and per-cell scaled loss [B, n_columns] of an encoded batch."""
         dev = self.device
         cuda = dev.type == "cuda"
         # On CUDA, copy from pinned host memory so the transfer is asynchronous.
@@ -83,7 +89,7 @@ class RowScorer:
             if autocast:
                 recon = type(recon)(recon.numeric.float(), recon.binary_logits.float(),
                                     [c.float() for c in recon.categorical_logits])
-            losses = column_losses(recon, t["x_num"], t["x_bin"], t["x_cat"], self.baselines)
+            losses = column_losses(recon, t["x_num"], t["x_bin"], t["x_cat"], self.loss_scales)
             err = row_errors(losses, t["observed"])
         return err.float().cpu().numpy(), losses.float().cpu().numpy()
 

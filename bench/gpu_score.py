@@ -85,7 +85,7 @@ def main() -> None:
         with torch.inference_mode():
             for e in enc:
                 recon = scorer.model(e["x_num"], e["x_bin"], e["x_cat"])
-                row_errors(column_losses(recon, e["x_num"], e["x_bin"], e["x_cat"], scorer.baselines),
+                row_errors(column_losses(recon, e["x_num"], e["x_bin"], e["x_cat"], scorer.loss_scales),
                            e["observed"]).cpu()
         torch.cuda.synchronize()
         resident = args.rows / (time.perf_counter() - t0)

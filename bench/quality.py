@@ -19,7 +19,10 @@ its defaults (only ``seed`` is set) and scored with the same ``RowScorer`` as
 ``aescore score``. PCA: standardised with training statistics, as many components as
 explain 90% of the training variance, score = squared reconstruction error.
 IsolationForest: scikit-learn defaults (100 trees), score = -score_samples. Reported:
-mean AUROC over seeds (and its range). Final line:
+mean AUROC over seeds (and its range). ``--variant NAME:key=value,...`` adds a column for
+an autoencoder trained with those ``TrainConfig`` options on the same splits and seeds
+(e.g. ``--variant relu_unscaled:activation=relu,scale_by_validation=false`` measures the
+defaults against the previous ones side by side). Final line, for the defaults:
 ``quality: ratio=<worst AE/best-baseline AUROC ratio> target=1.0 ...``.
 """
 
@@ -92,7 +95,17 @@ def iforest_scores(train: pd.DataFrame, test: pd.DataFrame, seed: int) -> np.nda
     return -IsolationForest(random_state=seed).fit(a).score_samples(b)
 
 
-def autoencoder_scores(train: pd.DataFrame, test: pd.DataFrame, seed: int, workdir: str) -> tuple[np.ndarray, dict]:
+def parse_variant(text: str) -> tuple[str, dict]:
+    """``name:key=value,key=value`` -> (name, TrainConfig overrides); values parsed as YAML."""
+    import yaml
+
+    name, _, opts = text.partition(":")
+    pairs = [kv.split("=", 1) for kv in opts.split(",") if kv]
+    return name, {k.strip(): yaml.safe_load(v) for k, v in pairs}
+
+
+def autoencoder_scores(train: pd.DataFrame, test: pd.DataFrame, seed: int, workdir: str,
+                       options: dict | None = None) -> tuple[np.ndarray, dict]:
     from aemodel import RowScorer, load_artifact
     from jobs import train as train_job
 
@@ -100,7 +113,7 @@ def autoencoder_scores(train: pd.DataFrame, test: pd.DataFrame, seed: int, workd
     os.makedirs(data, exist_ok=True)
     pq.write_table(pa.Table.from_pandas(train, preserve_index=False), os.path.join(data, "part-0.parquet"))
     result = train_job.run(train_job.TrainConfig(data=data, out=os.path.join(workdir, "model"), seed=seed,
-                                                 overwrite=True))
+                                                 overwrite=True, **(options or {})))
     scorer = RowScorer(load_artifact(result.model_uri))
     errors = scorer.score_table(pa.Table.from_pandas(test, preserve_index=False))["recon_error"]
     return errors, result.metrics
@@ -110,7 +123,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--sets", default="breast_cancer,wine,digits,diabetes_mixed")
+    ap.add_argument("--variant", action="append", default=[], help="NAME:key=value,... extra autoencoder column")
     args = ap.parse_args()
+    variants = dict(parse_variant(v) for v in args.variant)
     from aemodel import auroc
     from jobs.ray_runtime import ensure_ray
 
@@ -120,7 +135,7 @@ def main() -> int:
     table, warnings = [], []
     for name in args.sets.split(","):
         x, y = sets[name]
-        aucs: dict[str, list[float]] = {"autoencoder": [], "pca": [], "iforest": []}
+        aucs: dict[str, list[float]] = {"autoencoder": [], "pca": [], "iforest": [], **{v: [] for v in variants}}
         for seed in range(args.seeds):
             train, test, y_test = split(x, y, seed)
             with tempfile.TemporaryDirectory() as tmp:
@@ -130,13 +145,18 @@ def main() -> int:
             aucs["autoencoder"].append(auroc(ae, y_test))
             aucs["pca"].append(auroc(pca_scores(train, test), y_test))
             aucs["iforest"].append(auroc(iforest_scores(train, test, seed), y_test))
+            for v, options in variants.items():
+                with tempfile.TemporaryDirectory() as tmp:
+                    aucs[v].append(auroc(autoencoder_scores(train, test, seed, tmp, options)[0], y_test))
         table.append((name, x.shape, int(y.sum()), {k: (np.mean(v), np.min(v), np.max(v)) for k, v in aucs.items()}))
 
-    print("\n| data set | rows x cols | anomalies | autoencoder | PCA | IsolationForest |")
-    print("|---|---|---|---|---|---|")
+    columns = ("autoencoder", "pca", "iforest", *variants)
+    print("\n| data set | rows x cols | anomalies | autoencoder | PCA | IsolationForest |"
+          + "".join(f" autoencoder {v} |" for v in variants))
+    print("|---|---|---|---|---|---|" + "---|" * len(variants))
     ratios = []
     for name, shape, n_anom, res in table:
-        cells = [f"{m:.3f} ({lo:.3f}-{hi:.3f})" for m, lo, hi in (res[k] for k in ("autoencoder", "pca", "iforest"))]
+        cells = [f"{m:.3f} ({lo:.3f}-{hi:.3f})" for m, lo, hi in (res[k] for k in columns)]
         print(f"| {name} | {shape[0]} x {shape[1]} | {n_anom} | " + " | ".join(cells) + " |")
         ratios.append(res["autoencoder"][0] / max(res["pca"][0], res["iforest"][0]))
     for w in warnings:

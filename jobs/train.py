@@ -179,7 +179,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     raw_model.load_state_dict(best_state)
     reference, threshold = validation_reference(raw_model, val_data, device, baselines, config["threshold_quantile"],
-                                                config["constant_outputs"], config["columns"])
+                                                config["constant_outputs"], config["columns"], config["scale_floor"])
     final = {**history[-1], "best_val_loss": best_val, "finished": True} if history else {"finished": True}
     _report(final, rank, {**snapshot(max(epoch, start_epoch - 1)), "finished": True},
             {"reference.json": reference, "threshold.json": threshold})
@@ -245,6 +245,7 @@ def run(cfg: TrainConfig) -> TrainResult:
         "patience": cfg.patience, "min_delta": cfg.min_delta, "seed": cfg.seed,
         "torch_threads": max(1, int(cfg.cpus_per_worker)), "report_interval_s": 2.0,
         "threshold_quantile": cfg.quantile, "constant_outputs": pp.constant_outputs(), "columns": names,
+        "scale_floor": cfg.scale_floor if cfg.scale_by_validation else None,
     }
     # Named by run id, so rerunning a crashed run resumes from its checkpoints; a forced
     # retrain (--overwrite) of the same run starts a fresh Ray Train run instead.

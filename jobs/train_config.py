@@ -44,14 +44,18 @@ class TrainConfig:
     """Bottleneck width (too small loses detail, too large can copy the input); default: features / 3, in [2, 8]."""
     hidden_dims: list[int] | None = None
     """Encoder hidden layer widths (the decoder mirrors them); default [h, h/2], h = training rows / 6 in [16, 64]."""
-    activation: Activation = "relu"
-    """Activation function: relu, gelu, silu or tanh."""
+    activation: Activation = "tanh"
+    """Activation function: tanh (default: bounded units cannot extrapolate far past the training range, so extreme rows reconstruct badly), relu, gelu or silu."""
     dropout: float = 0.0
     """Dropout rate after hidden layers."""
     patience: int = 5
     """Stop after this many epochs without validation improvement."""
     min_delta: float = 1e-3
     """Relative validation-loss improvement that counts as progress."""
+    scale_by_validation: bool = True
+    """Divide each column's error by its mean validation error, so recon_error 1.0 is a typical validation row; off: every column weighs the same."""
+    scale_floor: float = 0.05
+    """Smallest per-column validation scale (fraction of the constant predictor's loss): caps the weight of near-perfect columns."""
     threshold_quantile: float = 0.99
     """Anomaly threshold: this quantile of validation reconstruction error (ignored if threshold_fpr is set)."""
     threshold_fpr: float | None = None
@@ -99,6 +103,7 @@ class TrainConfig:
             (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
             (self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
             (self.min_delta >= 0, f"min_delta must be >= 0, got {self.min_delta}"),
+            (0.0 < self.scale_floor <= 1.0, f"scale_floor must be in (0, 1], got {self.scale_floor}"),
             (0.5 <= self.threshold_quantile < 1.0, f"threshold_quantile must be in [0.5, 1), got {self.threshold_quantile}"),
             (self.threshold_fpr is None or 0.0 < self.threshold_fpr <= 0.5,
              f"threshold_fpr must be in (0, 0.5], got {self.threshold_fpr}"),

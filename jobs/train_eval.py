@@ -14,49 +14,61 @@ import numpy as np
 import torch
 
 from aemodel import column_losses, row_errors
+from aemodel.losses import error_scales
 from aemodel.diagnostics import calibrate_threshold, diagnose, format_diagnostics, mean_reconstruction
 from aemodel.model import AutoencoderConfig
 from aemodel.metrics import ErrorStats, histogram_edges
 
 
 def validation_reference(model: torch.nn.Module, val_data, device: torch.device, baselines: torch.Tensor,
-                         quantile: float, constant_outputs: dict, columns: list[str]) -> tuple[dict, dict]:
+                         quantile: float, constant_outputs: dict, columns: list[str],
+                         scale_floor: float | None = 0.05) -> tuple[dict, dict]:
     """Validation error distribution, per-column reference, baseline loss and threshold.
+
+    Two passes over the validation rows: the first measures each column's loss (its mean
+    becomes the column's ``scale``, see ``aemodel.losses.error_scales``), the second
+    computes every row's ``recon_error`` with those scales, exactly as scoring will.
 
     Args:
         val_data: A Ray Data iterator over the encoded validation rows (the whole set).
         quantile: The threshold's quantile of validation error (1 - target FPR).
         constant_outputs: ``Preprocessor.constant_outputs()`` for the mean baseline.
         columns: Feature names in model order.
+        scale_floor: Floor of the per-column scales; None scales every column by 1.
 
     Returns:
-        ``reference``: ``ErrorStats.summary()`` plus ``columns`` (mean/std/count of each
-        column's normalised loss, for z-scores) and ``mean_baseline_loss``; ``threshold``:
-        ``calibrate_threshold``'s result.
+        ``reference``: ``ErrorStats.summary()`` of validation ``recon_error`` plus
+        ``columns`` (count, mean and std of each column's normalised loss, and its
+        ``scale``) and ``mean_baseline_loss``; ``threshold``: ``calibrate_threshold``'s result.
     """
-    errs, col_sums, baseline_sum = [], None, 0.0
-    model.eval()
-    for batch in val_data.iter_torch_batches(batch_size=8192, device=device, prefetch_batches=2):
-        with torch.inference_mode():
+    def batches():
+        for batch in val_data.iter_torch_batches(batch_size=8192, device=device, prefetch_batches=2):
             x = (batch["x_num"], batch["x_bin"], batch["x_cat"])
-            losses = column_losses(model(*x), *x, baselines)
-            err = row_errors(losses, batch["observed"])
+            with torch.inference_mode():
+                losses = column_losses(model(*x), *x, baselines)
+            yield x, batch["observed"], losses
+
+    model.eval()
+    col_sums, baseline_sum = np.zeros((3, len(columns))), 0.0
+    for x, observed, losses in batches():
+        with torch.inference_mode():
             const = mean_reconstruction(constant_outputs, x[0].shape[0], device)
-            baseline_sum += float(row_errors(column_losses(const, *x, baselines), batch["observed"]).sum())
-        errs.append(err.float().cpu().numpy())
-        obs = batch["observed"].cpu().numpy()
+            baseline_sum += float(row_errors(column_losses(const, *x, baselines), observed).sum())
+        obs = observed.cpu().numpy() > 0
         lo = losses.double().cpu().numpy()
-        part = np.stack([obs.sum(0), np.where(obs > 0, lo, 0).sum(0), np.where(obs > 0, lo * lo, 0).sum(0)])
-        col_sums = part if col_sums is None else col_sums + part
+        col_sums += np.stack([obs.sum(0), np.where(obs, lo, 0).sum(0), np.where(obs, lo * lo, 0).sum(0)])
+    n, s1, s2 = col_sums
+    mean = np.where(n > 0, s1 / np.maximum(n, 1), np.nan)
+    std = np.sqrt(np.maximum(np.nan_to_num(s2 / np.maximum(n, 1) - mean * mean), 0.0))
+    scales = error_scales(mean, scale_floor) if scale_floor is not None else np.ones(len(columns))
+    scale_t = torch.tensor(scales, dtype=torch.float32, device=device)
+    errs = [row_errors(losses / scale_t, observed).float().cpu().numpy() for _, observed, losses in batches()]
     values = np.concatenate(errs) if errs else np.zeros(0, dtype=np.float32)
     threshold = calibrate_threshold(values, quantile)
     stats = ErrorStats(edges=histogram_edges(), threshold=threshold["value"]).update(values)
-    n, s1, s2 = col_sums if col_sums is not None else np.zeros((3, len(columns)))
-    mean = s1 / np.maximum(n, 1)
-    std = np.sqrt(np.maximum(s2 / np.maximum(n, 1) - mean * mean, 0.0))
     reference = {**stats.summary(), "mean_baseline_loss": baseline_sum / max(len(values), 1),
-                 "columns": {c: {"count": int(n[i]), "mean": float(mean[i]), "std": float(std[i])}
-                             for i, c in enumerate(columns)}}
+                 "columns": {c: {"count": int(n[i]), "mean": float(np.nan_to_num(mean[i])), "std": float(std[i]),
+                                 "scale": float(scales[i])} for i, c in enumerate(columns)}}
     return reference, threshold
 
 

@@ -144,3 +144,73 @@ def test_reports_are_self_contained_with_valid_pngs():
         assert len(pngs) == n_images and "http" not in html.replace("http-equiv", "")
         assert all(base64.b64decode(p).startswith(b"\x89PNG\r\n\x1a\n") for p in pngs)
     assert "latent_size" in page and "[warning]" not in page
+
+
+class _BatchSource:
+    """Stands in for a Ray Data shard: ``iter_torch_batches`` over an encoded table."""
+
+    def __init__(self, enc: dict, rows_per_batch: int):
+        self.enc, self.rows = enc, rows_per_batch
+
+    def iter_torch_batches(self, batch_size, device, prefetch_batches):
+        import torch
+
+        n = len(self.enc["x_num"])
+        for i in range(0, n, self.rows):
+            yield {k: torch.from_numpy(v[i:i + self.rows]) for k, v in self.enc.items()}
+
+
+def _tiny_model_and_data():
+    import torch
+
+    from aemodel import AutoencoderConfig, Preprocessor, TabularAutoencoder
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=400)
+    t = pa.table({"a": x, "b": 2 * x + rng.normal(scale=0.1, size=400), "c": rng.exponential(size=400),
+                  "flag": rng.random(400) < 0.3, "colour": rng.choice(["r", "g", "b"], 400)})
+    specs = resolve_columns(t.schema)
+    pp = Preprocessor.fit(specs, partial_stats(t, specs))
+    cfg = AutoencoderConfig(n_numeric=3, n_binary=1, category_sizes=pp.category_sizes, hidden_dims=[8], latent_dim=2)
+    torch.manual_seed(0)
+    return pp, cfg, TabularAutoencoder(cfg), t
+
+
+@pytest.mark.parametrize("floor", [1e-9, 0.05, None])
+def test_validation_scales_make_a_typical_row_1_and_scoring_matches_calibration(floor):
+    import torch
+
+    from aemodel import ModelArtifact, RowScorer
+    from jobs.train_eval import validation_reference
+
+    pp, cfg, model, t = _tiny_model_and_data()
+    names = [s.name for s in pp.specs]
+    src = _BatchSource(pp.transform(t), rows_per_batch=150)  # several batches: sums must merge
+    ref, thr = validation_reference(model, src, torch.device("cpu"), torch.tensor(pp.baselines), 0.9,
+                                    pp.constant_outputs(), names, scale_floor=floor)
+    cols = ref["columns"]
+    for c in names:
+        expected = 1.0 if floor is None else max(cols[c]["mean"], floor)
+        assert cols[c]["scale"] == pytest.approx(expected)
+    if floor == 1e-9:  # no floor binds and every cell is observed: the mean row error is exactly 1
+        assert ref["mean"] == pytest.approx(1.0, rel=1e-5)
+    # The scorer, given the same artefact fields, reproduces the calibrated distribution.
+    art = ModelArtifact(model_config=cfg, preprocessor=pp, state_dict=model.state_dict(), threshold=thr,
+                        reference=ref, history=[])
+    scored = RowScorer(art).score_table(t, top_k=2, column_errors=True)
+    assert scored["recon_error"].mean() == pytest.approx(ref["mean"], rel=1e-5)
+    assert (scored["recon_error"] > thr["value"]).mean() <= 0.1
+    # recon_error is the mean of the (scaled) per-column errors it reports.
+    assert np.allclose(scored["column_errors"].mean(axis=1), scored["recon_error"], rtol=1e-5)
+    z = scored["top_features"].to_pylist()[0][0]["z"]
+    assert np.isfinite(z)
+
+
+def test_scaling_amplifies_an_error_in_a_normally_predictable_column():
+    from aemodel.losses import error_scales
+
+    means = np.array([0.02, 0.5, 2.0, np.nan])
+    s = error_scales(means, floor=0.05)
+    assert s.tolist() == [0.05, 0.5, 2.0, 1.0]
+    # The same raw error of 0.5 counts 10x in the well-reconstructed column, 4x less in the hard one.
+    assert (0.5 / s)[0] == pytest.approx(10.0) and (0.5 / s)[2] == pytest.approx(0.25)
