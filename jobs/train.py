@@ -78,6 +78,36 @@ def _global_sums(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
+MODEL_INPUTS = ("x_num", "x_bin", "x_cat", "observed")
+
+
+def _load_shard(shard, device: torch.device) -> dict[str, torch.Tensor]:
+    """The whole training shard as tensors on ``device`` (one pass over it)."""
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in MODEL_INPUTS}
+    for batch in shard.iter_torch_batches(batch_size=65536, device=device, prefetch_batches=2):
+        for k in MODEL_INPUTS:
+            parts[k].append(batch[k])
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def _epoch_batches(shard, cached: dict[str, torch.Tensor] | None, batch_size: int, seed: int,
+                   device: torch.device):
+    """One epoch of training batches: a full shuffle of the cached shard, or Ray Data's stream.
+
+    Every worker's shard has the same number of rows (Ray Train splits equally), so every
+    worker takes the same number of steps either way, as DDP requires.
+    """
+    if cached is None:
+        yield from shard.iter_torch_batches(batch_size=batch_size, device=device, prefetch_batches=2,
+                                            local_shuffle_buffer_size=batch_size * 8, local_shuffle_seed=seed)
+        return
+    n = cached["x_num"].shape[0]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(device)
+    for i in range(0, n, batch_size):
+        idx = order[i:i + batch_size]
+        yield {k: v[idx] for k, v in cached.items()}
+
+
 def _load_state(checkpoint_dir: str, device: torch.device | str) -> dict:
     """A training checkpoint's state; weights_only=True, so nothing in it is unpickled as code."""
     return torch.load(Path(checkpoint_dir) / "state.pt", weights_only=True, map_location=device)
@@ -136,17 +166,24 @@ def train_loop_per_worker(config: dict) -> None:
     rank = ray.train.get_context().get_world_rank()
     last_report = time.monotonic()
     epoch = start_epoch - 1
+    # A shard that fits the budget is read once and shuffled in memory every epoch: Ray
+    # Data's per-batch iterator costs more than a small model's step (bench/train_throughput.py).
+    cached = val_cached = None
     for epoch in range(start_epoch, config["epochs"] if not finished else start_epoch):
         t0 = time.perf_counter()
         tr_sum, tr_n = 0.0, 0
-        for batch in train_shard.iter_torch_batches(
-                batch_size=config["batch_size"], device=device, prefetch_batches=2,
-                local_shuffle_buffer_size=config["batch_size"] * 8, local_shuffle_seed=config["seed"] + epoch):
+        if config["cache_shard"] and cached is None:
+            cached, val_cached = _load_shard(train_shard, device), _load_shard(val_data, device)
+        for batch in _epoch_batches(train_shard, cached, config["batch_size"], config["seed"] + epoch, device):
             n = batch["x_num"].shape[0]
             tr_sum += train_step(model, optimizer, batch, baselines) * n
             tr_n += n
         va_sum, va_n = 0.0, 0  # every worker sees the whole validation set: no all-reduce
-        for batch in val_data.iter_torch_batches(batch_size=8192, device=device, prefetch_batches=2):
+        val_batches = (val_data.iter_torch_batches(batch_size=8192, device=device, prefetch_batches=2)
+                       if val_cached is None else
+                       ({k: v[i:i + 8192] for k, v in val_cached.items()}
+                        for i in range(0, val_cached["x_num"].shape[0], 8192)))
+        for batch in val_batches:
             s, n = eval_step(raw_model, batch, baselines)
             va_sum, va_n = va_sum + s, va_n + n
         # Ray Train V2 takes one report per controller poll (~2 s), so reporting after every
@@ -246,6 +283,9 @@ def run(cfg: TrainConfig) -> TrainResult:
         "torch_threads": max(1, int(cfg.cpus_per_worker)), "report_interval_s": 2.0,
         "threshold_quantile": cfg.quantile, "constant_outputs": pp.constant_outputs(), "columns": names,
         "scale_floor": cfg.scale_floor if cfg.scale_by_validation else None,
+        # Each worker would hold its training shard and the whole validation set.
+        "cache_shard": cfg.materialize and (train_enc.size_bytes() / cfg.num_workers + val_enc.size_bytes()
+                                            <= cfg.cache_shard_mb * 2**20),
     }
     # Named by run id, so rerunning a crashed run resumes from its checkpoints; a forced
     # retrain (--overwrite) of the same run starts a fresh Ray Train run instead.

@@ -70,6 +70,8 @@ class TrainConfig:
     """Values seen fewer times in training become <other>."""
     materialize: bool = True
     """Cache the encoded training data in the Ray object store instead of re-reading every epoch."""
+    cache_shard_mb: int = 1024
+    """Hold each worker's encoded training shard and the validation set in memory (on its device), reshuffling the shard fully every epoch, when together they are at most this size (needs --materialize); 0: stream from Ray Data every epoch."""
     storage_options: dict[str, str] = field(default_factory=dict)
     """fsspec options for every path (e.g. endpoint_url); prefer env credentials. Never written out."""
     storage_path: str | None = None
@@ -109,6 +111,7 @@ class TrainConfig:
              f"threshold_fpr must be in (0, 0.5], got {self.threshold_fpr}"),
             (self.max_overfit_ratio is None or self.max_overfit_ratio > 1.0,
              f"max_overfit_ratio must be > 1, got {self.max_overfit_ratio}"),
+            (self.cache_shard_mb >= 0, f"cache_shard_mb must be >= 0, got {self.cache_shard_mb}"),
             (self.max_failures >= 0, f"max_failures must be >= 0, got {self.max_failures}"),
         ]
         for ok, msg in checks:

@@ -40,6 +40,20 @@ def test_validation_loss_falls_and_split_covers_all_rows(trained, mixed_data):
     assert 0.05 < trained.val_rows / mixed_data["train_table"].num_rows < 0.15
 
 
+def test_streaming_path_without_the_shard_cache_trains_on_the_same_rows(ray_start_2_cpus, mixed_data, trained,
+                                                                         tmp_path):
+    """--cache-shard-mb 0 streams every epoch from Ray Data (the path for shards too big to hold)."""
+    from jobs import train
+
+    cfg = train.TrainConfig(data=mixed_data["train"], out=str(tmp_path / "model"), exclude_columns=[ROW_ID, LABEL],
+                            num_workers=2, cpus_per_worker=0.5, epochs=6, hidden_dims=[32, 16], latent_dim=4,
+                            batch_size=128, storage_path=str(tmp_path / "ray"), cache_shard_mb=0)
+    streamed = train.run(cfg)
+    h = streamed.history
+    assert min(e["val_loss"] for e in h) < 0.8 * h[0]["val_loss"]
+    assert (streamed.train_rows, streamed.val_rows) == (trained.train_rows, trained.val_rows)
+
+
 def test_artefact_round_trips_with_reference_and_threshold(trained):
     art = load_artifact(trained.model_uri)
     assert art.version == trained.version
