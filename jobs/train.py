@@ -81,13 +81,14 @@ def _global_sums(values: list[float], device: torch.device) -> list[float]:
 MODEL_INPUTS = ("x_num", "x_bin", "x_cat", "observed")
 
 
-def _load_shard(shard, device: torch.device) -> dict[str, torch.Tensor]:
-    """The whole training shard as tensors on ``device`` (one pass over it)."""
+def _load_shard(shard, device: torch.device) -> dict[str, torch.Tensor] | None:
+    """The whole shard as tensors on ``device`` (one pass over it); None if it has no rows."""
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in MODEL_INPUTS}
     for batch in shard.iter_torch_batches(batch_size=65536, device=device, prefetch_batches=2):
         for k in MODEL_INPUTS:
             parts[k].append(batch[k])
-    return {k: torch.cat(v) for k, v in parts.items()}
+    # An empty shard stays on the streaming path, where the empty-epoch check names the problem.
+    return {k: torch.cat(v) for k, v in parts.items()} if parts["x_num"] else None
 
 
 def _epoch_batches(shard, cached: dict[str, torch.Tensor] | None, batch_size: int, seed: int,
@@ -169,11 +170,12 @@ def train_loop_per_worker(config: dict) -> None:
     # A shard that fits the budget is read once and shuffled in memory every epoch: Ray
     # Data's per-batch iterator costs more than a small model's step (bench/train_throughput.py).
     cached = val_cached = None
+    load_cache = config["cache_shard"]
     for epoch in range(start_epoch, config["epochs"] if not finished else start_epoch):
         t0 = time.perf_counter()
         tr_sum, tr_n = 0.0, 0
-        if config["cache_shard"] and cached is None:
-            cached, val_cached = _load_shard(train_shard, device), _load_shard(val_data, device)
+        if load_cache:
+            cached, val_cached, load_cache = _load_shard(train_shard, device), _load_shard(val_data, device), False
         for batch in _epoch_batches(train_shard, cached, config["batch_size"], config["seed"] + epoch, device):
             n = batch["x_num"].shape[0]
             tr_sum += train_step(model, optimizer, batch, baselines) * n

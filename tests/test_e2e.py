@@ -219,3 +219,25 @@ def test_actor_pool_that_would_reserve_every_cpu_is_refused(trained, mixed_data,
         score.run(score.ScoreConfig(model=trained.model_uri, data=mixed_data["score"], out=str(tmp_path / "o"),
                                     compute="actors", concurrency=2, cpus_per_worker=1.0))
     assert not (tmp_path / "o" / "_SUCCESS").exists() and not (tmp_path / "o" / "_staging").exists()
+
+
+def test_shard_cache_yields_every_row_once_per_epoch_in_a_new_order_and_skips_empty_shards():
+    import torch
+
+    from jobs.train import _epoch_batches, _load_shard
+    from tests.test_diagnostics_leakage import _BatchSource
+
+    n = 1000
+    enc = {"x_num": np.arange(n, dtype=np.float32)[:, None], "x_bin": np.zeros((n, 1), np.float32),
+           "x_cat": np.zeros((n, 1), np.int64), "observed": np.ones((n, 3), np.float32)}
+    cached = _load_shard(_BatchSource(enc, rows_per_batch=300), torch.device("cpu"))
+    orders = []
+    for seed in (0, 1):
+        batches = list(_epoch_batches(None, cached, 128, seed, torch.device("cpu")))
+        assert [len(b["x_num"]) for b in batches] == [128] * 7 + [104]
+        order = torch.cat([b["x_num"][:, 0] for b in batches])
+        assert sorted(order.tolist()) == list(range(n))
+        orders.append(order)
+    assert not torch.equal(orders[0], orders[1])
+    empty = {k: v[:0] for k, v in enc.items()}
+    assert _load_shard(_BatchSource(empty, rows_per_batch=300), torch.device("cpu")) is None
