@@ -91,21 +91,25 @@ def _load_shard(shard, device: torch.device) -> dict[str, torch.Tensor] | None:
     return {k: torch.cat(v) for k, v in parts.items()} if parts["x_num"] else None
 
 
-def _epoch_batches(shard, cached: dict[str, torch.Tensor] | None, batch_size: int, seed: int,
-                   device: torch.device):
-    """One epoch of training batches: a full shuffle of the cached shard, or Ray Data's stream.
+def _batches(source, cached: dict[str, torch.Tensor] | None, batch_size: int, device: torch.device,
+             shuffle_seed: int | None = None):
+    """Batches of a training shard or the validation set: from its in-memory copy when there
+    is one (a full permutation when ``shuffle_seed`` is set), else streamed from Ray Data
+    (shuffled through a local buffer when ``shuffle_seed`` is set).
 
-    Every worker's shard has the same number of rows (Ray Train splits equally), so every
-    worker takes the same number of steps either way, as DDP requires.
+    Every worker's training shard has the same number of rows (Ray Train splits equally),
+    so every worker takes the same number of steps either way, as DDP requires.
     """
     if cached is None:
-        yield from shard.iter_torch_batches(batch_size=batch_size, device=device, prefetch_batches=2,
-                                            local_shuffle_buffer_size=batch_size * 8, local_shuffle_seed=seed)
+        shuffle = ({} if shuffle_seed is None else
+                   {"local_shuffle_buffer_size": batch_size * 8, "local_shuffle_seed": shuffle_seed})
+        yield from source.iter_torch_batches(batch_size=batch_size, device=device, prefetch_batches=2, **shuffle)
         return
     n = cached["x_num"].shape[0]
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(device)
+    order = (None if shuffle_seed is None else
+             torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed)).to(device))
     for i in range(0, n, batch_size):
-        idx = order[i:i + batch_size]
+        idx = slice(i, i + batch_size) if order is None else order[i:i + batch_size]
         yield {k: v[idx] for k, v in cached.items()}
 
 
@@ -176,16 +180,12 @@ def train_loop_per_worker(config: dict) -> None:
         tr_sum, tr_n = 0.0, 0
         if load_cache:
             cached, val_cached, load_cache = _load_shard(train_shard, device), _load_shard(val_data, device), False
-        for batch in _epoch_batches(train_shard, cached, config["batch_size"], config["seed"] + epoch, device):
+        for batch in _batches(train_shard, cached, config["batch_size"], device, shuffle_seed=config["seed"] + epoch):
             n = batch["x_num"].shape[0]
             tr_sum += train_step(model, optimizer, batch, baselines) * n
             tr_n += n
         va_sum, va_n = 0.0, 0  # every worker sees the whole validation set: no all-reduce
-        val_batches = (val_data.iter_torch_batches(batch_size=8192, device=device, prefetch_batches=2)
-                       if val_cached is None else
-                       ({k: v[i:i + 8192] for k, v in val_cached.items()}
-                        for i in range(0, val_cached["x_num"].shape[0], 8192)))
-        for batch in val_batches:
+        for batch in _batches(val_data, val_cached, 8192, device):
             s, n = eval_step(raw_model, batch, baselines)
             va_sum, va_n = va_sum + s, va_n + n
         # Ray Train V2 takes one report per controller poll (~2 s), so reporting after every

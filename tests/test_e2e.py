@@ -224,7 +224,7 @@ def test_actor_pool_that_would_reserve_every_cpu_is_refused(trained, mixed_data,
 def test_shard_cache_yields_every_row_once_per_epoch_in_a_new_order_and_skips_empty_shards():
     import torch
 
-    from jobs.train import _epoch_batches, _load_shard
+    from jobs.train import _batches, _load_shard
     from tests.test_diagnostics_leakage import _BatchSource
 
     n = 1000
@@ -233,7 +233,7 @@ def test_shard_cache_yields_every_row_once_per_epoch_in_a_new_order_and_skips_em
     cached = _load_shard(_BatchSource(enc, rows_per_batch=300), torch.device("cpu"))
     orders = []
     for seed in (0, 1):
-        batches = list(_epoch_batches(None, cached, 128, seed, torch.device("cpu")))
+        batches = list(_batches(None, cached, 128, torch.device("cpu"), shuffle_seed=seed))
         assert [len(b["x_num"]) for b in batches] == [128] * 7 + [104]
         order = torch.cat([b["x_num"][:, 0] for b in batches])
         assert sorted(order.tolist()) == list(range(n))
