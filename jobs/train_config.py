@@ -143,7 +143,7 @@ class TrainConfig:
 
         A narrow bottleneck keeps the model from reconstructing unusual rows as well as
         normal ones (bench/quality.py: features / 5 beat features / 3 on wine and the
-        mixed-type diabetes table and tied on breast cancer and digits).
+        mixed-type diabetes table and tied on breast cancer; digits gets 8 either way).
         """
         return self.latent_dim if self.latent_dim is not None else int(min(8, max(2, n_features // 5)))
 
