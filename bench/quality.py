@@ -122,6 +122,12 @@ def autoencoder_scores(train: pd.DataFrame, test: pd.DataFrame, seed: int, workd
     return errors, result.metrics
 
 
+def paired_difference(diff: np.ndarray, baseline: str) -> str:
+    """Per-seed AUROC differences (autoencoder - baseline) as mean +/- standard error."""
+    se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+    return f"AE - {baseline} = {diff.mean():+.3f} +/- {se:.3f} (AE ahead on {int((diff > 0).sum())}/{len(diff)} seeds)"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=20)
@@ -135,7 +141,7 @@ def main() -> int:
     ensure_ray()
     t0 = time.perf_counter()
     sets = load_sets()
-    table, warnings, paired = [], [], []
+    table, warnings = [], []
     for name in args.sets.split(","):
         x, y = sets[name]
         aucs: dict[str, list[float]] = {"autoencoder": [], "pca": [], "iforest": [], **{v: [] for v in variants}}
@@ -151,8 +157,7 @@ def main() -> int:
             for v, options in variants.items():
                 with tempfile.TemporaryDirectory() as tmp:
                     aucs[v].append(auroc(autoencoder_scores(train, test, seed, tmp, options)[0], y_test))
-        table.append((name, x.shape, int(y.sum()), {k: (np.mean(v), np.min(v), np.max(v)) for k, v in aucs.items()}))
-        paired.append((name, {b: np.array(aucs["autoencoder"]) - np.array(aucs[b]) for b in ("pca", "iforest")}))
+        table.append((name, x.shape, int(y.sum()), {k: np.array(v) for k, v in aucs.items()}))
 
     columns = ("autoencoder", "pca", "iforest", *variants)
     print("\n| data set | rows x cols | anomalies | autoencoder | PCA | IsolationForest |"
@@ -160,15 +165,13 @@ def main() -> int:
     print("|---|---|---|---|---|---|" + "---|" * len(variants))
     ratios = []
     for name, shape, n_anom, res in table:
-        cells = [f"{m:.3f} ({lo:.3f}-{hi:.3f})" for m, lo, hi in (res[k] for k in columns)]
+        cells = [f"{a.mean():.3f} ({a.min():.3f}-{a.max():.3f})" for a in (res[k] for k in columns)]
         print(f"| {name} | {shape[0]} x {shape[1]} | {n_anom} | " + " | ".join(cells) + " |")
-        ratios.append(res["autoencoder"][0] / max(res["pca"][0], res["iforest"][0]))
+        ratios.append(res["autoencoder"].mean() / max(res["pca"].mean(), res["iforest"].mean()))
     # Same split and seed for every method, so the per-seed differences show whether a
     # lead is larger than the seed-to-seed noise (mean +/- its standard error).
-    for name, diffs in paired:
-        print(f"paired {name}: " + "; ".join(
-            f"AE - {b} = {d.mean():+.3f} +/- {d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float('nan'):.3f}"
-            f" (AE ahead on {int((d > 0).sum())}/{len(d)} seeds)" for b, d in diffs.items()))
+    for name, _, _, res in table:
+        print(f"paired {name}: " + "; ".join(paired_difference(res["autoencoder"] - res[b], b) for b in ("pca", "iforest")))
     for w in warnings:
         print("diagnostic:", w)
     wins = sum(r > 1 for r in ratios)
