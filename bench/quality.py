@@ -86,23 +86,22 @@ def numeric_matrix(train: pd.DataFrame, test: pd.DataFrame) -> tuple[np.ndarray,
     return (a - mu) / sd, (b - mu) / sd
 
 
-def pca_scores(train: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
+def pca_scores(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Train on ``a``, score ``b`` (both from ``numeric_matrix``)."""
     from sklearn.decomposition import PCA
 
-    a, b = numeric_matrix(train, test)
     pca = PCA(n_components=0.9, svd_solver="full").fit(a)
     recon = pca.inverse_transform(pca.transform(b))
     return ((b - recon) ** 2).sum(1)
 
 
-def iforest_scores(train: pd.DataFrame, test: pd.DataFrame, seed: int) -> np.ndarray:
+def iforest_scores(a: np.ndarray, b: np.ndarray, seed: int) -> np.ndarray:
     from sklearn.ensemble import IsolationForest
 
-    a, b = numeric_matrix(train, test)
     return -IsolationForest(random_state=seed).fit(a).score_samples(b)
 
 
-def reference_scores(train: pd.DataFrame, test: pd.DataFrame, seed: int) -> dict[str, np.ndarray]:
+def reference_scores(a: np.ndarray, b: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     """Other classical detectors, printed for context only (the target is PCA and IsolationForest).
 
     They show where a table's ceiling lies for unsupervised methods: if none of them clearly
@@ -112,7 +111,6 @@ def reference_scores(train: pd.DataFrame, test: pd.DataFrame, seed: int) -> dict
     from sklearn.mixture import GaussianMixture
     from sklearn.neighbors import NearestNeighbors
 
-    a, b = numeric_matrix(train, test)
     return {
         "mahalanobis": LedoitWolf().fit(a).mahalanobis(b),
         "knn5": NearestNeighbors(n_neighbors=5).fit(a).kneighbors(b)[0].mean(1),
@@ -148,6 +146,11 @@ def autoencoder_scores(train: pd.DataFrame, test: pd.DataFrame, seed: int, workd
     return errors, result.metrics
 
 
+def auroc_cell(aucs: np.ndarray) -> str:
+    """Mean AUROC over seeds with its range, as one table cell."""
+    return f"{aucs.mean():.3f} ({aucs.min():.3f}-{aucs.max():.3f})"
+
+
 def paired_difference(diff: np.ndarray, baseline: str) -> str:
     """Per-seed AUROC differences (autoencoder - baseline) as mean +/- standard error."""
     se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
@@ -179,9 +182,10 @@ def main() -> int:
             warnings += [f"{name} seed {seed}: {c['check']}: {c['message']}"
                          for c in metrics["diagnostics"] if c["status"] != "ok"]
             aucs["autoencoder"].append(auroc(ae, y_test))
-            aucs["pca"].append(auroc(pca_scores(train, test), y_test))
-            aucs["iforest"].append(auroc(iforest_scores(train, test, seed), y_test))
-            for r, scores in reference_scores(train, test, seed).items():
+            a, b = numeric_matrix(train, test)  # one standardised copy for every classical detector
+            aucs["pca"].append(auroc(pca_scores(a, b), y_test))
+            aucs["iforest"].append(auroc(iforest_scores(a, b, seed), y_test))
+            for r, scores in reference_scores(a, b, seed).items():
                 aucs[r].append(auroc(scores, y_test))
             for v, options in variants.items():
                 with tempfile.TemporaryDirectory() as tmp:
@@ -194,7 +198,7 @@ def main() -> int:
     print("|---|---|---|---|---|---|" + "---|" * len(variants))
     ratios = []
     for name, shape, n_anom, res in table:
-        cells = [f"{a.mean():.3f} ({a.min():.3f}-{a.max():.3f})" for a in (res[k] for k in columns)]
+        cells = [auroc_cell(res[k]) for k in columns]
         print(f"| {name} | {shape[0]} x {shape[1]} | {n_anom} | " + " | ".join(cells) + " |")
         ratios.append(res["autoencoder"].mean() / max(res["pca"].mean(), res["iforest"].mean()))
     # Same split and seed for every method, so the per-seed differences show whether a
@@ -204,8 +208,7 @@ def main() -> int:
     print("\nReference detectors (context, not the target), same splits:\n\n| data set | "
           + " | ".join(REFERENCE_NAMES.values()) + " |\n|---|" + "---|" * len(REFERENCE_NAMES))
     for name, _, _, res in table:
-        print(f"| {name} | " + " | ".join(f"{res[r].mean():.3f} ({res[r].min():.3f}-{res[r].max():.3f})"
-                                         for r in REFERENCE_NAMES) + " |")
+        print(f"| {name} | " + " | ".join(auroc_cell(res[r]) for r in REFERENCE_NAMES) + " |")
     for name, _, _, res in table:
         best = max(REFERENCE_NAMES, key=lambda r: res[r].mean())
         print(f"reference {name}: best {best}; " + paired_difference(res["autoencoder"] - res[best], best))
