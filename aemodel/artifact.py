@@ -161,6 +161,9 @@ def load_artifact(uri: str, storage_options: dict | None = None) -> ModelArtifac
                                 "was training interrupted, or is the path wrong?)")
         with fs.open(_join(path, META_FILE), "rb") as f:
             meta = json.loads(f.read())
+        if not isinstance(meta, dict):
+            raise ArtifactError(f"model artefact at {uri}: {META_FILE} holds a {type(meta).__name__}, not an "
+                                "aescore model description")
         with fs.open(_join(path, WEIGHTS_FILE), "rb") as f:
             weights = f.read()
         bloom = None
@@ -171,6 +174,8 @@ def load_artifact(uri: str, storage_options: dict | None = None) -> ModelArtifac
         raise ArtifactError(f"model artefact at {uri} is incomplete: {e}") from e
     except json.JSONDecodeError as e:
         raise ArtifactError(f"model artefact at {uri}: {META_FILE} is not valid JSON ({e})") from e
+    except IsADirectoryError as e:
+        raise ArtifactError(f"model artefact at {uri} is incomplete: {e}") from e
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(f"{uri} is not an {FORMAT} v{FORMAT_VERSION} artefact")
     body = json.dumps({k: v for k, v in meta.items() if k != "version"}, sort_keys=True).encode()

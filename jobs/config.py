@@ -88,7 +88,9 @@ def coerce(name: str, value: Any, tp: Any) -> Any:
             if isinstance(value, str):
                 pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
                 if any(len(p) != 2 for p in pairs):
-                    raise ConfigError(f"{name}: expected key=value pairs, got {value!r}")
+                    # The value is not echoed: for storage_options it may hold a secret.
+                    raise ConfigError(f"{name}: expected comma-separated key=value pairs, got "
+                                      f"{len(pairs)} item(s) of which {sum(len(p) != 2 for p in pairs)} lack '='")
                 value = {k.strip(): v.strip() for k, v in pairs}
             if not isinstance(value, dict):
                 raise ValueError(value)
@@ -107,6 +109,8 @@ def load_yaml(uri: str) -> dict:
             data = yaml.safe_load(f) or {}
     except FileNotFoundError as e:
         raise ConfigError(f"config file not found: {uri}") from e
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {uri} cannot be read as a YAML file: {type(e).__name__}") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {uri} is not valid YAML: {e}") from e
     if not isinstance(data, dict):

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 import ray.data
 
 from aemodel.preprocess import Preprocessor
-from aemodel.schema import ColumnSpec, check_schema
-from jobs.errors import InputError
+from aemodel.schema import ColumnSpec, SchemaError, check_schema
+from jobs.errors import InputError, describe, error_chain, find_user_error
 from jobs.storage import ParquetFileInfo, arrow_filesystem, inspect_parquet_files, list_parquet_files
+
+
+# The Arrow type every file's column is read as, by feature kind: files that store one
+# logical type differently (string vs dictionary, bool vs 0/1 integers, int32 vs float)
+# are cast per file while reading, instead of failing when Ray Data merges their schemas.
+_READ_TYPES = {"numeric": pa.float64(), "binary": pa.float64(), "categorical": pa.string()}
 
 
 @dataclass
@@ -24,6 +33,8 @@ class ParquetInput:
     fs: object  # fsspec filesystem
     files: list[ParquetFileInfo]
     skipped_empty: list[str]
+    skipped_other: list[str] = field(default_factory=list)
+    """Files in the input folder without the .parquet extension (not read)."""
 
     @property
     def num_rows(self) -> int:
@@ -33,13 +44,75 @@ class ParquetInput:
     def schema(self) -> pa.Schema:
         return self.files[0].schema
 
-    def read(self, columns: list[str] | None = None, include_row_hash: bool = False) -> ray.data.Dataset:
-        """The files as a Ray Dataset (lazy), only ``columns`` if given."""
-        ds = ray.data.read_parquet([f.path for f in self.files], filesystem=arrow_filesystem(self.fs),
-                                   include_row_hash=include_row_hash, file_extensions=None)
-        if columns is not None:
-            ds = ds.select_columns(columns + (["row_hash"] if include_row_hash else []))
-        return ds
+    def read_schema(self, columns: list[str], specs: list[ColumnSpec] | None = None) -> pa.Schema:
+        """One Arrow type per column for every file: canonical for features, unified for the rest.
+
+        Raises:
+            InputError: A non-feature column (an id, a label) has types in two files that
+                do not unify; names both files.
+        """
+        kinds = {s.name: s.kind for s in specs or []}
+        fields = []
+        for name in columns:
+            if name in kinds:
+                fields.append(pa.field(name, _READ_TYPES[kinds[name]]))
+                continue
+            first, target = None, None
+            for f in self.files:
+                t = f.schema.field(name).type
+                t = t.value_type if pa.types.is_dictionary(t) else t
+                try:
+                    target = t if target is None else pa.unify_schemas(
+                        [pa.schema([pa.field(name, target)]), pa.schema([pa.field(name, t)])],
+                        promote_options="permissive").field(name).type
+                except (pa.ArrowInvalid, pa.ArrowTypeError, NotImplementedError) as e:
+                    raise InputError(f"{f.uri}: column {name!r} has type {t}, which does not match {target} "
+                                     f"in {first}") from e
+                first = first or f.uri
+            fields.append(pa.field(name, target))
+        return pa.schema(fields)
+
+    def read(self, columns: list[str], specs: list[ColumnSpec] | None = None,
+             include_row_hash: bool = False) -> ray.data.Dataset:
+        """The files as a Ray Dataset (lazy): only ``columns``, each with one type in every file.
+
+        Folder names are never read as columns (no hive partitioning): the columns Ray
+        reads are exactly the ones the footer checks saw, so a ``key=value`` folder can
+        neither replace a file's values nor become a feature by accident.
+        """
+        return ray.data.read_parquet([f.path for f in self.files], filesystem=arrow_filesystem(self.fs),
+                                     columns=columns, schema=self.read_schema(columns, specs),
+                                     include_row_hash=include_row_hash, file_extensions=None, partitioning=None)
+
+    def locate(self, columns: list[str], specs: list[ColumnSpec] | None = None,
+               check: Callable[[pa.Table], object] | None = None,
+               budget_s: float = 300.0) -> tuple[str, Exception] | None:
+        """After a failed pipeline: the first file whose ``columns`` fail to read or fail ``check``.
+
+        Reads file by file on the driver, so it runs only after a failure, for at most
+        ``budget_s`` seconds.
+        """
+        deadline = time.monotonic() + budget_s
+        for f in self.files:
+            if time.monotonic() > deadline:
+                return None
+            try:
+                with self.fs.open(f.path, "rb") as fh:
+                    table = pq.ParquetFile(fh).read(columns=columns).select(columns)
+                table = table.cast(self.read_schema(columns, specs))
+                if check is not None:
+                    check(table)
+            except Exception as e:  # noqa: BLE001 - any failure on this file is the answer
+                return f.uri, e
+        return None
+
+
+def check_columns(f: ParquetFileInfo, needed: list[str]) -> None:
+    """Refuse a file whose schema repeats a column that a run reads."""
+    names = f.schema.names
+    dup = sorted({n for n in needed if names.count(n) > 1})
+    if dup:
+        raise InputError(f"{f.uri}: column(s) {dup} appear more than once in the file")
 
 
 def open_parquet_input(uri: str, storage_options: dict | None = None,
@@ -50,19 +123,20 @@ def open_parquet_input(uri: str, storage_options: dict | None = None,
     and, when ``specs`` is given, hold every feature column with a compatible type.
 
     Raises:
-        InputError: Missing path, no files, corrupt file, no rows at all.
+        InputError: Missing path, no files, corrupt file, no rows at all, a repeated column.
         SchemaError: A file lacks a feature column or has an incompatible type.
     """
-    fs, paths = list_parquet_files(uri, storage_options)
+    fs, paths, other = list_parquet_files(uri, storage_options)
     infos = inspect_parquet_files(fs, paths)
     files = [f for f in infos if f.num_rows > 0]
     skipped = [f.uri for f in infos if f.num_rows == 0]
     if not files:
         raise InputError(f"{uri}: {len(infos)} Parquet file(s) but zero rows in total")
     for f in files:
+        check_columns(f, f.schema.names if specs is None else [s.name for s in specs])
         if specs is not None:
             check_schema(f.schema, specs, f.uri)
-    return ParquetInput(uri=uri, fs=fs, files=files, skipped_empty=skipped)
+    return ParquetInput(uri=uri, fs=fs, files=files, skipped_empty=skipped, skipped_other=other)
 
 
 def _row_buckets(table: pa.Table, columns: list[str]) -> np.ndarray:
@@ -104,3 +178,24 @@ def encode(ds: ray.data.Dataset, pp: Preprocessor) -> ray.data.Dataset:
         return {k: enc[k] for k in ("x_num", "x_bin", "x_cat", "observed")}
 
     return ds.map_batches(transform, batch_format="pyarrow", batch_size=4096)
+
+
+def explain_failure(exc: BaseException, data: ParquetInput, columns: list[str], specs: list[ColumnSpec] | None,
+                    check: Callable[[pa.Table], object] | None) -> InputError | None:
+    """A user error naming the input file behind a failed Ray pipeline, when one file is at fault.
+
+    Errors raised inside Ray tasks (a binary column holding a 2, a corrupt data page) do
+    not know which file their rows came from. When the failure is a user error without a
+    file name, or a read error, the files are re-checked one by one on the driver.
+    """
+    user = find_user_error(exc)
+    if user is not None and (any(f.uri in str(user) for f in data.files) or not isinstance(user, (InputError,
+                                                                                                 SchemaError))):
+        return None
+    if user is None and not any(isinstance(e, (OSError, pa.ArrowException)) for e in error_chain(exc)):
+        return None
+    found = data.locate(columns, specs, check)
+    if found is None:
+        return None
+    uri, err = found
+    return InputError(f"{uri}: {describe(err)}")

@@ -76,7 +76,7 @@ def run(cfg: DemoConfig) -> DemoResult:
                                      id_columns=[ROW_ID, LABEL], ray_address=cfg.ray_address))
     print(json.dumps({k: v for k, v in sr.summary.items() if k != "histogram"}, indent=2), flush=True)
     # Evaluation only: the demo's scoring set is small, so reading two columns is fine here.
-    fs, rows_path = url_to_fs(join(scores_uri, "rows"))
+    fs, rows_path = url_to_fs(join(sr.run_uri, "rows"))
     table = pq.read_table(rows_path, filesystem=fs, columns=["recon_error", LABEL])
     score_auc = auroc(np.asarray(table["recon_error"]), np.asarray(table[LABEL]))
     return DemoResult(train=tr, score=sr, auroc=score_auc, wall_seconds=time.perf_counter() - t0)
@@ -88,7 +88,7 @@ def format_result(r: DemoResult) -> str:
     return (f"demo: AUROC={r.auroc:.3f} (recon_error vs injected anomalies), "
             f"train_loss={best['train_loss']:.4f} val_loss={best['val_loss']:.4f} after {len(r.train.history)} epochs, "
             f"{s['anomaly_count']}/{s['row_count']} flagged, wall {r.wall_seconds:.1f}s\n"
-            f"reports: {join(r.train.model_uri, 'report.html')} and {join(r.score.out, 'report.html')}")
+            f"reports: {join(r.train.model_uri, 'report.html')} and {join(r.score.run_uri, 'report.html')}")
 
 
 def main(argv: list[str] | None = None) -> int:

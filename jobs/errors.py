@@ -7,15 +7,20 @@ class InputError(ValueError):
     """Input data or paths are unusable (missing, empty, corrupt, wrong schema)."""
 
 
+class OutputError(ValueError):
+    """An output prefix cannot be written safely (not aescore's, overlaps the input, lost a race)."""
+
+
 class TrainingError(RuntimeError):
     """Training ran but produced no usable model (NaN loss, no data reached the model)."""
 
 
 # Errors whose message is written for the user and is shown as is.
-_USER_ERRORS = ("InputError", "SchemaError", "ArtifactError", "ConfigError", "TrainingError")
+_USER_ERRORS = ("InputError", "SchemaError", "ArtifactError", "ConfigError", "TrainingError", "OutputError")
 
 
-def _causes(exc: BaseException):
+def error_chain(exc: BaseException):
+    """``exc`` and every error it wraps (causes, contexts, Ray and Ray Train wrappers)."""
     seen: set[int] = set()
     stack = [exc]
     while stack:
@@ -37,7 +42,7 @@ def _causes(exc: BaseException):
 
 def find_user_error(exc: BaseException) -> BaseException | None:
     """The innermost error written for the user (bad input, config, artefact), if any."""
-    for e in _causes(exc):
+    for e in error_chain(exc):
         if type(e).__name__.startswith("RayTaskError"):
             continue  # its message is a remote traceback; its cause is the real error
         if any(cls.__name__ in _USER_ERRORS for cls in type(e).__mro__):

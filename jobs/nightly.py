@@ -10,8 +10,8 @@ Submit to a Ray cluster (from the repository root), e.g. from a scheduler::
 Locally: ``aescore nightly --date 2026-11-27 --model ./model --data './events/dt={date}' --out './scores/dt={date}'``.
 
 ``--date`` defaults to yesterday (UTC); ``--start``/``--end`` backfill a range in order.
-Each night is an ordinary committed scoring run (idempotent: a rerun reuses it), then
-``drift.json`` beside its ``summary.json`` compares the night with the model's validation
+Each night is an ordinary committed scoring run (idempotent: a rerun reuses it) whose
+``drift.json``, committed with it beside its ``summary.json``, compares the night with the model's validation
 reference and with the previous ``--history-nights`` committed nights.
 
 Exit codes: 0 all nights fine; 3 at least one night crossed an alert limit; 2 bad input or
@@ -28,9 +28,9 @@ from typing import Literal
 
 from aemodel import drift
 from jobs import score
-from jobs.commit import SUCCESS
+from jobs.commit import read_committed_json
 from jobs.config import parse_config
-from jobs.storage import join, normalize_storage_options, resolve_model_uri, url_to_fs, write_bytes
+from jobs.storage import normalize_storage_options, resolve_model_uri
 
 DRIFT_EXIT_CODE = 3
 
@@ -114,37 +114,47 @@ class NightResult:
     drift: dict
 
 
-def _committed_summary(uri: str, options: dict) -> dict | None:
-    fs, path = url_to_fs(uri, options)
-    if not fs.exists(join(path, SUCCESS)):  # uncommitted output counts as absent
-        return None
-    with fs.open(join(path, "summary.json"), "rb") as f:
-        return json.loads(f.read())
-
-
 def run_night(cfg: NightlyConfig, night: date) -> NightResult:
-    """Score one night, then write its drift report beside its summary."""
+    """Score one night; its drift report is committed with it, beside its summary."""
     options = normalize_storage_options(cfg.storage_options)
     stamp = night.isoformat()
     out = cfg.out.format(date=stamp)
     model_uri = resolve_model_uri(cfg.model, options)
-    result = score.run(score.ScoreConfig(
-        model=model_uri, data=cfg.data.format(date=stamp), out=out, id_columns=cfg.id_columns,
-        batch_size=cfg.batch_size, compute=cfg.compute, use_gpu=cfg.use_gpu, cpus_per_worker=cfg.cpus_per_worker,
-        storage_options=cfg.storage_options, force=cfg.force, ray_address=cfg.ray_address))
-    tonight = result.summary
 
     from aemodel import load_artifact
 
     reference = load_artifact(model_uri, options).reference
+    reports: list[dict] = []
+
+    def drift_file(tonight: dict) -> dict[str, bytes]:
+        reports.append(drift_report(cfg, night, tonight, reference, options))
+        return {"drift.json": json.dumps(reports[-1], indent=2).encode()}
+
+    result = score.run(score.ScoreConfig(
+        model=model_uri, data=cfg.data.format(date=stamp), out=out, id_columns=cfg.id_columns,
+        batch_size=cfg.batch_size, compute=cfg.compute, use_gpu=cfg.use_gpu, cpus_per_worker=cfg.cpus_per_worker,
+        storage_options=cfg.storage_options, force=cfg.force, ray_address=cfg.ray_address),
+        extra_files=drift_file)
+    if result.reused:  # committed by an earlier run, with its drift report
+        report = read_committed_json(out, "drift.json", options) or drift_report(cfg, night, result.summary,
+                                                                                 reference, options)
+    else:
+        report = reports[-1]
+    return NightResult(night=stamp, out=result.run_uri or out, reused=result.reused, drift=report)
+
+
+def drift_report(cfg: NightlyConfig, night: date, tonight: dict, reference: dict, options: dict) -> dict:
+    """One night's summary against the validation reference and the previous committed nights."""
+    stamp = night.isoformat()
     report: dict = {"date": stamp, "model": tonight["model"], "row_count": tonight["row_count"],
                     "limits": {"psi": cfg.psi_alert, "ks": cfg.ks_alert, "anomaly_rate_ratio": cfg.anomaly_rate_alert},
                     "vs_validation": drift.compare(tonight, reference), "alerts": []}
     previous = []
     for back in range(1, cfg.history_nights + 1):
-        s = _committed_summary(cfg.out.format(date=(night - timedelta(days=back)).isoformat()), options)
+        day = (night - timedelta(days=back)).isoformat()
+        s = read_committed_json(cfg.out.format(date=day), "summary.json", options)  # uncommitted counts as absent
         if s is not None and s["histogram"]["edges"] == tonight["histogram"]["edges"]:
-            previous.append({**s, "date": (night - timedelta(days=back)).isoformat()})
+            previous.append({**s, "date": day})
     report["previous_nights"] = [p["date"] for p in previous]
     if previous:
         report["vs_previous_nights"] = drift.compare(tonight, drift.pool(previous))
@@ -152,9 +162,7 @@ def run_night(cfg: NightlyConfig, night: date) -> NightResult:
         if name in report:
             report["alerts"] += [f"{name}: {a}" for a in drift.alerts(report[name], cfg.psi_alert, cfg.ks_alert,
                                                                        cfg.anomaly_rate_alert)]
-    fs, path = url_to_fs(out, options)
-    write_bytes(fs, join(path, "drift.json"), json.dumps(report, indent=2).encode())
-    return NightResult(night=stamp, out=out, reused=result.reused, drift=report)
+    return report
 
 
 def run(cfg: NightlyConfig) -> list[NightResult]:

@@ -36,16 +36,16 @@ from ray.data import ActorPoolStrategy
 
 from aemodel import ModelArtifact, RowScorer, load_artifact
 from aemodel.leakage import row_hashes
-from jobs.commit import MANIFEST, OutputCommit
+from jobs.commit import MANIFEST, OutputCommit, read_committed_json
 from jobs.config import config_to_dict
-from jobs.datasets import ParquetInput, open_parquet_input
+from jobs.datasets import ParquetInput, check_columns, explain_failure, open_parquet_input
 from jobs.errors import InputError
 from jobs.ray_runtime import ensure_ray
 from jobs.report import scoring_report
 from jobs.score_summary import COLUMN_ERROR_PREFIX, summarize, summary_warnings
 from jobs.manifest import fingerprint, git_commit, library_versions
-from jobs.storage import (arrow_filesystem, inspect_parquet_files, normalize_storage_options, redact_config,
-                          resolve_model_uri)
+from jobs.storage import (arrow_filesystem, check_no_overlap, inspect_parquet_files, normalize_storage_options,
+                          redact_config, resolve_model_uri)
 
 ROW_HASH = "row_hash"
 ModelLoader = Callable[[str, dict | None], ModelArtifact]  # (uri, storage_options) -> artefact
@@ -191,6 +191,8 @@ class ScoreResult:
     summary: dict
     manifest: dict
     reused: bool = False
+    run_uri: str = ""
+    """The committed run folder under ``out`` (rows/, summary.json, ...)."""
 
 
 def open_scoring_input(cfg: ScoreConfig, art: ModelArtifact) -> ParquetInput:
@@ -200,16 +202,20 @@ def open_scoring_input(cfg: ScoreConfig, art: ModelArtifact) -> ParquetInput:
         missing = [c for c in cfg.id_columns if c not in f.schema.names]
         if missing:
             raise InputError(f"{f.uri}: id column(s) {missing} not in the data")
+        check_columns(f, cfg.id_columns)
     return data
+
+
+def read_columns(cfg: ScoreConfig, art: ModelArtifact) -> list[str]:
+    """The input columns scoring reads: ids, then features."""
+    return list(dict.fromkeys([*cfg.id_columns, *(s.name for s in art.preprocessor.specs)]))
 
 
 def build_scored_dataset(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput,
                          loader: ModelLoader = load_artifact) -> ray.data.Dataset:
     """The lazy read -> score pipeline; rows keep their ids, so order never matters."""
     passthrough = list(cfg.id_columns) or [ROW_HASH]
-    features = [s.name for s in art.preprocessor.specs]
-    columns = list(dict.fromkeys([*cfg.id_columns, *features]))
-    ds = data.read(columns=columns, include_row_hash=not cfg.id_columns)
+    ds = data.read(read_columns(cfg, art), art.preprocessor.specs, include_row_hash=not cfg.id_columns)
     threads = max(1, int(cfg.cpus_per_worker))
     args = {"model_uri": cfg.model, "passthrough": passthrough, "threshold": cfg.threshold,
             "use_gpu": cfg.use_gpu, "threads": threads, "loader": loader,
@@ -250,90 +256,136 @@ def compute_run_id(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput) -> 
                         "inputs": [(f.uri, f.size, f.etag) for f in data.files]})
 
 
-def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact) -> ScoreResult:
-    """Score ``cfg.data`` into ``cfg.out`` (staged, then committed). CPU-only unless ``use_gpu``."""
+def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact,
+        extra_files: Callable[[dict], dict[str, bytes]] | None = None) -> ScoreResult:
+    """Score ``cfg.data`` into a new run folder under ``cfg.out`` and commit it. CPU-only unless ``use_gpu``.
+
+    Args:
+        cfg: The options.
+        loader: Loads the model artefact.
+        extra_files: Called with the summary before the commit; the files it returns are
+            committed with the run (nightly's drift.json).
+    """
     t0, started = time.perf_counter(), datetime.now(timezone.utc)
     options = normalize_storage_options(cfg.storage_options)
+    check_no_overlap(cfg.out, {"--data": cfg.data, "--model": cfg.model}, options)
     cfg = replace(cfg, model=resolve_model_uri(cfg.model, options))  # follow a LATEST pointer once
+    check_no_overlap(cfg.out, {"--model": cfg.model}, options)
     art = loader(cfg.model, options)  # fail fast on a bad artefact, before Ray starts
     threshold = cfg.threshold if cfg.threshold is not None else art.threshold_value
     data = open_scoring_input(cfg, art)
     run_id = cfg.run_id or compute_run_id(cfg, art, data)
     out = OutputCommit(cfg.out, options)
-    committed = out.committed_manifest()
+    out.begin()  # refuses a prefix aescore does not own, before anything is written or Ray starts
+    committed = read_committed_json(cfg.out, MANIFEST, options)
     if committed and committed.get("run_id") == run_id and not cfg.force:
-        print(f"{cfg.out} already holds committed run {run_id}; reusing it (--force recomputes)", flush=True)
-        return ScoreResult(out=cfg.out, summary=out.read_json("summary.json"), manifest=committed, reused=True)
-
-    ensure_ray(cfg.ray_address)
-    out.begin()
-    ctx = ray.data.DataContext.get_current()
-    limits = ctx.execution_options.resource_limits
-    if cfg.object_store_limit_mb:
-        # Ray Data's default budget is a share of the node's object store, so a bigger input
-        # keeps more blocks in flight: measured 1.61x peak memory from 1M to 10M rows, 1.26x
-        # with 512 MB (bench/score_memory.py). Datasets copy the context when created.
-        ctx.execution_options.resource_limits = limits.copy(object_store_memory=cfg.object_store_limit_mb * 2**20)
-    try:
-        scored = build_scored_dataset(cfg, art, data, loader)
-        arrow_fs = arrow_filesystem(out.fs)
-        t_pipeline = time.perf_counter()
-        scored.write_parquet(out.staged("rows"), filesystem=arrow_fs, min_rows_per_file=100_000)
-        t_summary = time.perf_counter()
-        if not out.fs.exists(out.staged("rows")):
-            raise RuntimeError(f"wrote 0 rows for {data.num_rows} input rows; not committing")
-        staged_rows = ray.data.read_parquet(out.staged("rows"), filesystem=arrow_fs)
-        summary = summarize(staged_rows, threshold, art, cfg)
-        if summary["row_count"] != data.num_rows:
-            raise RuntimeError(f"wrote {summary['row_count']} rows for {data.num_rows} input rows; not committing")
-        written = inspect_parquet_files(out.fs, sorted(p for p in out.fs.find(out.staged("rows"))
-                                                       if p.endswith(".parquet")))
-        prefix = out.staged("rows")
-        summary.update({
-            "threshold_source": "override" if cfg.threshold is not None else art.threshold.get("method"),
-            "threshold_ci": None if cfg.threshold is not None else art.threshold.get("ci"),
-            "model": {"uri": cfg.model, "version": art.version, "created_at": art.created_at},
-            "input": {"uri": cfg.data, "files": [f.uri for f in data.files], "rows": data.num_rows,
-                      "skipped_empty_files": data.skipped_empty, "ignored_columns": _ignored_columns(cfg, art, data)},
-            "run_id": run_id,
-            "wall_seconds": round(time.perf_counter() - t0, 3),
-            "timings": {"read_score_write_s": round(t_summary - t_pipeline, 3),
-                        "summary_s": round(time.perf_counter() - t_summary, 3)},
-        })
-        manifest = {
-            "run_id": run_id,
-            "kind": "aescore-score",
-            "started_at": started.isoformat(timespec="seconds"),
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "model": {"uri": cfg.model, "version": art.version},
-            "inputs": [{"uri": f.uri, "size": f.size, "etag": f.etag, "rows": f.num_rows} for f in data.files],
-            "skipped_empty_inputs": data.skipped_empty,
-            "outputs": [{"path": "rows/" + f.path[len(prefix) + 1:], "rows": f.num_rows, "size": f.size}
-                        for f in written],
-            "row_count": summary["row_count"],
-            "config": redact_config(config_to_dict(cfg)),
-            "versions": library_versions(),
-            "git_commit": git_commit(),
-        }
-        summary["warnings"] = summary_warnings(summary)
-        out.commit(trees=["rows"], files={"summary.json": json.dumps(summary, indent=2).encode(),
-                                          "report.html": scoring_report(summary),
-                                          MANIFEST: json.dumps(manifest, indent=2).encode()})
-    except BaseException:
         out.abort()
+        print(f"{cfg.out} already holds committed run {run_id}; reusing it (--force recomputes)", flush=True)
+        return ScoreResult(out=cfg.out, summary=read_committed_json(cfg.out, "summary.json", options),
+                           manifest=committed, reused=True, run_uri=committed.get("run_uri", cfg.out))
+
+    ctx = ray.data.DataContext.get_current()
+    limits, raise_original = ctx.execution_options.resource_limits, ctx.raise_original_map_exception
+    try:
+        ensure_ray(cfg.ray_address)
+        if cfg.object_store_limit_mb:
+            # Ray Data's default budget is a share of the node's object store, so a bigger input
+            # keeps more blocks in flight (bench/score_memory.py). Datasets copy the context when created.
+            ctx.execution_options.resource_limits = limits.copy(object_store_memory=cfg.object_store_limit_mb * 2**20)
+        # Errors raised in our UDFs reach the driver as themselves (a SchemaError naming the
+        # column), not as a UserCodeException whose message holds only a cut traceback.
+        ctx.raise_original_map_exception = True
+        summary, manifest = _score_and_summarize(cfg, art, data, out, loader, threshold, run_id, t0, started)
+        files = {"summary.json": json.dumps(summary, indent=2).encode(), "report.html": scoring_report(summary),
+                 MANIFEST: json.dumps(manifest, indent=2).encode()}
+        files.update(extra_files(summary) if extra_files else {})
+        out.commit(files, run_id)
+    except BaseException as e:
+        _abort(out)
+        if _lost_race(out):
+            raise out.conflict() from e
+        explained = explain_failure(e, data, read_columns(cfg, art), art.preprocessor.specs,
+                                    lambda t: art.preprocessor.transform(t))
+        if explained is not None:
+            raise explained from e
         raise
     finally:
-        ctx.execution_options.resource_limits = limits
-    return ScoreResult(out=cfg.out, summary=summary, manifest=manifest)
+        ctx.execution_options.resource_limits, ctx.raise_original_map_exception = limits, raise_original
+    return ScoreResult(out=cfg.out, summary=summary, manifest=manifest, run_uri=out.run_uri)
+
+
+def _abort(out: OutputCommit) -> None:
+    try:
+        out.abort()
+    except Exception:  # noqa: BLE001 - the original error matters more than a failed clean-up
+        pass
+
+
+def _lost_race(out: OutputCommit) -> bool:
+    try:
+        return out.lost_race()
+    except Exception:  # noqa: BLE001 - storage unreachable: report the original error
+        return False
+
+
+def _score_and_summarize(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput, out: OutputCommit,
+                         loader: ModelLoader, threshold: float, run_id: str, t0: float,
+                         started: datetime) -> tuple[dict, dict]:
+    """Read -> score -> write the rows into the run folder, then the summary and manifest of them."""
+    scored = build_scored_dataset(cfg, art, data, loader)
+    arrow_fs = arrow_filesystem(out.fs)
+    rows = out.path_of("rows")
+    t_pipeline = time.perf_counter()
+    scored.write_parquet(rows, filesystem=arrow_fs, min_rows_per_file=100_000)
+    t_summary = time.perf_counter()
+    if not out.fs.exists(rows):
+        raise RuntimeError(f"wrote 0 rows for {data.num_rows} input rows; not committing")
+    summary = summarize(ray.data.read_parquet(rows, filesystem=arrow_fs, partitioning=None), threshold, art, cfg)
+    if summary["row_count"] != data.num_rows:
+        raise RuntimeError(f"wrote {summary['row_count']} rows for {data.num_rows} input rows; not committing")
+    written = inspect_parquet_files(out.fs, sorted(p for p in out.fs.find(rows) if p.endswith(".parquet")))
+    summary.update({
+        "threshold_source": "override" if cfg.threshold is not None else art.threshold.get("method"),
+        "threshold_ci": None if cfg.threshold is not None else art.threshold.get("ci"),
+        "model": {"uri": cfg.model, "version": art.version, "created_at": art.created_at},
+        "input": {"uri": cfg.data, "files": [f.uri for f in data.files], "rows": data.num_rows,
+                  "skipped_empty_files": data.skipped_empty, "skipped_non_parquet_files": data.skipped_other,
+                  "ignored_columns": _ignored_columns(cfg, art, data)},
+        "run_id": run_id,
+        "run_uri": out.run_uri,
+        "wall_seconds": round(time.perf_counter() - t0, 3),
+        "timings": {"read_score_write_s": round(t_summary - t_pipeline, 3),
+                    "summary_s": round(time.perf_counter() - t_summary, 3)},
+    })
+    manifest = {
+        "run_id": run_id,
+        "kind": "aescore-score",
+        "run_uri": out.run_uri,
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": {"uri": cfg.model, "version": art.version},
+        "inputs": [{"uri": f.uri, "size": f.size, "etag": f.etag, "rows": f.num_rows} for f in data.files],
+        "skipped_empty_inputs": data.skipped_empty,
+        "skipped_non_parquet_inputs": data.skipped_other,
+        "outputs": [{"path": "rows/" + f.path[len(rows) + 1:], "rows": f.num_rows, "size": f.size}
+                    for f in written],
+        "row_count": summary["row_count"],
+        "config": redact_config(config_to_dict(cfg)),
+        "versions": library_versions(),
+        "git_commit": git_commit(),
+    }
+    summary["warnings"] = summary_warnings(summary)
+    return summary, manifest
 
 
 def format_result(r: ScoreResult) -> str:
     s = r.summary
     q = s["quantiles"]
     verb = "reused" if r.reused else "scored"
-    return (f"{verb} {s['row_count']} rows -> {r.out}: mean={s['mean']:.4f} p50={q['p50']:.4f} "
+    return (f"{verb} {s['row_count']} rows -> {r.run_uri or r.out}: mean={s['mean']:.4f} p50={q['p50']:.4f} "
             f"p99={q['p99']:.4f} max={s['max']:.4f}, {s['anomaly_count']} above threshold "
-            f"{s['threshold']:.4f} ({100 * s['anomaly_rate']:.2f}%), {s['wall_seconds']:.1f}s")
+            f"{s['threshold']:.4f} ({100 * s['anomaly_rate']:.2f}%), {s['wall_seconds']:.1f}s"
+            + "".join(f"\nwarning: {w}" for w in s.get("warnings", [])))
 
 
 def main(argv: list[str] | None = None) -> int:

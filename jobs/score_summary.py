@@ -75,6 +75,10 @@ def summary_warnings(summary: dict) -> list[str]:
                    "validation data: their low error reflects memorisation, not normality (data leakage)")
     if summary.get("nonfinite"):
         out.append(f"{summary['nonfinite']} rows have a non-finite recon_error")
+    skipped = summary.get("input", {}).get("skipped_non_parquet_files") or []
+    if skipped:
+        out.append(f"{len(skipped)} file(s) in the input lack the .parquet extension and were not read "
+                   f"(e.g. {skipped[0]}); rename them or pass a glob that names them")
     rows = summary["row_count"] or 1
     if summary.get("unseen_category_cells", 0) > 0.05 * rows:
         out.append(f"{summary['unseen_category_cells']} categorical cells hold values never seen in training")

@@ -16,7 +16,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from jobs.errors import InputError
+from jobs.errors import InputError, OutputError
 
 
 def url_to_fs(uri: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -66,28 +66,34 @@ def join(uri: str, *parts: str) -> str:
     return "/".join([uri.rstrip("/"), *parts])
 
 
-def _is_data_file(path: str) -> bool:
-    name = path.rstrip("/").rsplit("/", 1)[-1]
-    return not name.startswith(("_", ".")) and name.endswith(".parquet")
+def _hidden(path: str, root: str) -> bool:
+    """A file under ``root`` inside (or named) a ``_``/``.`` folder or file: markers, run metadata."""
+    return any(part.startswith(("_", ".")) for part in path[len(root.rstrip("/")):].split("/") if part)
 
 
-def list_parquet_files(uri: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, list[str]]:
+def list_parquet_files(uri: str, storage_options: dict | None = None
+                       ) -> tuple[fsspec.AbstractFileSystem, list[str], list[str]]:
     """The Parquet files at ``uri``: a file, a directory/prefix (recursive) or a glob.
 
-    Files and folders whose names start with ``_`` or ``.`` (markers, staging) are skipped.
+    In a directory, files and folders whose names start with ``_`` or ``.`` (markers,
+    staging) are skipped, and so are files without the ``.parquet`` extension: those are
+    returned as the third element so callers can report them (a Parquet file someone saved
+    without its extension is then named in the output, not lost without a word).
 
     Raises:
         InputError: The path does not exist or holds no Parquet file.
     """
     fs, path = url_to_fs(uri, storage_options)
+    skipped: list[str] = []
     try:
         if fsspec.core.has_magic(path):
             files = sorted(p for p in fs.glob(path) if fs.isfile(p))
         elif fs.isfile(path):
             files = [path]
         elif fs.isdir(path):
-            files = sorted(p for p in fs.find(path) if _is_data_file(p)
-                           and not any(part.startswith(("_", ".")) for part in p[len(path):].split("/")[:-1]))
+            found = sorted(p for p in fs.find(path) if not _hidden(p, path))
+            files = [p for p in found if p.endswith(".parquet")]
+            skipped = [fs.unstrip_protocol(p) for p in found if not p.endswith(".parquet")]
         else:
             raise InputError(f"input path does not exist: {uri}")
     except InputError:
@@ -95,8 +101,35 @@ def list_parquet_files(uri: str, storage_options: dict | None = None) -> tuple[f
     except OSError as e:  # permissions, unreachable endpoints, storage errors after retries
         raise InputError(f"cannot list {uri}: {type(e).__name__}: {e}") from e
     if not files:
-        raise InputError(f"no Parquet files found at {uri}")
-    return fs, files
+        extra = f" ({len(skipped)} file(s) without the .parquet extension, e.g. {skipped[0]})" if skipped else ""
+        raise InputError(f"no Parquet files found at {uri}{extra}")
+    return fs, files, skipped
+
+
+def _canonical(uri: str, storage_options: dict | None) -> str:
+    """A comparable form of ``uri``: protocol plus path, local paths resolved (symlinks too)."""
+    fs, path = url_to_fs(uri, storage_options)
+    if fsspec.core.has_magic(path):  # a glob: the folder it starts from
+        path = path[:min(path.find(c) for c in "*?[" if c in path)].rsplit("/", 1)[0]
+    if isinstance(fs, LocalFileSystem):
+        return "file://" + os.path.realpath(path).rstrip("/")
+    return fs.unstrip_protocol(path).rstrip("/")
+
+
+def check_no_overlap(out: str, inputs: dict[str, str | None], storage_options: dict | None = None) -> None:
+    """Refuse an output prefix that contains, or lies inside, one of the ``inputs`` (flag -> URI).
+
+    Raises:
+        OutputError: The paths overlap (the run could delete or re-read its own input).
+    """
+    target = _canonical(out, storage_options)
+    for flag, uri in inputs.items():
+        if not uri:
+            continue
+        other = _canonical(uri, storage_options)
+        if target == other or target.startswith(other + "/") or other.startswith(target + "/"):
+            raise OutputError(f"--out {out} overlaps {flag} {uri}; the output must be a separate prefix, "
+                              "neither inside the input nor containing it")
 
 
 @dataclass
@@ -199,6 +232,8 @@ def resolve_model_uri(uri: str, storage_options: dict | None = None) -> str:
             target = json.loads(f.read())["model_uri"]
     except (ValueError, KeyError, TypeError) as e:
         raise InputError(f"{uri} is a file but not a model pointer (JSON with model_uri): {e}") from e
+    if not isinstance(target, str) or not target:
+        raise InputError(f"{uri} is a model pointer whose model_uri is not a URI string: {target!r}")
     return target
 
 

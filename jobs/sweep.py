@@ -124,7 +124,7 @@ def labelled_auroc(model_uri: str, data: str, label: str, options: dict) -> floa
 
     # Tasks fused with the read, not an actor pool: concurrent trials each holding actors
     # can reserve the CPUs that the reads need (seen here: it deadlocks on 2 CPUs).
-    scored = labelled.read([*features, label]).map_batches(
+    scored = labelled.read([*features, label], art.preprocessor.specs).map_batches(
         errors_by_class, fn_kwargs={"model_uri": model_uri, "label": label, "options": options},
         batch_format="pyarrow")
     agg = aggregate_blocks(scored, *(ErrorStatsAggregate(c, histogram_edges(), None, with_sketch=True) for c in ("pos", "neg")))

@@ -33,10 +33,13 @@ from aemodel import (AutoencoderConfig, ModelArtifact, Preprocessor, TabularAuto
                      check_schema, column_losses, load_artifact, resolve_columns, row_errors, save_artifact)
 from jobs.config import config_to_dict
 from aemodel.leakage import BloomFilter, id_like_columns
-from jobs.datasets import encode, hash_split, keep_split, open_parquet_input, split_cut
+from aemodel.preprocess import partial_stats
+from jobs.commit import claim_prefix
+from jobs.datasets import ParquetInput, encode, explain_failure, hash_split, keep_split, open_parquet_input, split_cut
 from jobs.errors import InputError, TrainingError
 from jobs.manifest import fingerprint
-from jobs.storage import arrow_filesystem, normalize_storage_options, publish_pointer, redact_config, url_to_fs
+from jobs.storage import (arrow_filesystem, check_no_overlap, normalize_storage_options, publish_pointer, redact_config,
+                          url_to_fs)
 from jobs.train_config import TrainConfig
 from jobs.ray_runtime import ColumnStatsAggregate, RowBloomAggregate, aggregate_blocks, decode_bloom, ensure_ray
 from jobs.report import training_report
@@ -240,6 +243,7 @@ def run(cfg: TrainConfig) -> TrainResult:
     """Train on ``cfg.data`` and write the artefact to ``cfg.out``. CPU-only unless ``use_gpu``."""
     t0 = time.perf_counter()
     options = normalize_storage_options(cfg.storage_options)
+    check_no_overlap(cfg.out, {"--data": cfg.data, "--val-data": cfg.val_data}, options)
     train_in = open_parquet_input(cfg.data, options)
     specs = resolve_columns(train_in.schema, cfg.feature_columns or None, cfg.exclude_columns, cfg.column_types)
     for f in train_in.files:
@@ -249,6 +253,8 @@ def run(cfg: TrainConfig) -> TrainResult:
     run_id = fingerprint({"config": _identity(cfg), "inputs": [(f.uri, f.size, f.etag) for f in train_in.files],
                           "val_inputs": [(f.uri, f.size, f.etag) for f in val_in.files] if val_in else None})
     existing = _committed_artifact(cfg.out, options)
+    # Checked before training; the marker is written only with the artefact.
+    claim_prefix(cfg.out, "model", options, adopt=existing is not None, write=False)
     if existing is not None and existing.run_id == run_id and not cfg.overwrite:
         print(f"{cfg.out} already holds the model of run {run_id}; reusing it (--overwrite retrains)", flush=True)
         return _result_from(existing, cfg.out, time.perf_counter() - t0, reused=True)
@@ -258,6 +264,25 @@ def run(cfg: TrainConfig) -> TrainResult:
                          "pass --overwrite to replace it or choose another --out")
 
     ensure_ray(cfg.ray_address)
+    ctx = ray.data.DataContext.get_current()
+    # Errors raised in our UDFs reach the driver as themselves (see jobs/score.py).
+    raise_original, ctx.raise_original_map_exception = ctx.raise_original_map_exception, True
+    try:
+        return _fit_and_save(cfg, options, t0, train_in, val_in, specs, run_id, existing)
+    except BaseException as e:
+        for data in (train_in, val_in):
+            explained = data and explain_failure(e, data, names, specs, lambda t: partial_stats(t, specs))
+            if explained:
+                raise explained from e
+        raise
+    finally:
+        ctx.raise_original_map_exception = raise_original
+
+
+def _fit_and_save(cfg: TrainConfig, options: dict, t0: float, train_in: ParquetInput, val_in: ParquetInput | None,
+                  specs: list, run_id: str, existing: ModelArtifact | None) -> TrainResult:
+    """Statistics, Ray Train fit, diagnostics, then the artefact (on a running Ray)."""
+    names = [s.name for s in specs]
     stats, seen_rows, leakage = _fit_statistics(cfg, specs, train_in, val_in)
     pp = Preprocessor.fit(specs, stats, cfg.preprocess_config())  # training rows only: no leakage
     model_config = AutoencoderConfig(n_numeric=len(pp.numeric_names), n_binary=len(pp.binary_names),
@@ -266,9 +291,9 @@ def run(cfg: TrainConfig) -> TrainResult:
                                      latent_dim=cfg.resolved_latent_dim(len(specs)), activation=cfg.activation,
                                      dropout=cfg.dropout)
     if val_in is None:
-        train_ds, val_ds = hash_split(train_in.read(names), names, cfg.val_fraction)
+        train_ds, val_ds = hash_split(train_in.read(names, specs), names, cfg.val_fraction)
     else:
-        train_ds, val_ds = train_in.read(names), val_in.read(names)
+        train_ds, val_ds = train_in.read(names, specs), val_in.read(names, specs)
     train_enc, val_enc = encode(train_ds, pp), encode(val_ds, pp)
     if cfg.materialize:
         train_enc, val_enc = train_enc.materialize(), val_enc.materialize()
@@ -318,6 +343,7 @@ def run(cfg: TrainConfig) -> TrainResult:
                         train_config=redact_config(config_to_dict(cfg)), run_id=run_id, metrics=metrics,
                         training_rows=seen_rows, training_rows_info=leakage["training_rows"])
     art.extra_files = {"report.html": training_report(cfg.out, history, reference, threshold, metrics)}
+    claim_prefix(cfg.out, "model", options, adopt=existing is not None)
     save_artifact(art, cfg.out, options)
     if cfg.publish_latest:
         publish_pointer(cfg.publish_latest, cfg.out, art.version, options)
@@ -335,14 +361,14 @@ def _fit_statistics(cfg: TrainConfig, specs: list, train_in, val_in) -> tuple[di
     shape = (seen.n_bits, seen.n_hashes)
     if val_in is None:
         keep_train = functools.partial(keep_split, columns=names, cut=split_cut(cfg.val_fraction), validation=False)
-        agg = aggregate_blocks(train_in.read(names), ColumnStatsAggregate(specs, keep_train),
+        agg = aggregate_blocks(train_in.read(names, specs), ColumnStatsAggregate(specs, keep_train),
                                RowBloomAggregate(specs, *shape))
         overlap = {"train_val_overlap_rows": 0, "method": "row-hash split: identical rows always share a side"}
     else:
-        agg = aggregate_blocks(train_in.read(names), ColumnStatsAggregate(specs), RowBloomAggregate(specs, *shape))
+        agg = aggregate_blocks(train_in.read(names, specs), ColumnStatsAggregate(specs), RowBloomAggregate(specs, *shape))
     seen, rows, _ = decode_bloom(agg["row_bloom"], *shape)
     if val_in is not None:
-        val_agg = aggregate_blocks(val_in.read(names), RowBloomAggregate(specs, *shape, against=seen))
+        val_agg = aggregate_blocks(val_in.read(names, specs), RowBloomAggregate(specs, *shape, against=seen))
         val_seen, val_rows, hits = decode_bloom(val_agg["row_bloom"], *shape)
         fpr = seen.false_positive_rate
         overlap = {"train_val_overlap_rows": hits, "train_val_overlap_fraction": hits / max(val_rows, 1),

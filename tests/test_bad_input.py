@@ -94,7 +94,7 @@ def _assert_failed_cleanly(out: subprocess.CompletedProcess, pattern: str, out_d
     import re
 
     assert re.search(pattern, lines[0]), lines[0]
-    assert not (out_dir / "_SUCCESS").exists() and not (out_dir / "rows").exists()
+    assert not (out_dir / "_SUCCESS").exists() and not (out_dir / "runs").exists()
 
 
 @pytest.mark.parametrize("case", sorted(SCORE_INPUT_CASES))
@@ -183,7 +183,7 @@ def test_handled_inputs_are_scored_and_reported(trained, tmp_path):
     assert s["input"]["ignored_columns"] == ["comment", LABEL]
     assert [p.rsplit("/", 1)[-1] for p in s["input"]["skipped_empty_files"]] == ["empty.parquet"]
     assert s["unseen_category_cells"] == 5
-    rows = pq.read_table(tmp_path / "o" / "rows").sort_by(ROW_ID)
+    rows = pq.read_table(f"{result.run_uri}/rows").sort_by(ROW_ID)
     missing = rows["missing_cells"].to_numpy()
     base = (~np.isfinite(t.sort_by(ROW_ID)["num_1"].to_numpy(zero_copy_only=False))).astype(int)  # demo's own gaps
     expected = base + 1  # num_6 everywhere
@@ -191,3 +191,35 @@ def test_handled_inputs_are_scored_and_reported(trained, tmp_path):
     assert missing.tolist() == expected.tolist()
     assert s["missing_cells"] == int(expected.sum())
     assert np.all(np.isfinite(rows["recon_error"].to_numpy()))
+
+
+def _case_model_json_list(model: Path, tmp: Path) -> tuple[list[str], str]:
+    (model / "model.json").write_text("[]")
+    return ["--model", str(model)], "model.json holds a list, not an aescore model description"
+
+
+def _case_pointer_with_a_number(model: Path, tmp: Path) -> tuple[list[str], str]:
+    (tmp / "LATEST.json").write_text('{"model_uri": 5}')
+    return ["--model", str(tmp / "LATEST.json")], "model_uri is not a URI string: 5"
+
+
+def _case_config_is_a_folder(model: Path, tmp: Path) -> tuple[list[str], str]:
+    (tmp / "conf").mkdir()
+    return ["--model", str(model), "--config", str(tmp / "conf")], "cannot be read as a YAML file"
+
+
+def _case_storage_options_malformed(model: Path, tmp: Path) -> tuple[list[str], str]:
+    return ["--model", str(model), "--storage-options", "secret=hunter2-secret,anon"], \
+        "storage_options: expected comma-separated key=value pairs"
+
+
+@pytest.mark.parametrize("case", [_case_model_json_list, _case_pointer_with_a_number, _case_config_is_a_folder,
+                                  _case_storage_options_malformed], ids=lambda c: c.__name__[6:])
+def test_bad_model_pointer_config_and_options_are_one_sentence_exit_2(case, trained, mixed_data, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(trained.model_uri, model)
+    args, pattern = case(model, tmp_path)
+    out_dir = tmp_path / "out"
+    result = _cli("score", "--data", mixed_data["score"], "--out", str(out_dir), *args)
+    _assert_failed_cleanly(result, pattern, out_dir)
+    assert "hunter2" not in result.stderr + result.stdout and "Traceback" not in result.stderr

@@ -55,7 +55,7 @@ def test_cli_reports_one_error_line_and_exit_code_2(tmp_path):
 
 def test_cli_bad_paths_fail_before_ray_starts(tmp_path):
     out = subprocess.run([sys.executable, "-m", "jobs.cli", "score", "--model", str(tmp_path / "none"),
-                          "--data", str(tmp_path), "--out", str(tmp_path / "o")],
+                          "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o")],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert out.stderr.strip().startswith("error: no complete model artefact at")

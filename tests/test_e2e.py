@@ -13,6 +13,7 @@ import pytest
 
 from aemodel import ArtifactError, RowScorer, SchemaError, auroc, load_artifact
 from jobs import score
+from jobs.commit import committed_run
 from jobs.synthetic import LABEL, ROW_ID
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -27,7 +28,7 @@ def scored(trained, mixed_data, tmp_path_factory):
 
 
 def _rows(out):
-    return pq.read_table(f"{out}/rows")
+    return pq.read_table(f"{committed_run(str(out))}/rows")
 
 
 def test_validation_loss_falls_and_split_covers_all_rows(trained, mixed_data):
@@ -76,7 +77,7 @@ def test_scoring_output_is_complete_and_summary_matches_recomputation(scored, mi
     assert len(np.unique(ids)) == len(ids) and set(ids) == set(source[ROW_ID].to_numpy())
     assert set(rows.column_names) == {ROW_ID, LABEL, "recon_error", "is_anomaly", "missing_cells", "unseen_cells",
                                       "top_features", "seen_in_training"}
-    summary = json.loads(open(f"{out}/summary.json").read())
+    summary = json.loads(open(f"{committed_run(out)}/summary.json").read())
     assert summary == json.loads(json.dumps(result.summary))
     err = rows["recon_error"].to_numpy().astype(np.float64)
     assert summary["row_count"] == rows.num_rows
@@ -176,13 +177,13 @@ def test_killed_scoring_run_commits_nothing_and_the_rerun_is_complete(trained, m
     proc = subprocess.Popen([sys.executable, "-m", "jobs.score", *args, "--ray-address", gcs],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
     deadline = time.monotonic() + 240
-    while not list(out.glob("_staging/*/rows/*.parquet")):
+    while not list(out.glob("runs/*/rows/*.parquet")):
         assert proc.poll() is None, "the scoring run ended before it could be killed"
         assert time.monotonic() < deadline, "no staged rows appeared"
         time.sleep(0.02)
     proc.kill()
     proc.wait(timeout=30)
-    assert not (out / "_SUCCESS").exists() and not (out / "rows").exists()
+    assert not (out / "_SUCCESS").exists() and committed_run(str(out)) is None
 
     result = score.run(score.ScoreConfig(model=trained.model_uri, data=str(data), out=str(out), id_columns=[ROW_ID],
                                          batch_size=500))
@@ -190,11 +191,11 @@ def test_killed_scoring_run_commits_nothing_and_the_rerun_is_complete(trained, m
     ids = rows[ROW_ID].to_numpy()
     assert len(ids) == len(np.unique(ids)) == table.num_rows
     assert set(ids) == set(table[ROW_ID].to_numpy())
-    assert (out / "_SUCCESS").exists() and not (out / "_staging").exists()
+    assert [p.name for p in (out / "runs").iterdir()] == [result.run_uri.rsplit("/", 1)[-1]]  # the killed run's folder is gone
     assert result.summary["row_count"] == table.num_rows
     uninterrupted = score.run(score.ScoreConfig(model=trained.model_uri, data=str(data), out=str(tmp_path / "clean"),
                                                 id_columns=[ROW_ID], batch_size=500))
-    volatile = {"wall_seconds", "timings"}
+    volatile = {"wall_seconds", "timings", "run_uri"}
     assert {k: v for k, v in result.summary.items() if k not in volatile} == \
         {k: v for k, v in uninterrupted.summary.items() if k not in volatile}
 
@@ -218,7 +219,7 @@ def test_actor_pool_that_would_reserve_every_cpu_is_refused(trained, mixed_data,
     with pytest.raises(InputError, match="would reserve all 2 CPUs"):
         score.run(score.ScoreConfig(model=trained.model_uri, data=mixed_data["score"], out=str(tmp_path / "o"),
                                     compute="actors", concurrency=2, cpus_per_worker=1.0))
-    assert not (tmp_path / "o" / "_SUCCESS").exists() and not (tmp_path / "o" / "_staging").exists()
+    assert not (tmp_path / "o" / "_SUCCESS").exists() and not (tmp_path / "o" / "runs").exists()
 
 
 def test_shard_cache_yields_every_row_once_per_epoch_in_a_new_order_and_skips_empty_shards():

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import score, train
+from jobs.commit import committed_run
 from jobs.synthetic import LABEL, ROW_ID, write_shards
 from tests.s3_fault_proxy import FaultProxy
 
@@ -89,8 +90,8 @@ def test_flaky_storage_is_retried_and_output_is_correct(trained, mixed_data, buc
         assert proxy.failed > 0
     clean = score.run(score.ScoreConfig(model=trained.model_uri, data=mixed_data["score"], out=str(tmp_path / "c"),
                                         id_columns=[ROW_ID]))
-    flaky_rows = pq.read_table(tmp_path / "o" / "rows").sort_by(ROW_ID)
-    clean_rows = pq.read_table(tmp_path / "c" / "rows").sort_by(ROW_ID)
+    flaky_rows = pq.read_table(f"{committed_run(str(tmp_path / 'o'))}/rows").sort_by(ROW_ID)
+    clean_rows = pq.read_table(f"{committed_run(str(tmp_path / 'c'))}/rows").sort_by(ROW_ID)
     assert flaky_rows.equals(clean_rows)
     assert result.summary["quantiles"] == clean.summary["quantiles"]
     assert result.summary["row_count"] == mixed_data["score_table"].num_rows
@@ -108,7 +109,7 @@ def test_permanent_storage_error_fails_cleanly(trained, mixed_data, bucket, tmp_
                                                          "secret": secret}))
     assert describe(err.value).startswith(f"cannot list {bucket}/in")
     assert secret not in describe(err.value) and secret not in repr(err.value)  # no credential in errors
-    assert not (tmp_path / "o" / "_SUCCESS").exists() and not (tmp_path / "o" / "rows").exists()
+    assert not (tmp_path / "o" / "_SUCCESS").exists() and not (tmp_path / "o" / "runs").exists()
 
 
 def _scorer_actors() -> list[psutil.Process]:
@@ -148,7 +149,7 @@ def test_dead_scorer_actor_is_restarted_without_duplicates(trained, tmp_path):
     result = score.run(score.ScoreConfig(out=str(tmp_path / "o"), **cfg))
     thread.join()
     assert killed, "no scorer actor was found to kill"
-    rows = pq.read_table(tmp_path / "o" / "rows")
+    rows = pq.read_table(f"{committed_run(str(tmp_path / 'o'))}/rows")
     ids = rows[ROW_ID].to_numpy()
     assert len(ids) == len(np.unique(ids)) == table.num_rows
     clean = score.run(score.ScoreConfig(out=str(tmp_path / "c"), **cfg))

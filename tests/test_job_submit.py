@@ -16,6 +16,7 @@ import psutil
 import pytest
 import s3fs
 
+from jobs.commit import read_committed_json
 from jobs.synthetic import LABEL, ROW_ID, write_shards
 from tests.conftest import free_port
 
@@ -103,8 +104,7 @@ def test_train_then_score_via_ray_job_submit(ray_head, mixed_data, bucket, s3_se
     fs = s3fs.S3FileSystem()
     fs.invalidate_cache()
     assert fs.exists(f"{bucket}/scores/_SUCCESS")
-    with fs.open(f"{bucket}/scores/manifest.json") as f:
-        manifest = json.load(f)
+    manifest = read_committed_json(f"{bucket}/scores", "manifest.json")
     assert manifest["row_count"] == mixed_data["score_table"].num_rows
     assert s3_server["secret"] not in train.stdout + train.stderr + score.stdout + score.stderr
 

@@ -7,6 +7,7 @@ import pytest
 import s3fs
 
 from jobs import nightly
+from jobs.commit import committed_run, read_committed_json
 from jobs.errors import InputError
 from jobs.storage import publish_pointer
 from jobs.synthetic import ROW_ID, make_mixed_table, write_shards
@@ -47,8 +48,10 @@ def test_three_nights_flag_only_the_drifted_one(nights, bucket):
     fs = s3fs.S3FileSystem()
     fs.invalidate_cache()
     for day in ("2026-11-01", "2026-11-02", "2026-11-03"):
+        run = committed_run(f"{bucket}/scores/dt={day}")
         for name in ("_SUCCESS", "summary.json", "manifest.json", "drift.json"):
-            assert fs.exists(f"{bucket}/scores/dt={day}/{name}"), (day, name)
+            assert fs.exists(f"{run}/{name}"), (day, name)
+        assert read_committed_json(f"{bucket}/scores/dt={day}", "drift.json")["date"] == day
 
     # Idempotent: rerunning a night reuses its committed output and reports the same drift.
     again = nightly.run(replace(nights, date="2026-11-02"))[0]

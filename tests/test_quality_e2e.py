@@ -41,7 +41,7 @@ def test_scoring_output_has_top_features_column_errors_and_a_report(trained, mix
     out = str(tmp_path / "scores")
     res = score.run(score.ScoreConfig(model=trained.model_uri, data=mixed_data["score"], out=out,
                                       id_columns=[ROW_ID, LABEL], top_k=2, column_errors=True))
-    rows = pq.read_table(f"{out}/rows")
+    rows = pq.read_table(f"{res.run_uri}/rows")
     art = load_artifact(trained.model_uri)
     names = [s.name for s in art.preprocessor.specs]
     err = np.column_stack([rows[f"err_{n}"].to_numpy(zero_copy_only=False) for n in names])
@@ -54,7 +54,7 @@ def test_scoring_output_has_top_features_column_errors_and_a_report(trained, mix
     means = res.summary["columns"]["mean_error"]
     assert means[names[0]] == pytest.approx(np.nanmean(err[:, 0]), rel=1e-4)
     assert sum(res.summary["columns"]["top1_rows"].values()) == rows.num_rows
-    page = open(f"{out}/report.html").read()
+    page = open(f"{res.run_uri}/report.html").read()
     assert page.count("data:image/png;base64,") == 4 and "Columns by mean error" in page
     assert os.path.exists(os.path.join(trained.model_uri, "report.html"))
     metrics = json.load(open(os.path.join(trained.model_uri, "metrics.json")))

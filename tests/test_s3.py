@@ -9,6 +9,7 @@ import s3fs
 
 from aemodel import load_artifact
 from jobs import score, train
+from jobs.commit import committed_run, read_committed_json
 from jobs.synthetic import LABEL, ROW_ID, write_shards
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -45,16 +46,19 @@ def test_train_and_score_on_s3_match_local(ray_start_2_cpus, mixed_data, bucket,
                                          out=f"{bucket}/scores/run", id_columns=[ROW_ID]))
     local_out = score.run(score.ScoreConfig(model=s3_model.model_uri, data=mixed_data["score"],
                                             out=str(tmp_path / "scores"), id_columns=[ROW_ID]))
-    with fs.open(f"{bucket}/scores/run/manifest.json") as f:
-        manifest = json.load(f)
-    assert fs.exists(f"{bucket}/scores/run/_SUCCESS") and not fs.exists(f"{bucket}/scores/run/_staging")
+    manifest = read_committed_json(f"{bucket}/scores/run", "manifest.json")
+    assert s3_out.run_uri == committed_run(f"{bucket}/scores/run") == manifest["run_uri"]
+    fs.invalidate_cache()
+    stray = [p for p in fs.find(f"{bucket}/scores/run/runs")  # pyarrow also writes empty "folder/" markers
+             if not p.endswith("/") and not p.startswith(s3_out.run_uri.removeprefix("s3://"))]
+    assert stray == []
     assert manifest["row_count"] == mixed_data["score_table"].num_rows
     assert [i["uri"].rsplit("/", 1)[-1] for i in manifest["inputs"]] == [f"part-0000{i}.parquet" for i in range(3)]
     assert all(i["etag"] for i in manifest["inputs"])
     assert sum(o["rows"] for o in manifest["outputs"]) == manifest["row_count"]
 
-    s3_rows = pq.read_table(f"{bucket.removeprefix('s3://')}/scores/run/rows", filesystem=fs).sort_by(ROW_ID)
-    local_rows = pq.read_table(str(tmp_path / "scores" / "rows")).sort_by(ROW_ID)
+    s3_rows = pq.read_table(f"{s3_out.run_uri.removeprefix('s3://')}/rows", filesystem=fs).sort_by(ROW_ID)
+    local_rows = pq.read_table(f"{local_out.run_uri}/rows").sort_by(ROW_ID)
     assert s3_rows.equals(local_rows)
     for key in ("count", "mean", "std", "quantiles", "histogram", "anomaly_count"):
         assert s3_out.summary[key] == local_out.summary[key]
@@ -79,7 +83,7 @@ def test_storage_options_are_used_and_never_written(trained, mixed_data, bucket,
     assert result.manifest["config"]["storage_options"] == {k: "<redacted>" for k in options}
     fs = s3fs.S3FileSystem()
     for name in ("manifest.json", "summary.json"):
-        with fs.open(f"{bucket}/out/{name}", "rb") as f:
+        with fs.open(f"{result.run_uri}/{name}", "rb") as f:
             assert s3_server["secret"].encode() not in f.read()
     art = load_artifact(model.model_uri)
     assert s3_server["secret"] not in json.dumps(art.train_config)
