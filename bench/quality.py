@@ -43,10 +43,11 @@ import time
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.suite.common import (auroc_cell, autoencoder_scores, iforest_scores,  # noqa: E402
+                                paired_difference, parse_variant, pca_scores, split)
 
 
 def load_sets() -> dict[str, tuple[pd.DataFrame, np.ndarray]]:
@@ -68,15 +69,6 @@ def load_sets() -> dict[str, tuple[pd.DataFrame, np.ndarray]]:
     return out
 
 
-def split(x: pd.DataFrame, y: np.ndarray, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    normal = np.flatnonzero(~y)
-    rng.shuffle(normal)
-    n_train = int(0.6 * len(normal))
-    test = np.concatenate([normal[n_train:], np.flatnonzero(y)])
-    return x.iloc[normal[:n_train]], x.iloc[test], y[test]
-
-
 def numeric_matrix(train: pd.DataFrame, test: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """One-hot strings, standardise with training statistics (constant columns stay 0)."""
     both = pd.get_dummies(pd.concat([train, test]), dtype=float)
@@ -84,21 +76,6 @@ def numeric_matrix(train: pd.DataFrame, test: pd.DataFrame) -> tuple[np.ndarray,
     mu, sd = a.mean(0), a.std(0)
     sd[sd == 0] = 1.0
     return (a - mu) / sd, (b - mu) / sd
-
-
-def pca_scores(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Train on ``a``, score ``b`` (both from ``numeric_matrix``)."""
-    from sklearn.decomposition import PCA
-
-    pca = PCA(n_components=0.9, svd_solver="full").fit(a)
-    recon = pca.inverse_transform(pca.transform(b))
-    return ((b - recon) ** 2).sum(1)
-
-
-def iforest_scores(a: np.ndarray, b: np.ndarray, seed: int) -> np.ndarray:
-    from sklearn.ensemble import IsolationForest
-
-    return -IsolationForest(random_state=seed).fit(a).score_samples(b)
 
 
 def reference_scores(a: np.ndarray, b: np.ndarray, seed: int) -> dict[str, np.ndarray]:
@@ -120,41 +97,6 @@ def reference_scores(a: np.ndarray, b: np.ndarray, seed: int) -> dict[str, np.nd
 
 REFERENCE_NAMES = {"mahalanobis": "Mahalanobis (Ledoit-Wolf)", "knn5": "kNN distance (k=5)",
                    "gmm2": "Gaussian mixture (2, tied)"}
-
-
-def parse_variant(text: str) -> tuple[str, dict]:
-    """``name:key=value,key=value`` -> (name, TrainConfig overrides); values parsed as YAML."""
-    import yaml
-
-    name, _, opts = text.partition(":")
-    pairs = [kv.split("=", 1) for kv in opts.split(",") if kv]
-    return name, {k.strip(): yaml.safe_load(v) for k, v in pairs}
-
-
-def autoencoder_scores(train: pd.DataFrame, test: pd.DataFrame, seed: int, workdir: str,
-                       options: dict | None = None) -> tuple[np.ndarray, dict]:
-    from aemodel import RowScorer, load_artifact
-    from jobs import train as train_job
-
-    data = os.path.join(workdir, "train")
-    os.makedirs(data, exist_ok=True)
-    pq.write_table(pa.Table.from_pandas(train, preserve_index=False), os.path.join(data, "part-0.parquet"))
-    result = train_job.run(train_job.TrainConfig(data=data, out=os.path.join(workdir, "model"), seed=seed,
-                                                 overwrite=True, **(options or {})))
-    scorer = RowScorer(load_artifact(result.model_uri))
-    errors = scorer.score_table(pa.Table.from_pandas(test, preserve_index=False))["recon_error"]
-    return errors, result.metrics
-
-
-def auroc_cell(aucs: np.ndarray) -> str:
-    """Mean AUROC over seeds with its range, as one table cell."""
-    return f"{aucs.mean():.3f} ({aucs.min():.3f}-{aucs.max():.3f})"
-
-
-def paired_difference(diff: np.ndarray, baseline: str) -> str:
-    """Per-seed AUROC differences (autoencoder - baseline) as mean +/- standard error."""
-    se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
-    return f"AE - {baseline} = {diff.mean():+.3f} +/- {se:.3f} (AE ahead on {int((diff > 0).sum())}/{len(diff)} seeds)"
 
 
 def main() -> int:

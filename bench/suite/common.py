@@ -1,0 +1,101 @@
+"""Pieces shared by ``bench/quality.py`` and the suite: splits, aescore runs, classic baselines, cells.
+
+The autoencoder is trained exactly as a user would: ``jobs.train.run`` with its defaults
+(only ``seed`` set, plus any explicit variant overrides), scored with the same
+``RowScorer`` that ``aescore score`` uses. A benchmark must call the code it measures.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def split(x: pd.DataFrame, y: np.ndarray, seed: int,
+          train_fraction: float = 0.6) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """Normal rows only in training, every anomaly in the test set.
+
+    Args:
+        x: Feature rows.
+        y: True where a row is an anomaly.
+        seed: Shuffles the normal rows.
+        train_fraction: Fraction of the normal rows that train (and validate) each method.
+
+    Returns:
+        (training rows, test rows, test labels): the test rows are the remaining normal
+        rows followed by all anomalies.
+    """
+    rng = np.random.default_rng(seed)
+    normal = np.flatnonzero(~y)
+    rng.shuffle(normal)
+    n_train = int(train_fraction * len(normal))
+    test = np.concatenate([normal[n_train:], np.flatnonzero(y)])
+    return x.iloc[normal[:n_train]], x.iloc[test], y[test]
+
+
+def pca_scores(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """PCA reconstruction error: fit on ``a``, score ``b`` (both standardised).
+
+    As many components as explain 90% of the training variance; score = squared error.
+    """
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=0.9, svd_solver="full").fit(a)
+    recon = pca.inverse_transform(pca.transform(b))
+    return ((b - recon) ** 2).sum(1)
+
+
+def iforest_scores(a: np.ndarray, b: np.ndarray, seed: int) -> np.ndarray:
+    """IsolationForest with scikit-learn defaults (100 trees); score = -score_samples."""
+    from sklearn.ensemble import IsolationForest
+
+    return -IsolationForest(random_state=seed).fit(a).score_samples(b)
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """``name:key=value,key=value`` -> (name, TrainConfig overrides); values parsed as YAML."""
+    import yaml
+
+    name, _, opts = text.partition(":")
+    pairs = [kv.split("=", 1) for kv in opts.split(",") if kv]
+    return name, {k.strip(): yaml.safe_load(v) for k, v in pairs}
+
+
+def autoencoder_scores(train: pd.DataFrame, test: pd.DataFrame, seed: int, workdir: str,
+                       options: dict | None = None) -> tuple[np.ndarray, dict]:
+    """Train aescore on ``train`` (defaults + ``options``) and return test recon errors and metrics.
+
+    Args:
+        train: Normal training rows (aescore holds out its own validation rows from them).
+        test: Rows to score.
+        seed: ``TrainConfig.seed``.
+        workdir: Scratch directory for the Parquet input and the model artefact.
+        options: Extra ``TrainConfig`` fields (variants); None means the defaults.
+    """
+    from aemodel import RowScorer, load_artifact
+    from jobs import train as train_job
+
+    data = os.path.join(workdir, "train")
+    os.makedirs(data, exist_ok=True)
+    pq.write_table(pa.Table.from_pandas(train, preserve_index=False), os.path.join(data, "part-0.parquet"))
+    result = train_job.run(train_job.TrainConfig(data=data, out=os.path.join(workdir, "model"), seed=seed,
+                                                 overwrite=True, **(options or {})))
+    scorer = RowScorer(load_artifact(result.model_uri))
+    errors = scorer.score_table(pa.Table.from_pandas(test, preserve_index=False))["recon_error"]
+    return errors, result.metrics
+
+
+def auroc_cell(aucs: np.ndarray) -> str:
+    """Mean AUROC over seeds with its range, as one table cell."""
+    return f"{aucs.mean():.3f} ({aucs.min():.3f}-{aucs.max():.3f})"
+
+
+def paired_difference(diff: np.ndarray, baseline: str, label: str = "AE") -> str:
+    """Per-seed AUROC differences (``label`` - baseline) as mean +/- standard error, seeds won."""
+    se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+    return (f"{label} - {baseline} = {diff.mean():+.3f} +/- {se:.3f} "
+            f"({label} ahead on {int((diff > 0).sum())}/{len(diff)} seeds)")
