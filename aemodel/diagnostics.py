@@ -77,7 +77,8 @@ def _check(name: str, status: str, message: str, **values) -> dict:
 
 
 def diagnose(history: list[dict], *, n_features: int, input_width: int, latent_dim: int,
-             baseline_val_loss: float | None, max_overfit_ratio: float | None = None) -> list[dict]:
+             baseline_val_loss: float | None, max_overfit_ratio: float | None = None,
+             max_epochs: int | None = None, patience: int | None = None) -> list[dict]:
     """Verdicts on a finished training run.
 
     Args:
@@ -88,6 +89,9 @@ def diagnose(history: list[dict], *, n_features: int, input_width: int, latent_d
         baseline_val_loss: Validation error of predicting the training distribution of
             each column (the mean-reconstruction baseline); 1.0 on data like training.
         max_overfit_ratio: If set, a val/train ratio above it fails the check.
+        max_epochs: The epoch cap; with ``patience``, a run that reached it while the
+            validation loss was still improving is reported as not converged.
+        patience: Early-stopping patience (epochs without improvement before stopping).
     """
     out: list[dict] = []
     val = np.array([h["val_loss"] for h in history], dtype=np.float64)
@@ -135,6 +139,9 @@ def diagnose(history: list[dict], *, n_features: int, input_width: int, latent_d
             out.append(_check("learning", "ok", f"validation loss fell {100 * improvement:.1f}% from the first "
                               f"epoch ({val[0]:.4g} -> {val.min():.4g})", improvement=improvement, jumps=jumps))
 
+    if max_epochs is not None and patience is not None and history:
+        out.append(convergence(history, max_epochs, patience))
+
     if latent_dim >= n_features:
         out.append(_check("latent_size", "warning",
                           f"latent_dim {latent_dim} >= {n_features} input features (encoder width "
@@ -146,6 +153,27 @@ def diagnose(history: list[dict], *, n_features: int, input_width: int, latent_d
         out.append(_check("latent_size", "ok", f"latent_dim {latent_dim} < {n_features} input features",
                           latent_dim=latent_dim, n_features=n_features))
     return out
+
+
+def convergence(history: list[dict], max_epochs: int, patience: int) -> dict:
+    """Whether training ended by early stopping, or at the epoch cap while still improving.
+
+    A run that used every epoch and whose best validation loss came within the last
+    ``patience`` epochs was stopped by the cap, not by convergence: more epochs would
+    likely lower the loss (and change every score).
+    """
+    epochs = len(history)
+    best = min(range(epochs), key=lambda i: history[i]["val_loss"])
+    if epochs < max_epochs:
+        return _check("convergence", "ok", f"early stopping ended training after {epochs} epochs "
+                      f"(best epoch {best + 1})", epochs=epochs, best_epoch=best + 1, max_epochs=max_epochs)
+    if epochs - 1 - best < patience:
+        return _check("convergence", "warning",
+                      f"training stopped at the epoch cap ({max_epochs}) while the validation loss was still "
+                      f"falling (best epoch {best + 1} of {epochs}): the model has not converged; raise --epochs",
+                      epochs=epochs, best_epoch=best + 1, max_epochs=max_epochs)
+    return _check("convergence", "ok", f"validation loss stopped improving at epoch {best + 1} of {epochs} "
+                  "(the epoch cap)", epochs=epochs, best_epoch=best + 1, max_epochs=max_epochs)
 
 
 def format_diagnostics(checks: list[dict]) -> str:

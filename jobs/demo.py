@@ -57,6 +57,8 @@ class DemoResult:
     train: train.TrainResult
     score: score.ScoreResult
     auroc: float
+    precision: float
+    recall: float
     wall_seconds: float
 
 
@@ -77,15 +79,25 @@ def run(cfg: DemoConfig) -> DemoResult:
     print(json.dumps({k: v for k, v in sr.summary.items() if k != "histogram"}, indent=2), flush=True)
     # Evaluation only: the demo's scoring set is small, so reading two columns is fine here.
     fs, rows_path = url_to_fs(join(sr.run_uri, "rows"))
-    table = pq.read_table(rows_path, filesystem=fs, columns=["recon_error", LABEL])
-    score_auc = auroc(np.asarray(table["recon_error"]), np.asarray(table[LABEL]))
-    return DemoResult(train=tr, score=sr, auroc=score_auc, wall_seconds=time.perf_counter() - t0)
+    table = pq.read_table(rows_path, filesystem=fs, columns=["recon_error", "is_anomaly", LABEL])
+    label = np.asarray(table[LABEL])
+    score_auc = auroc(np.asarray(table["recon_error"]), label)
+    precision, recall = precision_recall(np.asarray(table["is_anomaly"]), label)
+    return DemoResult(train=tr, score=sr, auroc=score_auc, precision=precision, recall=recall,
+                      wall_seconds=time.perf_counter() - t0)
+
+
+def precision_recall(flagged: np.ndarray, label: np.ndarray) -> tuple[float, float]:
+    """Precision and recall of the rows flagged at the threshold against the true anomalies."""
+    hits = int(np.sum(flagged & label))
+    return hits / max(int(flagged.sum()), 1), hits / max(int(label.sum()), 1)
 
 
 def format_result(r: DemoResult) -> str:
     best = min(r.train.history, key=lambda h: h["val_loss"])
     s = r.score.summary
-    return (f"demo: AUROC={r.auroc:.3f} (recon_error vs injected anomalies), "
+    return (f"demo: AUROC={r.auroc:.3f} (recon_error vs injected anomalies), precision={r.precision:.3f} "
+            f"recall={r.recall:.3f} at threshold {s['threshold']:.4f}, "
             f"train_loss={best['train_loss']:.4f} val_loss={best['val_loss']:.4f} after {len(r.train.history)} epochs, "
             f"{s['anomaly_count']}/{s['row_count']} flagged, wall {r.wall_seconds:.1f}s\n"
             f"reports: {join(r.train.model_uri, 'report.html')} and {join(r.score.run_uri, 'report.html')}")

@@ -333,6 +333,8 @@ def _fit_and_save(cfg: TrainConfig, options: dict, t0: float, train_in: ParquetI
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
     state, reference, threshold = final_checkpoint(trainer.fit())
+    if cfg.contamination is not None:
+        threshold = {**threshold, "method": "contamination", "contamination": cfg.contamination}
     history = state["history"]
     metrics = assess(cfg, model_config, history, reference, threshold, leakage)
     failed = [c for c in metrics["diagnostics"] if c["status"] == "fail"]

@@ -57,9 +57,11 @@ class TrainConfig:
     scale_floor: float = 0.05
     """Smallest per-column validation scale (fraction of the constant predictor's loss): caps the weight of near-perfect columns."""
     threshold_quantile: float = 0.99
-    """Anomaly threshold: this quantile of validation reconstruction error (ignored if threshold_fpr is set)."""
+    """Anomaly threshold: this quantile of validation reconstruction error (ignored if threshold_fpr or contamination is set)."""
     threshold_fpr: float | None = None
     """Anomaly threshold from a target false-positive rate on validation data (e.g. 0.005)."""
+    contamination: float | None = None
+    """Expected fraction of anomalies (PyOD's convention): the threshold flags this fraction of validation rows, i.e. the (1 - contamination) quantile of validation error."""
     max_overfit_ratio: float | None = None
     """Fail the run (no artefact) if best-epoch validation loss exceeds this many times the training loss."""
     clip_sigma: float = 10.0
@@ -109,6 +111,10 @@ class TrainConfig:
             (0.5 <= self.threshold_quantile < 1.0, f"threshold_quantile must be in [0.5, 1), got {self.threshold_quantile}"),
             (self.threshold_fpr is None or 0.0 < self.threshold_fpr <= 0.5,
              f"threshold_fpr must be in (0, 0.5], got {self.threshold_fpr}"),
+            (self.contamination is None or 0.0 < self.contamination <= 0.5,
+             f"contamination must be in (0, 0.5], got {self.contamination}"),
+            (self.contamination is None or self.threshold_fpr is None,
+             "give either contamination or threshold_fpr, not both"),
             (self.max_overfit_ratio is None or self.max_overfit_ratio > 1.0,
              f"max_overfit_ratio must be > 1, got {self.max_overfit_ratio}"),
             (self.cache_shard_mb >= 0, f"cache_shard_mb must be >= 0, got {self.cache_shard_mb}"),
@@ -150,6 +156,8 @@ class TrainConfig:
     @property
     def quantile(self) -> float:
         """The validation-error quantile used as threshold."""
+        if self.contamination is not None:
+            return 1.0 - self.contamination
         return 1.0 - self.threshold_fpr if self.threshold_fpr is not None else self.threshold_quantile
 
     def preprocess_config(self) -> PreprocessConfig:

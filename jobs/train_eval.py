@@ -99,7 +99,7 @@ def assess(cfg, model_config: AutoencoderConfig, history: list[dict], reference:
     best = min(history, key=lambda h: h["val_loss"])
     checks = diagnose(history, n_features=model_config.n_columns, input_width=model_config.input_dim,
                       latent_dim=model_config.latent_dim, baseline_val_loss=reference.get("mean_baseline_loss"),
-                      max_overfit_ratio=cfg.max_overfit_ratio)
+                      max_overfit_ratio=cfg.max_overfit_ratio, max_epochs=cfg.epochs, patience=cfg.patience)
     warnings = [f"column {c['column']!r} looks like a row id ({c['reason']}); ids as features let the model "
                 "memorise rows: exclude it (--exclude-columns)" for c in leakage["id_like_columns"]]
     if leakage.get("train_val_overlap_rows", 0) > max(1.0, 3 * leakage.get("expected_false_matches", 0.0)):

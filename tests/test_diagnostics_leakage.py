@@ -214,3 +214,46 @@ def test_scaling_amplifies_an_error_in_a_normally_predictable_column():
     assert s.tolist() == [0.05, 0.5, 2.0, 1.0]
     # The same raw error of 0.5 counts 10x in the well-reconstructed column, 4x less in the hard one.
     assert (0.5 / s)[0] == pytest.approx(10.0) and (0.5 / s)[2] == pytest.approx(0.25)
+
+
+def test_convergence_tells_early_stopping_from_an_epoch_cap_hit_while_improving():
+    from aemodel.diagnostics import convergence
+
+    falling = [{"val_loss": 1.0 / (i + 1)} for i in range(10)]
+    assert convergence(falling, max_epochs=10, patience=5)["status"] == "warning"
+    assert "has not converged" in convergence(falling, max_epochs=10, patience=5)["message"]
+    plateau = [{"val_loss": v} for v in (1.0, 0.5, 0.4, 0.41, 0.42, 0.43, 0.44, 0.45, 0.46, 0.47)]
+    assert convergence(plateau, max_epochs=10, patience=5)["status"] == "ok"  # best epoch 3, then 7 flat epochs
+    assert convergence(falling[:6], max_epochs=10, patience=5)["message"].startswith("early stopping ended")
+    checks = diagnose([{"train_loss": 0.1, "val_loss": v["val_loss"]} for v in falling], n_features=10,
+                      input_width=10, latent_dim=3, baseline_val_loss=1.0, max_epochs=10, patience=5)
+    assert {c["check"]: c["status"] for c in checks}["convergence"] == "warning"
+
+
+def test_contamination_is_the_pyod_convention_and_excludes_threshold_fpr():
+    from jobs.train_config import TrainConfig
+
+    assert TrainConfig(data="d", out="o", contamination=0.05).quantile == pytest.approx(0.95)
+    with pytest.raises(ValueError, match="either contamination or threshold_fpr"):
+        TrainConfig(data="d", out="o", contamination=0.05, threshold_fpr=0.01)
+    with pytest.raises(ValueError, match="contamination must be in"):
+        TrainConfig(data="d", out="o", contamination=0.7)
+
+
+def test_demo_reports_precision_and_recall_at_the_threshold():
+    from jobs.demo import precision_recall
+
+    flagged = np.array([True, True, False, False, True])
+    label = np.array([True, False, True, False, True])
+    assert precision_recall(flagged, label) == (pytest.approx(2 / 3), pytest.approx(2 / 3))
+    assert precision_recall(np.zeros(3, bool), np.array([True, False, False])) == (0.0, 0.0)
+    from types import SimpleNamespace
+
+    from jobs.demo import DemoResult, format_result
+
+    r = DemoResult(train=SimpleNamespace(history=[{"val_loss": 0.5, "train_loss": 0.4}], model_uri="m"),
+                   score=SimpleNamespace(summary={"anomaly_count": 3, "row_count": 100, "threshold": 2.5},
+                                         run_uri="s/runs/x"), auroc=0.99, precision=0.75, recall=0.5,
+                   wall_seconds=1.0)
+    assert "AUROC=0.990 (recon_error vs injected anomalies), precision=0.750 recall=0.500 at threshold 2.5000" \
+        in format_result(r)

@@ -90,3 +90,17 @@ def test_latent_sweep_recommends_a_size_and_warns_when_latent_reaches_the_inputs
     assert table["recommended_latent_dim"] == res.recommended
     assert (tmp_path / "sweep" / "sweep.png").read_bytes().startswith(b"\x89PNG")
     assert "recommended" in sweep.format_result(res)
+
+
+def test_contamination_sets_the_threshold_and_an_epoch_capped_run_is_not_converged(ray_start_2_cpus, mixed_data,
+                                                                                   tmp_path):
+    """--contamination 0.05 flags 5% of validation rows; 3 epochs while still improving warn."""
+    res = train.run(train.TrainConfig(data=mixed_data["train"], out=str(tmp_path / "m"), exclude_columns=[ROW_ID, LABEL],
+                                      epochs=3, contamination=0.05, hidden_dims=[16, 8], latent_dim=3))
+    art = load_artifact(res.model_uri)
+    assert art.threshold["method"] == "contamination" and art.threshold["contamination"] == 0.05
+    assert art.threshold["quantile"] == pytest.approx(0.95)
+    assert 0.04 <= art.threshold["validation_fpr"] <= 0.05
+    convergence = {c["check"]: c for c in res.metrics["diagnostics"]}["convergence"]
+    assert convergence["status"] == "warning" and "has not converged" in convergence["message"], convergence
+    assert "not converged" in open(os.path.join(res.model_uri, "report.html")).read()
