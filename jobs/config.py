@@ -130,7 +130,7 @@ def build_parser(cls: type, prog: str, description: str | None = None) -> argpar
         flag = "--" + f.name.replace("_", "-")
         tp, _ = _strip_optional(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = docs.get(f.name, "")
+        help_text = docs.get(f.name, "").replace("%", "%%")  # argparse formats help with %
         if tp is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=f"{help_text} (default: {default})")

@@ -60,3 +60,11 @@ def test_cli_bad_paths_fail_before_ray_starts(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().startswith("error: no complete model artefact at")
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "score", "nightly", "sweep", "demo"])
+def test_every_subcommand_has_a_working_help(command):
+    out = subprocess.run([sys.executable, "-m", "jobs.cli", command, "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith(f"usage: aescore {command}")
