@@ -1,5 +1,6 @@
 """Faults: a killed training worker, flaky and failing object storage."""
 
+import os
 import threading
 import time
 
@@ -22,15 +23,22 @@ def _cfg(mixed_data, tmp_path, name, **kw):
                              cpus_per_worker=0.5, storage_path=str(tmp_path / "ray"), **kw)
 
 
-def _train_workers() -> list[psutil.Process]:
+def _own_ray_processes(*markers: str) -> list[psutil.Process]:
+    """Processes of this test session's own Ray (descendants of this process) whose command line
+    holds every marker; never another Ray's on the same machine."""
     found = []
     for p in psutil.process_iter(["cmdline"]):
         try:
-            if "RayTrainWorker" in " ".join(p.info["cmdline"] or []):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if all(m in cmd for m in markers) and os.getpid() in {parent.pid for parent in p.parents()}:
                 found.append(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return found
+
+
+def _train_workers() -> list[psutil.Process]:
+    return _own_ray_processes("RayTrainWorker")
 
 
 def test_killed_training_worker_resumes_from_last_checkpoint(ray_start_2_cpus, mixed_data, tmp_path):
@@ -113,15 +121,7 @@ def test_permanent_storage_error_fails_cleanly(trained, mixed_data, bucket, tmp_
 
 
 def _scorer_actors() -> list[psutil.Process]:
-    found = []
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            cmd = " ".join(p.info["cmdline"] or [])
-            if "MapWorker" in cmd and "BatchScorer" in cmd:
-                found.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return found
+    return _own_ray_processes("MapWorker", "BatchScorer")
 
 
 def test_dead_scorer_actor_is_restarted_without_duplicates(trained, tmp_path):
