@@ -92,14 +92,14 @@ class ParquetInput:
         Reads file by file on the driver, so it runs only after a failure, for at most
         ``budget_s`` seconds.
         """
-        deadline = time.monotonic() + budget_s
+        deadline, schema = time.monotonic() + budget_s, self.read_schema(columns, specs)
         for f in self.files:
             if time.monotonic() > deadline:
                 return None
             try:
                 with self.fs.open(f.path, "rb") as fh:
                     table = pq.ParquetFile(fh).read(columns=columns).select(columns)
-                table = table.cast(self.read_schema(columns, specs))
+                table = table.cast(schema)
                 if check is not None:
                     check(table)
             except Exception as e:  # noqa: BLE001 - any failure on this file is the answer
