@@ -1,4 +1,4 @@
-"""The ``aescore`` command: ``aescore {train,score,nightly,sweep,demo} [flags]``.
+"""The ``aescore`` command: ``aescore {train,score,nightly,sweep,demo,submit} [flags]``.
 
 Exit code 0 on success; otherwise one ``error: ...`` line on stderr and exit code 2 for
 bad configuration or input, 1 for any other failure.
@@ -12,13 +12,14 @@ from collections.abc import Callable
 
 from jobs.errors import describe, find_user_error
 
-_USAGE = """usage: aescore {train,score,nightly,sweep,demo} [--help] [flags]
+_USAGE = """usage: aescore {train,score,nightly,sweep,demo,submit} [--help] [flags]
 
   train   fit the autoencoder with Ray Train and write a model artefact
   score   score Parquet shards with a model artefact (rows/ + summary.json)
   nightly score one date partition (or a range), commit it, report drift (exit 3 on alert)
   sweep   train one model per latent size (parallel Ray Train runs), compare, recommend one
   demo    generate mixed-type data with injected anomalies, train, score, report AUROC
+  submit  run one of these on a Ray cluster; exits with the job's exit code (3: drift alert)
 """
 
 
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         from jobs.nightly import main as job_main
     elif command == "sweep":
         from jobs.sweep import main as job_main
+    elif command == "submit":
+        from jobs.submit import main as job_main
     else:
         print(f"error: unknown command {command!r}\n{_USAGE}", file=sys.stderr)
         return 2

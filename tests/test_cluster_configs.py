@@ -1,12 +1,18 @@
-"""Every YAML in cluster/ parses and validates: KubeRay CRDs, core Kubernetes kinds, ray up schema.
+"""Every file in cluster/ is checked as far as this machine allows.
 
-The KubeRay v1.7.0 CRDs are read from ../shared/schemas/kuberay/ beside the project root
-(never copied here); the core kinds' schemas come from the kubernetes-validate package.
+YAML: KubeRay CRDs, core Kubernetes kinds, the ray up schema. The KubeRay v1.7.0 CRDs are
+read from ../shared/schemas/kuberay/ beside the project root (never copied here); the core
+kinds' schemas come from the kubernetes-validate package. The Dockerfile: hadolint, and its
+pinned versions against pyproject.toml and the installed torch. Building and pushing the
+image, and applying the manifests to a real cluster, cannot be done here (no registry, no
+Kubernetes): cluster/README.md says what was checked on paper.
 """
 
 import json
 import re
 import shlex
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -25,6 +31,7 @@ CLUSTER = REPO / "cluster"
 KUBERAY_SCHEMAS = REPO.parent / "shared" / "schemas" / "kuberay"
 KUBERNETES_VERSION = "1.31"
 ENTRYPOINT_CONFIGS = {"jobs.train": TrainConfig, "jobs.score": ScoreConfig, "jobs.nightly": NightlyConfig}
+PROJECT_IMAGE = "example.registry/aescore"
 YAML_FILES = sorted(CLUSTER.rglob("*.yaml"))
 
 
@@ -55,8 +62,31 @@ def _rayjob_specs():
     for name, doc in _kuberay_docs():
         if doc["kind"] == "RayJob":
             yield name, doc["spec"]
-        elif doc["kind"] == "RayCronJob":
-            yield name, doc["spec"]["jobTemplate"]
+
+
+def _ray_cluster_specs():
+    """Every Ray cluster spec: the RayJobs' clusters and the long-lived RayCluster."""
+    for name, doc in _kuberay_docs():
+        if doc["kind"] == "RayJob":
+            yield name, doc["spec"]["rayClusterSpec"]
+        elif doc["kind"] == "RayCluster":
+            yield name, doc["spec"]
+
+
+def _cronjobs():
+    return [(n, d) for n, d in _docs() if d.get("kind") == "CronJob"]
+
+
+def _entrypoints():
+    """(file, argv) of every command that runs an aescore job: RayJob entrypoints, and the
+    CronJob's ``aescore submit ... -- python -m jobs.nightly ...``."""
+    for name, spec in _rayjob_specs():
+        yield name, shlex.split(spec["entrypoint"])
+    for name, cron in _cronjobs():
+        (container,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+        cmd = container["command"]
+        assert cmd[:2] == ["aescore", "submit"] and "--" in cmd, name
+        yield name, cmd[cmd.index("--") + 1:]
 
 
 def test_every_cluster_yaml_parses():
@@ -79,7 +109,7 @@ def crd_schemas():
 
 def test_kuberay_manifests_validate_against_the_crds(crd_schemas):
     docs = _kuberay_docs()
-    assert {d["kind"] for _, d in docs} >= {"RayJob", "RayCronJob"}
+    assert {d["kind"] for _, d in docs} >= {"RayJob", "RayCluster"}
     for name, doc in docs:
         schema = crd_schemas[(doc["kind"], doc["apiVersion"])]
         errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(doc), key=lambda e: list(e.path))
@@ -87,9 +117,9 @@ def test_kuberay_manifests_validate_against_the_crds(crd_schemas):
 
 
 def test_crd_validation_catches_a_broken_manifest(crd_schemas):
-    name, doc = next(iter(_kuberay_docs()))
+    name, doc = next((n, d) for n, d in _kuberay_docs() if d["kind"] == "RayJob")
     broken = json.loads(json.dumps(doc))
-    (broken["spec"]["jobTemplate"] if doc["kind"] == "RayCronJob" else broken["spec"])["shutdownAfterJobFinishes"] = "yes"
+    broken["spec"]["shutdownAfterJobFinishes"] = "yes"
     assert list(jsonschema.Draft7Validator(crd_schemas[(doc["kind"], doc["apiVersion"])]).iter_errors(broken))
 
 
@@ -98,57 +128,114 @@ def test_core_kinds_validate_against_kubernetes_schemas():
 
     core = [(n, d) for n, d in _docs() if not str(d.get("apiVersion", "")).startswith("ray.io/")
             and "kind" in d and "apiVersion" in d]
-    assert {"CronJob", "ServiceAccount", "Role", "RoleBinding", "ConfigMap"} <= {d["kind"] for _, d in core}
+    assert {"CronJob", "ServiceAccount"} <= {d["kind"] for _, d in core}
     for name, doc in core:
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
-    cron = next(d for _, d in core if d["kind"] == "CronJob")
-    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
 
 
-def test_rayjobs_have_lifecycle_limits_and_a_gpu_worker_group():
+def test_nightly_cronjob_never_overlaps_cleans_up_and_tells_a_drift_alert_from_a_crash():
+    ((name, cron),) = _cronjobs()
+    spec = cron["spec"]
+    assert spec["concurrencyPolicy"] == "Forbid", name
+    assert 0 < spec["successfulJobsHistoryLimit"] <= 10 and 0 < spec["failedJobsHistoryLimit"] <= 10, name
+    job = spec["jobTemplate"]["spec"]
+    assert job["ttlSecondsAfterFinished"] > 0 and job["activeDeadlineSeconds"] > 0 and job["backoffLimit"] == 0
+    # Exit code 3 (drift alert, jobs.submit) fails the Job with reason PodFailurePolicy: alertable apart from crashes.
+    rules = job["podFailurePolicy"]["rules"]
+    assert any(r["action"] == "FailJob" and r["onExitCodes"]["operator"] == "In" and 3 in r["onExitCodes"]["values"]
+               for r in rules), name
+    assert job["template"]["spec"]["restartPolicy"] == "Never"  # required by podFailurePolicy
+
+
+def test_rayjobs_have_lifecycle_limits_and_clusters_a_gpu_worker_group():
     specs = list(_rayjob_specs())
-    assert len(specs) >= 4  # train, score, RayCronJob nightly, CronJob's nightly
+    assert len(specs) >= 2  # train, score
     for name, spec in specs:
         assert spec["shutdownAfterJobFinishes"] is True, name
         assert spec["ttlSecondsAfterFinished"] > 0 and spec["activeDeadlineSeconds"] > 0, name
-        groups = spec["rayClusterSpec"]["workerGroupSpecs"]
+    for name, cluster in _ray_cluster_specs():
+        groups = cluster["workerGroupSpecs"]
         gpu = [g for g in groups if any("nvidia.com/gpu" in c["resources"]["limits"]
                                         for c in g["template"]["spec"]["containers"])]
         assert gpu and gpu[0]["minReplicas"] < gpu[0]["maxReplicas"], name
-        yaml.safe_load(spec["runtimeEnvYAML"])
+
+
+def test_nothing_is_installed_at_job_start_and_every_image_is_the_project_image():
+    for name, spec in _rayjob_specs():
+        env = yaml.safe_load(spec.get("runtimeEnvYAML") or "{}") or {}
+        assert not {"pip", "conda", "uv", "working_dir"} & set(env), f"{name}: installs or downloads at job start"
+    for path in YAML_FILES:
+        text = path.read_text()
+        assert "pip install" not in text, path
+        for image in re.findall(r"^\s*(?:-\s*)?image:\s*(\S+)", text, re.M):
+            assert image.startswith(PROJECT_IMAGE + ":"), f"{path}: {image} is not the project image"
+    for path in (CLUSTER / "ray-up").glob("*.yaml"):
+        cfg = yaml.safe_load(path.read_text())
+        assert cfg["docker"]["image"].startswith(PROJECT_IMAGE + ":") and not cfg.get("setup_commands"), path
 
 
 def test_entrypoints_exist_and_accept_their_arguments():
-    for name, spec in _rayjob_specs():
-        argv = shlex.split(spec["entrypoint"])
+    seen = set()
+    for name, argv in _entrypoints():
         assert argv[:2] == ["python", "-m"], name
         module, args = argv[2], argv[3:]
         assert (REPO / (module.replace(".", "/") + ".py")).is_file(), f"{name}: {module} does not exist"
         cfg = parse_config(ENTRYPOINT_CONFIGS[module], args, prog=module)  # raises on any unknown/invalid flag
         assert cfg is not None
+        seen.add(module)
+    assert seen == set(ENTRYPOINT_CONFIGS)
+
+
+def _dockerfile_args() -> dict[str, str]:
+    return dict(re.findall(r"^ARG (\w+)=(\S*)", (CLUSTER / "Dockerfile").read_text(), re.M))
 
 
 def test_ray_version_everywhere_is_the_pinned_one():
     pinned = _pinned_ray()
     assert ray.__version__ == pinned
-    images = []
-    for path in YAML_FILES:
-        images += re.findall(r"rayproject/ray:([\w.\-]+)", path.read_text())
-    assert images and all(tag.split("-")[0] == pinned for tag in images), images
-    for name, spec in _rayjob_specs():
-        assert spec["rayClusterSpec"]["rayVersion"] == pinned, name
+    args = _dockerfile_args()
+    assert args["RAY_VERSION"] == pinned
+    assert re.search(r"^FROM rayproject/ray:\$\{RAY_VERSION\}-py311\$\{VARIANT\}$", (CLUSTER / "Dockerfile").read_text(), re.M)
+    for name, cluster in _ray_cluster_specs():
+        assert cluster["rayVersion"] == pinned, name
 
 
-def test_credentials_only_from_kubernetes_secrets():
+def test_dockerfile_pins_the_tested_torch_and_passes_hadolint():
+    import torch
+
+    args = _dockerfile_args()
+    assert args["TORCH_VERSION"] == torch.__version__.split("+")[0]  # the build the tests ran with
+    assert args["TORCH_INDEX"].endswith("/whl/cpu")  # CPU image by default; GPU builds pass a CUDA index
+    lint = shutil.which("hadolint") or str(Path(__import__("sys").executable).with_name("hadolint"))
+    out = subprocess.run([lint, "--failure-threshold", "info", str(CLUSTER / "Dockerfile")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_lint_catches_a_bad_dockerfile(tmp_path):
+    lint = shutil.which("hadolint") or str(Path(__import__("sys").executable).with_name("hadolint"))
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM rayproject/ray:latest\nRUN cd /tmp && pip install torch\n")
+    out = subprocess.run([lint, str(bad)], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "DL3007" in out.stdout  # "latest" tag
+
+
+def test_credentials_from_the_pod_identity_or_an_optional_secret():
     secretish = re.compile(r"(KEY|SECRET|TOKEN|PASSWORD|CREDENTIAL)", re.I)
-    for name, spec in _rayjob_specs():
-        groups = [spec["rayClusterSpec"]["headGroupSpec"], *spec["rayClusterSpec"]["workerGroupSpecs"]]
-        for group in groups:
-            for c in group["template"]["spec"]["containers"]:
-                assert any("secretRef" in e for e in c.get("envFrom", [])), f"{name}: {c['name']} has no secretRef"
+    for name, cluster in _ray_cluster_specs():
+        for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+            pod = group["template"]["spec"]
+            assert pod.get("serviceAccountName") == "aescore", f"{name}: a pod touching storage without the identity"
+            for c in pod["containers"]:
+                refs = [e["secretRef"] for e in c.get("envFrom", []) if "secretRef" in e]
+                assert refs and all(r.get("optional") is True for r in refs), f"{name}: {c['name']}"
                 for env in c.get("env", []):
                     assert not (secretish.search(env["name"]) and "value" in env), f"{name}: inline {env['name']}"
-        assert not secretish.search(" ".join(yaml.safe_load(spec["runtimeEnvYAML"]).get("env_vars", {})))
+    for name, spec in _rayjob_specs():
+        assert not secretish.search(" ".join((yaml.safe_load(spec.get("runtimeEnvYAML") or "{}") or {})
+                                             .get("env_vars", {})))
+    accounts = [d for _, d in _docs() if d.get("kind") == "ServiceAccount"]
+    assert [a["metadata"]["name"] for a in accounts] == ["aescore"]
     for _, doc in _docs():
         assert doc.get("kind") != "Secret", "no Secret manifests with values in the repository"
 

@@ -62,7 +62,7 @@ def test_cli_bad_paths_fail_before_ray_starts(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("command", ["train", "score", "nightly", "sweep", "demo"])
+@pytest.mark.parametrize("command", ["train", "score", "nightly", "sweep", "demo", "submit"])
 def test_every_subcommand_has_a_working_help(command, capsys):
     from jobs.cli import main
 
@@ -70,3 +70,21 @@ def test_every_subcommand_has_a_working_help(command, capsys):
         main([command, "--help"])
     assert done.value.code == 0
     assert capsys.readouterr().out.startswith(f"usage: aescore {command}")
+
+
+@pytest.mark.parametrize("status, driver_code, expected", [
+    ("SUCCEEDED", 0, 0), ("FAILED", 3, 3), ("FAILED", 2, 2), ("FAILED", 1, 1), ("FAILED", None, 1),
+    ("FAILED", 137, 1), ("STOPPED", None, 1)])
+def test_submit_exits_with_the_jobs_own_code_so_a_drift_alert_differs_from_a_crash(status, driver_code, expected):
+    from jobs.submit import exit_code
+
+    assert exit_code(status, driver_code) == expected
+
+
+def test_submit_without_an_address_is_a_usage_error(monkeypatch, capsys):
+    from jobs.submit import main
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(SystemExit) as done:
+        main(["--", "python", "-m", "jobs.nightly"])
+    assert done.value.code == 2 and "no cluster address" in capsys.readouterr().err
