@@ -31,7 +31,10 @@ from aemodel.model import AutoencoderConfig, TabularAutoencoder
 from aemodel.preprocess import Preprocessor
 
 FORMAT = "aescore-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: ``reference.latent`` (the latent term of anomaly_score; threshold on anomaly_score). Readers
+of version 1 would ignore the latent term and mis-score, so an older aescore refuses these."""
+READABLE_VERSIONS = (1, 2)
 WEIGHTS_FILE = "model.safetensors"
 BLOOM_FILE = "train_rows.bloom"
 META_FILE = "model.json"
@@ -51,8 +54,9 @@ class ModelArtifact:
         model_config: Network shape.
         preprocessor: Fitted preprocessing, including the column schema.
         state_dict: Weights.
-        threshold: Anomaly threshold on ``recon_error`` and how it was chosen.
-        reference: Validation error distribution (``ErrorStats.summary()``).
+        threshold: Anomaly threshold on ``anomaly_score`` and how it was chosen.
+        reference: Validation ``anomaly_score`` distribution (``ErrorStats.summary()``), per-column
+            references and ``latent`` (the training codes' Gaussian; absent in v1 artefacts).
         history: Per-epoch training and validation loss.
         train_config: The training job's config, for provenance.
         created_at: UTC ISO timestamp.
@@ -176,8 +180,9 @@ def load_artifact(uri: str, storage_options: dict | None = None) -> ModelArtifac
         raise ArtifactError(f"model artefact at {uri}: {META_FILE} is not valid JSON ({e})") from e
     except IsADirectoryError as e:
         raise ArtifactError(f"model artefact at {uri} is incomplete: {e}") from e
-    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"{uri} is not an {FORMAT} v{FORMAT_VERSION} artefact")
+    if meta.get("format") != FORMAT or meta.get("format_version") not in READABLE_VERSIONS:
+        raise ArtifactError(f"{uri} is not an {FORMAT} artefact of a version this aescore reads "
+                            f"({', '.join(f'v{v}' for v in READABLE_VERSIONS)})")
     body = json.dumps({k: v for k, v in meta.items() if k != "version"}, sort_keys=True).encode()
     if hashlib.sha256(body).hexdigest()[:16] != meta.get("version"):
         raise ArtifactError(f"model artefact at {uri}: {META_FILE} does not match its version hash "

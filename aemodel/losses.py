@@ -27,6 +27,18 @@ so 1.0 is the error of a typical validation row, and a column the model reconstr
 well counts for more than one it always reconstructs poorly: a large error in a column
 that is normally predictable is the stronger anomaly signal (``bench/quality.py``
 measures the effect on real data; the README has the table).
+
+A row can also reconstruct well and still be unusual: its code lies where few training
+rows' codes lie. The ``anomaly_score`` that ranks rows and is thresholded adds that as a
+second term, the squared Mahalanobis distance of the row's code ``z`` from the Gaussian
+fitted to the training rows' codes, divided by the latent size (so about 1.0 for a
+typical training row, like ``recon_error`` for a validation row):
+
+    latent_distance(row) = (z - mu)^T P (z - mu) / latent_dim      (P: the codes' precision)
+    anomaly_score(row)   = recon_error(row) + w * latent_distance(row)
+
+``w`` is ``TrainConfig.latent_weight``; 0 makes ``anomaly_score`` equal ``recon_error``.
+bench/suite measures the effect (bench/RESULTS.md, "latent term").
 """
 
 from __future__ import annotations
@@ -83,3 +95,36 @@ def error_scales(validation_means: np.ndarray, floor: float) -> np.ndarray:
     """
     m = np.asarray(validation_means, dtype=np.float64)
     return np.where(np.isfinite(m), np.maximum(m, floor), 1.0)
+
+
+def latent_gaussian(n: float, total: np.ndarray, outer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and whitening matrix of latent codes from their count, sum and sum of outer products.
+
+    The whitening matrix ``W`` is the Cholesky factor of the precision (``P = W W^T``), so
+    the distance is a sum of squares and never negative in floating point. A tiny ridge
+    (relative to the mean variance) keeps a collapsed latent dimension invertible without
+    changing the distances of the others.
+
+    Args:
+        n: Number of codes (> 0).
+        total: [d] sum of the codes.
+        outer: [d, d] sum of ``z z^T``.
+    """
+    mean = np.asarray(total, dtype=np.float64) / n
+    cov = np.asarray(outer, dtype=np.float64) / n - np.outer(mean, mean)
+    cov = (cov + cov.T) / 2
+    ridge = 1e-6 * max(float(np.trace(cov)) / len(mean), 1e-12)
+    precision = np.linalg.inv(cov + ridge * np.eye(len(mean)))
+    return mean, np.linalg.cholesky((precision + precision.T) / 2)
+
+
+def latent_distance(z: torch.Tensor, mean: torch.Tensor, whitening: torch.Tensor) -> torch.Tensor:
+    """Per-row [B] squared Mahalanobis distance of codes ``z`` [B, d], divided by ``d``."""
+    return (((z - mean) @ whitening) ** 2).sum(dim=1) / z.shape[1]
+
+
+def anomaly_score(recon_error: torch.Tensor, latent_dist: torch.Tensor | None, weight: float) -> torch.Tensor:
+    """The row score that ranks and thresholds rows: ``recon_error + weight * latent_distance``."""
+    if latent_dist is None or weight == 0:
+        return recon_error
+    return recon_error + weight * latent_dist

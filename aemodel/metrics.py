@@ -105,6 +105,32 @@ def histogram_edges(lo: float = 1e-4, hi: float = 1e3, per_decade: int = 10) -> 
     return np.logspace(math.log10(lo), math.log10(hi), int(round(decades * per_decade)) + 1).tolist()
 
 
+def histogram_percentile(hist: dict, values: np.ndarray) -> np.ndarray:
+    """Percentile (0-100) of each value within the distribution a histogram summarises.
+
+    The share of the histogram's rows below the value, interpolating linearly inside the
+    value's bin (log-spaced bins are narrow, so this is close to the exact rank);
+    underflow counts as below every bin, overflow as above. NaN stays NaN.
+
+    Args:
+        hist: ``ErrorStats.summary()["histogram"]`` (edges, counts, underflow, overflow).
+        values: Scores to place.
+    """
+    edges = np.asarray(hist["edges"], dtype=np.float64)
+    counts = np.asarray(hist["counts"], dtype=np.float64)
+    total = counts.sum() + hist.get("underflow", 0) + hist.get("overflow", 0)
+    v = np.asarray(values, dtype=np.float64)
+    if total == 0:
+        return np.full(v.shape, np.nan)
+    below = hist.get("underflow", 0) + np.concatenate([[0.0], np.cumsum(counts)])  # rows below each edge
+    i = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, len(counts) - 1)
+    frac = np.clip((v - edges[i]) / (edges[i + 1] - edges[i]), 0.0, 1.0)
+    pct = (below[i] + frac * counts[i]) / total
+    pct = np.where(v < edges[0], hist.get("underflow", 0) / total * (v > 0), pct)
+    pct = np.where(v > edges[-1], (total - hist.get("overflow", 0)) / total, pct)  # at least all but overflow
+    return np.where(np.isnan(v), np.nan, 100.0 * pct)
+
+
 @dataclass
 class ErrorStats:
     """Mergeable summary of error values (see module docstring)."""

@@ -77,6 +77,8 @@ class Reconstruction(NamedTuple):
     """[B, n_binary] logits of P(value == 1)."""
     categorical_logits: list[torch.Tensor]
     """One [B, vocab_size] logit tensor per categorical column."""
+    latent: torch.Tensor | None = None
+    """[B, latent_dim] the rows' codes (the bottleneck's output)."""
 
 
 class TabularAutoencoder(nn.Module):
@@ -100,11 +102,15 @@ class TabularAutoencoder(nn.Module):
         parts += [F.one_hot(x_cat[:, i], k).to(x_num.dtype) for i, k in enumerate(self.config.category_sizes)]
         return torch.cat(parts, dim=1)
 
+    def encode(self, x_num: torch.Tensor, x_bin: torch.Tensor, x_cat: torch.Tensor) -> torch.Tensor:
+        """[B, latent_dim] codes of encoded rows."""
+        return self.encoder(self.encode_inputs(x_num, x_bin, x_cat))
+
     def forward(self, x_num: torch.Tensor, x_bin: torch.Tensor, x_cat: torch.Tensor) -> Reconstruction:
-        z = self.encoder(self.encode_inputs(x_num, x_bin, x_cat))
+        z = self.encode(x_num, x_bin, x_cat)
         out = self.head(self.decoder(z))
         c = self.config
         num, rest = out.split([c.n_numeric, out.shape[1] - c.n_numeric], dim=1)
         bins, cats = rest.split([c.n_binary, rest.shape[1] - c.n_binary], dim=1)
         cat_logits = list(cats.split(c.category_sizes, dim=1)) if c.category_sizes else []
-        return Reconstruction(numeric=num, binary_logits=bins, categorical_logits=cat_logits)
+        return Reconstruction(numeric=num, binary_logits=bins, categorical_logits=cat_logits, latent=z)

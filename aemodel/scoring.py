@@ -9,7 +9,8 @@ import pyarrow as pa
 import torch
 
 from aemodel.artifact import ModelArtifact
-from aemodel.losses import column_losses, row_errors
+from aemodel.losses import anomaly_score, column_losses, latent_distance, row_errors
+from aemodel.metrics import histogram_percentile
 
 TOP_FEATURE_TYPE = pa.list_(pa.struct([("column", pa.string()), ("share", pa.float32()), ("z", pa.float32())]))
 """``top_features``: per row, the k columns with the largest error, largest first."""
@@ -70,12 +71,20 @@ class RowScorer:
         self.loss_scales = torch.tensor(np.asarray(self.preprocessor.baselines) * scales, dtype=torch.float32,
                                         device=self.device)
         """Divisor of each column's raw loss: training baseline times validation scale."""
+        self.validation_histogram = artifact.reference.get("histogram")
+        """The validation rows' anomaly_score histogram: where ``score_percentile`` places a row."""
+        # The latent term of anomaly_score; artefacts without one score recon_error alone.
+        latent = artifact.reference.get("latent")
+        self.latent_weight = float(latent["weight"]) if latent else 0.0
+        self.latent = None if not latent else (
+            torch.tensor(latent["mean"], dtype=torch.float32, device=self.device),
+            torch.tensor(latent["whitening"], dtype=torch.float32, device=self.device))
         # z-scores compare scaled losses, so the validation reference is scaled the same way.
         self.ref_mean = np.array([ref[c]["mean"] for c in self.columns]) / scales if ref else None
         self.ref_std = np.array([ref[c]["std"] for c in self.columns]) / scales if ref else None
 
-    def errors_encoded(self, enc: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Per-row ``recon_error`` [B] and per-cell scaled loss [B, n_columns] of an encoded batch."""
+    def errors_encoded(self, enc: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-row ``anomaly_score`` [B], ``recon_error`` [B] and per-cell scaled loss [B, n_columns]."""
         dev = self.device
         cuda = dev.type == "cuda"
         # On CUDA, copy from pinned host memory so the transfer is asynchronous.
@@ -88,17 +97,25 @@ class RowScorer:
                 recon = self.model(t["x_num"], t["x_bin"], t["x_cat"])
             if autocast:
                 recon = type(recon)(recon.numeric.float(), recon.binary_logits.float(),
-                                    [c.float() for c in recon.categorical_logits])
+                                    [c.float() for c in recon.categorical_logits], recon.latent.float())
             losses = column_losses(recon, t["x_num"], t["x_bin"], t["x_cat"], self.loss_scales)
             err = row_errors(losses, t["observed"])
-        return err.float().cpu().numpy(), losses.float().cpu().numpy()
+            dist = latent_distance(recon.latent, *self.latent) if self.latent is not None else None
+            score = anomaly_score(err, dist, self.latent_weight)
+        return score.float().cpu().numpy(), err.float().cpu().numpy(), losses.float().cpu().numpy()
 
     def score_encoded(self, enc: dict[str, np.ndarray]) -> np.ndarray:
-        """Per-row reconstruction error for an encoded batch (see ``Preprocessor.transform``)."""
+        """Per-row ``anomaly_score`` for an encoded batch (see ``Preprocessor.transform``)."""
         return self.errors_encoded(enc)[0]
 
     def score_table(self, table: pa.Table, top_k: int = 0, column_errors: bool = False) -> dict[str, np.ndarray]:
-        """``recon_error``, ``is_anomaly``, ``missing_cells`` and ``unseen_cells`` per row.
+        """``anomaly_score``, ``score_percentile``, ``recon_error``, ``is_anomaly``, ``missing_cells``,
+        ``unseen_cells`` per row.
+
+        ``score_percentile`` (0-100) is the row's rank within the model's validation rows:
+        99.5 means 0.5% of normal validation rows scored higher.
+        ``is_anomaly`` compares ``anomaly_score`` (``recon_error`` plus the model's latent
+        term, see ``aemodel.losses``) with the threshold.
 
         Args:
             table: Rows with (at least) the model's feature columns.
@@ -107,11 +124,14 @@ class RowScorer:
                 cell in ``self.columns`` order, NaN where the cell was missing.
         """
         enc = self.preprocessor.transform(table)
-        err, losses = self.errors_encoded(enc)
+        score, err, losses = self.errors_encoded(enc)
         thr = self.threshold
         out = {
+            "anomaly_score": score,
+            "score_percentile": (histogram_percentile(self.validation_histogram, score).astype(np.float32)
+                                 if self.validation_histogram else np.full(len(score), np.nan, np.float32)),
             "recon_error": err,
-            "is_anomaly": err > thr if thr is not None else np.zeros(len(err), dtype=bool),
+            "is_anomaly": score > thr if thr is not None else np.zeros(len(err), dtype=bool),
             "missing_cells": enc["missing_cells"],
             "unseen_cells": enc["unseen_cells"],
         }

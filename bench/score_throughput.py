@@ -8,7 +8,7 @@ shard, then times, side by side in this one run:
 * pipeline (tasks): ``score.run`` with the default CPU path (scorer fused with the read);
 * pipeline (actors): ``score.run`` with ``--compute actors`` (one actor per CPU but one);
 * fused loop: one process reads each shard with pyarrow, scores it with the same scorer
-  class and outputs as the pipeline (``BatchScorer``: recon_error, is_anomaly, cell
+  class and outputs as the pipeline (``BatchScorer``: anomaly_score, score_percentile, recon_error, is_anomaly, cell
   counts, top_features, seen_in_training) using every core, and writes Parquet: the
   practical limit on one machine.
 
@@ -63,7 +63,7 @@ def fused_loop(model_uri: str, data: Path, out: Path) -> float:
     """Read, score and write every shard in this process; returns seconds."""
     import torch
 
-    from jobs.score import BatchScorer
+    from jobs.score_rows import BatchScorer
 
     scorer = BatchScorer(model_uri, ["id"], threads=os.cpu_count() or 1, top_k=3)
     torch.set_num_threads(os.cpu_count() or 1)

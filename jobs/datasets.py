@@ -80,9 +80,11 @@ class ParquetInput:
         reads are exactly the ones the footer checks saw, so a ``key=value`` folder can
         neither replace a file's values nor become a feature by accident.
         """
-        return ray.data.read_parquet([f.path for f in self.files], filesystem=arrow_filesystem(self.fs),
-                                     columns=columns, schema=self.read_schema(columns, specs),
-                                     include_row_hash=include_row_hash, file_extensions=None, partitioning=None)
+        # select_columns is pushed down into the read (Ray 2.60 deprecates read_parquet's columns=).
+        ds = ray.data.read_parquet([f.path for f in self.files], filesystem=arrow_filesystem(self.fs),
+                                   schema=self.read_schema(columns, specs), include_row_hash=include_row_hash,
+                                   file_extensions=None, partitioning=None)
+        return ds.select_columns(columns + (["row_hash"] if include_row_hash else []))
 
     def locate(self, columns: list[str], specs: list[ColumnSpec] | None = None,
                check: Callable[[pa.Table], object] | None = None,

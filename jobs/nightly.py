@@ -56,7 +56,7 @@ class NightlyConfig:
     history_nights: int = 7
     """Previous committed nights that form the recent baseline."""
     psi_alert: float = 0.2
-    """Alert when PSI of recon_error against a baseline exceeds this."""
+    """Alert when PSI of anomaly_score against a baseline exceeds this."""
     ks_alert: float = 0.15
     """Alert when the KS statistic against a baseline exceeds this."""
     anomaly_rate_alert: float = 3.0
@@ -73,6 +73,8 @@ class NightlyConfig:
     """fsspec options for every path; prefer env credentials. Never written out."""
     force: bool = False
     """Rescore nights that are already committed."""
+    shared_local_paths: bool = False
+    """Local paths are on a filesystem every node mounts at the same place (NFS); otherwise a multi-node cluster refuses them."""
     ray_address: str | None = None
     """Ray cluster address; default RAY_ADDRESS if set, else a private local Ray."""
 
@@ -133,7 +135,8 @@ def run_night(cfg: NightlyConfig, night: date) -> NightResult:
     result = score.run(score.ScoreConfig(
         model=model_uri, data=cfg.data.format(date=stamp), out=out, id_columns=cfg.id_columns,
         batch_size=cfg.batch_size, compute=cfg.compute, use_gpu=cfg.use_gpu, cpus_per_worker=cfg.cpus_per_worker,
-        storage_options=cfg.storage_options, force=cfg.force, ray_address=cfg.ray_address),
+        storage_options=cfg.storage_options, force=cfg.force, ray_address=cfg.ray_address,
+        shared_local_paths=cfg.shared_local_paths),
         extra_files=drift_file)
     if result.reused:  # committed by an earlier run, with its drift report
         report = read_committed_json(out, "drift.json", options) or drift_report(cfg, night, result.summary,
@@ -153,7 +156,9 @@ def drift_report(cfg: NightlyConfig, night: date, tonight: dict, reference: dict
     for back in range(1, cfg.history_nights + 1):
         day = (night - timedelta(days=back)).isoformat()
         s = read_committed_json(cfg.out.format(date=day), "summary.json", options)  # uncommitted counts as absent
-        if s is not None and s["histogram"]["edges"] == tonight["histogram"]["edges"]:
+        # Only nights whose distribution is of the same score (older outputs hold recon_error).
+        if (s is not None and s["histogram"]["edges"] == tonight["histogram"]["edges"]
+                and s.get("score") == tonight.get("score")):
             previous.append({**s, "date": day})
     report["previous_nights"] = [p["date"] for p in previous]
     if previous:

@@ -33,6 +33,11 @@ def ensure_ray(address: str | None = None) -> None:
     ray.init(address=target, log_to_driver=True)
 
 
+def alive_nodes() -> int:
+    """Alive nodes of the connected Ray cluster."""
+    return sum(1 for n in ray.nodes() if n["Alive"])
+
+
 def aggregate_blocks(ds: ray.data.Dataset, *aggs: AggregateFnV2) -> dict:
     """``Dataset.aggregate(*aggs)`` as one map over blocks plus a merge on the driver.
 

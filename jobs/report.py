@@ -58,7 +58,7 @@ def error_histograms(hist: dict, threshold: float | None, title: str, ci: list[f
     ax.bar(edges[:-1][sl], counts[sl] / widths[sl], width=widths[sl], align="edge", color="steelblue",
            edgecolor="none")
     _threshold_line(ax, threshold, ci)
-    ax.set_xlabel("recon_error")
+    ax.set_xlabel("anomaly_score")
     ax.set_ylabel("rows per unit of error")
     ax.set_title(f"{title} (linear; tail beyond {edges[sl.stop]:.3g} not shown)")
     if threshold is not None:
@@ -71,7 +71,7 @@ def error_histograms(hist: dict, threshold: float | None, title: str, ci: list[f
     ax.set_xscale("log")
     ax.set_yscale("symlog", linthresh=1)
     _threshold_line(ax, threshold, ci)
-    ax.set_xlabel("recon_error (log scale)")
+    ax.set_xlabel("anomaly_score (log scale)")
     ax.set_ylabel("rows per bin")
     under, over = hist.get("underflow", 0), hist.get("overflow", 0)
     ax.set_title(f"{title} (log) - {under} rows below {edges[0]:g}, {over} above {edges[-1]:g}")
@@ -138,7 +138,7 @@ def training_report(model_uri: str, history: list[dict], reference: dict, thresh
     notes = [(c["status"], f"{c['check']}: {c['message']}") for c in metrics["diagnostics"]]
     notes += [("warning", w) for w in metrics.get("warnings", [])]
     images = [("Training and validation loss per epoch", loss_curves(history))]
-    lin, log = error_histograms(reference["histogram"], threshold["value"], "validation recon_error",
+    lin, log = error_histograms(reference["histogram"], threshold["value"], "validation anomaly_score",
                                 threshold.get("ci"))
     images += [("Validation error distribution with the calibrated threshold", lin),
                ("Validation error distribution, log scale", log)]
@@ -157,9 +157,9 @@ def scoring_report(summary: dict) -> bytes:
     notes = [("warning", w) for w in summary.get("warnings", [])]
     images = []
     if summary["count"]:
-        lin, log = error_histograms(summary["histogram"], summary["threshold"], "recon_error",
+        lin, log = error_histograms(summary["histogram"], summary["threshold"], "anomaly_score",
                                     summary.get("threshold_ci"))
-        images += [("Distribution of recon_error with the threshold", lin), ("Same distribution, log scale", log)]
+        images += [("Distribution of anomaly_score with the threshold", lin), ("Same distribution, log scale", log)]
     cols = summary.get("columns") or {}
     if cols.get("mean_error"):
         top = sorted(cols["mean_error"].items(), key=lambda kv: -kv[1])[:15]

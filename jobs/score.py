@@ -8,48 +8,40 @@ Submit to a Ray cluster (from the repository root)::
 
 Locally: ``aescore score --model ./model --data ./data/score --out ./scores``.
 
-Output at ``--out``: ``rows/*.parquet`` (id columns, recon_error, is_anomaly,
-missing_cells, unseen_cells, top_features, seen_in_training, err_<column> with
---column-errors), ``summary.json``, ``report.html``, ``manifest.json`` and ``_SUCCESS``,
-written last. Rows are staged under ``_staging/`` and committed only when everything
-succeeded (``jobs.commit``); a prefix without ``_SUCCESS`` is absent. A rerun with the
-same run id reuses the committed output; any other run replaces it.
+Output at ``--out``: each run writes ``runs/<UTC time>-<id>/`` (``rows/*.parquet`` with
+the id columns, anomaly_score, score_percentile, recon_error, is_anomaly, missing_cells, unseen_cells,
+top_features, seen_in_training and err_<column> with --column-errors; ``summary.json``,
+``report.html``, ``manifest.json``), then commits by pointing ``OUT/_SUCCESS`` at it
+(``jobs.commit``; docs/reliability.md). A rerun with the same run id reuses the committed
+output; any other run replaces it.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Literal
 
-import numpy as np
-import pyarrow as pa
 import ray
 import ray.data
-import torch
-from ray.data import ActorPoolStrategy
 
-from aemodel import ModelArtifact, RowScorer, load_artifact
-from aemodel.leakage import row_hashes
+from aemodel import ModelArtifact, load_artifact
 from jobs.commit import MANIFEST, OutputCommit, read_committed_json
 from jobs.config import config_to_dict
 from jobs.datasets import ParquetInput, check_columns, explain_failure, open_parquet_input
 from jobs.errors import InputError
-from jobs.ray_runtime import ensure_ray
-from jobs.report import scoring_report
-from jobs.score_summary import COLUMN_ERROR_PREFIX, summarize, summary_warnings
 from jobs.manifest import fingerprint, git_commit, library_versions
-from jobs.storage import (arrow_filesystem, check_no_overlap, inspect_parquet_files, normalize_storage_options,
-                          redact_config, resolve_model_uri)
-
-ROW_HASH = "row_hash"
-ModelLoader = Callable[[str, dict | None], ModelArtifact]  # (uri, storage_options) -> artefact
-
+from jobs.ray_runtime import alive_nodes, ensure_ray
+from jobs.report import scoring_report
+from jobs.score_rows import (OUTPUT_FORMAT_VERSION, ROW_HASH, ModelLoader, build_scored_dataset, read_columns,
+                             row_file_metadata)
+from jobs.score_summary import summarize, summary_warnings
+from jobs.storage import (arrow_filesystem, check_no_overlap, check_shared_paths, inspect_parquet_files,
+                          normalize_storage_options, redact_config, resolve_model_uri)
 
 @dataclass
 class ScoreConfig:
@@ -78,7 +70,7 @@ class ScoreConfig:
     object_store_limit_mb: int | None = 512
     """Object-store memory Ray Data may fill with in-flight blocks (keeps memory flat as inputs grow); 0: Ray's default."""
     threshold: float | None = None
-    """Override the model's anomaly threshold on recon_error."""
+    """Override the model's anomaly threshold on anomaly_score."""
     top_k: int = 3
     """Columns listed per row in top_features (largest error first, with share and z-score); 0 turns it off."""
     column_errors: bool = False
@@ -89,6 +81,8 @@ class ScoreConfig:
     """Identity of this run; default: a hash of model version, input files and options."""
     force: bool = False
     """Recompute even if OUT already holds a committed run with the same run id."""
+    shared_local_paths: bool = False
+    """Local paths are on a filesystem every node mounts at the same place (NFS); otherwise a multi-node cluster refuses them."""
     ray_address: str | None = None
     """Ray cluster address; default RAY_ADDRESS if set, else a private local Ray."""
 
@@ -117,72 +111,6 @@ class ScoreConfig:
         return self.compute == "actors" or (self.compute == "auto" and self.use_gpu)
 
 
-class BatchScorer:
-    """Ray Data UDF: loads the model once, then scores Arrow batches.
-
-    Args:
-        model_uri: Artefact to load.
-        passthrough: Input columns copied to the output.
-        threshold: Anomaly threshold override (None: the model's).
-        use_gpu: Run on CUDA.
-        threads: torch intra-op threads, matched to the CPUs reserved for this worker.
-        loader: Loads an artefact from (URI, storage options); injectable for tests and registries.
-        storage_options: fsspec options for the model URI.
-        top_k: Columns per row in ``top_features`` (0: none).
-        column_errors: Add ``err_<column>`` per feature (null where the cell was missing).
-        precision: fp32, or bf16/fp16 autocast on GPU.
-    """
-
-    def __init__(self, model_uri: str, passthrough: list[str], threshold: float | None = None,
-                 use_gpu: bool = False, threads: int = 1, loader: ModelLoader = load_artifact,
-                 storage_options: dict | None = None, top_k: int = 0, column_errors: bool = False,
-                 precision: str = "fp32"):
-        torch.set_num_threads(threads)
-        art = loader(model_uri, storage_options)
-        if threshold is not None:
-            art.threshold = {**art.threshold, "value": threshold}
-        self.passthrough, self.top_k, self.column_errors = passthrough, top_k, column_errors
-        self.scorer = RowScorer(art, "cuda" if use_gpu else "cpu", precision)
-        self.seen = art.training_rows  # None for artefacts without a row filter
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        res = self.scorer.score_table(batch, top_k=self.top_k, column_errors=self.column_errors)
-        cols = {c: batch.column(c) for c in self.passthrough}
-        cols.update({
-            "recon_error": pa.array(res["recon_error"], type=pa.float32()),
-            "is_anomaly": pa.array(res["is_anomaly"], type=pa.bool_()),
-            "missing_cells": pa.array(res["missing_cells"], type=pa.int32()),
-            "unseen_cells": pa.array(res["unseen_cells"], type=pa.int32()),
-        })
-        if self.top_k:
-            cols["top_features"] = res["top_features"]
-        if self.seen is not None:
-            hashes = row_hashes(batch, self.scorer.preprocessor.specs)
-            cols["seen_in_training"] = pa.array(self.seen.contains(hashes), type=pa.bool_())
-        if self.column_errors:
-            for i, name in enumerate(self.scorer.columns):
-                v = res["column_errors"][:, i]
-                cols[f"{COLUMN_ERROR_PREFIX}{name}"] = pa.array(v, type=pa.float32(), mask=np.isnan(v))
-        return pa.table(cols)
-
-
-@functools.lru_cache(maxsize=4)
-def _cached_scorer(model_uri: str, passthrough: tuple[str, ...], threshold: float | None, use_gpu: bool,
-                   threads: int, loader: ModelLoader, storage_options: str, top_k: int,
-                   column_errors: bool, precision: str) -> BatchScorer:
-    return BatchScorer(model_uri, list(passthrough), threshold, use_gpu, threads, loader,
-                       json.loads(storage_options), top_k, column_errors, precision)
-
-
-def score_batch(batch: pa.Table, *, model_uri: str, passthrough: list[str], threshold: float | None,
-                use_gpu: bool, threads: int, loader: ModelLoader, storage_options: dict | None,
-                top_k: int = 0, column_errors: bool = False, precision: str = "fp32") -> pa.Table:
-    """Task-path UDF: the model is loaded once per worker process and reused across tasks."""
-    return _cached_scorer(model_uri, tuple(passthrough), threshold, use_gpu, threads, loader,
-                          json.dumps(storage_options or {}, sort_keys=True), top_k, column_errors,
-                          precision)(batch)
-
-
 @dataclass
 class ScoreResult:
     """What ``run`` produced."""
@@ -206,44 +134,6 @@ def open_scoring_input(cfg: ScoreConfig, art: ModelArtifact) -> ParquetInput:
     return data
 
 
-def read_columns(cfg: ScoreConfig, art: ModelArtifact) -> list[str]:
-    """The input columns scoring reads: ids, then features."""
-    return list(dict.fromkeys([*cfg.id_columns, *(s.name for s in art.preprocessor.specs)]))
-
-
-def build_scored_dataset(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput,
-                         loader: ModelLoader = load_artifact) -> ray.data.Dataset:
-    """The lazy read -> score pipeline; rows keep their ids, so order never matters."""
-    passthrough = list(cfg.id_columns) or [ROW_HASH]
-    ds = data.read(read_columns(cfg, art), art.preprocessor.specs, include_row_hash=not cfg.id_columns)
-    threads = max(1, int(cfg.cpus_per_worker))
-    args = {"model_uri": cfg.model, "passthrough": passthrough, "threshold": cfg.threshold,
-            "use_gpu": cfg.use_gpu, "threads": threads, "loader": loader,
-            "storage_options": normalize_storage_options(cfg.storage_options), "top_k": cfg.top_k,
-            "column_errors": cfg.column_errors, "precision": cfg.precision}
-    common = {"batch_format": "pyarrow", "batch_size": cfg.batch_size, "num_cpus": cfg.cpus_per_worker,
-              "num_gpus": 1 if cfg.use_gpu else 0}
-    # A dead scorer (OOM, preempted node) is restarted and its batches retried: Ray Data
-    # gives pool actors max_restarts=-1 and max_task_retries=-1, and tasks keep Ray's
-    # retries on system failures (passing these explicitly is deprecated in Ray 2.60).
-    # Retries cannot duplicate rows: a write task's files are named by task, so a retry
-    # replaces them, and the row count is checked against the input before committing.
-    if cfg.use_actors:
-        default_size = max(1, int(ray.cluster_resources().get("GPU", 0))) if cfg.use_gpu else 1
-        size = cfg.concurrency or default_size
-        cpus = ray.cluster_resources().get("CPU", 0)
-        if not cfg.use_gpu and cpus and size * cfg.cpus_per_worker >= cpus:
-            # Seen here: a pool that reserves every CPU leaves none for the Parquet reads
-            # that feed it, and the job stalls forever instead of failing.
-            raise InputError(f"{size} scoring actors x {cfg.cpus_per_worker:g} CPU would reserve all {cpus:g} "
-                             "CPUs and starve the Parquet reads; lower --concurrency or --cpus-per-worker, "
-                             "or use the default task path")
-        return ds.map_batches(BatchScorer, fn_constructor_kwargs=args,
-                              compute=ActorPoolStrategy(size=size), **common)
-    compute = ray.data.TaskPoolStrategy(size=cfg.concurrency) if cfg.concurrency else None
-    return ds.map_batches(score_batch, fn_kwargs=args, compute=compute, **common)
-
-
 def _ignored_columns(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput) -> list[str]:
     """Input columns that are neither features nor ids: not read, reported."""
     used = {s.name for s in art.preprocessor.specs} | set(cfg.id_columns)
@@ -253,7 +143,7 @@ def _ignored_columns(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput) -
 def compute_run_id(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput) -> str:
     """Same model, same input files (by size and ETag/mtime) and same options: same run."""
     return fingerprint({"model": art.version, "threshold": cfg.threshold, "id_columns": cfg.id_columns,
-                        "inputs": [(f.uri, f.size, f.etag) for f in data.files]})
+                        "inputs": [(f.uri, f.size, f.etag) for f in data.files], "format": OUTPUT_FORMAT_VERSION})
 
 
 def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact,
@@ -288,6 +178,9 @@ def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact,
     limits, raise_original = ctx.execution_options.resource_limits, ctx.raise_original_map_exception
     try:
         ensure_ray(cfg.ray_address)
+        # Tasks on every node read the data and model and write the rows.
+        check_shared_paths({"--data": cfg.data, "--model": cfg.model, "--out": cfg.out}, alive_nodes(),
+                           cfg.shared_local_paths, options)
         if cfg.object_store_limit_mb:
             # Ray Data's default budget is a share of the node's object store, so a bigger input
             # keeps more blocks in flight (bench/score_memory.py). Datasets copy the context when created.
@@ -332,7 +225,7 @@ def _score_and_summarize(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInpu
                          loader: ModelLoader, threshold: float, run_id: str, t0: float,
                          started: datetime) -> tuple[dict, dict]:
     """Read -> score -> write the rows into the run folder, then the summary and manifest of them."""
-    scored = build_scored_dataset(cfg, art, data, loader)
+    scored = build_scored_dataset(cfg, art, data, loader, row_file_metadata(cfg, art, run_id, threshold))
     arrow_fs = arrow_filesystem(out.fs)
     rows = out.path_of("rows")
     t_pipeline = time.perf_counter()
@@ -351,6 +244,7 @@ def _score_and_summarize(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInpu
         "input": {"uri": cfg.data, "files": [f.uri for f in data.files], "rows": data.num_rows,
                   "skipped_empty_files": data.skipped_empty, "skipped_non_parquet_files": data.skipped_other,
                   "ignored_columns": _ignored_columns(cfg, art, data)},
+        "format_version": OUTPUT_FORMAT_VERSION,
         "run_id": run_id,
         "run_uri": out.run_uri,
         "wall_seconds": round(time.perf_counter() - t0, 3),
@@ -358,6 +252,7 @@ def _score_and_summarize(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInpu
                     "summary_s": round(time.perf_counter() - t_summary, 3)},
     })
     manifest = {
+        "format_version": OUTPUT_FORMAT_VERSION,
         "run_id": run_id,
         "kind": "aescore-score",
         "run_uri": out.run_uri,
@@ -396,8 +291,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the importable module, not this __main__ copy, so that Ray pickles the UDFs and
-    # the training loop as references to jobs.score, which every worker can import.
+    # Run the importable module, not this __main__ copy, so that Ray pickles everything it
+    # ships as references to importable modules (the UDFs live in jobs.score_rows).
     from jobs.score import main as module_main
 
     sys.exit(module_main())

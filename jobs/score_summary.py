@@ -28,11 +28,11 @@ def summarize(rows: ray.data.Dataset, threshold: float, art: ModelArtifact, cfg)
     """
     names = [s.name for s in art.preprocessor.specs]
     err_cols = [COLUMN_ERROR_PREFIX + n for n in names] if cfg.column_errors else []
-    aggs = [ErrorStatsAggregate("recon_error", histogram_edges(), threshold),
+    aggs = [ErrorStatsAggregate("anomaly_score", histogram_edges(), threshold),
             ray.data.aggregate.Sum("missing_cells", alias_name="missing_cells"),
             ray.data.aggregate.Sum("unseen_cells", alias_name="unseen_cells")]
     aggs += [ray.data.aggregate.Mean(c, alias_name=c) for c in err_cols]
-    columns = ["recon_error", "missing_cells", "unseen_cells", *err_cols]
+    columns = ["anomaly_score", "missing_cells", "unseen_cells", *err_cols]
     if cfg.top_k:
         aggs.append(TopFeaturesAggregate())
         columns.append("top_features")
@@ -41,9 +41,9 @@ def summarize(rows: ray.data.Dataset, threshold: float, art: ModelArtifact, cfg)
         aggs.append(ray.data.aggregate.Sum(SEEN, alias_name=SEEN))
         columns.append(SEEN)
     agg = aggregate_blocks(rows.select_columns(columns), *aggs)
-    stats = agg["error_stats(recon_error)"]
+    stats = agg["error_stats(anomaly_score)"]
     row_count = stats["count"] + stats["nonfinite"]
-    summary = {**stats, "row_count": row_count, "anomaly_count": stats["above_threshold"],
+    summary = {**stats, "score": "anomaly_score", "row_count": row_count, "anomaly_count": stats["above_threshold"],
                "anomaly_rate": stats["above_threshold_fraction"], "missing_cells": int(agg["missing_cells"] or 0),
                "unseen_category_cells": int(agg["unseen_cells"] or 0)}
     per_column: dict = {}
@@ -74,7 +74,7 @@ def summary_warnings(summary: dict) -> list[str]:
         out.append(f"{ov['rows']} scored rows ({100 * ov['fraction']:.2f}%) also occur in the model's training or "
                    "validation data: their low error reflects memorisation, not normality (data leakage)")
     if summary.get("nonfinite"):
-        out.append(f"{summary['nonfinite']} rows have a non-finite recon_error")
+        out.append(f"{summary['nonfinite']} rows have a non-finite anomaly_score")
     skipped = summary.get("input", {}).get("skipped_non_parquet_files") or []
     if skipped:
         out.append(f"{len(skipped)} file(s) in the input lack the .parquet extension and were not read "

@@ -132,6 +132,31 @@ def check_no_overlap(out: str, inputs: dict[str, str | None], storage_options: d
                               "neither inside the input nor containing it")
 
 
+def check_shared_paths(paths: dict[str, str | None], nodes: int, shared_local: bool,
+                       storage_options: dict | None = None) -> None:
+    """Refuse node-local paths that tasks on other nodes of a multi-node cluster would use.
+
+    Ray Data tasks and Train workers run on any node: a local path there names a different
+    folder on each node, so a run would read part of its input, or write half its files
+    where the driver never looks.
+
+    Args:
+        paths: flag -> URI that Ray tasks or workers read or write.
+        nodes: Alive nodes in the cluster.
+        shared_local: Local paths are on a filesystem every node mounts at the same place.
+
+    Raises:
+        InputError: A local path on a cluster of more than one node.
+    """
+    if nodes <= 1 or shared_local:
+        return
+    for flag, uri in paths.items():
+        if uri and isinstance(url_to_fs(uri, storage_options)[0], LocalFileSystem):
+            raise InputError(f"{flag} {uri} is a node-local path, but the Ray cluster has {nodes} nodes whose "
+                             "tasks would each see their own disk; use shared storage (s3://, gs://, ...), or "
+                             "pass --shared-local-paths if every node mounts that path (NFS)")
+
+
 @dataclass
 class ParquetFileInfo:
     """Footer facts of one Parquet file."""

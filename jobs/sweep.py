@@ -63,8 +63,8 @@ class SweepConfig:
     """Override inferred column types, e.g. zip=categorical."""
     hidden_dims: list[int] | None = None
     """Encoder hidden layer widths (the decoder mirrors them); default as in aescore train."""
-    epochs: int = 40
-    """Maximum epochs per model (early stopping applies)."""
+    epochs: int = 200
+    """Maximum epochs per model, a safety cap: early stopping ends training."""
     max_concurrent: int = 2
     """Trials trained at the same time."""
     cpus_per_worker: float = 0.5
@@ -98,24 +98,26 @@ class SweepConfig:
         keep = {f: getattr(self, f) for f in ("data", "val_data", "feature_columns", "exclude_columns",
                                               "column_types", "hidden_dims", "epochs", "cpus_per_worker",
                                               "num_workers", "use_gpu", "storage_options", "overwrite", "seed")}
-        return TrainConfig(out=join(self.out, f"latent-{latent_dim}"), latent_dim=latent_dim, **keep)
+        # Trials run concurrently as 0-CPU tasks: each trains in Train workers that reserve
+        # their CPUs (checked in run), never inside the task itself.
+        return TrainConfig(out=join(self.out, f"latent-{latent_dim}"), latent_dim=latent_dim, in_process=False, **keep)
 
 
 def errors_by_class(batch: pa.Table, model_uri: str, label: str, options: dict) -> pa.Table:
-    """recon_error split into ``pos`` / ``neg`` columns by label (NaN in the other)."""
-    from jobs.score import _cached_scorer
+    """anomaly_score split into ``pos`` / ``neg`` columns by label (NaN in the other)."""
+    from jobs.score_rows import cached_scorer
 
     # Only the error is needed: the per-process cached model, without the output columns
     # (top features, training-row check) that a scoring run adds.
-    scorer = _cached_scorer(model_uri, (), None, False, 1, load_artifact, json.dumps(options, sort_keys=True),
+    scorer = cached_scorer(model_uri, (), None, False, 1, load_artifact, json.dumps(options, sort_keys=True),
                             0, False, "fp32").scorer
-    err = scorer.score_table(batch)["recon_error"].astype(np.float64)
+    err = scorer.score_table(batch)["anomaly_score"].astype(np.float64)
     y = np.asarray(batch.column(label).to_numpy(zero_copy_only=False)).astype(bool)
     return pa.table({"pos": np.where(y, err, np.nan), "neg": np.where(y, np.nan, err)})
 
 
 def labelled_auroc(model_uri: str, data: str, label: str, options: dict) -> float:
-    """AUROC of recon_error against ``label``, from per-class sketches merged by Ray Data."""
+    """AUROC of anomaly_score against ``label``, from per-class sketches merged by Ray Data."""
     art = load_artifact(model_uri, options)
     labelled = open_parquet_input(data, options, specs=art.preprocessor.specs)
     features = [s.name for s in art.preprocessor.specs]

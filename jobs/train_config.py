@@ -30,10 +30,14 @@ class TrainConfig:
     """Ray Train workers (data-parallel replicas)."""
     use_gpu: bool = False
     """One GPU per worker."""
+    worker_resources: dict[str, float] = field(default_factory=dict)
+    """Extra Ray resources each Train worker reserves besides its CPUs/GPU, e.g. a custom node resource (name=amount) to place workers on chosen nodes."""
+    in_process: bool | None = None
+    """Train in the driver process (Ray Train's local mode) instead of a Train worker actor, saving the worker's start-up; default: yes when one CPU worker trains on a single-node Ray with no --max-failures and no --storage-path (no checkpoints to resume from in this mode)."""
     cpus_per_worker: float = 1.0
     """CPUs reserved per worker; keep it below the node's CPUs so Ray Data can read."""
-    epochs: int = 40
-    """Maximum epochs; early stopping usually ends training sooner."""
+    epochs: int = 200
+    """Maximum epochs, a safety cap: early stopping on the validation loss ends training (bench/suite: a 40-epoch cap stopped most tables while still improving)."""
     batch_size: int | None = None
     """Rows per optimizer step per worker; default: training rows / 32 per worker, clamped to [16, 256]."""
     learning_rate: float = 2e-3
@@ -56,8 +60,10 @@ class TrainConfig:
     """Divide each column's error by its mean validation error, so recon_error 1.0 is a typical validation row; off: every column weighs the same."""
     scale_floor: float = 0.05
     """Smallest per-column validation scale (fraction of the constant predictor's loss): caps the weight of near-perfect columns."""
+    latent_weight: float = 0.5
+    """Weight of the latent term in anomaly_score (recon_error + weight x the row code's Mahalanobis distance from the training codes, per latent dimension): catches rows that reconstruct well but sit where few training rows do; 0: anomaly_score is recon_error (bench/suite measures both)."""
     threshold_quantile: float = 0.99
-    """Anomaly threshold: this quantile of validation reconstruction error (ignored if threshold_fpr or contamination is set)."""
+    """Anomaly threshold: this quantile of validation anomaly_score (ignored if threshold_fpr or contamination is set)."""
     threshold_fpr: float | None = None
     """Anomaly threshold from a target false-positive rate on validation data (e.g. 0.005)."""
     contamination: float | None = None
@@ -88,6 +94,8 @@ class TrainConfig:
     """Worker failures Ray Train recovers from by restarting from the last checkpoint."""
     seed: int = 0
     """Random seed for weights and shuffling."""
+    shared_local_paths: bool = False
+    """Local paths are on a filesystem every node mounts at the same place (NFS); otherwise a multi-node cluster refuses them."""
     ray_address: str | None = None
     """Ray cluster address; default RAY_ADDRESS if set, else a private local Ray."""
 
@@ -107,6 +115,7 @@ class TrainConfig:
             (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
             (self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
             (self.min_delta >= 0, f"min_delta must be >= 0, got {self.min_delta}"),
+            (self.latent_weight >= 0, f"latent_weight must be >= 0, got {self.latent_weight}"),
             (0.0 < self.scale_floor <= 1.0, f"scale_floor must be in (0, 1], got {self.scale_floor}"),
             (0.5 <= self.threshold_quantile < 1.0, f"threshold_quantile must be in [0.5, 1), got {self.threshold_quantile}"),
             (self.threshold_fpr is None or 0.0 < self.threshold_fpr <= 0.5,
@@ -119,6 +128,8 @@ class TrainConfig:
              f"max_overfit_ratio must be > 1, got {self.max_overfit_ratio}"),
             (self.cache_shard_mb >= 0, f"cache_shard_mb must be >= 0, got {self.cache_shard_mb}"),
             (self.max_failures >= 0, f"max_failures must be >= 0, got {self.max_failures}"),
+            (not self.in_process or (self.num_workers == 1 and self.max_failures == 0),
+             "in_process trains one worker without fault tolerance: it needs num_workers=1 and max_failures=0"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -130,6 +141,13 @@ class TrainConfig:
         for col, kind in self.column_types.items():
             if kind not in ("numeric", "binary", "categorical"):
                 raise ValueError(f"column_types: {col}={kind}: unknown column type (numeric, binary, categorical)")
+
+    def resolved_in_process(self, single_node: bool) -> bool:
+        """Whether to train in the driver process (see ``in_process``); decided once, on the driver."""
+        if self.in_process is not None:
+            return self.in_process
+        return (single_node and self.num_workers == 1 and not self.use_gpu and self.max_failures == 0
+                and self.storage_path is None and not self.worker_resources)
 
     def resolved_batch_size(self, train_rows: int) -> int:
         """The batch size, or the default: at least ~32 steps per epoch on small data."""

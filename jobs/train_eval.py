@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from aemodel import column_losses, row_errors
-from aemodel.losses import error_scales
+from aemodel.losses import anomaly_score, error_scales, latent_distance
 from aemodel.diagnostics import calibrate_threshold, diagnose, format_diagnostics, mean_reconstruction
 from aemodel.model import AutoencoderConfig
 from aemodel.metrics import ErrorStats, histogram_edges
@@ -22,12 +22,13 @@ from aemodel.metrics import ErrorStats, histogram_edges
 
 def validation_reference(model: torch.nn.Module, val_data, device: torch.device, baselines: torch.Tensor,
                          quantile: float, constant_outputs: dict, columns: list[str],
-                         scale_floor: float | None = 0.05) -> tuple[dict, dict]:
+                         scale_floor: float | None = 0.05, latent: dict | None = None) -> tuple[dict, dict]:
     """Validation error distribution, per-column reference, baseline loss and threshold.
 
     Two passes over the validation rows: the first measures each column's loss (its mean
     becomes the column's ``scale``, see ``aemodel.losses.error_scales``), the second
-    computes every row's ``recon_error`` with those scales, exactly as scoring will.
+    computes every row's ``anomaly_score`` (``recon_error`` with those scales plus the
+    latent term, see ``aemodel.losses``) exactly as scoring will.
 
     Args:
         val_data: A Ray Data iterator over the encoded validation rows (the whole set).
@@ -35,22 +36,30 @@ def validation_reference(model: torch.nn.Module, val_data, device: torch.device,
         constant_outputs: ``Preprocessor.constant_outputs()`` for the mean baseline.
         columns: Feature names in model order.
         scale_floor: Floor of the per-column scales; None scales every column by 1.
+        latent: The training codes' Gaussian (``mean``, ``whitening``) and ``weight`` of
+            the latent term in ``anomaly_score``; None: the score is ``recon_error``.
 
     Returns:
-        ``reference``: ``ErrorStats.summary()`` of validation ``recon_error`` plus
+        ``reference``: ``ErrorStats.summary()`` of validation ``anomaly_score`` plus
         ``columns`` (count, mean and std of each column's normalised loss, and its
-        ``scale``) and ``mean_baseline_loss``; ``threshold``: ``calibrate_threshold``'s result.
+        ``scale``), ``mean_baseline_loss`` and ``latent`` (``latent`` plus the validation
+        rows' mean ``latent_distance``); ``threshold``: ``calibrate_threshold``'s result.
     """
+    lat = None if latent is None else (torch.tensor(latent["mean"], dtype=torch.float32, device=device),
+                                        torch.tensor(latent["whitening"], dtype=torch.float32, device=device))
+
     def batches():
         for batch in val_data.iter_torch_batches(batch_size=8192, device=device, prefetch_batches=2):
             x = (batch["x_num"], batch["x_bin"], batch["x_cat"])
             with torch.inference_mode():
-                losses = column_losses(model(*x), *x, baselines)
-            yield x, batch["observed"], losses
+                recon = model(*x)
+                dist = latent_distance(recon.latent, *lat) if lat is not None else None
+                losses = column_losses(recon, *x, baselines)
+            yield x, batch["observed"], losses, dist
 
     model.eval()
     col_sums, baseline_sum = np.zeros((3, len(columns))), 0.0
-    for x, observed, losses in batches():
+    for x, observed, losses, _ in batches():
         with torch.inference_mode():
             const = mean_reconstruction(constant_outputs, x[0].shape[0], device)
             baseline_sum += float(row_errors(column_losses(const, *x, baselines), observed).sum())
@@ -62,27 +71,32 @@ def validation_reference(model: torch.nn.Module, val_data, device: torch.device,
     std = np.sqrt(np.maximum(np.nan_to_num(s2 / np.maximum(n, 1) - mean * mean), 0.0))
     scales = error_scales(mean, scale_floor) if scale_floor is not None else np.ones(len(columns))
     scale_t = torch.tensor(scales, dtype=torch.float32, device=device)
-    errs = [row_errors(losses / scale_t, observed).float().cpu().numpy() for _, observed, losses in batches()]
-    values = np.concatenate(errs) if errs else np.zeros(0, dtype=np.float32)
+    weight = latent["weight"] if latent is not None else 0.0
+    parts = [(anomaly_score(row_errors(losses / scale_t, observed), dist, weight).float().cpu().numpy(),
+              dist.float().cpu().numpy() if dist is not None else None) for _, observed, losses, dist in batches()]
+    values = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, dtype=np.float32)
     threshold = calibrate_threshold(values, quantile)
     stats = ErrorStats(edges=histogram_edges(), threshold=threshold["value"]).update(values)
     reference = {**stats.summary(), "mean_baseline_loss": baseline_sum / max(len(values), 1),
                  "columns": {c: {"count": int(n[i]), "mean": float(np.nan_to_num(mean[i])), "std": float(std[i]),
                                  "scale": float(scales[i])} for i, c in enumerate(columns)}}
+    if latent is not None:
+        dists = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0)
+        reference["latent"] = {**latent, "validation_mean_distance": float(dists.mean()) if len(dists) else None}
     return reference, threshold
 
 
 def final_checkpoint(result) -> tuple[dict, dict, dict]:
     """Best weights + history, validation reference and threshold from the last checkpoint."""
     from jobs.errors import TrainingError
-    from jobs.train import _load_state
+    from jobs.train_loop import load_state
 
     if result.checkpoint is None:
         raise TrainingError("training finished without a checkpoint")
     with result.checkpoint.as_directory() as d:
         if not (Path(d) / "reference.json").exists():
             raise TrainingError("training ended before its final checkpoint (see the Ray Train logs)")
-        state = _load_state(d, "cpu")
+        state = load_state(d, "cpu")
         reference = json.loads((Path(d) / "reference.json").read_text())
         threshold = json.loads((Path(d) / "threshold.json").read_text())
     return state, reference, threshold

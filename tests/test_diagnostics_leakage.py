@@ -198,12 +198,48 @@ def test_validation_scales_make_a_typical_row_1_and_scoring_matches_calibration(
     art = ModelArtifact(model_config=cfg, preprocessor=pp, state_dict=model.state_dict(), threshold=thr,
                         reference=ref, history=[])
     scored = RowScorer(art).score_table(t, top_k=2, column_errors=True)
+    assert np.array_equal(scored["anomaly_score"], scored["recon_error"])  # no latent term in this artefact
     assert scored["recon_error"].mean() == pytest.approx(ref["mean"], rel=1e-5)
     assert (scored["recon_error"] > thr["value"]).mean() <= 0.1
     # recon_error is the mean of the (scaled) per-column errors it reports.
     assert np.allclose(scored["column_errors"].mean(axis=1), scored["recon_error"], rtol=1e-5)
     z = scored["top_features"].to_pylist()[0][0]["z"]
     assert np.isfinite(z)
+
+
+def test_latent_term_is_fitted_on_training_codes_and_scored_as_calibrated():
+    """anomaly_score = recon_error + w * latent_distance, the same in calibration and scoring."""
+    import torch
+
+    from aemodel import ModelArtifact, RowScorer
+    from aemodel.losses import latent_gaussian
+    from jobs.train_loop import latent_fit, latent_sums
+    from jobs.train_eval import validation_reference
+
+    pp, cfg, model, t = _tiny_model_and_data()
+    names = [s.name for s in pp.specs]
+    enc = pp.transform(t)
+    batches = _BatchSource(enc, rows_per_batch=150).iter_torch_batches(0, None, 0)
+    latent = latent_fit(latent_sums(model, batches, cfg.latent_dim), cfg.latent_dim, weight=0.5)
+    with torch.inference_mode():
+        z = model.encode(*(torch.from_numpy(enc[k]) for k in ("x_num", "x_bin", "x_cat"))).double().numpy()
+    assert np.allclose(latent["mean"], z.mean(0)) and latent["rows"] == len(z)
+    w = np.array(latent["whitening"])
+    assert np.allclose(np.linalg.inv(w @ w.T), np.cov(z, rowvar=False, bias=True), rtol=1e-4, atol=1e-9)
+    # On the rows it was fitted on, the squared Mahalanobis distance averages exactly latent_dim.
+    ref, thr = validation_reference(model, _BatchSource(enc, 150), torch.device("cpu"), torch.tensor(pp.baselines),
+                                    0.9, pp.constant_outputs(), names, scale_floor=0.05, latent=latent)
+    assert ref["latent"]["validation_mean_distance"] == pytest.approx(1.0, rel=1e-3)
+    art = ModelArtifact(model_config=cfg, preprocessor=pp, state_dict=model.state_dict(), threshold=thr,
+                        reference=ref, history=[])
+    scored = RowScorer(art).score_table(t)
+    dist = (scored["anomaly_score"] - scored["recon_error"]) / 0.5
+    assert dist.mean() == pytest.approx(1.0, rel=1e-3) and dist.min() >= 0
+    assert scored["anomaly_score"].mean() == pytest.approx(ref["mean"], rel=1e-5)  # the calibrated distribution
+    np.testing.assert_array_equal(scored["is_anomaly"], scored["anomaly_score"] > thr["value"])
+    # A collapsed latent dimension stays invertible (tiny ridge) instead of failing.
+    mean, whitening = latent_gaussian(3, np.array([3.0, 0.0]), np.array([[5.0, 0.0], [0.0, 0.0]]))
+    assert np.all(np.isfinite(whitening)) and mean.tolist() == [1.0, 0.0]
 
 
 def test_scaling_amplifies_an_error_in_a_normally_predictable_column():
@@ -255,5 +291,5 @@ def test_demo_reports_precision_and_recall_at_the_threshold():
                    score=SimpleNamespace(summary={"anomaly_count": 3, "row_count": 100, "threshold": 2.5},
                                          run_uri="s/runs/x"), auroc=0.99, precision=0.75, recall=0.5,
                    wall_seconds=1.0)
-    assert "AUROC=0.990 (recon_error vs injected anomalies), precision=0.750 recall=0.500 at threshold 2.5000" \
+    assert "AUROC=0.990 (anomaly_score vs injected anomalies), precision=0.750 recall=0.500 at threshold 2.5000" \
         in format_result(r)

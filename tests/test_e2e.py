@@ -75,15 +75,31 @@ def test_scoring_output_is_complete_and_summary_matches_recomputation(scored, mi
     assert rows.num_rows == source.num_rows
     ids = rows[ROW_ID].to_numpy()
     assert len(np.unique(ids)) == len(ids) and set(ids) == set(source[ROW_ID].to_numpy())
-    assert set(rows.column_names) == {ROW_ID, LABEL, "recon_error", "is_anomaly", "missing_cells", "unseen_cells",
+    assert set(rows.column_names) == {ROW_ID, LABEL, "anomaly_score", "score_percentile", "recon_error", "is_anomaly",
+                                      "missing_cells", "unseen_cells",
                                       "top_features", "seen_in_training"}
     summary = json.loads(open(f"{committed_run(out)}/summary.json").read())
     assert summary == json.loads(json.dumps(result.summary))
-    err = rows["recon_error"].to_numpy().astype(np.float64)
+    err = rows["anomaly_score"].to_numpy().astype(np.float64)  # the summary describes the thresholded score
     assert summary["row_count"] == rows.num_rows
+    assert np.all(err >= rows["recon_error"].to_numpy() - 1e-6)  # recon_error plus a non-negative latent term
     assert summary["mean"] == pytest.approx(err.mean(), rel=1e-6)
     assert summary["max"] == pytest.approx(err.max(), rel=1e-6)
     assert summary["anomaly_count"] == int(pc.sum(rows["is_anomaly"]).as_py())
+    np.testing.assert_array_equal(rows["is_anomaly"].to_numpy(), err > summary["threshold"])
+    assert summary["format_version"] == 2 and summary["score"] == "anomaly_score"
+    for f in sorted(__import__("pathlib").Path(committed_run(out), "rows").glob("*.parquet")):
+        meta = {k.decode(): v.decode() for k, v in pq.read_schema(f).metadata.items() if k.startswith(b"aescore.")}
+        assert meta == {"aescore.format_version": "2", "aescore.version": meta["aescore.version"],
+                        "aescore.score": "anomaly_score", "aescore.run_id": summary["run_id"],
+                        "aescore.model_uri": summary["model"]["uri"],
+                        "aescore.model_version": summary["model"]["version"],
+                        "aescore.threshold": json.dumps(summary["threshold"])}, f
+    pct = rows["score_percentile"].to_numpy()
+    assert np.all((pct >= 0) & (pct <= 100))
+    assert np.all(pct[err > summary["threshold"]] >= 98.5)  # above the validation p99 threshold
+    order = np.argsort(err)
+    assert np.all(np.diff(pct[order]) >= -1e-4)  # the same ranking as anomaly_score
     assert summary["missing_cells"] == int(pc.sum(rows["missing_cells"]).as_py()) > 0
     assert summary["quantiles"]["p50"] == pytest.approx(np.quantile(err, 0.5), rel=0.02)
     assert (tmp := __import__("pathlib").Path(out) / "_SUCCESS").exists(), tmp
@@ -91,9 +107,11 @@ def test_scoring_output_is_complete_and_summary_matches_recomputation(scored, mi
 
 def test_injected_anomalies_score_higher(scored):
     rows = _rows(scored[1])
-    err, label = rows["recon_error"].to_numpy(), rows[LABEL].to_numpy()
-    assert err[label].mean() > 3 * err[~label].mean()
-    assert auroc(err, label) > 0.9
+    label = rows[LABEL].to_numpy()
+    for col in ("anomaly_score", "recon_error"):
+        err = rows[col].to_numpy()
+        assert err[label].mean() > 2 * err[~label].mean(), col
+        assert auroc(err, label) > 0.9, col
 
 
 def test_reloaded_model_scores_identically(scored, trained, mixed_data):
@@ -225,20 +243,20 @@ def test_actor_pool_that_would_reserve_every_cpu_is_refused(trained, mixed_data,
 def test_shard_cache_yields_every_row_once_per_epoch_in_a_new_order_and_skips_empty_shards():
     import torch
 
-    from jobs.train import _batches, _load_shard
+    from jobs.train_loop import epoch_batches, load_shard
     from tests.test_diagnostics_leakage import _BatchSource
 
     n = 1000
     enc = {"x_num": np.arange(n, dtype=np.float32)[:, None], "x_bin": np.zeros((n, 1), np.float32),
            "x_cat": np.zeros((n, 1), np.int64), "observed": np.ones((n, 3), np.float32)}
-    cached = _load_shard(_BatchSource(enc, rows_per_batch=300), torch.device("cpu"))
+    cached = load_shard(_BatchSource(enc, rows_per_batch=300), torch.device("cpu"))
     orders = []
     for seed in (0, 1):
-        batches = list(_batches(None, cached, 128, torch.device("cpu"), shuffle_seed=seed))
+        batches = list(epoch_batches(None, cached, 128, torch.device("cpu"), shuffle_seed=seed))
         assert [len(b["x_num"]) for b in batches] == [128] * 7 + [104]
         order = torch.cat([b["x_num"][:, 0] for b in batches])
         assert sorted(order.tolist()) == list(range(n))
         orders.append(order)
     assert not torch.equal(orders[0], orders[1])
     empty = {k: v[:0] for k, v in enc.items()}
-    assert _load_shard(_BatchSource(empty, rows_per_batch=300), torch.device("cpu")) is None
+    assert load_shard(_BatchSource(empty, rows_per_batch=300), torch.device("cpu")) is None

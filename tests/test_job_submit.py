@@ -1,7 +1,11 @@
-"""`ray job submit` for real: a local Ray head, the train job, then the score job, on S3.
+"""`ray job submit` for real, on a two-node Ray cluster: train with one Train worker per node, then score, on S3.
 
-The head is started with its own temp dir and ports and stopped by the PIDs of its own
-processes only (``ray stop`` would also stop every other Ray on the machine).
+A head and a worker node run as separate ``ray start`` processes on 127.0.0.1, each with one
+CPU and one unit of the custom resource ``aescore_slot``; training asks each of its two
+workers for one ``aescore_slot``, so Ray must place them on different nodes. Every path is
+on the local S3 server. Both nodes are started with their own temp dir and ports and
+stopped by the PIDs of their own processes only (``ray stop`` would also stop every other
+Ray on the machine).
 """
 
 import json
@@ -28,22 +32,29 @@ def _ray_cli() -> str:
     return str(Path(sys.executable).with_name("ray"))
 
 
+def _ports() -> list[str]:
+    return [f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+            "--resources={\"aescore_slot\": 1}", "--num-cpus=1", "--disable-usage-stats"]
+
+
 @pytest.fixture(scope="module")
 def ray_head(s3_server):
-    """A Ray head on 127.0.0.1 in its own short temp dir; yields (dashboard address, env)."""
+    """A head and a worker node on 127.0.0.1 in their own short temp dir; yields (dashboard address, env)."""
     temp_dir = tempfile.mkdtemp(prefix="aesray-", dir="/tmp")  # short: Ray's socket paths are length-limited
     env = {**os.environ, **s3_server["env"], "RAY_AUTH_MODE": "disabled",
            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
-    dash = free_port()
-    cmd = [_ray_cli(), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
-           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", f"--temp-dir={temp_dir}",
-           f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-           f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
-           f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
-           f"--ray-client-server-port={free_port()}", "--disable-usage-stats"]
-    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=180)
+    dash, gcs = free_port(), free_port()
+    head = [_ray_cli(), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp_dir}",
+            f"--ray-client-server-port={free_port()}", *_ports()]
+    worker = [_ray_cli(), "start", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1",
+              f"--temp-dir={temp_dir}", *_ports()]
     try:
+        subprocess.run(head, env=env, check=True, capture_output=True, timeout=180)
+        subprocess.run(worker, env=env, check=True, capture_output=True, timeout=180)
         yield f"http://127.0.0.1:{dash}", env
     finally:
         _stop_processes_under(temp_dir)
@@ -83,17 +94,23 @@ def _submit(address: str, env: dict, entrypoint: list[str]) -> subprocess.Comple
     return out
 
 
-def test_train_then_score_via_ray_job_submit(ray_head, mixed_data, bucket, s3_server):
+def test_train_on_two_nodes_then_score_via_ray_job_submit(ray_head, mixed_data, bucket, s3_server, tmp_path):
+    from ray.util.state import list_actors, list_nodes
+
     address, env = ray_head
+    assert len([n for n in list_nodes(address=address) if n.state == "ALIVE"]) == 2
     write_shards(mixed_data["train_table"], f"{bucket}/train", 2)
     write_shards(mixed_data["score_table"], f"{bucket}/score", 2)
 
     train = _submit(address, env, ["python", "-m", "jobs.train", "--data", f"{bucket}/train",
                                    "--out", f"{bucket}/model", "--exclude-columns", f"{ROW_ID},{LABEL}",
-                                   "--epochs", "4", "--cpus-per-worker", "0.5", "--storage-path", f"{bucket}/ray"])
+                                   "--epochs", "4", "--num-workers", "2", "--cpus-per-worker", "0.5",
+                                   "--worker-resources", "aescore_slot=1", "--storage-path", f"{bucket}/ray"])
     assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
     assert "succeeded" in train.status.lower()
     assert "trained s3://" in train.stdout
+    workers = list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker")], detail=True)
+    assert len(workers) == 2 and len({w.node_id for w in workers}) == 2  # one Train worker per node
 
     score = _submit(address, env, ["python", "-m", "jobs.score", "--model", f"{bucket}/model",
                                    "--data", f"{bucket}/score", "--out", f"{bucket}/scores",
@@ -108,6 +125,13 @@ def test_train_then_score_via_ray_job_submit(ray_head, mixed_data, bucket, s3_se
     assert manifest["row_count"] == mixed_data["score_table"].num_rows
     assert s3_server["secret"] not in train.stdout + train.stderr + score.stdout + score.stderr
 
+    # A local --out on two nodes would leave half the row files on the other node: refused, nothing written.
+    local = _submit(address, env, ["python", "-m", "jobs.score", "--model", f"{bucket}/model",
+                                   "--data", f"{bucket}/score", "--out", str(tmp_path / "scores")])
+    assert local.returncode != 0
+    assert "is a node-local path, but the Ray cluster has 2 nodes" in local.stdout + local.stderr
+    assert not list((tmp_path / "scores").glob("runs/*/rows/*")) and not (tmp_path / "scores" / "_SUCCESS").exists()
+
 
 def test_failing_job_exits_nonzero_with_the_error(ray_head, bucket):
     address, env = ray_head
@@ -116,3 +140,16 @@ def test_failing_job_exits_nonzero_with_the_error(ray_head, bucket):
     assert out.returncode != 0
     assert "failed" in out.status.lower()
     assert "error: no complete model artefact" in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("code", [0, 3, 1])
+def test_aescore_submit_returns_the_jobs_exit_code(ray_head, code):
+    """A scheduler running ``aescore submit`` sees 3 for a drift alert and 1 for a crash (ray job submit: 1 for both)."""
+    address, env = ray_head
+    out = subprocess.run([sys.executable, "-m", "jobs.submit", "--address", address, "--",
+                          "python", "-c", f"import sys; print('ran'); sys.exit({code})"],
+                         env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == code, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "ran" in out.stdout
+    if code == 3:
+        assert "drift alert (exit code 3)" in out.stderr

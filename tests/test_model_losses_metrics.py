@@ -90,3 +90,15 @@ def test_auroc_matches_pairwise_definition():
     assert auroc(scores, labels) == pytest.approx(pairwise)
     with pytest.raises(ValueError):
         auroc(scores, np.zeros(300, dtype=bool))
+
+
+def test_histogram_percentile_places_values_in_the_summarised_distribution():
+    from aemodel.metrics import ErrorStats, histogram_edges, histogram_percentile
+
+    v = np.random.default_rng(0).lognormal(size=20000)
+    hist = ErrorStats(edges=histogram_edges(), threshold=None).update(v).summary()["histogram"]
+    probs = np.array([0.01, 0.1, 0.5, 0.9, 0.99])
+    assert np.allclose(histogram_percentile(hist, np.quantile(v, probs)), 100 * probs, atol=0.3)
+    out = histogram_percentile(hist, np.array([1e6, np.nan]))
+    assert out[0] == 100.0 and np.isnan(out[1])
+    assert np.all(np.diff(histogram_percentile(hist, np.sort(v))) >= 0)  # monotone: same order as the score

@@ -1,6 +1,7 @@
 """End to end: training diagnostics, leakage checks, per-column errors, reports and the latent sweep."""
 
 import json
+import tempfile
 import os
 
 import numpy as np
@@ -104,3 +105,25 @@ def test_contamination_sets_the_threshold_and_an_epoch_capped_run_is_not_converg
     convergence = {c["check"]: c for c in res.metrics["diagnostics"]}["convergence"]
     assert convergence["status"] == "warning" and "has not converged" in convergence["message"], convergence
     assert "not converged" in open(os.path.join(res.model_uri, "report.html")).read()
+
+
+def test_in_process_training_matches_a_train_worker_exactly(ray_start_2_cpus, tmp_path):
+    """Ray Train's local mode (the default for one CPU worker on one node) trains the same model.
+
+    Same seed, same data: the weights, history and threshold of the in-process run equal
+    those of a run in a Ray Train worker actor, so the fast path changes nothing but time.
+    """
+    import torch
+
+    data = _noise(tmp_path / "train", 400, 3)
+    results = {}
+    for mode in (True, False):
+        results[mode] = train.run(train.TrainConfig(data=data, out=str(tmp_path / f"model-{mode}"), epochs=4,
+                                                    in_process=mode, cpus_per_worker=1))
+    a, b = (load_artifact(results[m].model_uri) for m in (True, False))
+    assert [h["val_loss"] for h in a.history] == [h["val_loss"] for h in b.history]
+    assert a.threshold["value"] == b.threshold["value"]
+    for k, v in a.state_dict.items():
+        assert torch.equal(v, b.state_dict[k]), k
+    assert a.run_id == b.run_id  # where it trained is not part of what was trained
+    assert not any(p.startswith("aescore-train-") for p in os.listdir(tempfile.gettempdir()))

@@ -67,7 +67,7 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 def autoencoder_scores(train: pd.DataFrame, test: pd.DataFrame, seed: int, workdir: str,
                        options: dict | None = None) -> tuple[np.ndarray, dict]:
-    """Train aescore on ``train`` (defaults + ``options``) and return test recon errors and metrics.
+    """Train aescore on ``train`` (defaults + ``options``) and return test anomaly scores and metrics.
 
     Args:
         train: Normal training rows (aescore holds out its own validation rows from them).
@@ -85,7 +85,7 @@ def autoencoder_scores(train: pd.DataFrame, test: pd.DataFrame, seed: int, workd
     result = train_job.run(train_job.TrainConfig(data=data, out=os.path.join(workdir, "model"), seed=seed,
                                                  overwrite=True, **(options or {})))
     scorer = RowScorer(load_artifact(result.model_uri))
-    errors = scorer.score_table(pa.Table.from_pandas(test, preserve_index=False))["recon_error"]
+    errors = scorer.score_table(pa.Table.from_pandas(test, preserve_index=False))["anomaly_score"]
     return errors, result.metrics
 
 

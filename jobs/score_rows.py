@@ -1,0 +1,169 @@
+"""The scoring UDFs: one batch of input rows in, one batch of output rows out.
+
+``build_scored_dataset`` wires them into the lazy read -> score pipeline that
+``jobs.score`` writes; Ray pickles ``score_batch`` and ``BatchScorer`` by reference to
+this module, which every worker imports.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import ray
+import ray.data
+import torch
+from ray.data import ActorPoolStrategy
+
+from aemodel import ModelArtifact, RowScorer, load_artifact
+from aemodel.leakage import row_hashes
+from jobs.datasets import ParquetInput
+from jobs.errors import InputError
+from jobs.score_summary import COLUMN_ERROR_PREFIX
+from jobs.storage import normalize_storage_options
+
+if TYPE_CHECKING:
+    from jobs.score import ScoreConfig
+
+ROW_HASH = "row_hash"
+OUTPUT_FORMAT_VERSION = 2
+"""Version of the rows / summary.json / manifest.json layout; 2: anomaly_score and score_percentile
+columns, the summary's distribution is of anomaly_score (1: unversioned, recon_error)."""
+ModelLoader = Callable[[str, dict | None], ModelArtifact]  # (uri, storage_options) -> artefact
+
+
+
+class BatchScorer:
+    """Ray Data UDF: loads the model once, then scores Arrow batches.
+
+    Args:
+        model_uri: Artefact to load.
+        passthrough: Input columns copied to the output.
+        threshold: Anomaly threshold override (None: the model's).
+        use_gpu: Run on CUDA.
+        threads: torch intra-op threads, matched to the CPUs reserved for this worker.
+        loader: Loads an artefact from (URI, storage options); injectable for tests and registries.
+        storage_options: fsspec options for the model URI.
+        top_k: Columns per row in ``top_features`` (0: none).
+        column_errors: Add ``err_<column>`` per feature (null where the cell was missing).
+        precision: fp32, or bf16/fp16 autocast on GPU.
+        metadata: Parquet key-value metadata of every output batch (``row_file_metadata``).
+    """
+
+    def __init__(self, model_uri: str, passthrough: list[str], threshold: float | None = None,
+                 use_gpu: bool = False, threads: int = 1, loader: ModelLoader = load_artifact,
+                 storage_options: dict | None = None, top_k: int = 0, column_errors: bool = False,
+                 precision: str = "fp32", metadata: dict[str, str] | None = None):
+        torch.set_num_threads(threads)
+        self.metadata = metadata
+        art = loader(model_uri, storage_options)
+        if threshold is not None:
+            art.threshold = {**art.threshold, "value": threshold}
+        self.passthrough, self.top_k, self.column_errors = passthrough, top_k, column_errors
+        self.scorer = RowScorer(art, "cuda" if use_gpu else "cpu", precision)
+        self.seen = art.training_rows  # None for artefacts without a row filter
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        res = self.scorer.score_table(batch, top_k=self.top_k, column_errors=self.column_errors)
+        cols = {c: batch.column(c) for c in self.passthrough}
+        cols.update({
+            "anomaly_score": pa.array(res["anomaly_score"], type=pa.float32()),
+            "score_percentile": pa.array(res["score_percentile"], type=pa.float32()),
+            "recon_error": pa.array(res["recon_error"], type=pa.float32()),
+            "is_anomaly": pa.array(res["is_anomaly"], type=pa.bool_()),
+            "missing_cells": pa.array(res["missing_cells"], type=pa.int32()),
+            "unseen_cells": pa.array(res["unseen_cells"], type=pa.int32()),
+        })
+        if self.top_k:
+            cols["top_features"] = res["top_features"]
+        if self.seen is not None:
+            hashes = row_hashes(batch, self.scorer.preprocessor.specs)
+            cols["seen_in_training"] = pa.array(self.seen.contains(hashes), type=pa.bool_())
+        if self.column_errors:
+            for i, name in enumerate(self.scorer.columns):
+                v = res["column_errors"][:, i]
+                cols[f"{COLUMN_ERROR_PREFIX}{name}"] = pa.array(v, type=pa.float32(), mask=np.isnan(v))
+        return with_metadata(pa.table(cols), self.metadata)
+
+
+@functools.lru_cache(maxsize=4)
+def cached_scorer(model_uri: str, passthrough: tuple[str, ...], threshold: float | None, use_gpu: bool,
+                   threads: int, loader: ModelLoader, storage_options: str, top_k: int,
+                   column_errors: bool, precision: str) -> BatchScorer:
+    return BatchScorer(model_uri, list(passthrough), threshold, use_gpu, threads, loader,
+                       json.loads(storage_options), top_k, column_errors, precision)
+
+
+def with_metadata(table: pa.Table, metadata: dict[str, str] | None) -> pa.Table:
+    """``table`` with Parquet key-value metadata (written into every row file's footer)."""
+    return table.replace_schema_metadata(metadata) if metadata else table
+
+
+def score_batch(batch: pa.Table, *, model_uri: str, passthrough: list[str], threshold: float | None,
+                use_gpu: bool, threads: int, loader: ModelLoader, storage_options: dict | None,
+                top_k: int = 0, column_errors: bool = False, precision: str = "fp32",
+                metadata: dict[str, str] | None = None) -> pa.Table:
+    """Task-path UDF: the model is loaded once per worker process and reused across tasks."""
+    scored = cached_scorer(model_uri, tuple(passthrough), threshold, use_gpu, threads, loader,
+                            json.dumps(storage_options or {}, sort_keys=True), top_k, column_errors,
+                            precision)(batch)
+    return with_metadata(scored, metadata)
+
+
+def read_columns(cfg: ScoreConfig, art: ModelArtifact) -> list[str]:
+    """The input columns scoring reads: ids, then features."""
+    return list(dict.fromkeys([*cfg.id_columns, *(s.name for s in art.preprocessor.specs)]))
+
+
+def build_scored_dataset(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput,
+                         loader: ModelLoader = load_artifact, metadata: dict[str, str] | None = None
+                         ) -> ray.data.Dataset:
+    """The lazy read -> score pipeline; rows keep their ids, so order never matters.
+
+    ``metadata`` goes into every row file's Parquet footer (see ``row_file_metadata``).
+    """
+    passthrough = list(cfg.id_columns) or [ROW_HASH]
+    ds = data.read(read_columns(cfg, art), art.preprocessor.specs, include_row_hash=not cfg.id_columns)
+    threads = max(1, int(cfg.cpus_per_worker))
+    args = {"model_uri": cfg.model, "passthrough": passthrough, "threshold": cfg.threshold,
+            "use_gpu": cfg.use_gpu, "threads": threads, "loader": loader,
+            "storage_options": normalize_storage_options(cfg.storage_options), "top_k": cfg.top_k,
+            "column_errors": cfg.column_errors, "precision": cfg.precision, "metadata": metadata}
+    common = {"batch_format": "pyarrow", "batch_size": cfg.batch_size, "num_cpus": cfg.cpus_per_worker,
+              "num_gpus": 1 if cfg.use_gpu else 0}
+    # A dead scorer (OOM, preempted node) is restarted and its batches retried: Ray Data
+    # gives pool actors max_restarts=-1 and max_task_retries=-1, and tasks keep Ray's
+    # retries on system failures (passing these explicitly is deprecated in Ray 2.60).
+    # Retries cannot duplicate rows: a write task's files are named by task, so a retry
+    # replaces them, and the row count is checked against the input before committing.
+    if cfg.use_actors:
+        default_size = max(1, int(ray.cluster_resources().get("GPU", 0))) if cfg.use_gpu else 1
+        size = cfg.concurrency or default_size
+        cpus = ray.cluster_resources().get("CPU", 0)
+        if not cfg.use_gpu and cpus and size * cfg.cpus_per_worker >= cpus:
+            # Seen here: a pool that reserves every CPU leaves none for the Parquet reads
+            # that feed it, and the job stalls forever instead of failing.
+            raise InputError(f"{size} scoring actors x {cfg.cpus_per_worker:g} CPU would reserve all {cpus:g} "
+                             "CPUs and starve the Parquet reads; lower --concurrency or --cpus-per-worker, "
+                             "or use the default task path")
+        return ds.map_batches(BatchScorer, fn_constructor_kwargs=args,
+                              compute=ActorPoolStrategy(size=size), **common)
+    compute = ray.data.TaskPoolStrategy(size=cfg.concurrency) if cfg.concurrency else None
+    return ds.map_batches(score_batch, fn_kwargs=args, compute=compute, **common)
+
+
+def row_file_metadata(cfg: ScoreConfig, art: ModelArtifact, run_id: str, threshold: float | None) -> dict[str, str]:
+    """Key-value metadata of every row file: what wrote it, with which model, run and threshold."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ours = version("aescore")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        ours = "unknown"
+    return {"aescore.format_version": str(OUTPUT_FORMAT_VERSION), "aescore.version": ours,
+            "aescore.score": "anomaly_score", "aescore.run_id": run_id, "aescore.model_uri": cfg.model,
+            "aescore.model_version": str(art.version), "aescore.threshold": json.dumps(threshold)}
