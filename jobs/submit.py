@@ -21,7 +21,9 @@ import time
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="aescore submit", description=__doc__.strip().splitlines()[0],
+    ap = argparse.ArgumentParser(prog="aescore submit",
+                                 description="Run an aescore job on a Ray cluster (whose nodes hold the project) "
+                                             "and exit with the job's own exit code.",
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="exit codes: 0 success, 3 drift alert (nightly), 2 bad input, 1 other failure")
     ap.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
