@@ -118,6 +118,14 @@ def latent_gaussian(n: float, total: np.ndarray, outer: np.ndarray) -> tuple[np.
     return mean, np.linalg.cholesky((precision + precision.T) / 2)
 
 
+def latent_tensors(latent: dict | None, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(mean, whitening) of a stored latent Gaussian (``reference["latent"]``) as float32 tensors; None if absent."""
+    if not latent:
+        return None
+    return (torch.tensor(latent["mean"], dtype=torch.float32, device=device),
+            torch.tensor(latent["whitening"], dtype=torch.float32, device=device))
+
+
 def latent_distance(z: torch.Tensor, mean: torch.Tensor, whitening: torch.Tensor) -> torch.Tensor:
     """Per-row [B] squared Mahalanobis distance of codes ``z`` [B, d], divided by ``d``."""
     return (((z - mean) @ whitening) ** 2).sum(dim=1) / z.shape[1]

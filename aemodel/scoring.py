@@ -9,7 +9,7 @@ import pyarrow as pa
 import torch
 
 from aemodel.artifact import ModelArtifact
-from aemodel.losses import anomaly_score, column_losses, latent_distance, row_errors
+from aemodel.losses import anomaly_score, column_losses, latent_distance, latent_tensors, row_errors
 from aemodel.metrics import histogram_percentile
 
 TOP_FEATURE_TYPE = pa.list_(pa.struct([("column", pa.string()), ("share", pa.float32()), ("z", pa.float32())]))
@@ -76,9 +76,7 @@ class RowScorer:
         # The latent term of anomaly_score; artefacts without one score recon_error alone.
         latent = artifact.reference.get("latent")
         self.latent_weight = float(latent["weight"]) if latent else 0.0
-        self.latent = None if not latent else (
-            torch.tensor(latent["mean"], dtype=torch.float32, device=self.device),
-            torch.tensor(latent["whitening"], dtype=torch.float32, device=self.device))
+        self.latent = latent_tensors(latent, self.device)
         # z-scores compare scaled losses, so the validation reference is scaled the same way.
         self.ref_mean = np.array([ref[c]["mean"] for c in self.columns]) / scales if ref else None
         self.ref_std = np.array([ref[c]["std"] for c in self.columns]) / scales if ref else None

@@ -36,7 +36,6 @@ columns, the summary's distribution is of anomaly_score (1: unversioned, recon_e
 ModelLoader = Callable[[str, dict | None], ModelArtifact]  # (uri, storage_options) -> artefact
 
 
-
 class BatchScorer:
     """Ray Data UDF: loads the model once, then scores Arrow batches.
 
@@ -92,8 +91,8 @@ class BatchScorer:
 
 @functools.lru_cache(maxsize=4)
 def cached_scorer(model_uri: str, passthrough: tuple[str, ...], threshold: float | None, use_gpu: bool,
-                   threads: int, loader: ModelLoader, storage_options: str, top_k: int,
-                   column_errors: bool, precision: str) -> BatchScorer:
+                  threads: int, loader: ModelLoader, storage_options: str, top_k: int,
+                  column_errors: bool, precision: str) -> BatchScorer:
     return BatchScorer(model_uri, list(passthrough), threshold, use_gpu, threads, loader,
                        json.loads(storage_options), top_k, column_errors, precision)
 
@@ -109,8 +108,8 @@ def score_batch(batch: pa.Table, *, model_uri: str, passthrough: list[str], thre
                 metadata: dict[str, str] | None = None) -> pa.Table:
     """Task-path UDF: the model is loaded once per worker process and reused across tasks."""
     scored = cached_scorer(model_uri, tuple(passthrough), threshold, use_gpu, threads, loader,
-                            json.dumps(storage_options or {}, sort_keys=True), top_k, column_errors,
-                            precision)(batch)
+                           json.dumps(storage_options or {}, sort_keys=True), top_k, column_errors,
+                           precision)(batch)
     return with_metadata(scored, metadata)
 
 

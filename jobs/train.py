@@ -95,7 +95,7 @@ def run(cfg: TrainConfig) -> TrainResult:
     # Errors raised in our UDFs reach the driver as themselves (see jobs/score.py).
     raise_original, ctx.raise_original_map_exception = ctx.raise_original_map_exception, True
     try:
-        return _fit_and_save(cfg, options, t0, train_in, val_in, specs, run_id, existing)
+        return _fit_and_save(cfg, options, t0, train_in, val_in, specs, run_id, existing, nodes)
     except BaseException as e:
         for data in (train_in, val_in):
             explained = data and explain_failure(e, data, names, specs, lambda t: partial_stats(t, specs))
@@ -107,7 +107,7 @@ def run(cfg: TrainConfig) -> TrainResult:
 
 
 def _fit_and_save(cfg: TrainConfig, options: dict, t0: float, train_in: ParquetInput, val_in: ParquetInput | None,
-                  specs: list, run_id: str, existing: ModelArtifact | None) -> TrainResult:
+                  specs: list, run_id: str, existing: ModelArtifact | None, nodes: int) -> TrainResult:
     """Statistics, Ray Train fit, diagnostics, then the artefact (on a running Ray)."""
     names = [s.name for s in specs]
     stats, seen_rows, leakage = _fit_statistics(cfg, specs, train_in, val_in)
@@ -140,7 +140,8 @@ def _fit_and_save(cfg: TrainConfig, options: dict, t0: float, train_in: ParquetI
         "cache_shard": cfg.materialize and (train_enc.size_bytes() / cfg.num_workers + val_enc.size_bytes()
                                             <= cfg.cache_shard_mb * 2**20),
     }
-    state, reference, threshold = _fit(cfg, options, loop_config, run_id, {"train": train_enc, "val": val_enc})
+    state, reference, threshold = _fit(cfg, options, loop_config, run_id, {"train": train_enc, "val": val_enc},
+                                       single_node=nodes == 1)
     if cfg.contamination is not None:
         threshold = {**threshold, "method": "contamination", "contamination": cfg.contamination}
     history = state["history"]
@@ -160,14 +161,15 @@ def _fit_and_save(cfg: TrainConfig, options: dict, t0: float, train_in: ParquetI
     return _result_from(art, cfg.out, time.perf_counter() - t0)
 
 
-def _fit(cfg: TrainConfig, options: dict, loop_config: dict, run_id: str, datasets: dict) -> tuple[dict, dict, dict]:
+def _fit(cfg: TrainConfig, options: dict, loop_config: dict, run_id: str, datasets: dict,
+         single_node: bool) -> tuple[dict, dict, dict]:
     """One Ray Train run; returns the final checkpoint's (state, reference, threshold).
 
     Decided here, once: one CPU worker on a single node gains nothing from its own actor
     but start-up time (bench/train_wall.py), so it trains in this process (Ray Train's
     local mode), on the device chosen here, keeping its checkpoint in a temporary folder.
     """
-    in_process = cfg.resolved_in_process(single_node=alive_nodes() == 1)
+    in_process = cfg.resolved_in_process(single_node)
     threads, local_dir = torch.get_num_threads(), None
     try:
         if in_process:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from aemodel import column_losses, row_errors
-from aemodel.losses import anomaly_score, error_scales, latent_distance
+from aemodel.losses import anomaly_score, error_scales, latent_distance, latent_tensors
 from aemodel.diagnostics import calibrate_threshold, diagnose, format_diagnostics, mean_reconstruction
 from aemodel.model import AutoencoderConfig
 from aemodel.metrics import ErrorStats, histogram_edges
@@ -45,8 +45,7 @@ def validation_reference(model: torch.nn.Module, val_data, device: torch.device,
         ``scale``), ``mean_baseline_loss`` and ``latent`` (``latent`` plus the validation
         rows' mean ``latent_distance``); ``threshold``: ``calibrate_threshold``'s result.
     """
-    lat = None if latent is None else (torch.tensor(latent["mean"], dtype=torch.float32, device=device),
-                                        torch.tensor(latent["whitening"], dtype=torch.float32, device=device))
+    lat = latent_tensors(latent, device)
 
     def batches():
         for batch in val_data.iter_torch_batches(batch_size=8192, device=device, prefetch_batches=2):
