@@ -164,16 +164,18 @@ def convergence(history: list[dict], max_epochs: int, patience: int) -> dict:
     """
     epochs = len(history)
     best = min(range(epochs), key=lambda i: history[i]["val_loss"])
+    best_epoch = history[best].get("epoch", best)  # numbered from 0, as in the epoch lines
     if epochs < max_epochs:
         return _check("convergence", "ok", f"early stopping ended training after {epochs} epochs "
-                      f"(best epoch {best + 1})", epochs=epochs, best_epoch=best + 1, max_epochs=max_epochs)
+                      f"(best: epoch {best_epoch})", epochs=epochs, best_epoch=best_epoch, max_epochs=max_epochs)
     if epochs - 1 - best < patience:
         return _check("convergence", "warning",
                       f"training stopped at the epoch cap ({max_epochs}) while the validation loss was still "
-                      f"falling (best epoch {best + 1} of {epochs}): the model has not converged; raise --epochs",
-                      epochs=epochs, best_epoch=best + 1, max_epochs=max_epochs)
-    return _check("convergence", "ok", f"validation loss stopped improving at epoch {best + 1} of {epochs} "
-                  "(the epoch cap)", epochs=epochs, best_epoch=best + 1, max_epochs=max_epochs)
+                      f"falling (best: epoch {best_epoch}, the last is {history[-1].get('epoch', epochs - 1)}): "
+                      "the model has not converged; raise --epochs",
+                      epochs=epochs, best_epoch=best_epoch, max_epochs=max_epochs)
+    return _check("convergence", "ok", f"validation loss stopped improving at epoch {best_epoch} of {epochs} "
+                  "(the epoch cap)", epochs=epochs, best_epoch=best_epoch, max_epochs=max_epochs)
 
 
 def format_diagnostics(checks: list[dict]) -> str:

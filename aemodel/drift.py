@@ -49,17 +49,28 @@ def _relative(current: float | None, reference: float | None) -> float | None:
     return (current - reference) / abs(reference)
 
 
+def finite_count(summary: dict) -> int:
+    """Rows with a finite score: ``count`` of an ``ErrorStats`` summary, or a scoring summary's rows less the non-finite."""
+    if "count" in summary:
+        return summary["count"]
+    return summary["row_count"] - summary.get("nonfinite", 0)
+
+
+def anomaly_rate(summary: dict) -> float | None:
+    """The fraction above the threshold, under either name (scoring summaries since format 3: ``anomaly_rate``)."""
+    return summary.get("anomaly_rate", summary.get("above_threshold_fraction"))
+
+
 def compare(current: dict, reference: dict) -> dict:
-    """Drift of ``current`` against ``reference`` (both ``ErrorStats.summary()`` dicts)."""
+    """Drift of ``current`` against ``reference`` (``ErrorStats.summary()`` or scoring summary dicts)."""
     if current["histogram"]["edges"] != reference["histogram"]["edges"]:
         raise ValueError("histograms have different edges; they cannot be compared")
-    rate = current.get("above_threshold_fraction")
-    ref_rate = reference.get("above_threshold_fraction")
+    rate, ref_rate = anomaly_rate(current), anomaly_rate(reference)
     z = None
-    if rate is not None and ref_rate is not None and 0 < ref_rate < 1 and current.get("count"):
+    if rate is not None and ref_rate is not None and 0 < ref_rate < 1 and finite_count(current):
         # How many standard errors tonight's anomaly count lies above the baseline rate
         # (binomial): a ratio on a handful of rows is noise, not drift.
-        n = current["count"]
+        n = finite_count(current)
         z = (rate - ref_rate) * n / math.sqrt(n * ref_rate * (1 - ref_rate))
     return {
         "psi": psi(current["histogram"], reference["histogram"]),
@@ -85,9 +96,10 @@ def pool(summaries: list[dict]) -> dict:
         hist["counts"] = [a + b for a, b in zip(hist["counts"], h["counts"])]
         hist["underflow"] += h["underflow"]
         hist["overflow"] += h["overflow"]
-        count += s["count"]
-        above += s.get("above_threshold") or 0
-        weighted_mean += (s.get("mean") or 0.0) * s["count"]
+        n = finite_count(s)
+        count += n
+        above += (anomaly_rate(s) or 0.0) * n
+        weighted_mean += (s.get("mean") or 0.0) * n
     p99s = [s["quantiles"].get("p99") for s in summaries if s["quantiles"].get("p99") is not None]
     return {"histogram": hist, "count": count, "mean": weighted_mean / count if count else None,
             "quantiles": {"p99": float(np.median(p99s)) if p99s else None},

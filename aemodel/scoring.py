@@ -27,7 +27,10 @@ def top_features(col_losses: np.ndarray, observed: np.ndarray, names: list[str],
     b, c = col_losses.shape
     k = min(k, c)
     contrib = np.where(observed > 0, col_losses, -1.0)  # missing cells sort last
-    top = np.argsort(-contrib, axis=1, kind="stable")[:, :k]
+    # The k largest per row in O(columns) (argpartition), then only those k sorted.
+    top = np.argpartition(-contrib, k - 1, axis=1)[:, :k] if k < c else np.tile(np.arange(c), (b, 1))
+    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(contrib, top, axis=1), axis=1, kind="stable"),
+                             axis=1)
     picked = np.take_along_axis(contrib, top, axis=1)
     total = np.where(observed > 0, col_losses, 0.0).sum(axis=1, keepdims=True)
     share = np.where(total > 0, np.clip(picked, 0, None) / np.maximum(total, 1e-30), 0.0)
@@ -39,7 +42,7 @@ def top_features(col_losses: np.ndarray, observed: np.ndarray, names: list[str],
     counts = (picked >= 0).sum(axis=1)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
     values = pa.StructArray.from_arrays(
-        [pa.array(np.asarray(names, dtype=object)[top.ravel()[keep]], type=pa.string()),
+        [pa.array(names, type=pa.string()).take(pa.array(top.ravel()[keep].astype(np.int32))),
          pa.array(share.ravel()[keep], type=pa.float32()), pa.array(z.ravel()[keep], type=pa.float32())],
         fields=list(TOP_FEATURE_TYPE.value_type))
     return pa.ListArray.from_arrays(pa.array(offsets), values, type=TOP_FEATURE_TYPE)

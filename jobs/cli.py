@@ -13,6 +13,7 @@ from collections.abc import Callable
 from jobs.errors import describe, find_user_error
 
 _USAGE = """usage: aescore {train,score,nightly,sweep,demo,submit} [--help] [flags]
+       aescore --version
 
   train   fit the autoencoder with Ray Train and write a model artefact
   score   score Parquet shards with a model artefact (rows/ + summary.json)
@@ -47,7 +48,17 @@ def job_main(config_cls: type, run: Callable, format_result: Callable, argv: lis
     from jobs.config import parse_config
 
     description = (doc or "").strip().split("\n")[0]
-    return run_cli(lambda: format_result(run(parse_config(config_cls, argv, prog=prog, description=description))))
+    return run_cli(lambda: format_result(run(parse_config(config_cls, verbose_from(argv), prog=prog,
+                                                          description=description))))
+
+
+def verbose_from(argv: list[str] | None) -> list[str]:
+    """``argv`` without ``-v/--verbose``, which turns on Ray's console logs for this process and its children."""
+    from jobs.progress import set_verbose, split_verbose_flag
+
+    rest, verbose = split_verbose_flag(list(sys.argv[1:] if argv is None else argv))
+    set_verbose(verbose)
+    return rest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_USAGE)
         return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        from importlib.metadata import version
+
+        print(f"aescore {version('aescore')}")
+        return 0
     command, rest = argv[0], argv[1:]
     if command == "train":
         from jobs.train import main as job_main

@@ -1,174 +1,179 @@
-"""Job configs: one dataclass per job, loaded from YAML and overridden from the CLI.
+"""Job configs on jsonargparse: one dataclass per job, from YAML and flags.
 
-Each dataclass field becomes a flag ``--field-name`` (dashes for underscores) whose help
-is the field's docstring, and a YAML key ``field_name``. Precedence: field default, then
-``--config FILE.yaml``, then flags. Lists are comma-separated on the command line
-(``--id-columns a,b``); mappings are ``key=value`` pairs (``--column-types a=categorical``).
-Validation lives in each dataclass's ``__post_init__`` and runs before Ray starts.
+Each job's options are a dataclass; jsonargparse (the parser litgpt uses) turns its fields
+into flags with their types, defaults, choices and attribute docstrings, reads ``--config``
+from any fsspec URI, and offers ``--print_config``. A job composes the configs it shares:
+``NightlyConfig`` holds a ``ScoreOptions`` (flags ``--score.top_k`` ...), ``SweepConfig`` a
+``TrainOptions`` template (``--train.epochs`` ...). A flat config made of option mixins
+(``TrainConfig``) gets one help group per mixin.
+
+Precedence: field defaults, then ``--config FILE.yaml``, then the flags after it.
+
+jsonargparse spells flags with underscores, takes booleans as ``--flag true``, lists as
+``[a,b]`` and mappings as ``{k: v}``. ``normalize_argv`` also accepts the spellings these
+jobs took before and that the docs and manifests use: dashes (``--val-data``), a bare
+``--flag`` / ``--no-flag`` for booleans, comma-separated lists (``--id-columns a,b``) and
+``key=value`` pairs (``--column-types zip=categorical``). It rewrites those tokens only.
+Validation lives in each dataclass's ``__post_init__`` and runs before Ray starts; every
+failure becomes one ``ConfigError`` line (exit code 2).
 """
 
 from __future__ import annotations
 
-import argparse
-import ast
 import dataclasses
-import inspect
-import textwrap
+import json
+import re
 import types
 import typing
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from argparse import ArgumentError
+from typing import Any, TypeVar, get_args, get_origin
 
-import fsspec
-import yaml
+from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 
 T = TypeVar("T")
+
+# Help texts come from the attribute docstrings under each field; --config reads any fsspec URI.
+set_parsing_settings(docstring_parse_attribute_docstrings=True, config_read_mode_fsspec_enabled=True)
+
+_TRUE = ("true", "false", "yes", "no", "on", "off", "1", "0", "null", "none")
+
+
+_EPILOG = ("Also accepted: dashes for underscores (--val-data), --flag / --no-flag for true/false, "
+           "comma-separated lists (--id-columns a,b) and key=value pairs (--column-types zip=categorical). "
+           "--print_config prints the resolved options as YAML, a starting point for --config. "
+           "-v/--verbose also shows Ray's own console logs (always kept in Ray's log folder).")
 
 
 class ConfigError(ValueError):
     """A config file or flag is invalid."""
 
 
-def field_docs(cls: type) -> dict[str, str]:
-    """The docstring written under each field of a dataclass (attribute docstrings)."""
-    docs: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
-        if not dataclasses.is_dataclass(klass):
-            continue
-        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
-        body = tree.body[0].body  # type: ignore[attr-defined]
-        for node, nxt in zip(body, body[1:]):
-            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                    and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
-                    and isinstance(nxt.value.value, str)):
-                docs[node.target.id] = " ".join(nxt.value.value.split())
-    return docs
-
-
-def _strip_optional(tp: Any) -> tuple[Any, bool]:
+def _strip_optional(tp: Any) -> Any:
     if get_origin(tp) in (typing.Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
         if len(args) == 1:
-            return args[0], True
-    return tp, False
+            return args[0]
+    return tp
 
 
-def coerce(name: str, value: Any, tp: Any) -> Any:
-    """Convert a YAML value or CLI string to the field type ``tp``."""
-    tp, optional = _strip_optional(tp)
-    if value is None or (optional and isinstance(value, str) and value.lower() in ("", "none", "null")):
-        if optional:
-            return None
-        raise ConfigError(f"{name}: a value is required")
-    origin = get_origin(tp)
-    try:
-        if tp is bool:
-            if isinstance(value, bool):
-                return value
-            if str(value).lower() in ("1", "true", "yes", "on"):
-                return True
-            if str(value).lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if tp in (int, float, str):
-            if tp is int and isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            if tp is not str and isinstance(value, bool):
-                raise ValueError(value)
-            return tp(value)
-        if origin is Literal:
-            if value not in get_args(tp):
-                raise ConfigError(f"{name}: {value!r} is not one of {list(get_args(tp))}")
-            return value
-        if origin is list:
-            (item,) = get_args(tp)
-            items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
-            return [coerce(name, v, item) for v in items]
-        if origin is dict:
-            _, vt = get_args(tp)
-            if isinstance(value, str):
-                pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
-                if any(len(p) != 2 for p in pairs):
-                    # The value is not echoed: for storage_options it may hold a secret.
-                    raise ConfigError(f"{name}: expected comma-separated key=value pairs, got "
-                                      f"{len(pairs)} item(s) of which {sum(len(p) != 2 for p in pairs)} lack '='")
-                value = {k.strip(): v.strip() for k, v in pairs}
-            if not isinstance(value, dict):
-                raise ValueError(value)
-            return {str(k): coerce(name, v, vt) for k, v in value.items()}
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{name}: cannot read {value!r} as {getattr(tp, '__name__', tp)}") from e
-    return value
-
-
-def load_yaml(uri: str) -> dict:
-    """A YAML config file (any fsspec URI) as a mapping."""
-    try:
-        with fsspec.open(uri, "r") as f:
-            data = yaml.safe_load(f) or {}
-    except FileNotFoundError as e:
-        raise ConfigError(f"config file not found: {uri}") from e
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file {uri} cannot be read as a YAML file: {type(e).__name__}") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {uri} is not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {uri} must hold a mapping of option: value")
-    return data
-
-
-def build_parser(cls: type, prog: str, description: str | None = None) -> argparse.ArgumentParser:
-    """An argparse parser with one flag per field of ``cls`` (values stay strings)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--config", help="YAML file with any of the options below (flags win)")
-    docs = field_docs(cls)
+def flag_kinds(cls: type, prefix: str = "") -> dict[str, str]:
+    """Each option of ``cls`` (nested ones as ``score.top_k``) -> bool, list, dict or value."""
+    kinds: dict[str, str] = {}
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
-        flag = "--" + f.name.replace("_", "-")
-        tp, _ = _strip_optional(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = docs.get(f.name, "").replace("%", "%%")  # argparse formats help with %
-        if tp is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS, help=f"{help_text} (default: {default})")
-        else:
-            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-            metavar = "N" if tp in (int, float) else "VALUE"
-            suffix = " (required)" if required else f" (default: {default})"
-            parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar=metavar, help=help_text + suffix)
+        tp = _strip_optional(hints[f.name])
+        if dataclasses.is_dataclass(tp):
+            kinds.update(flag_kinds(tp, f"{prefix}{f.name}."))
+            continue
+        origin = get_origin(tp)
+        kinds[prefix + f.name] = ("bool" if tp is bool else "list" if origin is list
+                                  else "dict" if origin is dict else "value")
+    return kinds
+
+
+def _as_json(kind: str, value: str) -> str:
+    """A comma-separated list or ``k=v,...`` string as JSON; YAML/JSON values pass through."""
+    text = value.strip()
+    if not text or text[0] in "[{" or text.lower() in ("null", "none"):
+        return value
+    items = [v.strip() for v in text.split(",") if v.strip()]
+    if kind == "list":
+        return json.dumps(items)
+    pairs = [item.split("=", 1) for item in items]
+    if any(len(p) != 2 for p in pairs):
+        # The value is not echoed: for storage_options it may hold a secret.
+        raise ConfigError(f"expected comma-separated key=value pairs or a {{key: value}} mapping, got {len(pairs)} "
+                          f"item(s) of which {sum(len(p) != 2 for p in pairs)} lack '='")
+    return json.dumps({k.strip(): v.strip() for k, v in pairs})
+
+
+def normalize_argv(argv: list[str], kinds: dict[str, str]) -> list[str]:
+    """Rewrite dashed flags, bare booleans, comma lists and k=v pairs into jsonargparse's syntax."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        i += 1
+        if not token.startswith("--") or token == "--":
+            out.append(token)
+            continue
+        name, eq, value = token[2:].partition("=")
+        name = name.replace("-", "_")
+        if name.startswith("no_") and kinds.get(name[3:]) == "bool" and not eq:
+            out.append(f"--{name[3:]}=false")
+            continue
+        kind = kinds.get(name.rstrip("+"))
+        if kind == "bool" and not eq and (i >= len(argv) or argv[i].lower() not in _TRUE):
+            out.append(f"--{name}=true")
+            continue
+        if kind in ("list", "dict") and not name.endswith("+"):
+            if not eq and i < len(argv):
+                value, eq, i = argv[i], "=", i + 1
+            if eq:
+                try:
+                    value = _as_json(kind, value)
+                except ConfigError as e:
+                    raise ConfigError(f"--{name}: {e}") from None
+        out.append(f"--{name}{eq}{value}" if eq else f"--{name}")
+    return out
+
+
+def option_groups(cls: type) -> list[tuple[type, set[str]]]:
+    """``cls`` and then its dataclass bases in field order, each with the fields it declares itself.
+
+    These are the help groups: the job's own options (its inputs and outputs) first, then
+    each option mixin in the order its fields come.
+    """
+    groups = []
+    for klass in (cls, *reversed(cls.__mro__[1:])):
+        own = set(klass.__dict__.get("__annotations__", {})) if dataclasses.is_dataclass(klass) else set()
+        if own:
+            groups.append((klass, own))
+    return groups
+
+
+def build_parser(cls: type, prog: str, description: str | None = None) -> ArgumentParser:
+    """A jsonargparse parser for ``cls``: one help group per option mixin, ``--config``, ``--print_config``."""
+    parser = ArgumentParser(prog=prog, description=description, exit_on_error=False, epilog=_EPILOG)
+    parser.add_argument("--config", action=ActionConfigFile,
+                        help="YAML file (any fsspec URI) with any of the options below; flags after it win")
+    for klass, own in option_groups(cls):
+        skip = {f.name for f in dataclasses.fields(klass)} - own
+        parser.add_class_arguments(klass, None, as_group=True, skip=skip)
     return parser
+
+
+def _one_line(e: BaseException) -> str:
+    """jsonargparse's message on one line, its type names as a user writes them."""
+    text = " ".join(str(e).split()).replace('Parser key "', 'option "').replace("Expected a ", "expected ")
+    text = re.sub(r"<class '(\w+)'>", r"\1", text)
+    return re.sub(r"typing\.Literal\[(.*?)\]", r"one of [\1]", text)
 
 
 def parse_config(cls: type[T], argv: list[str] | None, prog: str, description: str | None = None) -> T:
     """Build a config: field defaults < YAML file from ``--config`` < flags.
 
+    ``--help`` and ``--print_config`` print and exit 0 (SystemExit), as argparse does.
+
     Raises:
-        ConfigError: Unknown YAML key, unreadable value, or a failed ``__post_init__`` check.
+        ConfigError: Unknown option, unreadable value, or a failed ``__post_init__`` check.
     """
-    args = vars(build_parser(cls, prog, description).parse_args(argv))
-    return config_from_mapping(cls, args.pop("config", None), args)
+    import sys
 
-
-def config_from_mapping(cls: type[T], yaml_uri: str | None = None, overrides: dict | None = None) -> T:
-    """Build a config from an optional YAML file plus a mapping of overrides."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    values: dict[str, Any] = {}
-    for source in (load_yaml(yaml_uri) if yaml_uri else {}, overrides or {}):
-        for key, value in source.items():
-            name = str(key).replace("-", "_")
-            if name not in names:
-                raise ConfigError(f"unknown option {key!r}; known options: {sorted(names)}")
-            values[name] = coerce(name, value, hints[name])
-    missing = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in values
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    if missing:
-        raise ConfigError("missing required option(s): " + ", ".join("--" + m.replace("_", "-") for m in missing))
+    parser = build_parser(cls, prog, description)
+    args = normalize_argv(list(sys.argv[1:] if argv is None else argv), flag_kinds(cls))
     try:
-        return cls(**values)
+        namespace = parser.parse_args(args)
+        values = parser.instantiate(namespace)
+    except ArgumentError as e:
+        raise ConfigError(_one_line(e)) from e
+    except (TypeError, ValueError) as e:  # a nested dataclass's own check
+        raise ConfigError(_one_line(e)) from e
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    try:
+        return cls(**{name: values[name] for name in names})
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e)) from e
 

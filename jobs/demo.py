@@ -10,7 +10,6 @@ Locally, with nothing else: ``aescore demo`` (writes under ./aescore-demo).
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from jobs.synthetic import LABEL, ROW_ID, make_mixed_table, write_shards
 
 @dataclass
 class DemoConfig:
-    """Options of ``aescore demo``."""
+    """Demo data, training and output"""
 
     out: str = "./aescore-demo"
     """Directory (or URI) for the generated data, the model and the scores."""
@@ -63,7 +62,7 @@ class DemoResult:
 
 
 def run(cfg: DemoConfig) -> DemoResult:
-    """Generate, train, score and evaluate; prints the scoring summary."""
+    """Generate, train, score and evaluate; prints each job's result."""
     t0 = time.perf_counter()
     train_uri, score_uri = join(cfg.out, "data", "train"), join(cfg.out, "data", "score")
     write_shards(make_mixed_table(cfg.rows, cfg.seed, cfg.anomaly_fraction), train_uri, cfg.shards)
@@ -76,7 +75,7 @@ def run(cfg: DemoConfig) -> DemoResult:
     print(train.format_result(tr), flush=True)
     sr = score.run(score.ScoreConfig(model=model_uri, data=score_uri, out=scores_uri,
                                      id_columns=[ROW_ID, LABEL], ray_address=cfg.ray_address))
-    print(json.dumps({k: v for k, v in sr.summary.items() if k != "histogram"}, indent=2), flush=True)
+    print(score.format_result(sr), flush=True)
     # Evaluation only: the demo's scoring set is small, so reading two columns is fine here.
     fs, rows_path = url_to_fs(join(sr.run_uri, "rows"))
     table = pq.read_table(rows_path, filesystem=fs, columns=["anomaly_score", "is_anomaly", LABEL])

@@ -5,7 +5,7 @@ Submit to a Ray cluster (from the repository root), e.g. from a scheduler::
     ray job submit --address http://127.0.0.1:8265 --working-dir . \\
         --runtime-env cluster/runtime_env.yaml -- \\
         python -m jobs.nightly --model s3://bucket/models/LATEST.json \\
-        --data 's3://bucket/events/dt={date}/' --out 's3://bucket/scores/dt={date}/' --id-columns event_id
+        --data 's3://bucket/events/dt={date}/' --out 's3://bucket/scores/dt={date}/' --score.id_columns event_id
 
 Locally: ``aescore nightly --date 2026-11-27 --model ./model --data './events/dt={date}' --out './scores/dt={date}'``.
 
@@ -22,14 +22,17 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from typing import Literal
+
+import numpy as np
 
 from aemodel import drift
 from jobs import score
 from jobs.commit import read_committed_json
 from jobs.config import parse_config
+from jobs.report import nightly_report
+from jobs.score import ScoreOptions
 from jobs.storage import normalize_storage_options, resolve_model_uri
 
 DRIFT_EXIT_CODE = 3
@@ -37,10 +40,10 @@ DRIFT_EXIT_CODE = 3
 
 @dataclass
 class NightlyConfig:
-    """Options of ``aescore nightly``."""
+    """Model, nights and alert limits"""
 
     model: str
-    """Model artefact URI, or a pointer file written by ``aescore train --publish-latest``."""
+    """Model artefact URI, or a pointer file written by aescore train --publish-latest."""
     data: str
     """Input URI template with {date}, e.g. s3://bucket/events/dt={date}/."""
     out: str
@@ -51,8 +54,6 @@ class NightlyConfig:
     """First night of a backfill (with --end); nights run in date order."""
     end: str | None = None
     """Last night of a backfill (inclusive)."""
-    id_columns: list[str] = field(default_factory=list)
-    """Input columns copied to the output to identify rows."""
     history_nights: int = 7
     """Previous committed nights that form the recent baseline."""
     psi_alert: float = 0.2
@@ -61,22 +62,8 @@ class NightlyConfig:
     """Alert when the KS statistic against a baseline exceeds this."""
     anomaly_rate_alert: float = 3.0
     """Alert when the anomaly rate exceeds this multiple of the baseline's."""
-    batch_size: int = 8192
-    """Rows per model call."""
-    compute: Literal["auto", "actors", "tasks"] = "auto"
-    """Scoring compute strategy (see aescore score)."""
-    use_gpu: bool = False
-    """Score on GPUs."""
-    cpus_per_worker: float = 1.0
-    """CPUs reserved per scoring worker."""
-    storage_options: dict[str, str] = field(default_factory=dict)
-    """fsspec options for every path; prefer env credentials. Never written out."""
-    force: bool = False
-    """Rescore nights that are already committed."""
-    shared_local_paths: bool = False
-    """Local paths are on a filesystem every node mounts at the same place (NFS); otherwise a multi-node cluster refuses them."""
-    ray_address: str | None = None
-    """Ray cluster address; default RAY_ADDRESS if set, else a private local Ray."""
+    score: ScoreOptions = field(default_factory=ScoreOptions)
+    """Scoring options of every night, as --score.<option> (aescore score's)"""
 
     def __post_init__(self) -> None:
         for name in ("data", "out"):
@@ -118,7 +105,7 @@ class NightResult:
 
 def run_night(cfg: NightlyConfig, night: date) -> NightResult:
     """Score one night; its drift report is committed with it, beside its summary."""
-    options = normalize_storage_options(cfg.storage_options)
+    options = normalize_storage_options(cfg.score.storage_options)
     stamp = night.isoformat()
     out = cfg.out.format(date=stamp)
     model_uri = resolve_model_uri(cfg.model, options)
@@ -128,16 +115,13 @@ def run_night(cfg: NightlyConfig, night: date) -> NightResult:
     reference = load_artifact(model_uri, options).reference
     reports: list[dict] = []
 
-    def drift_file(tonight: dict) -> dict[str, bytes]:
+    def drift_files(tonight: dict) -> dict[str, bytes]:
         reports.append(drift_report(cfg, night, tonight, reference, options))
-        return {"drift.json": json.dumps(reports[-1], indent=2).encode()}
+        page = nightly_report(reports[-1], trend_rows(cfg, night, tonight, reports[-1], options))
+        return {"drift.json": json.dumps(reports[-1], indent=2).encode(), "drift.html": page}
 
-    result = score.run(score.ScoreConfig(
-        model=model_uri, data=cfg.data.format(date=stamp), out=out, id_columns=cfg.id_columns,
-        batch_size=cfg.batch_size, compute=cfg.compute, use_gpu=cfg.use_gpu, cpus_per_worker=cfg.cpus_per_worker,
-        storage_options=cfg.storage_options, force=cfg.force, ray_address=cfg.ray_address,
-        shared_local_paths=cfg.shared_local_paths),
-        extra_files=drift_file)
+    result = score.run(score.ScoreConfig(model=model_uri, data=cfg.data.format(date=stamp), out=out,
+                                         **asdict(cfg.score)), extra_files=drift_files)
     if result.reused:  # committed by an earlier run, with its drift report
         report = read_committed_json(out, "drift.json", options) or drift_report(cfg, night, result.summary,
                                                                                  reference, options)
@@ -163,11 +147,59 @@ def drift_report(cfg: NightlyConfig, night: date, tonight: dict, reference: dict
     report["previous_nights"] = [p["date"] for p in previous]
     if previous:
         report["vs_previous_nights"] = drift.compare(tonight, drift.pool(previous))
+        report["columns"] = column_shift(tonight, previous)
     for name in ("vs_validation", "vs_previous_nights"):
         if name in report:
             report["alerts"] += [f"{name}: {a}" for a in drift.alerts(report[name], cfg.psi_alert, cfg.ks_alert,
                                                                        cfg.anomaly_rate_alert)]
     return report
+
+
+def column_shift(tonight: dict, previous: list[dict]) -> dict:
+    """Which columns moved: each column's share of the rows it leads (largest error), tonight vs the previous nights.
+
+    From ``columns.top1_rows`` of the summaries (there whenever top_k > 0), so it needs no
+    per-column error output; with --score.column_errors the mean errors are compared too.
+    """
+    def shares(summaries: list[dict]) -> dict[str, float]:
+        counts: dict[str, int] = {}
+        for s in summaries:
+            for col, n in (s.get("columns") or {}).get("top1_rows", {}).items():
+                counts[col] = counts.get(col, 0) + n
+        total = sum(counts.values())
+        return {c: n / total for c, n in counts.items()} if total else {}
+
+    now, before = shares([tonight]), shares(previous)
+    out: dict = {}
+    if now and before:
+        out["top1_share"] = {c: {"share": now.get(c, 0.0), "baseline_share": before.get(c, 0.0),
+                                 "change": now.get(c, 0.0) - before.get(c, 0.0)}
+                             for c in sorted(set(now) | set(before))}
+    means_now = (tonight.get("columns") or {}).get("mean_error")
+    means_before = [m for m in ((s.get("columns") or {}).get("mean_error") for s in previous) if m]
+    if means_now and means_before:
+        out["mean_error"] = {c: {"mean_error": v, "baseline_mean_error": float(np.mean([m.get(c, np.nan)
+                                                                                      for m in means_before]))}
+                             for c, v in means_now.items()}
+    return out
+
+
+def trend_rows(cfg: NightlyConfig, night: date, tonight: dict, report: dict, options: dict) -> list[dict]:
+    """Tonight and the previous committed nights (oldest first) as rows of the drift.html trend."""
+    def row(day: str, summary: dict, drift_json: dict | None) -> dict:
+        vs = (drift_json or {}).get("vs_validation") or {}
+        return {"date": day, "row_count": summary["row_count"], "quantiles": summary["quantiles"],
+                "anomaly_rate": drift.anomaly_rate(summary), "psi": vs.get("psi", float("nan")),
+                "ks": vs.get("ks", float("nan")), "alerts": (drift_json or {}).get("alerts", [])}
+
+    rows = []
+    for back in range(cfg.history_nights, 0, -1):
+        day = (night - timedelta(days=back)).isoformat()
+        uri = cfg.out.format(date=day)
+        summary = read_committed_json(uri, "summary.json", options)
+        if summary is not None:
+            rows.append(row(day, summary, read_committed_json(uri, "drift.json", options)))
+    return rows + [row(night.isoformat(), tonight, report)]
 
 
 def run(cfg: NightlyConfig) -> list[NightResult]:
@@ -184,12 +216,12 @@ def format_night(r: NightResult) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m jobs.nightly``: exit 3 when a night crossed an alert limit."""
-    from jobs.cli import run_cli
+    from jobs.cli import run_cli, verbose_from
 
     results: list[NightResult] = []
 
     def job() -> str:
-        cfg = parse_config(NightlyConfig, argv, prog="aescore nightly", description=__doc__.split("\n")[0])
+        cfg = parse_config(NightlyConfig, verbose_from(argv), prog="aescore nightly", description=__doc__.split("\n")[0])
         for night in cfg.nights():
             results.append(run_night(cfg, night))
             print(format_night(results[-1]), flush=True)

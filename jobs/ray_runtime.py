@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -18,6 +20,7 @@ from aemodel.leakage import BloomFilter, row_hashes
 from aemodel.metrics import ErrorStats
 from aemodel.preprocess import merge_stats, partial_stats
 from aemodel.schema import ColumnSpec
+from jobs.progress import Progress, is_verbose
 
 
 def ensure_ray(address: str | None = None) -> None:
@@ -30,7 +33,42 @@ def ensure_ray(address: str | None = None) -> None:
     if ray.is_initialized():
         return
     target = address or os.environ.get("RAY_ADDRESS") or "local"
-    ray.init(address=target, log_to_driver=True)
+    verbose = is_verbose()
+    if not verbose:
+        quiet_ray_console()
+    # Workers' output still reaches the driver: a Train worker prints the epoch lines.
+    ray.init(address=target, log_to_driver=True, logging_level=logging.INFO if verbose else logging.WARNING)
+    if not verbose:
+        quiet_ray_console()  # ray.init replaces the "ray" logger's handlers
+
+
+class _RayConsoleNoise(logging.Filter):
+    """Drops Ray's console messages that are about Ray itself, not about the job."""
+
+    NOISE = ("Token authentication is enabled", "Progress bars disabled", "Progress bars for operators disabled")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or not any(n in str(record.msg) for n in self.NOISE)
+
+
+def quiet_ray_console() -> None:
+    """Ray's console shows warnings and errors only, and no progress blocks; its log files keep everything.
+
+    Ray Data logs execution plans and (off a terminal) a progress block every few seconds
+    at INFO on the console; Ray Train logs every report. The job prints its own progress
+    (``jobs.progress``) instead. ``-v`` skips this.
+    """
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.setLevel(max(handler.level, logging.WARNING))
+                if not any(isinstance(f, _RayConsoleNoise) for f in handler.filters):
+                    handler.addFilter(_RayConsoleNoise())
 
 
 def alive_nodes() -> int:
@@ -38,28 +76,42 @@ def alive_nodes() -> int:
     return sum(1 for n in ray.nodes() if n["Alive"])
 
 
-def aggregate_blocks(ds: ray.data.Dataset, *aggs: AggregateFnV2) -> dict:
+def aggregate_blocks(ds: ray.data.Dataset, *aggs: AggregateFnV2, sink: Callable[[pa.Table], None] | None = None,
+                     progress: Progress | None = None, rows_per_call: int | None = None) -> dict:
     """``Dataset.aggregate(*aggs)`` as one map over blocks plus a merge on the driver.
 
     Each block yields one small accumulator per aggregation (never rows); the driver
     combines them in arrival order, which is exact for the mergeable accumulators used
     here. A keyless ``Dataset.aggregate`` in Ray 2.60 runs a hash shuffle through
     aggregator actors, which costs seconds of fixed overhead per call on a small cluster.
+
+    Args:
+        ds: The rows.
+        aggs: Mergeable aggregations.
+        sink: Called with each block first, in the worker (scoring writes it there), so the
+            rows are written and summarised in one pass.
+        progress: Counts the rows as their blocks finish.
+        rows_per_call: Rows handed to ``sink`` and the accumulators at once (Ray Data
+            bundles blocks up to it); default one block per call.
     """
     def partial(table: pa.Table) -> dict:
-        return {"acc": [pickle.dumps([a.aggregate_block(table) for a in aggs])]}
+        if sink is not None:
+            sink(table)
+        return {"rows": [table.num_rows], "acc": [pickle.dumps([a.aggregate_block(table) for a in aggs])]}
 
     accs: list = [None] * len(aggs)
-    for batch in ds.map_batches(partial, batch_format="pyarrow", batch_size=None).iter_batches(
+    for batch in ds.map_batches(partial, batch_format="pyarrow", batch_size=rows_per_call).iter_batches(
             batch_format="pyarrow", batch_size=None):
-        for blob in batch.column("acc").to_pylist():
+        for rows, blob in zip(batch.column("rows").to_pylist(), batch.column("acc").to_pylist()):
             for i, (agg, part) in enumerate(zip(aggs, pickle.loads(blob))):  # our own workers' output
                 if part is not None:
                     accs[i] = part if accs[i] is None else agg.combine(accs[i], part)
-    # An empty dataset: this module's aggregations finalize their empty accumulator b"";
+            if progress is not None:
+                progress.update(rows)
+    # An empty dataset: aescore's aggregations finalize their empty accumulator b"";
     # Ray's built-ins (Sum, Mean) give None.
-    return {a.name: a.finalize(acc) if acc is not None else (a.finalize(b"") if a.__module__ == __name__ else None)
-            for a, acc in zip(aggs, accs)}
+    return {a.name: a.finalize(acc) if acc is not None else
+            (None if type(a).__module__.startswith("ray.") else a.finalize(b"")) for a, acc in zip(aggs, accs)}
 
 
 class ColumnStatsAggregate(AggregateFnV2):
@@ -128,20 +180,27 @@ def decode_bloom(accumulator: bytes | None, n_bits: int, n_hashes: int) -> tuple
 
 
 class TopFeaturesAggregate(AggregateFnV2):
-    """Per column: rows it leads (largest error), rows it is in the top k, and its share sum."""
+    """Per column: rows it leads (largest error), flagged rows it leads, rows it is in the top k, its share sum."""
 
     def __init__(self, on: str = "top_features"):
         super().__init__("top_features", zero_factory=lambda: b"", on=on, ignore_nulls=False)
 
     def aggregate_block(self, block) -> bytes:
-        col = BlockAccessor.for_block(block).to_arrow().column(self.get_target_column()).combine_chunks()
+        table = BlockAccessor.for_block(block).to_arrow()
+        col = table.column(self.get_target_column()).combine_chunks()
         flat = pc.list_flatten(col)
         grouped = pa.table({"c": flat.field("column"), "s": flat.field("share")}).group_by("c").aggregate(
             [("s", "sum"), ("s", "count")])
-        led = pc.list_element(col.filter(pc.greater(pc.list_value_length(col), 0)), 0).field("column")
-        led_counts = pc.value_counts(led)
+        has_any = pc.greater(pc.list_value_length(col), 0)
+        flagged = pc.and_(has_any, table.column("is_anomaly").combine_chunks()) if "is_anomaly" in table.column_names \
+            else pc.and_(has_any, False)
+
+        def leaders(mask) -> dict:
+            counts = pc.value_counts(pc.list_element(col.filter(mask), 0).field("column"))
+            return dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()))
+
         names = grouped.column("c").to_pylist()
-        acc = {"top1_rows": dict(zip(led_counts.field("values").to_pylist(), led_counts.field("counts").to_pylist())),
+        acc = {"top1_rows": leaders(has_any), "top1_flagged_rows": leaders(flagged),
                "topk_rows": dict(zip(names, grouped.column("s_count").to_pylist())),
                "share_sum": dict(zip(names, grouped.column("s_sum").to_pylist()))}
         return json.dumps(acc).encode()
@@ -158,7 +217,8 @@ class TopFeaturesAggregate(AggregateFnV2):
         return json.dumps(a).encode()
 
     def finalize(self, accumulator: bytes) -> bytes:
-        return accumulator or json.dumps({"top1_rows": {}, "topk_rows": {}, "share_sum": {}}).encode()
+        return accumulator or json.dumps({"top1_rows": {}, "top1_flagged_rows": {}, "topk_rows": {},
+                                          "share_sum": {}}).encode()
 
 
 class ErrorStatsAggregate(AggregateFnV2):

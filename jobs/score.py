@@ -18,11 +18,12 @@ output; any other run replaces it.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
-from dataclasses import dataclass, field, replace
 from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Literal
 
@@ -35,24 +36,19 @@ from jobs.config import config_to_dict
 from jobs.datasets import ParquetInput, check_columns, explain_failure, open_parquet_input
 from jobs.errors import InputError
 from jobs.manifest import fingerprint, git_commit, library_versions
-from jobs.ray_runtime import alive_nodes, ensure_ray
+from jobs.progress import Progress
+from jobs.ray_runtime import aggregate_blocks, alive_nodes, ensure_ray
 from jobs.report import scoring_report
-from jobs.score_rows import (OUTPUT_FORMAT_VERSION, ROW_HASH, ModelLoader, build_scored_dataset, read_columns,
-                             row_file_metadata)
-from jobs.score_summary import summarize, summary_warnings
+from jobs.score_rows import (OUTPUT_FORMAT_VERSION, ROW_HASH, ROWS_PER_FILE, ModelLoader, build_scored_dataset, read_columns,
+                             row_file_metadata, write_block)
+from jobs.score_summary import summary_aggregations, summary_from, summary_warnings
 from jobs.storage import (arrow_filesystem, check_no_overlap, check_shared_paths, inspect_parquet_files,
                           normalize_storage_options, redact_config, resolve_model_uri)
 
-@dataclass
-class ScoreConfig:
-    """Options of ``aescore score``."""
+@dataclass(kw_only=True)
+class ScoreOptions:
+    """Scoring: outputs, compute and storage"""
 
-    model: str
-    """Model artefact URI written by ``aescore train``, or a pointer file from --publish-latest."""
-    data: str
-    """Parquet to score: a file, a directory/prefix of shards, or a glob (any fsspec URI)."""
-    out: str
-    """Output prefix: rows/, summary.json and _SUCCESS are written under it (replaced on rerun)."""
     id_columns: list[str] = field(default_factory=list)
     """Input columns copied to the output to identify rows; empty adds row_hash (file + position)."""
     batch_size: int = 8192
@@ -87,8 +83,6 @@ class ScoreConfig:
     """Ray cluster address; default RAY_ADDRESS if set, else a private local Ray."""
 
     def __post_init__(self) -> None:
-        if not (self.model and self.data and self.out):
-            raise ValueError("--model, --data and --out are required")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.concurrency is not None and self.concurrency < 1:
@@ -109,6 +103,23 @@ class ScoreConfig:
     @property
     def use_actors(self) -> bool:
         return self.compute == "actors" or (self.compute == "auto" and self.use_gpu)
+
+
+@dataclass(kw_only=True)
+class ScoreConfig(ScoreOptions):
+    """Input and output"""
+
+    model: str
+    """Model artefact URI written by aescore train, or a pointer file from --publish-latest."""
+    data: str
+    """Parquet to score: a file, a directory/prefix of shards, or a glob (any fsspec URI)."""
+    out: str
+    """Output prefix: rows/, summary.json and _SUCCESS are written under it (replaced on rerun)."""
+
+    def __post_init__(self) -> None:
+        if not (self.model and self.data and self.out):
+            raise ValueError("--model, --data and --out are required")
+        super().__post_init__()
 
 
 @dataclass
@@ -189,7 +200,7 @@ def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact,
         # column), not as a UserCodeException whose message holds only a cut traceback.
         ctx.raise_original_map_exception = True
         summary, manifest = _score_and_summarize(cfg, art, data, out, loader, threshold, run_id, t0, started)
-        files = {"summary.json": json.dumps(summary, indent=2).encode(), "report.html": scoring_report(summary),
+        files = {"summary.json": json.dumps(summary, indent=2).encode(), "report.html": scoring_report(summary, art.reference),
                  MANIFEST: json.dumps(manifest, indent=2).encode()}
         files.update(extra_files(summary) if extra_files else {})
         out.commit(files, run_id)
@@ -226,17 +237,26 @@ def _score_and_summarize(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInpu
                          started: datetime) -> tuple[dict, dict]:
     """Read -> score -> write the rows into the run folder, then the summary and manifest of them."""
     scored = build_scored_dataset(cfg, art, data, loader, row_file_metadata(cfg, art, run_id, threshold))
-    arrow_fs = arrow_filesystem(out.fs)
     rows = out.path_of("rows")
     t_pipeline = time.perf_counter()
-    scored.write_parquet(rows, filesystem=arrow_fs, min_rows_per_file=100_000)
+    progress = Progress("scored", total=data.num_rows)
+    try:
+        # One file per ROWS_PER_FILE rows: a file (and a set of accumulators) per model
+        # batch would cost more than the scoring (bench/score_throughput.py).
+        agg = aggregate_blocks(scored, *summary_aggregations(art, cfg, threshold), progress=progress,
+                               rows_per_call=ROWS_PER_FILE,
+                               sink=functools.partial(write_block, path=rows, filesystem=arrow_filesystem(out.fs),
+                                                      id_columns=list(cfg.id_columns) or [ROW_HASH]))
+    finally:
+        progress.close()
     t_summary = time.perf_counter()
-    if not out.fs.exists(rows):
-        raise RuntimeError(f"wrote 0 rows for {data.num_rows} input rows; not committing")
-    summary = summarize(ray.data.read_parquet(rows, filesystem=arrow_fs, partitioning=None), threshold, art, cfg)
+    summary = summary_from(agg, art, cfg)
     if summary["row_count"] != data.num_rows:
         raise RuntimeError(f"wrote {summary['row_count']} rows for {data.num_rows} input rows; not committing")
     written = inspect_parquet_files(out.fs, sorted(p for p in out.fs.find(rows) if p.endswith(".parquet")))
+    if sum(f.num_rows for f in written) != summary["row_count"]:  # e.g. a stray file of a failed attempt
+        raise RuntimeError(f"the row files hold {sum(f.num_rows for f in written)} rows, the scoring pass counted "
+                           f"{summary['row_count']}; not committing")
     summary.update({
         "threshold_source": "override" if cfg.threshold is not None else art.threshold.get("method"),
         "threshold_ci": None if cfg.threshold is not None else art.threshold.get("ci"),
@@ -249,7 +269,7 @@ def _score_and_summarize(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInpu
         "run_uri": out.run_uri,
         "wall_seconds": round(time.perf_counter() - t0, 3),
         "timings": {"read_score_write_s": round(t_summary - t_pipeline, 3),
-                    "summary_s": round(time.perf_counter() - t_summary, 3)},
+                    "check_written_s": round(time.perf_counter() - t_summary, 3)},
     })
     manifest = {
         "format_version": OUTPUT_FORMAT_VERSION,
@@ -274,13 +294,24 @@ def _score_and_summarize(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInpu
 
 
 def format_result(r: ScoreResult) -> str:
+    """A short table: distribution, threshold and flagged rows, the top rows, where the report is."""
     s = r.summary
     q = s["quantiles"]
     verb = "reused" if r.reused else "scored"
-    return (f"{verb} {s['row_count']} rows -> {r.run_uri or r.out}: mean={s['mean']:.4f} p50={q['p50']:.4f} "
-            f"p99={q['p99']:.4f} max={s['max']:.4f}, {s['anomaly_count']} above threshold "
-            f"{s['threshold']:.4f} ({100 * s['anomaly_rate']:.2f}%), {s['wall_seconds']:.1f}s"
-            + "".join(f"\nwarning: {w}" for w in s.get("warnings", [])))
+    run = r.run_uri or r.out
+    lines = [f"{verb} {s['row_count']:,} rows -> {run} ({s['wall_seconds']:.1f}s)"]
+    if s["row_count"] - s.get("nonfinite", 0):
+        lines.append(f"  anomaly_score  mean={s['mean']:.4g} p50={q['p50']:.4g} p99={q['p99']:.4g} max={s['max']:.4g}")
+    lines.append(f"  threshold      {s['threshold']:.4g} ({s.get('threshold_source') or 'model'}): "
+                 f"{s['anomaly_count']:,} rows flagged ({100 * (s['anomaly_rate'] or 0):.2f}%)")
+    for i, row in enumerate(s.get("top_rows", [])[:3]):
+        ids = ", ".join(f"{k}={v}" for k, v in row.items()
+                        if k not in ("anomaly_score", "score_percentile", "top_features"))
+        led = ", ".join(f["column"] for f in row.get("top_features") or [])
+        lines.append(f"  {'top rows' if i == 0 else '':<14} {row['anomaly_score']:.4g}  {ids}"
+                     + (f"  (largest errors: {led})" if led else ""))
+    lines.append(f"  report         {run.rstrip('/')}/report.html")
+    return "\n".join(lines + [f"warning: {w}" for w in s.get("warnings", [])])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,12 +8,15 @@ this module, which every worker imports.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import ray
 import ray.data
 import torch
@@ -23,16 +26,18 @@ from aemodel import ModelArtifact, RowScorer, load_artifact
 from aemodel.leakage import row_hashes
 from jobs.datasets import ParquetInput
 from jobs.errors import InputError
-from jobs.score_summary import COLUMN_ERROR_PREFIX
+from jobs.score_summary import COLUMN_ERROR_PREFIX, ROW_HASH
 from jobs.storage import normalize_storage_options
 
 if TYPE_CHECKING:
     from jobs.score import ScoreConfig
 
-ROW_HASH = "row_hash"
-OUTPUT_FORMAT_VERSION = 2
-"""Version of the rows / summary.json / manifest.json layout; 2: anomaly_score and score_percentile
-columns, the summary's distribution is of anomaly_score (1: unversioned, recon_error)."""
+ROWS_PER_FILE = 100_000
+"""Rows per output Parquet file (fewer where an input is smaller)."""
+OUTPUT_FORMAT_VERSION = 3
+"""Version of the rows / summary.json / manifest.json layout. 3: one pass writes rows and summary;
+the summary names each figure once (row_count, anomaly_count, anomaly_rate, unseen_cells) and holds
+top_rows; 2: anomaly_score and score_percentile columns, distribution of anomaly_score; 1: recon_error."""
 ModelLoader = Callable[[str, dict | None], ModelArtifact]  # (uri, storage_options) -> artefact
 
 
@@ -166,3 +171,25 @@ def row_file_metadata(cfg: ScoreConfig, art: ModelArtifact, run_id: str, thresho
     return {"aescore.format_version": str(OUTPUT_FORMAT_VERSION), "aescore.version": ours,
             "aescore.score": "anomaly_score", "aescore.run_id": run_id, "aescore.model_uri": cfg.model,
             "aescore.model_version": str(art.version), "aescore.threshold": json.dumps(threshold)}
+
+
+def write_block(table: pa.Table, *, path: str, filesystem: pafs.FileSystem, id_columns: list[str]) -> None:
+    """Write one block of scored rows as one Parquet file under ``path`` (a ``aggregate_blocks`` sink).
+
+    Why not ``Dataset.write_parquet``: its Datasink hands nothing back per block, so the
+    summary needed a second read of the written rows; writing in the same pass that takes
+    the summary accumulators saves that read (bench/score_throughput.py) and lets the
+    driver count rows as blocks finish (progress). The file is named by a hash of the
+    block's row ids, so a retried task (same input, same block) replaces its own file
+    rather than adding a second copy; the row count is checked against the input before
+    anything is committed either way.
+    """
+    if table.num_rows == 0:
+        return
+    ids = table.select(id_columns).combine_chunks()
+    buf = pa.BufferOutputStream()
+    with pa.ipc.new_stream(buf, ids.schema) as writer:
+        writer.write_table(ids)
+    digest = hashlib.blake2b(buf.getvalue().to_pybytes(), digest_size=12).hexdigest()
+    filesystem.create_dir(path, recursive=True)
+    pq.write_table(table, f"{path}/part-{digest}.parquet", filesystem=filesystem)

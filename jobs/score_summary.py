@@ -1,63 +1,107 @@
-"""The scoring summary: one Ray Data aggregation over the written rows, plus its warnings."""
+"""The scoring summary: mergeable accumulators taken from each block as it is written, plus its warnings."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
+import pyarrow as pa
 import ray.data
+from ray.data.aggregate import AggregateFnV2
+from ray.data.block import BlockAccessor
 
 from aemodel import ModelArtifact
 from aemodel.metrics import histogram_edges
-from jobs.ray_runtime import ErrorStatsAggregate, TopFeaturesAggregate, aggregate_blocks
+from jobs.ray_runtime import ErrorStatsAggregate, TopFeaturesAggregate
 
 COLUMN_ERROR_PREFIX = "err_"
 SEEN = "seen_in_training"
+ROW_HASH = "row_hash"
+TOP_ROWS = 20
+"""Rows with the highest anomaly_score kept in summary.json and the report."""
 
 
-def summarize(rows: ray.data.Dataset, threshold: float, art: ModelArtifact, cfg) -> dict:
-    """Error distribution, cell counts, per-column error and training overlap of scored rows.
+class TopRowsAggregate(AggregateFnV2):
+    """The ``n`` rows with the highest anomaly_score: their ids, score, percentile and top features."""
 
-    Reads back only the summary columns of the staged rows, so the rows never reach the
-    driver and the figures describe exactly what is committed.
+    def __init__(self, id_columns: list[str], n: int):
+        self._ids, self._n = id_columns, n
+        super().__init__("top_rows", zero_factory=lambda: b"", on=None, ignore_nulls=False)
+
+    def aggregate_block(self, block) -> bytes:
+        table = BlockAccessor.for_block(block).to_arrow()
+        score = np.nan_to_num(table.column("anomaly_score").to_numpy(zero_copy_only=False), nan=-np.inf)
+        keep = np.argsort(-score, kind="stable")[: self._n] if len(score) <= self._n else \
+            np.argpartition(-score, self._n - 1)[: self._n]
+        cols = [*self._ids, "anomaly_score", "score_percentile",
+                *(["top_features"] if "top_features" in table.column_names else [])]
+        rows = table.select(cols).take(pa.array(keep, type=pa.int64())).to_pylist()
+        return json.dumps(rows, default=str).encode()
+
+    def combine(self, current: bytes, new: bytes) -> bytes:
+        if not current:
+            return new
+        if not new:
+            return current
+        rows = json.loads(current) + json.loads(new)
+        rows.sort(key=lambda r: -(r["anomaly_score"] if r["anomaly_score"] is not None else -np.inf))
+        return json.dumps(rows[: self._n]).encode()
+
+    def finalize(self, accumulator: bytes) -> list[dict]:
+        rows = json.loads(accumulator) if accumulator else []
+        return sorted(rows, key=lambda r: -(r["anomaly_score"] if r["anomaly_score"] is not None else -np.inf))
+
+
+def summary_aggregations(art: ModelArtifact, cfg, threshold: float) -> list[AggregateFnV2]:
+    """The mergeable accumulators of the scoring summary, taken from each block as it is written.
 
     Args:
-        rows: The staged output rows.
-        threshold: The anomaly threshold in use.
         art: The model artefact (column names, training-row filter).
-        cfg: The ``ScoreConfig`` (top_k, column_errors).
+        cfg: The ``ScoreConfig`` (top_k, column_errors, id_columns).
+        threshold: The anomaly threshold in use.
     """
     names = [s.name for s in art.preprocessor.specs]
-    err_cols = [COLUMN_ERROR_PREFIX + n for n in names] if cfg.column_errors else []
     aggs = [ErrorStatsAggregate("anomaly_score", histogram_edges(), threshold),
             ray.data.aggregate.Sum("missing_cells", alias_name="missing_cells"),
-            ray.data.aggregate.Sum("unseen_cells", alias_name="unseen_cells")]
-    aggs += [ray.data.aggregate.Mean(c, alias_name=c) for c in err_cols]
-    columns = ["anomaly_score", "missing_cells", "unseen_cells", *err_cols]
+            ray.data.aggregate.Sum("unseen_cells", alias_name="unseen_cells"),
+            TopRowsAggregate(list(cfg.id_columns) or [ROW_HASH], TOP_ROWS)]
+    if cfg.column_errors:
+        aggs += [ray.data.aggregate.Mean(COLUMN_ERROR_PREFIX + n, alias_name=COLUMN_ERROR_PREFIX + n) for n in names]
     if cfg.top_k:
         aggs.append(TopFeaturesAggregate())
-        columns.append("top_features")
-    seen = art.training_rows is not None
-    if seen:
+    if art.training_rows is not None:
         aggs.append(ray.data.aggregate.Sum(SEEN, alias_name=SEEN))
-        columns.append(SEEN)
-    agg = aggregate_blocks(rows.select_columns(columns), *aggs)
-    stats = agg["error_stats(anomaly_score)"]
-    row_count = stats["count"] + stats["nonfinite"]
-    summary = {**stats, "score": "anomaly_score", "row_count": row_count, "anomaly_count": stats["above_threshold"],
-               "anomaly_rate": stats["above_threshold_fraction"], "missing_cells": int(agg["missing_cells"] or 0),
-               "unseen_category_cells": int(agg["unseen_cells"] or 0)}
+    return aggs
+
+
+def summary_from(agg: dict, art: ModelArtifact, cfg) -> dict:
+    """The summary of the scored rows from the merged accumulators of ``summary_aggregations``.
+
+    One name per concept: ``row_count`` rows, ``nonfinite`` of them without a finite score,
+    ``anomaly_count`` / ``anomaly_rate`` (of the finite ones) above ``threshold``.
+    """
+    names = [s.name for s in art.preprocessor.specs]
+    stats = dict(agg["error_stats(anomaly_score)"])
+    finite, above = stats.pop("count"), stats.pop("above_threshold")
+    rate = stats.pop("above_threshold_fraction")
+    row_count = finite + stats["nonfinite"]
+    summary = {"score": "anomaly_score", "row_count": row_count, "anomaly_count": above, "anomaly_rate": rate,
+               **stats, "missing_cells": int(agg["missing_cells"] or 0),
+               "unseen_cells": int(agg["unseen_cells"] or 0), "top_rows": agg["top_rows"]}
     per_column: dict = {}
-    if err_cols:
-        per_column["mean_error"] = {n: agg[c] for n, c in zip(names, err_cols) if agg[c] is not None}
+    if cfg.column_errors:
+        per_column["mean_error"] = {n: agg[COLUMN_ERROR_PREFIX + n] for n in names
+                                    if agg[COLUMN_ERROR_PREFIX + n] is not None}
     if cfg.top_k:
         top = json.loads(agg["top_features"])
         per_column.update({
             "top_k": cfg.top_k,
             "top1_rows": dict(sorted(top["top1_rows"].items(), key=lambda kv: -kv[1])),
+            "top1_flagged_rows": dict(sorted(top["top1_flagged_rows"].items(), key=lambda kv: -kv[1])),
             "topk_rows": top["topk_rows"],
             "mean_share_in_topk": {n: top["share_sum"][n] / top["topk_rows"][n] for n in top["topk_rows"]}})
     summary["columns"] = per_column
-    if seen:
+    if art.training_rows is not None:
         hits = int(agg[SEEN] or 0)
         fpr = art.training_rows_info.get("false_positive_rate", 0.0)
         summary["training_overlap"] = {"rows": hits, "fraction": hits / row_count if row_count else 0.0,
@@ -80,6 +124,6 @@ def summary_warnings(summary: dict) -> list[str]:
         out.append(f"{len(skipped)} file(s) in the input lack the .parquet extension and were not read "
                    f"(e.g. {skipped[0]}); rename them or pass a glob that names them")
     rows = summary["row_count"] or 1
-    if summary.get("unseen_category_cells", 0) > 0.05 * rows:
-        out.append(f"{summary['unseen_category_cells']} categorical cells hold values never seen in training")
+    if summary.get("unseen_cells", 0) > 0.05 * rows:
+        out.append(f"{summary['unseen_cells']} categorical cells hold values never seen in training")
     return out

@@ -20,7 +20,7 @@ import csv
 import io
 import json
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
@@ -34,17 +34,17 @@ from jobs.datasets import open_parquet_input
 from jobs.errors import InputError, TrainingError
 from jobs.ray_runtime import ErrorStatsAggregate, aggregate_blocks, ensure_ray
 from jobs.storage import join, normalize_storage_options, url_to_fs
-from jobs.train_config import TrainConfig
+from jobs.train_config import TrainConfig, TrainOptions
 
 
 @dataclass
 class SweepConfig:
-    """Options of ``aescore sweep``."""
+    """Data, latent sizes and labels"""
 
     data: str
     """Training Parquet (any fsspec URI)."""
     out: str
-    """Output prefix: latent-<k>/ model artefacts, sweep.csv, sweep.json, sweep.png."""
+    """Output prefix: latent-<k>/ model artefacts, sweep.csv, sweep.json, sweep.png, sweep.html."""
     latent: list[int] = field(default_factory=lambda: [2, 4, 8, 16, 32])
     """Latent sizes to train (comma-separated)."""
     tolerance: float = 0.05
@@ -53,34 +53,10 @@ class SweepConfig:
     """Labelled Parquet (anomaly = 1) to compute each model's AUROC on; never used for training."""
     label_column: str | None = None
     """Column of --label-data holding the 0/1 anomaly label."""
-    val_data: str | None = None
-    """Separate validation Parquet; default: the row-hash split of --data."""
-    feature_columns: list[str] = field(default_factory=list)
-    """Feature columns (default: every supported column)."""
-    exclude_columns: list[str] = field(default_factory=list)
-    """Columns never used as features (ids, labels, timestamps)."""
-    column_types: dict[str, str] = field(default_factory=dict)
-    """Override inferred column types, e.g. zip=categorical."""
-    hidden_dims: list[int] | None = None
-    """Encoder hidden layer widths (the decoder mirrors them); default as in aescore train."""
-    epochs: int = 200
-    """Maximum epochs per model, a safety cap: early stopping ends training."""
     max_concurrent: int = 2
     """Trials trained at the same time."""
-    cpus_per_worker: float = 0.5
-    """CPUs reserved per training worker of each trial (keep trials x workers x this below the CPUs)."""
-    num_workers: int = 1
-    """Ray Train workers per trial."""
-    use_gpu: bool = False
-    """One GPU per training worker."""
-    storage_options: dict[str, str] = field(default_factory=dict)
-    """fsspec options for every path; prefer env credentials. Never written out."""
-    overwrite: bool = False
-    """Replace models from another run under --out."""
-    seed: int = 0
-    """Random seed of every trial."""
-    ray_address: str | None = None
-    """Ray cluster address; default RAY_ADDRESS if set, else a private local Ray."""
+    train: TrainOptions = field(default_factory=lambda: TrainOptions(cpus_per_worker=0.5))
+    """Training options of every trial, as --train.<option> (0.5 CPUs per worker: trials run side by side)"""
 
     def __post_init__(self) -> None:
         if not self.data or not self.out:
@@ -91,16 +67,21 @@ class SweepConfig:
             raise ValueError(f"tolerance must be in [0, 1), got {self.tolerance}")
         if bool(self.label_data) != bool(self.label_column):
             raise ValueError("--label-data and --label-column go together")
-        if self.max_concurrent < 1 or self.num_workers < 1 or self.cpus_per_worker <= 0:
-            raise ValueError("max_concurrent and num_workers must be >= 1, cpus_per_worker > 0")
+        if self.max_concurrent < 1:
+            raise ValueError(f"max_concurrent must be >= 1, got {self.max_concurrent}")
+        for name, why in (("in_process", "trials train in Train workers, several at once"),
+                          ("latent_dim", "each trial's comes from --latent"),
+                          ("run_name", "each trial has its own"),
+                          ("publish_latest", "a sweep recommends a model; publish it with aescore train")):
+            if getattr(self.train, name):
+                raise ValueError(f"train.{name} cannot be set in a sweep: {why}")
 
     def train_config(self, latent_dim: int) -> TrainConfig:
-        keep = {f: getattr(self, f) for f in ("data", "val_data", "feature_columns", "exclude_columns",
-                                              "column_types", "hidden_dims", "epochs", "cpus_per_worker",
-                                              "num_workers", "use_gpu", "storage_options", "overwrite", "seed")}
+        """The trial's ``aescore train`` config: the template with this latent size and output."""
         # Trials run concurrently as 0-CPU tasks: each trains in Train workers that reserve
         # their CPUs (checked in run), never inside the task itself.
-        return TrainConfig(out=join(self.out, f"latent-{latent_dim}"), latent_dim=latent_dim, in_process=False, **keep)
+        template = {**asdict(self.train), "latent_dim": latent_dim, "in_process": False}
+        return TrainConfig(data=self.data, out=join(self.out, f"latent-{latent_dim}"), **template)
 
 
 def errors_by_class(batch: pa.Table, model_uri: str, label: str, options: dict) -> pa.Table:
@@ -138,8 +119,8 @@ def train_one(sweep: dict, latent_dim: int) -> dict:
     """One sweep trial: train (and evaluate) the model of one latent size."""
     from jobs import train
 
-    cfg = SweepConfig(**sweep)
-    result = train.run(cfg.train_config(latent_dim))
+    cfg = SweepConfig(**{**sweep, "train": TrainOptions(**sweep["train"])})
+    result = train.run(cfg.train_config(latent_dim), report_links=[("latent-size sweep", "../sweep.html")])
     best = min(result.history, key=lambda h: h["val_loss"])
     metrics = {"latent_dim": latent_dim, "val_loss": best["val_loss"], "train_loss": best["train_loss"],
                "epochs": len(result.history), "model": result.model_uri,
@@ -147,7 +128,7 @@ def train_one(sweep: dict, latent_dim: int) -> dict:
                "auroc": None}
     if cfg.label_data:
         metrics["auroc"] = labelled_auroc(result.model_uri, cfg.label_data, cfg.label_column,
-                                          normalize_storage_options(cfg.storage_options))
+                                          normalize_storage_options(cfg.train.storage_options))
     return metrics
 
 
@@ -166,16 +147,17 @@ def recommend(rows: list[dict], tolerance: float) -> int:
 
 def run(cfg: SweepConfig) -> SweepResult:
     """Train one model per latent size as parallel Ray Train runs and write the comparison."""
-    ensure_ray(cfg.ray_address)
+    ensure_ray(cfg.train.ray_address)
     cpus = ray.cluster_resources().get("CPU", 0)
-    reserved = min(cfg.max_concurrent, len(cfg.latent)) * cfg.num_workers * cfg.cpus_per_worker
-    if not cfg.use_gpu and cpus and reserved >= cpus:
+    t = cfg.train
+    reserved = min(cfg.max_concurrent, len(cfg.latent)) * t.num_workers * t.cpus_per_worker
+    if not t.use_gpu and cpus and reserved >= cpus:
         raise InputError(f"{reserved:g} CPUs reserved by concurrent trials would leave none of the {cpus:g} "
-                         "for reading data; lower --max-concurrent or --cpus-per-worker")
-    options = normalize_storage_options(cfg.storage_options)
-    if cfg.label_column and cfg.label_column not in cfg.exclude_columns and cfg.label_column in \
-            open_parquet_input(cfg.data, options).schema.names:
-        cfg = replace(cfg, exclude_columns=[*cfg.exclude_columns, cfg.label_column])  # a label is never a feature
+                         "for reading data; lower --max-concurrent or --train.cpus_per_worker")
+    options = normalize_storage_options(t.storage_options)
+    if cfg.label_column and cfg.label_column not in t.exclude_columns and cfg.label_column in \
+            open_parquet_input(cfg.data, options).schema.names:  # a label is never a feature
+        cfg = replace(cfg, train=replace(t, exclude_columns=[*t.exclude_columns, cfg.label_column]))
     # Each trial is a zero-CPU Ray task that drives its own Ray Train run (whose workers
     # reserve CPUs) and Ray Data reads. Not a Tune trial: Tune puts a trial in a placement
     # group that captures its child tasks, so the trial's Ray Data tasks could not get CPUs.
@@ -203,9 +185,9 @@ def _results(refs: list) -> list[dict]:
 
 
 def _write_outputs(cfg: SweepConfig, rows: list[dict], best: int) -> None:
-    from jobs.report import sweep_plot
+    from jobs.report import sweep_plot, sweep_report
 
-    fs, path = url_to_fs(cfg.out, normalize_storage_options(cfg.storage_options))
+    fs, path = url_to_fs(cfg.out, normalize_storage_options(cfg.train.storage_options))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
@@ -213,7 +195,8 @@ def _write_outputs(cfg: SweepConfig, rows: list[dict], best: int) -> None:
     files = {"sweep.csv": buf.getvalue().encode(),
              "sweep.json": json.dumps({"recommended_latent_dim": best, "tolerance": cfg.tolerance, "rows": rows},
                                       indent=2).encode(),
-             "sweep.png": sweep_plot(rows, best, cfg.tolerance)}
+             "sweep.png": sweep_plot(rows, best, cfg.tolerance),
+             "sweep.html": sweep_report(rows, best, cfg.tolerance)}
     for name, data in files.items():
         with fs.open(path.rstrip("/") + "/" + name, "wb") as f:
             f.write(data)

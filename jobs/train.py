@@ -36,6 +36,7 @@ from jobs.config import config_to_dict
 from jobs.datasets import ParquetInput, encode, explain_failure, hash_split, keep_split, open_parquet_input, split_cut
 from jobs.errors import InputError, TrainingError
 from jobs.manifest import fingerprint
+from jobs.progress import is_terminal, is_verbose
 from jobs.ray_runtime import (ColumnStatsAggregate, RowBloomAggregate, aggregate_blocks, alive_nodes, decode_bloom,
                               ensure_ray)
 from jobs.report import training_report
@@ -58,8 +59,14 @@ def _run_storage(storage_path: str | None, options: dict) -> dict:
     return {"storage_path": path, "storage_filesystem": arrow_filesystem(fs)}
 
 
-def run(cfg: TrainConfig) -> TrainResult:
-    """Train on ``cfg.data`` and write the artefact to ``cfg.out``. CPU-only unless ``use_gpu``."""
+def run(cfg: TrainConfig, report_links: list[tuple[str, str]] = ()) -> TrainResult:
+    """Train on ``cfg.data`` and write the artefact to ``cfg.out``. CPU-only unless ``use_gpu``.
+
+    Args:
+        cfg: The options.
+        report_links: (text, relative href) shown at the top of the model's report.html
+            (a sweep links its comparison page).
+    """
     t0 = time.perf_counter()
     options = normalize_storage_options(cfg.storage_options)
     check_no_overlap(cfg.out, {"--data": cfg.data, "--val-data": cfg.val_data}, options)
@@ -95,7 +102,7 @@ def run(cfg: TrainConfig) -> TrainResult:
     # Errors raised in our UDFs reach the driver as themselves (see jobs/score.py).
     raise_original, ctx.raise_original_map_exception = ctx.raise_original_map_exception, True
     try:
-        return _fit_and_save(cfg, options, t0, train_in, val_in, specs, run_id, existing, nodes)
+        return _fit_and_save(cfg, options, t0, train_in, val_in, specs, run_id, existing, nodes, report_links)
     except BaseException as e:
         for data in (train_in, val_in):
             explained = data and explain_failure(e, data, names, specs, lambda t: partial_stats(t, specs))
@@ -107,7 +114,8 @@ def run(cfg: TrainConfig) -> TrainResult:
 
 
 def _fit_and_save(cfg: TrainConfig, options: dict, t0: float, train_in: ParquetInput, val_in: ParquetInput | None,
-                  specs: list, run_id: str, existing: ModelArtifact | None, nodes: int) -> TrainResult:
+                  specs: list, run_id: str, existing: ModelArtifact | None, nodes: int,
+                  report_links: list[tuple[str, str]] = ()) -> TrainResult:
     """Statistics, Ray Train fit, diagnostics, then the artefact (on a running Ray)."""
     names = [s.name for s in specs]
     stats, seen_rows, leakage = _fit_statistics(cfg, specs, train_in, val_in)
@@ -153,7 +161,8 @@ def _fit_and_save(cfg: TrainConfig, options: dict, t0: float, train_in: ParquetI
                         threshold=threshold, reference=reference, history=history,
                         train_config=redact_config(config_to_dict(cfg)), run_id=run_id, metrics=metrics,
                         training_rows=seen_rows, training_rows_info=leakage["training_rows"])
-    art.extra_files = {"report.html": training_report(cfg.out, history, reference, threshold, metrics)}
+    art.extra_files = {"report.html": training_report(cfg.out, history, reference, threshold, metrics,
+                                                         list(report_links))}
     claim_prefix(cfg.out, "model", options, adopt=existing is not None)
     save_artifact(art, cfg.out, options)
     if cfg.publish_latest:
@@ -176,7 +185,11 @@ def _fit(cfg: TrainConfig, options: dict, loop_config: dict, run_id: str, datase
             local_dir = tempfile.mkdtemp(prefix="aescore-train-")
         # In local mode nothing resumes from a checkpoint: only the final report writes one.
         loop_config = {**loop_config, "local_dir": local_dir, "report_interval_s": math.inf if in_process else 2.0,
-                       "device": ("cuda" if cfg.use_gpu else "cpu") if in_process else None}
+                       "device": ("cuda" if cfg.use_gpu else "cpu") if in_process else None,
+                       # An epoch line every few epochs (every one with -v); a bar only when
+                       # this process trains and prints to a terminal.
+                       "print_every": 1 if is_verbose() else max(1, cfg.epochs // 20),
+                       "progress_bar": in_process and is_terminal() and not is_verbose()}
         # Named by run id, so rerunning a crashed run resumes from its checkpoints; a forced
         # retrain (--overwrite) of the same run starts a fresh Ray Train run instead.
         run_name = cfg.run_name or (f"aescore-train-{run_id}" +

@@ -1,4 +1,8 @@
-"""Options of ``aescore train`` (``jobs.train.TrainConfig``)."""
+"""Options of ``aescore train`` (``jobs.train.TrainConfig``), in groups a sweep reuses.
+
+``TrainConfig`` is ``TrainOptions`` plus the input and output paths; ``TrainOptions`` is the
+option mixins below, one ``--help`` group each, and is the template a sweep holds.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,10 @@ from aemodel.model import Activation
 from aemodel.preprocess import PreprocessConfig
 
 
-@dataclass
-class TrainConfig:
-    """Options of ``aescore train``."""
+@dataclass(kw_only=True)
+class DataOptions:
+    """Data: validation split, feature columns, preprocessing"""
 
-    data: str
-    """Training Parquet: a file, a directory/prefix of shards, or a glob (any fsspec URI)."""
-    out: str
-    """Where to write the model artefact (directory or object prefix); replaced if present."""
     val_data: str | None = None
     """Separate validation Parquet; if unset, a deterministic row-hash split of --data."""
     val_fraction: float = 0.2
@@ -26,24 +26,18 @@ class TrainConfig:
     """Columns never used as features: ids, labels, timestamps (comma-separated)."""
     column_types: dict[str, str] = field(default_factory=dict)
     """Override inferred column types, e.g. zip=categorical,flag=binary."""
-    num_workers: int = 1
-    """Ray Train workers (data-parallel replicas)."""
-    use_gpu: bool = False
-    """One GPU per worker."""
-    worker_resources: dict[str, float] = field(default_factory=dict)
-    """Extra Ray resources each Train worker reserves besides its CPUs/GPU, e.g. a custom node resource (name=amount) to place workers on chosen nodes."""
-    in_process: bool | None = None
-    """Train in the driver process (Ray Train's local mode) instead of a Train worker actor, saving the worker's start-up; default: yes when one CPU worker trains on a single-node Ray with no --max-failures and no --storage-path (no checkpoints to resume from in this mode)."""
-    cpus_per_worker: float = 1.0
-    """CPUs reserved per worker; keep it below the node's CPUs so Ray Data can read."""
-    epochs: int = 200
-    """Maximum epochs, a safety cap: early stopping on the validation loss ends training (bench/suite: a 40-epoch cap stopped most tables while still improving)."""
-    batch_size: int | None = None
-    """Rows per optimizer step per worker; default: training rows / 32 per worker, clamped to [16, 256]."""
-    learning_rate: float = 2e-3
-    """AdamW learning rate."""
-    weight_decay: float = 1e-5
-    """AdamW weight decay."""
+    clip_sigma: float = 10.0
+    """Clip standardised numeric values to +/- this many training standard deviations."""
+    max_categories: int = 64
+    """Most frequent values kept per categorical column (the rest become <other>)."""
+    min_category_count: int = 5
+    """Values seen fewer times in training become <other>."""
+
+
+@dataclass(kw_only=True)
+class ModelOptions:
+    """Model: network shape"""
+
     latent_dim: int | None = None
     """Bottleneck width (too small loses detail, too large can copy the input); default: features / 5, in [2, 8]."""
     hidden_dims: list[int] | None = None
@@ -52,10 +46,34 @@ class TrainConfig:
     """Activation function: tanh (default: bounded units cannot extrapolate far past the training range, so extreme rows reconstruct badly), relu, gelu or silu."""
     dropout: float = 0.0
     """Dropout rate after hidden layers."""
+
+
+@dataclass(kw_only=True)
+class FitOptions:
+    """Training: optimiser, epochs, early stopping"""
+
+    epochs: int = 200
+    """Maximum epochs, a safety cap: early stopping on the validation loss ends training (bench/suite: a 40-epoch cap stopped most tables while still improving)."""
+    batch_size: int | None = None
+    """Rows per optimizer step per worker; default: training rows / 32 per worker, clamped to [16, 256]."""
+    learning_rate: float = 2e-3
+    """AdamW learning rate."""
+    weight_decay: float = 1e-5
+    """AdamW weight decay."""
     patience: int = 5
     """Stop after this many epochs without validation improvement."""
     min_delta: float = 1e-3
     """Relative validation-loss improvement that counts as progress."""
+    max_overfit_ratio: float | None = None
+    """Fail the run (no artefact) if best-epoch validation loss exceeds this many times the training loss."""
+    seed: int = 0
+    """Random seed for weights and shuffling."""
+
+
+@dataclass(kw_only=True)
+class ThresholdOptions:
+    """Score and threshold: how anomaly_score is scaled and where the anomaly line sits"""
+
     scale_by_validation: bool = True
     """Divide each column's error by its mean validation error, so recon_error 1.0 is a typical validation row; off: every column weighs the same."""
     scale_floor: float = 0.05
@@ -68,20 +86,28 @@ class TrainConfig:
     """Anomaly threshold from a target false-positive rate on validation data (e.g. 0.005)."""
     contamination: float | None = None
     """Expected fraction of anomalies (PyOD's convention): the threshold flags this fraction of validation rows, i.e. the (1 - contamination) quantile of validation error."""
-    max_overfit_ratio: float | None = None
-    """Fail the run (no artefact) if best-epoch validation loss exceeds this many times the training loss."""
-    clip_sigma: float = 10.0
-    """Clip standardised numeric values to +/- this many training standard deviations."""
-    max_categories: int = 64
-    """Most frequent values kept per categorical column (the rest become <other>)."""
-    min_category_count: int = 5
-    """Values seen fewer times in training become <other>."""
+
+
+@dataclass(kw_only=True)
+class RunOptions:
+    """Ray, storage and publishing"""
+
+    num_workers: int = 1
+    """Ray Train workers (data-parallel replicas)."""
+    use_gpu: bool = False
+    """One GPU per worker."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per worker; keep it below the node's CPUs so Ray Data can read."""
+    worker_resources: dict[str, float] = field(default_factory=dict)
+    """Extra Ray resources each Train worker reserves besides its CPUs/GPU, e.g. a custom node resource (name=amount) to place workers on chosen nodes."""
+    in_process: bool | None = None
+    """Train in the driver process (Ray Train's local mode) instead of a Train worker actor, saving the worker's start-up; default: yes when one CPU worker trains on a single-node Ray with no --max-failures and no --storage-path (no checkpoints to resume from in this mode)."""
     materialize: bool = True
     """Cache the encoded training data in the Ray object store instead of re-reading every epoch."""
     cache_shard_mb: int = 1024
     """Hold each worker's encoded training shard and the validation set in memory (on its device), reshuffling the shard fully every epoch, when together they are at most this size (needs --materialize); 0: stream from Ray Data every epoch."""
-    storage_options: dict[str, str] = field(default_factory=dict)
-    """fsspec options for every path (e.g. endpoint_url); prefer env credentials. Never written out."""
+    max_failures: int = 0
+    """Worker failures Ray Train recovers from by restarting from the last checkpoint."""
     storage_path: str | None = None
     """Ray Train checkpoint storage (shared storage such as s3:// on multi-node clusters)."""
     run_name: str | None = None
@@ -90,18 +116,19 @@ class TrainConfig:
     """After a successful run, point this file (e.g. s3://bucket/models/LATEST.json) at --out."""
     overwrite: bool = False
     """Replace a model artefact at --out that another run wrote (the same run is reused)."""
-    max_failures: int = 0
-    """Worker failures Ray Train recovers from by restarting from the last checkpoint."""
-    seed: int = 0
-    """Random seed for weights and shuffling."""
+    storage_options: dict[str, str] = field(default_factory=dict)
+    """fsspec options for every path (e.g. endpoint_url); prefer env credentials. Never written out."""
     shared_local_paths: bool = False
     """Local paths are on a filesystem every node mounts at the same place (NFS); otherwise a multi-node cluster refuses them."""
     ray_address: str | None = None
     """Ray cluster address; default RAY_ADDRESS if set, else a private local Ray."""
 
+
+@dataclass(kw_only=True)
+class TrainOptions(RunOptions, ThresholdOptions, FitOptions, ModelOptions, DataOptions):
+    """Every option of ``aescore train`` but its input and output: the template a sweep holds."""
+
     def __post_init__(self) -> None:
-        if not self.data or not self.out:
-            raise ValueError("--data and --out are required")
         checks = [
             (0.0 < self.val_fraction < 1.0, f"val_fraction must be in (0, 1), got {self.val_fraction}"),
             (self.num_workers >= 1, f"num_workers must be >= 1, got {self.num_workers}"),
@@ -181,3 +208,18 @@ class TrainConfig:
     def preprocess_config(self) -> PreprocessConfig:
         return PreprocessConfig(clip_sigma=self.clip_sigma, max_categories=self.max_categories,
                                 min_category_count=self.min_category_count)
+
+
+@dataclass(kw_only=True)
+class TrainConfig(TrainOptions):
+    """Input and output"""
+
+    data: str
+    """Training Parquet: a file, a directory/prefix of shards, or a glob (any fsspec URI)."""
+    out: str
+    """Where to write the model artefact (directory or object prefix); replaced if present."""
+
+    def __post_init__(self) -> None:
+        if not self.data or not self.out:
+            raise ValueError("--data and --out are required")
+        super().__post_init__()

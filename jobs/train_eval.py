@@ -150,7 +150,7 @@ def format_result(r: TrainResult) -> str:
         lines.append(format_diagnostics(r.metrics["diagnostics"]))
     for w in (r.metrics or {}).get("warnings", []):
         lines.append(f"[warning] {w}")
-    lines.append(f"{verb} {r.model_uri} (version {r.version}): {len(r.history)} epochs, best epoch {best['epoch']} "
+    lines.append(f"{verb} {r.model_uri} (version {r.version}): {len(r.history)} epochs, best: epoch {best['epoch']} "
                  f"train_loss={best['train_loss']:.4f} val_loss={best['val_loss']:.4f}, threshold={r.threshold:.4f}, "
                  f"rows train={r.train_rows} val={r.val_rows}, {r.wall_seconds:.1f}s")
     return "\n".join(lines)

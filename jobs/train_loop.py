@@ -20,6 +20,7 @@ import torch
 from aemodel import AutoencoderConfig, TabularAutoencoder, batch_loss, column_losses, row_errors
 from aemodel.losses import latent_gaussian
 from jobs.errors import TrainingError
+from jobs.progress import EpochProgress
 from jobs.train_eval import validation_reference
 
 
@@ -160,7 +161,9 @@ def train_loop_per_worker(config: dict) -> None:
                                   weight_decay=config["weight_decay"])
     baselines = torch.tensor(config["baselines"], dtype=torch.float32, device=device)
 
-    start_epoch, best_val, bad_epochs, history, attempt = 0, math.inf, 0, [], 0
+    # best_val: the last loss that counted as progress (patience); lowest: the lowest loss,
+    # whose weights are kept, so the artefact's best epoch is the epoch its weights come from.
+    start_epoch, best_val, lowest, bad_epochs, history, attempt = 0, math.inf, math.inf, 0, [], 0
     best_state = {k: v.detach().clone() for k, v in raw_model.state_dict().items()}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:  # resuming after a worker failure
@@ -170,11 +173,12 @@ def train_loop_per_worker(config: dict) -> None:
         optimizer.load_state_dict(state["optimizer"])
         best_state, history = state["best_model"], state["history"]
         start_epoch, best_val, bad_epochs = state["epoch"] + 1, state["best_val"], state["bad_epochs"]
+        lowest = state.get("lowest", best_val)
         attempt = state.get("attempt", 0) + 1
 
     def snapshot(epoch: int) -> dict:
         return {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "best_model": best_state,
-                "history": history, "epoch": epoch, "best_val": best_val, "bad_epochs": bad_epochs,
+                "history": history, "epoch": epoch, "best_val": best_val, "lowest": lowest, "bad_epochs": bad_epochs,
                 "attempt": attempt}
 
     finished = False
@@ -189,6 +193,7 @@ def train_loop_per_worker(config: dict) -> None:
     # Data's per-batch iterator costs more than a small model's step (bench/train_throughput.py).
     cached = val_cached = None
     load_cache = config["cache_shard"]
+    progress = EpochProgress(config["epochs"], config.get("print_every", 1), config.get("progress_bar", False))
     for epoch in range(start_epoch, config["epochs"] if not finished else start_epoch):
         t0 = time.perf_counter()
         tr_sum, tr_n = 0.0, 0
@@ -213,23 +218,26 @@ def train_loop_per_worker(config: dict) -> None:
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
             raise TrainingError(f"loss became {train_loss} (train) / {val_loss} (validation) at epoch {epoch}; "
                                 "lower --learning-rate or check the data for extreme values")
+        if val_loss < lowest:
+            lowest = val_loss
+            best_state = {k: v.detach().clone() for k, v in raw_model.state_dict().items()}
         if val_loss < best_val * (1.0 - config["min_delta"]):
             best_val, bad_epochs = val_loss, 0
-            best_state = {k: v.detach().clone() for k, v in raw_model.state_dict().items()}
         else:
             bad_epochs += 1
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                         "seconds": time.perf_counter() - t0, "train_rows": int(tr_n), "val_rows": int(va_n),
                         "attempt": attempt})  # > 0: resumed from a checkpoint after a failure
-        if rank == 0:  # one progress line per epoch in the driver's log
-            print(f"epoch {epoch}: train_loss={train_loss:.5f} val_loss={val_loss:.5f} best={best_val:.5f} "
-                  f"({history[-1]['seconds']:.2f}s)", flush=True)
-        if bad_epochs >= config["patience"]:
+        stop = bad_epochs >= config["patience"]
+        if rank == 0:
+            progress.epoch(history[-1], lowest, last=stop or epoch + 1 == config["epochs"])
+        if stop:
             break
         if due:
             last_report = time.monotonic()
-            _report({**history[-1], "best_val_loss": best_val}, rank, snapshot(epoch), keep_dir=config["local_dir"])
+            _report({**history[-1], "best_val_loss": lowest}, rank, snapshot(epoch), keep_dir=config["local_dir"])
 
+    progress.close()
     raw_model.load_state_dict(best_state)
     latent = None
     if config["latent_weight"] > 0:  # the Gaussian of every worker's training codes (all-reduced)
@@ -239,6 +247,6 @@ def train_loop_per_worker(config: dict) -> None:
     reference, threshold = validation_reference(raw_model, val_data, device, baselines, config["threshold_quantile"],
                                                 config["constant_outputs"], config["columns"], config["scale_floor"],
                                                 latent)
-    final = {**history[-1], "best_val_loss": best_val, "finished": True} if history else {"finished": True}
+    final = {**history[-1], "best_val_loss": lowest, "finished": True} if history else {"finished": True}
     _report(final, rank, {**snapshot(max(epoch, start_epoch - 1)), "finished": True},
             {"reference.json": reference, "threshold.json": threshold}, keep_dir=config["local_dir"])

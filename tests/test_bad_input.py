@@ -141,7 +141,7 @@ def test_damaged_model_artefact(damage, pattern, trained, mixed_data, tmp_path):
 @pytest.mark.parametrize("flags, pattern", [
     (["--latent-dim", "-4"], "latent_dim must be >= 1, got -4"),
     (["--column-types", "num_0=ordinal"], "num_0=ordinal: unknown column type"),
-    (["--epochs", "ten"], "epochs: cannot read 'ten' as int"),
+    (["--epochs", "ten"], 'option "epochs": expected int. Got value: ten'),
     (["--feature-columns", "num_0,nope"], r"feature column\(s\) \['nope'\] not in the data"),
 ])
 def test_invalid_training_config_rejected_before_ray(flags, pattern, mixed_data, tmp_path):
@@ -182,7 +182,7 @@ def test_handled_inputs_are_scored_and_reported(trained, tmp_path):
     assert s["row_count"] == 300 and s["nonfinite"] == 0
     assert s["input"]["ignored_columns"] == ["comment", LABEL]
     assert [p.rsplit("/", 1)[-1] for p in s["input"]["skipped_empty_files"]] == ["empty.parquet"]
-    assert s["unseen_category_cells"] == 5
+    assert s["unseen_cells"] == 5
     rows = pq.read_table(f"{result.run_uri}/rows").sort_by(ROW_ID)
     missing = rows["missing_cells"].to_numpy()
     base = (~np.isfinite(t.sort_by(ROW_ID)["num_1"].to_numpy(zero_copy_only=False))).astype(int)  # demo's own gaps
@@ -205,7 +205,7 @@ def _case_pointer_with_a_number(model: Path, tmp: Path) -> tuple[list[str], str]
 
 def _case_config_is_a_folder(model: Path, tmp: Path) -> tuple[list[str], str]:
     (tmp / "conf").mkdir()
-    return ["--model", str(model), "--config", str(tmp / "conf")], "cannot be read as a YAML file"
+    return ["--model", str(model), "--config", str(tmp / "conf")], 'option "config": Path is not a file: .*conf'
 
 
 def _case_storage_options_malformed(model: Path, tmp: Path) -> tuple[list[str], str]:

@@ -5,22 +5,29 @@ import sys
 
 import pytest
 
-from jobs.config import ConfigError, config_from_mapping, field_docs, parse_config
+from jobs.config import ConfigError, build_parser, normalize_argv, flag_kinds, parse_config
+from jobs.nightly import NightlyConfig
 from jobs.score import ScoreConfig
+from jobs.sweep import SweepConfig
 from jobs.train import TrainConfig
 
+JOBS = (TrainConfig, ScoreConfig, NightlyConfig, SweepConfig)
 
-def test_every_field_has_a_docstring():
-    for cls in (TrainConfig, ScoreConfig):
-        docs = field_docs(cls)
-        missing = [f for f in cls.__dataclass_fields__ if f not in docs]
-        assert missing == [], f"{cls.__name__}: {missing}"
+
+@pytest.mark.parametrize("cls", JOBS, ids=lambda c: c.__name__)
+def test_every_option_has_help_text(cls):
+    parser = build_parser(cls, "t")
+    options = [a for a in parser._actions if a.option_strings and a.dest not in ("help", "config", "print_config")]
+    assert options
+    # jsonargparse builds the help from each field's attribute docstring; a field without
+    # one shows only its type and default.
+    assert [a.dest for a in options if not (a.help or "").strip() or (a.help or "").startswith("(type")] == []
 
 
 def test_yaml_then_flags(tmp_path):
     y = tmp_path / "train.yaml"
-    y.write_text("data: /d\nout: /o\nepochs: 7\nhidden_dims: [32, 16]\nexclude_columns: id,label\n"
-                 "column_types: {zip: categorical}\nuse-gpu: true\n")
+    y.write_text("data: /d\nout: /o\nepochs: 7\nhidden_dims: [32, 16]\nexclude_columns: [id, label]\n"
+                 "column_types: {zip: categorical}\nuse_gpu: true\n")
     cfg = parse_config(TrainConfig, ["--config", str(y), "--epochs", "9", "--latent-dim", "3",
                                      "--no-use-gpu", "--feature-columns", "a,b"], prog="t")
     assert (cfg.epochs, cfg.latent_dim, cfg.use_gpu) == (9, 3, False)
@@ -28,22 +35,64 @@ def test_yaml_then_flags(tmp_path):
     assert cfg.feature_columns == ["a", "b"] and cfg.column_types == {"zip": "categorical"}
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"latent_dim": "-1"}, "latent_dim must be >= 1"),
-    ({"epochs": "two"}, "epochs: cannot read 'two' as int"),
-    ({"column_types": "a=ordinal"}, "unknown column type"),
-    ({"activation": "swish"}, "not one of"),
-    ({"val_fraction": "1.5"}, "val_fraction"),
-    ({"colour": "red"}, "unknown option 'colour'"),
+def test_jsonargparse_spellings_and_the_older_ones_agree():
+    ours = parse_config(TrainConfig, ["--data", "/d", "--out", "/o", "--use-gpu", "--exclude-columns", "a,b",
+                                      "--column-types", "z=categorical", "--in-process", "--no-materialize"], "t")
+    theirs = parse_config(TrainConfig, ["--data=/d", "--out=/o", "--use_gpu", "true", "--exclude_columns", "[a, b]",
+                                        "--column_types", "{z: categorical}", "--in_process=true",
+                                        "--materialize=false"], "t")
+    assert ours == theirs and ours.use_gpu and ours.in_process and not ours.materialize
+    assert normalize_argv(["--score.top-k", "2", "--score.use-gpu", "--x-y", "a,b"], flag_kinds(NightlyConfig)) == \
+        ["--score.top_k", "2", "--score.use_gpu=true", "--x_y", "a,b"]
+
+
+def test_nightly_holds_a_score_config_and_sweep_a_train_template(tmp_path):
+    y = tmp_path / "nightly.yaml"
+    y.write_text("model: m\ndata: 'in/{date}'\nout: 'out/{date}'\nscore: {top_k: 0, precision: bf16}\n")
+    n = parse_config(NightlyConfig, ["--config", str(y), "--score.id-columns", "event_id", "--score.top_k", "1"], "t")
+    assert (n.score.top_k, n.score.precision, n.score.id_columns) == (1, "bf16", ["event_id"])
+    s = parse_config(SweepConfig, ["--data", "d", "--out", "o", "--latent", "2,4", "--train.epochs", "3",
+                                   "--train.latent-weight", "0"], "t")
+    assert s.latent == [2, 4] and s.train.cpus_per_worker == 0.5  # the sweep's own default for its template
+    trial = s.train_config(4)
+    assert (trial.data, trial.latent_dim, trial.epochs, trial.latent_weight, trial.in_process) == ("d", 4, 3, 0.0, False)
+    assert trial.out.endswith("latent-4")
+    with pytest.raises(ConfigError, match="train.latent_dim cannot be set in a sweep"):
+        parse_config(SweepConfig, ["--data", "d", "--out", "o", "--train.latent_dim", "3"], "t")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--latent-dim", "-1"], "latent_dim must be >= 1"),
+    (["--epochs", "two"], 'option "epochs": expected int'),
+    (["--column-types", "a=ordinal"], "unknown column type"),
+    (["--activation", "swish"], "one of"),
+    (["--val-fraction", "1.5"], "val_fraction"),
+    (["--colour", "red"], "unrecognized arguments: --colour"),
+    (["--storage-options", "s3cr3t"], "key=value"),
 ])
-def test_invalid_values_are_rejected(overrides, message):
-    with pytest.raises(ConfigError, match=message):
-        config_from_mapping(TrainConfig, None, {"data": "/d", "out": "/o", **overrides})
+def test_invalid_values_are_rejected(flags, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        parse_config(TrainConfig, ["--data", "/d", "--out", "/o", *flags], "t")
+    assert "s3cr3t" not in str(e.value)
 
 
 def test_missing_required_option():
-    with pytest.raises(ConfigError, match="--out"):
-        config_from_mapping(TrainConfig, None, {"data": "/d"})
+    with pytest.raises(ConfigError, match="required: out"):
+        parse_config(TrainConfig, ["--data", "/d"], "t")
+
+
+def test_print_config_round_trips_through_config(tmp_path, capsys):
+    with pytest.raises(SystemExit) as done:
+        parse_config(NightlyConfig, ["--model", "m", "--data", "{date}", "--out", "o/{date}", "--score.top-k", "5",
+                                     "--print-config"], "t")
+    assert done.value.code == 0
+    (tmp_path / "c.yaml").write_text(capsys.readouterr().out)
+    assert parse_config(NightlyConfig, ["--config", str(tmp_path / "c.yaml")], "t").score.top_k == 5
+
+
+def test_version():
+    out = subprocess.run([sys.executable, "-m", "jobs.cli", "--version"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "aescore 0.1.0"
 
 
 def test_cli_reports_one_error_line_and_exit_code_2(tmp_path):

@@ -127,23 +127,44 @@ def test_auroc_from_mergeable_sketches_matches_exact():
 
 
 def test_reports_are_self_contained_with_valid_pngs():
-    from jobs.report import scoring_report, training_report
+    from jobs.report import nightly_report, scoring_report, sweep_report, training_report
 
     hist = ErrorStats(edges=histogram_edges(), threshold=1.0).update(np.random.default_rng(4).lognormal(size=999))
     threshold = {"value": 1.0, "quantile": 0.99, "validation_rows": 999, "ci": [0.8, 1.3]}
     metrics = {"best_epoch": 1, "train_loss": 0.2, "val_loss": 0.25, "mean_baseline_val_loss": 1.0,
-               "diagnostics": diagnose(_history([1, .2], [1, .25]), n_features=4, input_width=4, latent_dim=4,
+               "diagnostics": diagnose(_history([1, .2], [1, .25]), n_features=4, input_width=4, latent_dim=2,
                                        baseline_val_loss=1.0), "warnings": []}
-    page = training_report("m", _history([1, .2], [1, .25]), hist.summary(), threshold, metrics).decode()
+    page = training_report("m", _history([1, .2], [1, .25]), hist.summary(), threshold, metrics,
+                           links=[("latent-size sweep", "../sweep.html")]).decode()
+    top = [{"id": 7, "anomaly_score": 9.5, "score_percentile": 100.0,
+            "top_features": [{"column": "a", "share": 0.8, "z": 3.0}]}]
     summary = {**hist.summary(), "input": {"uri": "d"}, "model": {"uri": "m", "version": "v"}, "row_count": 999,
                "threshold_source": "validation_quantile", "anomaly_count": hist.above, "anomaly_rate": 0.01,
-               "columns": {"mean_error": {"a": 0.5, "b": 0.1}, "top1_rows": {"a": 9}}}
-    page2 = scoring_report(summary).decode()
-    for html, n_images in ((page, 3), (page2, 4)):
+               "top_rows": top, "columns": {"mean_error": {"a": 0.5, "b": 0.1}, "top1_rows": {"a": 9, "b": 990},
+                                             "top1_flagged_rows": {"a": 9}}}
+    page2 = scoring_report(summary, hist.summary()).decode()
+    night = {"date": "2026-11-02", "row_count": 999, "quantiles": {"p50": 1.0, "p90": 2.0, "p99": 4.0},
+             "anomaly_rate": 0.01, "psi": 0.05, "ks": 0.04, "alerts": []}
+    drift = {"date": "2026-11-02", "model": {"uri": "m"}, "row_count": 999, "limits": {"psi": 0.2, "ks": 0.15},
+             "previous_nights": ["2026-11-01"], "alerts": ["vs_validation: PSI 0.300 > 0.2"],
+             "columns": {"top1_share": {"a": {"share": 0.5, "baseline_share": 0.1, "change": 0.4}}}}
+    page3 = nightly_report(drift, [{**night, "date": "2026-11-01"}, {**night, "psi": 0.3, "alerts": drift["alerts"]}]
+                           ).decode()
+    rows = [{"latent_dim": k, "val_loss": 1.0 / k, "train_loss": 0.9 / k, "auroc": None, "epochs": 5,
+             "warnings": []} for k in (2, 4)]
+    page4 = sweep_report(rows, 4, 0.05).decode()
+    for html, n_images in ((page, 2), (page2, 4), (page3, 3), (page4, 1)):
         pngs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
         assert len(pngs) == n_images and "http" not in html.replace("http-equiv", "")
         assert all(base64.b64decode(p).startswith(b"\x89PNG\r\n\x1a\n") for p in pngs)
-    assert "latent_size" in page and "[warning]" not in page
+    assert "latent_size" in page and "class=alarm" not in page and 'href="../sweep.html"' in page
+    assert "largest error of a flagged row" in page2 and "<td>7</td>" in page2 and "a (80%)" in page2
+    assert "class=alarm" in page3 and "+40.0 pts" in page3
+    assert 'href="latent-4/report.html"' in page4 and "4 (recommended)" in page4
+    capped = _history([1, .8, .6, .5], [1, .8, .6, .5])
+    metrics["diagnostics"] = diagnose(capped, n_features=4, input_width=4, latent_dim=2, baseline_val_loss=1.0,
+                                      max_epochs=4, patience=2)
+    assert "class=alarm" in training_report("m", capped, hist.summary(), threshold, metrics).decode()
 
 
 class _BatchSource:

@@ -87,10 +87,18 @@ def test_scoring_output_is_complete_and_summary_matches_recomputation(scored, mi
     assert summary["max"] == pytest.approx(err.max(), rel=1e-6)
     assert summary["anomaly_count"] == int(pc.sum(rows["is_anomaly"]).as_py())
     np.testing.assert_array_equal(rows["is_anomaly"].to_numpy(), err > summary["threshold"])
-    assert summary["format_version"] == 2 and summary["score"] == "anomaly_score"
+    assert summary["format_version"] == 3 and summary["score"] == "anomaly_score"
+    assert not {"count", "above_threshold", "above_threshold_fraction", "unseen_category_cells"} & set(summary)
+    top = summary["top_rows"]  # taken while writing, block by block: the same as sorting the written rows
+    by_id = dict(zip(ids.tolist(), err.tolist()))
+    scores = [r["anomaly_score"] for r in top]
+    assert scores == sorted(scores, reverse=True) and scores == pytest.approx(sorted(err)[::-1][:len(top)], rel=1e-6)
+    assert all(by_id[r[ROW_ID]] == pytest.approx(r["anomaly_score"], rel=1e-6) for r in top)
+    assert len(top) == 20 and top[0]["anomaly_score"] == pytest.approx(err.max(), rel=1e-6) and top[0]["top_features"]
+    assert sum(summary["columns"]["top1_flagged_rows"].values()) == summary["anomaly_count"]
     for f in sorted(__import__("pathlib").Path(committed_run(out), "rows").glob("*.parquet")):
         meta = {k.decode(): v.decode() for k, v in pq.read_schema(f).metadata.items() if k.startswith(b"aescore.")}
-        assert meta == {"aescore.format_version": "2", "aescore.version": meta["aescore.version"],
+        assert meta == {"aescore.format_version": "3", "aescore.version": meta["aescore.version"],
                         "aescore.score": "anomaly_score", "aescore.run_id": summary["run_id"],
                         "aescore.model_uri": summary["model"]["uri"],
                         "aescore.model_version": summary["model"]["version"],
@@ -226,7 +234,7 @@ def test_rerun_with_same_run_id_reuses_the_committed_output(trained, mixed_data,
     assert not first.reused and again.reused
     assert again.summary == json.loads(json.dumps(first.summary))
     forced = score.run(score.ScoreConfig(**{**cfg.__dict__, "force": True}))
-    assert not forced.reused and forced.summary["count"] == first.summary["count"]
+    assert not forced.reused and forced.summary["row_count"] == first.summary["row_count"]
     assert _rows(str(tmp_path / "o")).num_rows == mixed_data["score_table"].num_rows
 
 

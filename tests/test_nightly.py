@@ -9,6 +9,7 @@ import s3fs
 from jobs import nightly
 from jobs.commit import committed_run, read_committed_json
 from jobs.errors import InputError
+from jobs.score import ScoreOptions
 from jobs.storage import publish_pointer
 from jobs.synthetic import ROW_ID, make_mixed_table, write_shards
 
@@ -30,7 +31,8 @@ def nights(trained, bucket):
         table = make_mixed_table(1500, seed=int(day[-2:]) + 40, anomaly_fraction=frac, start_id=int(day[-2:]) * 10**6)
         write_shards(table, f"{bucket}/events/dt={day}", 2)
     return nightly.NightlyConfig(model=f"{bucket}/models/LATEST.json", data=f"{bucket}/events/dt={{date}}",
-                                 out=f"{bucket}/scores/dt={{date}}", id_columns=[ROW_ID], batch_size=1000)
+                                 out=f"{bucket}/scores/dt={{date}}",
+                                 score=ScoreOptions(id_columns=[ROW_ID], batch_size=1000))
 
 
 def test_three_nights_flag_only_the_drifted_one(nights, bucket):
@@ -68,8 +70,8 @@ def test_cli_exit_code_3_on_alert(nights, bucket):
     from dataclasses import replace
 
     nightly.run(replace(nights, start="2026-11-02", end="2026-11-03"))  # committed already if run after the first test
-    base = ["--model", nights.model, "--data", nights.data, "--out", nights.out, "--id-columns", ROW_ID,
-            "--ray-address", ray.get_runtime_context().gcs_address]
+    base = ["--model", nights.model, "--data", nights.data, "--out", nights.out, "--score.id_columns", ROW_ID,
+            "--score.ray_address", ray.get_runtime_context().gcs_address]
     alert = subprocess.run([sys.executable, "-m", "jobs.nightly", "--date", "2026-11-03", *base],
                            capture_output=True, text=True, timeout=300)
     assert alert.returncode == nightly.DRIFT_EXIT_CODE, alert.stderr[-2000:]

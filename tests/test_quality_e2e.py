@@ -13,6 +13,7 @@ from aemodel import load_artifact
 from jobs import score, sweep, train
 from jobs.errors import TrainingError
 from jobs.synthetic import LABEL, ROW_ID
+from jobs.train_config import TrainOptions
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -78,8 +79,9 @@ def test_scoring_the_training_data_is_reported_as_leakage_and_changes_nothing(tr
 def test_latent_sweep_recommends_a_size_and_warns_when_latent_reaches_the_inputs(ray_start_2_cpus, mixed_data,
                                                                                  tmp_path):
     cfg = sweep.SweepConfig(data=mixed_data["train"], out=str(tmp_path / "sweep"), latent=[2, 16],
-                            exclude_columns=[ROW_ID], label_data=mixed_data["score"], label_column=LABEL,
-                            hidden_dims=[32], epochs=6, max_concurrent=1)
+                            label_data=mixed_data["score"], label_column=LABEL, max_concurrent=1,
+                            train=TrainOptions(exclude_columns=[ROW_ID], hidden_dims=[32], epochs=6,
+                                               cpus_per_worker=0.5))
     res = sweep.run(cfg)
     by_k = {r["latent_dim"]: r for r in res.rows}
     assert set(by_k) == {2, 16} and res.recommended in by_k

@@ -60,7 +60,7 @@ def test_train_and_score_on_s3_match_local(ray_start_2_cpus, mixed_data, bucket,
     s3_rows = pq.read_table(f"{s3_out.run_uri.removeprefix('s3://')}/rows", filesystem=fs).sort_by(ROW_ID)
     local_rows = pq.read_table(f"{local_out.run_uri}/rows").sort_by(ROW_ID)
     assert s3_rows.equals(local_rows)
-    for key in ("count", "mean", "std", "quantiles", "histogram", "anomaly_count"):
+    for key in ("row_count", "mean", "std", "quantiles", "histogram", "anomaly_count", "top_rows"):
         assert s3_out.summary[key] == local_out.summary[key]
 
     # No credential value anywhere: outputs, artefact, manifests, logs.
