@@ -50,7 +50,8 @@ def _relative(current: float | None, reference: float | None) -> float | None:
 
 
 def finite_count(summary: dict) -> int:
-    """Rows with a finite score: ``count`` of an ``ErrorStats`` summary, or a scoring summary's rows less the non-finite."""
+    """Rows with a finite score: an ``ErrorStats`` summary's ``count``, or a scoring summary's rows less the
+    non-finite ones."""
     if "count" in summary:
         return summary["count"]
     return summary["row_count"] - summary.get("nonfinite", 0)

@@ -221,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     results: list[NightResult] = []
 
     def job() -> str:
-        cfg = parse_config(NightlyConfig, verbose_from(argv), prog="aescore nightly", description=__doc__.split("\n")[0])
+        cfg = parse_config(NightlyConfig, verbose_from(argv), prog="aescore nightly",
+                           description=__doc__.split("\n")[0])
         for night in cfg.nights():
             results.append(run_night(cfg, night))
             print(format_night(results[-1]), flush=True)

@@ -95,7 +95,8 @@ def scoring_report(summary: dict, reference: dict | None = None) -> bytes:
     """report.html of a scoring run: distribution vs validation, flagged-vs-threshold, top rows and columns."""
     q = summary["quantiles"]
     finite = finite_count(summary)
-    facts = [("input", summary["input"]["uri"]), ("model", f"{summary['model']['uri']} ({summary['model']['version']})"),
+    model = summary["model"]
+    facts = [("input", summary["input"]["uri"]), ("model", f"{model['uri']} ({model['version']})"),
              ("rows", f"{summary['row_count']:,}"),
              ("anomaly_score mean / p50 / p99 / max",
               f"{summary['mean']:.4g} / {q['p50']:.4g} / {q['p99']:.4g} / {summary['max']:.4g}"

@@ -39,8 +39,8 @@ from jobs.manifest import fingerprint, git_commit, library_versions
 from jobs.progress import Progress
 from jobs.ray_runtime import aggregate_blocks, alive_nodes, ensure_ray
 from jobs.report import scoring_report
-from jobs.score_rows import (OUTPUT_FORMAT_VERSION, ROW_HASH, ROWS_PER_FILE, ModelLoader, build_scored_dataset, read_columns,
-                             row_file_metadata, write_block)
+from jobs.score_rows import (OUTPUT_FORMAT_VERSION, ROW_HASH, ROWS_PER_FILE, ModelLoader, build_scored_dataset,
+                             read_columns, row_file_metadata, write_block)
 from jobs.score_summary import summary_aggregations, summary_from, summary_warnings
 from jobs.storage import (arrow_filesystem, check_no_overlap, check_shared_paths, inspect_parquet_files,
                           normalize_storage_options, redact_config, resolve_model_uri)
@@ -200,7 +200,8 @@ def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact,
         # column), not as a UserCodeException whose message holds only a cut traceback.
         ctx.raise_original_map_exception = True
         summary, manifest = _score_and_summarize(cfg, art, data, out, loader, threshold, run_id, t0, started)
-        files = {"summary.json": json.dumps(summary, indent=2).encode(), "report.html": scoring_report(summary, art.reference),
+        files = {"summary.json": json.dumps(summary, indent=2).encode(),
+                 "report.html": scoring_report(summary, art.reference),
                  MANIFEST: json.dumps(manifest, indent=2).encode()}
         files.update(extra_files(summary) if extra_files else {})
         out.commit(files, run_id)
