@@ -92,6 +92,9 @@ def test_latent_sweep_recommends_a_size_and_warns_when_latent_reaches_the_inputs
     table = json.load(open(tmp_path / "sweep" / "sweep.json"))
     assert table["recommended_latent_dim"] == res.recommended
     assert (tmp_path / "sweep" / "sweep.png").read_bytes().startswith(b"\x89PNG")
+    page = (tmp_path / "sweep" / "sweep.html").read_text()
+    assert 'href="latent-2/report.html"' in page and 'href="latent-16/report.html"' in page
+    assert 'href="../sweep.html"' in (tmp_path / "sweep" / "latent-2" / "report.html").read_text()
     assert "recommended" in sweep.format_result(res)
 
 
