@@ -116,34 +116,47 @@ def run_night(cfg: NightlyConfig, night: date) -> NightResult:
     reports: list[dict] = []
 
     def drift_files(tonight: dict) -> dict[str, bytes]:
-        reports.append(drift_report(cfg, night, tonight, reference, options))
-        page = nightly_report(reports[-1], trend_rows(cfg, night, tonight, reports[-1], options))
+        history = committed_nights(cfg, night, options)
+        reports.append(drift_report(cfg, night, tonight, reference, history))
+        page = nightly_report(reports[-1], trend_rows(cfg, night, tonight, reports[-1], history, options))
         return {"drift.json": json.dumps(reports[-1], indent=2).encode(), "drift.html": page}
 
     result = score.run(score.ScoreConfig(model=model_uri, data=cfg.data.format(date=stamp), out=out,
                                          **asdict(cfg.score)), extra_files=drift_files)
     if result.reused:  # committed by an earlier run, with its drift report
-        report = read_committed_json(out, "drift.json", options) or drift_report(cfg, night, result.summary,
-                                                                                 reference, options)
+        report = read_committed_json(out, "drift.json", options) or drift_report(
+            cfg, night, result.summary, reference, committed_nights(cfg, night, options))
     else:
         report = reports[-1]
     return NightResult(night=stamp, out=result.run_uri or out, reused=result.reused, drift=report)
 
 
-def drift_report(cfg: NightlyConfig, night: date, tonight: dict, reference: dict, options: dict) -> dict:
-    """One night's summary against the validation reference and the previous committed nights."""
+def committed_nights(cfg: NightlyConfig, night: date, options: dict) -> list[tuple[str, dict]]:
+    """(date, summary) of the previous ``history_nights`` committed nights, oldest first.
+
+    Read once per night, for both the drift baseline and the trend in drift.html; an
+    uncommitted night counts as absent.
+    """
+    out = []
+    for back in range(cfg.history_nights, 0, -1):
+        day = (night - timedelta(days=back)).isoformat()
+        summary = read_committed_json(cfg.out.format(date=day), "summary.json", options)
+        if summary is not None:
+            out.append((day, summary))
+    return out
+
+
+def drift_report(cfg: NightlyConfig, night: date, tonight: dict, reference: dict,
+                 history: list[tuple[str, dict]]) -> dict:
+    """One night's summary against the validation reference and the previous committed nights (``history``)."""
     stamp = night.isoformat()
     report: dict = {"date": stamp, "model": tonight["model"], "row_count": tonight["row_count"],
                     "limits": {"psi": cfg.psi_alert, "ks": cfg.ks_alert, "anomaly_rate_ratio": cfg.anomaly_rate_alert},
                     "vs_validation": drift.compare(tonight, reference), "alerts": []}
-    previous = []
-    for back in range(1, cfg.history_nights + 1):
-        day = (night - timedelta(days=back)).isoformat()
-        s = read_committed_json(cfg.out.format(date=day), "summary.json", options)  # uncommitted counts as absent
-        # Only nights whose distribution is of the same score (older outputs hold recon_error).
-        if (s is not None and s["histogram"]["edges"] == tonight["histogram"]["edges"]
-                and s.get("score") == tonight.get("score")):
-            previous.append({**s, "date": day})
+    # Only nights whose distribution is of the same score (older outputs hold recon_error),
+    # newest first as before.
+    previous = [{**s, "date": day} for day, s in reversed(history)
+                if s["histogram"]["edges"] == tonight["histogram"]["edges"] and s.get("score") == tonight.get("score")]
     report["previous_nights"] = [p["date"] for p in previous]
     if previous:
         report["vs_previous_nights"] = drift.compare(tonight, drift.pool(previous))
@@ -184,7 +197,8 @@ def column_shift(tonight: dict, previous: list[dict]) -> dict:
     return out
 
 
-def trend_rows(cfg: NightlyConfig, night: date, tonight: dict, report: dict, options: dict) -> list[dict]:
+def trend_rows(cfg: NightlyConfig, night: date, tonight: dict, report: dict, history: list[tuple[str, dict]],
+               options: dict) -> list[dict]:
     """Tonight and the previous committed nights (oldest first) as rows of the drift.html trend."""
     def row(day: str, summary: dict, drift_json: dict | None) -> dict:
         vs = (drift_json or {}).get("vs_validation") or {}
@@ -192,13 +206,7 @@ def trend_rows(cfg: NightlyConfig, night: date, tonight: dict, report: dict, opt
                 "anomaly_rate": drift.anomaly_rate(summary), "psi": vs.get("psi", float("nan")),
                 "ks": vs.get("ks", float("nan")), "alerts": (drift_json or {}).get("alerts", [])}
 
-    rows = []
-    for back in range(cfg.history_nights, 0, -1):
-        day = (night - timedelta(days=back)).isoformat()
-        uri = cfg.out.format(date=day)
-        summary = read_committed_json(uri, "summary.json", options)
-        if summary is not None:
-            rows.append(row(day, summary, read_committed_json(uri, "drift.json", options)))
+    rows = [row(day, s, read_committed_json(cfg.out.format(date=day), "drift.json", options)) for day, s in history]
     return rows + [row(night.isoformat(), tonight, report)]
 
 

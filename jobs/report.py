@@ -7,12 +7,12 @@ top rows kept while scoring), never from the rows, so a report costs the same fo
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 
 from aemodel.drift import anomaly_rate, finite_count
-from jobs.report_plots import (bar_chart, distribution, flagged_curve, loss_curves, png, sweep_plot,
-                               trend)
+from jobs.report_plots import bar_chart, distribution, flagged_curve, loss_curves, sweep_plot, trend
 
 Table = tuple[str, list[str], list[list[str]]]  # caption, headers, rows
 _COLORS = {"ok": "#2e7d32", "warning": "#e65100", "fail": "#c62828", "info": "#455a64"}
@@ -178,14 +178,14 @@ def nightly_report(report: dict, nights: list[dict]) -> bytes:
     return render(f"aescore nightly drift: {report['date']}", facts, notes, images, raw=report, tables=tables)
 
 
-def sweep_report(rows: list[dict], recommended: int, tolerance: float) -> bytes:
-    """sweep.html: the sweep plot and a table linking every trial's own report."""
+def sweep_report(rows: list[dict], recommended: int, tolerance: float, plot_png: bytes) -> bytes:
+    """sweep.html: the sweep plot (``sweep_plot``'s PNG) and a table linking every trial's own report."""
     table = ("Trials", ["latent_dim", "validation loss", "training loss", "AUROC", "epochs", "warnings", "report"],
              [[str(r["latent_dim"]) + (" (recommended)" if r["latent_dim"] == recommended else ""),
                f"{r['val_loss']:.4g}", f"{r['train_loss']:.4g}",
                f"{r['auroc']:.3f}" if r.get("auroc") is not None else "-", str(r["epochs"]),
                ", ".join(r["warnings"]) or "-", f"latent-{r['latent_dim']}/report.html"] for r in rows])
-    image = png_bytes_to_b64(sweep_plot(rows, recommended, tolerance))
+    image = base64.b64encode(plot_png).decode()
     return render("aescore latent-size sweep", [("recommended latent_dim", str(recommended)),
                                                 ("tolerance", f"{100 * tolerance:g}% of the best validation loss")],
                   [], [("Validation loss (and AUROC when labels were given) by latent size", image)],
@@ -193,11 +193,4 @@ def sweep_report(rows: list[dict], recommended: int, tolerance: float) -> bytes:
                                          for r in rows])
 
 
-def png_bytes_to_b64(data: bytes) -> str:
-    """PNG bytes as the base64 text ``render`` embeds."""
-    import base64
-
-    return base64.b64encode(data).decode()
-
-
-__all__ = ["nightly_report", "png", "render", "scoring_report", "sweep_plot", "sweep_report", "training_report"]
+__all__ = ["nightly_report", "render", "scoring_report", "sweep_plot", "sweep_report", "training_report"]

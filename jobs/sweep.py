@@ -195,8 +195,8 @@ def _write_outputs(cfg: SweepConfig, rows: list[dict], best: int) -> None:
     files = {"sweep.csv": buf.getvalue().encode(),
              "sweep.json": json.dumps({"recommended_latent_dim": best, "tolerance": cfg.tolerance, "rows": rows},
                                       indent=2).encode(),
-             "sweep.png": sweep_plot(rows, best, cfg.tolerance),
-             "sweep.html": sweep_report(rows, best, cfg.tolerance)}
+             "sweep.png": sweep_plot(rows, best, cfg.tolerance)}
+    files["sweep.html"] = sweep_report(rows, best, cfg.tolerance, files["sweep.png"])
     for name, data in files.items():
         with fs.open(path.rstrip("/") + "/" + name, "wb") as f:
             f.write(data)

@@ -127,7 +127,7 @@ def test_auroc_from_mergeable_sketches_matches_exact():
 
 
 def test_reports_are_self_contained_with_valid_pngs():
-    from jobs.report import nightly_report, scoring_report, sweep_report, training_report
+    from jobs.report import nightly_report, scoring_report, sweep_plot, sweep_report, training_report
 
     hist = ErrorStats(edges=histogram_edges(), threshold=1.0).update(np.random.default_rng(4).lognormal(size=999))
     threshold = {"value": 1.0, "quantile": 0.99, "validation_rows": 999, "ci": [0.8, 1.3]}
@@ -152,7 +152,7 @@ def test_reports_are_self_contained_with_valid_pngs():
                            ).decode()
     rows = [{"latent_dim": k, "val_loss": 1.0 / k, "train_loss": 0.9 / k, "auroc": None, "epochs": 5,
              "warnings": []} for k in (2, 4)]
-    page4 = sweep_report(rows, 4, 0.05).decode()
+    page4 = sweep_report(rows, 4, 0.05, sweep_plot(rows, 4, 0.05)).decode()
     for html, n_images in ((page, 2), (page2, 4), (page3, 3), (page4, 1)):
         pngs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
         assert len(pngs) == n_images and "http" not in html.replace("http-equiv", "")
