@@ -76,14 +76,48 @@ def alive_nodes() -> int:
     return sum(1 for n in ray.nodes() if n["Alive"])
 
 
+class MergedAggregates:
+    """Accumulators of mergeable aggregations, combined on the driver in arrival order.
+
+    Exact for the mergeable accumulators used here; shared by ``aggregate_blocks`` (parts
+    from Ray tasks) and the single-process scoring path (parts from this process).
+    """
+
+    def __init__(self, aggs: tuple[AggregateFnV2, ...]):
+        self.aggs = aggs
+        self._accs: list = [None] * len(aggs)
+
+    @staticmethod
+    def partial(table: pa.Table, aggs: tuple[AggregateFnV2, ...],
+                sink: Callable[[pa.Table], None] | None = None) -> list:
+        """One block's accumulators, after handing the block to ``sink`` (if any)."""
+        if sink is not None:
+            sink(table)
+        return [a.aggregate_block(table) for a in aggs]
+
+    def add(self, parts: list) -> None:
+        """Merge one block's accumulators (from ``partial``)."""
+        for i, (agg, part) in enumerate(zip(self.aggs, parts)):
+            if part is not None:
+                self._accs[i] = part if self._accs[i] is None else agg.combine(self._accs[i], part)
+
+    def result(self) -> dict:
+        """Aggregation name -> finalized value."""
+        # An empty dataset: aescore's aggregations finalize their empty accumulator b"";
+        # Ray's built-ins (Sum, Mean) give None.
+        return {a.name: a.finalize(acc) if acc is not None else
+                (None if type(a).__module__.startswith("ray.") else a.finalize(b""))
+                for a, acc in zip(self.aggs, self._accs)}
+
+
 def aggregate_blocks(ds: ray.data.Dataset, *aggs: AggregateFnV2, sink: Callable[[pa.Table], None] | None = None,
                      progress: Progress | None = None, rows_per_call: int | None = None) -> dict:
     """``Dataset.aggregate(*aggs)`` as one map over blocks plus a merge on the driver.
 
     Each block yields one small accumulator per aggregation (never rows); the driver
-    combines them in arrival order, which is exact for the mergeable accumulators used
-    here. A keyless ``Dataset.aggregate`` in Ray 2.60 runs a hash shuffle through
-    aggregator actors, which costs seconds of fixed overhead per call on a small cluster.
+    combines them (``MergedAggregates``). A keyless ``Dataset.aggregate`` in Ray 2.60 runs
+    a hash shuffle through aggregator actors, which costs seconds of fixed overhead per
+    call on a small cluster.
 
     Args:
         ds: The rows.
@@ -95,23 +129,16 @@ def aggregate_blocks(ds: ray.data.Dataset, *aggs: AggregateFnV2, sink: Callable[
             bundles blocks up to it); default one block per call.
     """
     def partial(table: pa.Table) -> dict:
-        if sink is not None:
-            sink(table)
-        return {"rows": [table.num_rows], "acc": [pickle.dumps([a.aggregate_block(table) for a in aggs])]}
+        return {"rows": [table.num_rows], "acc": [pickle.dumps(MergedAggregates.partial(table, aggs, sink))]}
 
-    accs: list = [None] * len(aggs)
+    merged = MergedAggregates(aggs)
     for batch in ds.map_batches(partial, batch_format="pyarrow", batch_size=rows_per_call).iter_batches(
             batch_format="pyarrow", batch_size=None):
         for rows, blob in zip(batch.column("rows").to_pylist(), batch.column("acc").to_pylist()):
-            for i, (agg, part) in enumerate(zip(aggs, pickle.loads(blob))):  # our own workers' output
-                if part is not None:
-                    accs[i] = part if accs[i] is None else agg.combine(accs[i], part)
+            merged.add(pickle.loads(blob))  # our own workers' output
             if progress is not None:
                 progress.update(rows)
-    # An empty dataset: aescore's aggregations finalize their empty accumulator b"";
-    # Ray's built-ins (Sum, Mean) give None.
-    return {a.name: a.finalize(acc) if acc is not None else
-            (None if type(a).__module__.startswith("ray.") else a.finalize(b"")) for a, acc in zip(aggs, accs)}
+    return merged.result()
 
 
 class ColumnStatsAggregate(AggregateFnV2):

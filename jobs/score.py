@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -39,6 +40,7 @@ from jobs.manifest import fingerprint, git_commit, library_versions
 from jobs.progress import Progress
 from jobs.ray_runtime import aggregate_blocks, alive_nodes, ensure_ray
 from jobs.report import scoring_report
+from jobs.score_local import score_locally
 from jobs.score_rows import (OUTPUT_FORMAT_VERSION, ROW_HASH, ROWS_PER_FILE, ModelLoader, build_scored_dataset,
                              read_columns, row_file_metadata, write_block)
 from jobs.score_summary import summary_aggregations, summary_from, summary_warnings
@@ -55,8 +57,8 @@ class ScoreOptions:
     """Rows per model call."""
     concurrency: int | None = None
     """Scoring actors (actor path) or max parallel tasks (task path); default: one per GPU / Ray decides."""
-    compute: Literal["auto", "actors", "tasks"] = "auto"
-    """actors: a pool that loads the model once per actor; tasks: fused with the read; auto: actors on GPU, tasks on CPU."""
+    compute: Literal["auto", "local", "actors", "tasks"] = "auto"
+    """local: this process reads, scores and writes with every core, no Ray; tasks: Ray Data tasks fused with the read; actors: a Ray Data actor pool that loads the model once per actor; auto: local on one machine (no --ray-address, no RAY_ADDRESS, no multi-node Ray already connected, no --concurrency, CPU), else actors on GPU and tasks on CPU."""
     use_gpu: bool = False
     """Score on GPUs (one per actor)."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -103,6 +105,21 @@ class ScoreOptions:
     @property
     def use_actors(self) -> bool:
         return self.compute == "actors" or (self.compute == "auto" and self.use_gpu)
+
+    def resolved_compute(self) -> str:
+        """``local``, ``tasks`` or ``actors``: what ``auto`` means for this run (decided once, on the driver).
+
+        Local when nothing points at a Ray cluster: on one machine Ray's start-up and block
+        scheduling cost more than the scoring (bench/score_throughput.py). A Ray this
+        process already joined counts as a cluster only if it has more than one node.
+        """
+        if self.compute != "auto":
+            return self.compute
+        if self.use_gpu:
+            return "actors"
+        addressed = self.ray_address or os.environ.get("RAY_ADDRESS")
+        joined_cluster = ray.is_initialized() and alive_nodes() > 1
+        return "tasks" if addressed or joined_cluster or self.concurrency else "local"
 
 
 @dataclass(kw_only=True)
@@ -185,21 +202,25 @@ def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact,
         return ScoreResult(out=cfg.out, summary=read_committed_json(cfg.out, "summary.json", options),
                            manifest=committed, reused=True, run_uri=committed.get("run_uri", cfg.out))
 
+    compute = cfg.resolved_compute()
     ctx = ray.data.DataContext.get_current()
     limits, raise_original = ctx.execution_options.resource_limits, ctx.raise_original_map_exception
     try:
-        ensure_ray(cfg.ray_address)
-        # Tasks on every node read the data and model and write the rows.
-        check_shared_paths({"--data": cfg.data, "--model": cfg.model, "--out": cfg.out}, alive_nodes(),
-                           cfg.shared_local_paths, options)
-        if cfg.object_store_limit_mb:
-            # Ray Data's default budget is a share of the node's object store, so a bigger input
-            # keeps more blocks in flight (bench/score_memory.py). Datasets copy the context when created.
-            ctx.execution_options.resource_limits = limits.copy(object_store_memory=cfg.object_store_limit_mb * 2**20)
-        # Errors raised in our UDFs reach the driver as themselves (a SchemaError naming the
-        # column), not as a UserCodeException whose message holds only a cut traceback.
-        ctx.raise_original_map_exception = True
-        summary, manifest = _score_and_summarize(cfg, art, data, out, loader, threshold, run_id, t0, started)
+        if compute != "local":
+            ensure_ray(cfg.ray_address)
+            # Tasks on every node read the data and model and write the rows.
+            check_shared_paths({"--data": cfg.data, "--model": cfg.model, "--out": cfg.out}, alive_nodes(),
+                               cfg.shared_local_paths, options)
+            if cfg.object_store_limit_mb:
+                # Ray Data's default budget is a share of the node's object store, so a bigger input
+                # keeps more blocks in flight (bench/score_memory.py). Datasets copy the context when created.
+                ctx.execution_options.resource_limits = limits.copy(
+                    object_store_memory=cfg.object_store_limit_mb * 2**20)
+            # Errors raised in our UDFs reach the driver as themselves (a SchemaError naming the
+            # column), not as a UserCodeException whose message holds only a cut traceback.
+            ctx.raise_original_map_exception = True
+        summary, manifest = _score_and_summarize(replace(cfg, compute=compute), art, data, out, loader, threshold,
+                                                 run_id, t0, started)
         files = {"summary.json": json.dumps(summary, indent=2).encode(),
                  "report.html": scoring_report(summary, art.reference),
                  MANIFEST: json.dumps(manifest, indent=2).encode()}
@@ -237,17 +258,21 @@ def _score_and_summarize(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInpu
                          loader: ModelLoader, threshold: float, run_id: str, t0: float,
                          started: datetime) -> tuple[dict, dict]:
     """Read -> score -> write the rows into the run folder, then the summary and manifest of them."""
-    scored = build_scored_dataset(cfg, art, data, loader, row_file_metadata(cfg, art, run_id, threshold))
+    metadata = row_file_metadata(cfg, art, run_id, threshold)
     rows = out.path_of("rows")
+    aggs = summary_aggregations(art, cfg, threshold)
+    sink = functools.partial(write_block, path=rows, filesystem=arrow_filesystem(out.fs),
+                             id_columns=list(cfg.id_columns) or [ROW_HASH])
     t_pipeline = time.perf_counter()
     progress = Progress("scored", total=data.num_rows)
     try:
         # One file per ROWS_PER_FILE rows: a file (and a set of accumulators) per model
         # batch would cost more than the scoring (bench/score_throughput.py).
-        agg = aggregate_blocks(scored, *summary_aggregations(art, cfg, threshold), progress=progress,
-                               rows_per_call=ROWS_PER_FILE,
-                               sink=functools.partial(write_block, path=rows, filesystem=arrow_filesystem(out.fs),
-                                                      id_columns=list(cfg.id_columns) or [ROW_HASH]))
+        if cfg.compute == "local":
+            agg = score_locally(cfg, art, data, loader, metadata, aggs, sink, progress)
+        else:
+            agg = aggregate_blocks(build_scored_dataset(cfg, art, data, loader, metadata), *aggs,
+                                   progress=progress, rows_per_call=ROWS_PER_FILE, sink=sink)
     finally:
         progress.close()
     t_summary = time.perf_counter()
@@ -269,6 +294,7 @@ def _score_and_summarize(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInpu
         "run_id": run_id,
         "run_uri": out.run_uri,
         "wall_seconds": round(time.perf_counter() - t0, 3),
+        "compute": cfg.compute,
         "timings": {"read_score_write_s": round(t_summary - t_pipeline, 3),
                     "check_written_s": round(time.perf_counter() - t_summary, 3)},
     })

@@ -8,7 +8,6 @@ stopped by the PIDs of their own processes only (``ray stop`` would also stop ev
 Ray on the machine).
 """
 
-import json
 import os
 import subprocess
 import sys

@@ -1,0 +1,152 @@
+"""Scoring in this process, without Ray: the single-machine path of ``aescore score``.
+
+Why a second path: on one machine, starting Ray and scheduling Ray Data blocks costs
+several times the scoring itself (bench/score_throughput.py, "plain script"). Here the
+driver reads each file with pyarrow, scores it with the pipeline's own ``BatchScorer``
+on every core, and hands each chunk to the same sink (``write_block``) and the same
+summary accumulators as the Ray path, so both write the same files, rows and summary
+(``tests/test_score_local.py`` compares them). Reading the next chunk runs in a thread
+while the current one is scored, and writing the previous one as well (pyarrow releases
+the GIL while it reads and writes).
+
+The synthetic ``row_hash`` id is the one Ray Data's ``include_row_hash`` computes, so a
+row keeps its id whichever path scored it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from aemodel.schema import ColumnSpec
+from jobs.datasets import ParquetInput
+from jobs.progress import Progress
+from jobs.ray_runtime import MergedAggregates
+from jobs.score_rows import ROW_HASH, ROWS_PER_FILE, BatchScorer, ModelLoader, read_columns
+from jobs.storage import normalize_storage_options
+
+if TYPE_CHECKING:
+    from aemodel import ModelArtifact
+    from jobs.score import ScoreConfig
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (the affinity mask, which containers narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def synthetic_row_hashes(path: str, start_row: int, num_rows: int) -> np.ndarray:
+    """uint64 ids of rows ``start_row ..`` of the file at ``path``, as Ray Data's ``include_row_hash``.
+
+    Ray 2.60 hashes the file path with MD5 (first 8 bytes, little-endian), adds the row
+    positions and mixes each with the splitmix64 finalizer; reproduced here so that the
+    id does not depend on which path scored the row. A test pins it to Ray's output.
+    """
+    seed = np.uint64(int.from_bytes(hashlib.md5(path.encode("utf-8")).digest()[:8], byteorder="little"))
+    with np.errstate(over="ignore"):
+        keys = seed + np.arange(start_row, start_row + num_rows, dtype=np.uint64)
+        keys ^= keys >> np.uint64(30)
+        keys *= np.uint64(0xBF58476D1CE4E5B9)
+        keys ^= keys >> np.uint64(27)
+        keys *= np.uint64(0x94D049BB133111EB)
+        keys ^= keys >> np.uint64(31)
+    return keys
+
+
+def iter_chunks(data: ParquetInput, columns: list[str], specs: list[ColumnSpec], include_row_hash: bool,
+                rows: int) -> Iterator[pa.Table]:
+    """The input's ``columns`` in chunks of at most ``rows`` rows, file by file, typed as the Ray path reads them."""
+    schema = data.read_schema(columns, specs)
+    for f in data.files:
+        with data.fs.open(f.path, "rb") as fh:
+            start = 0
+            for batch in pq.ParquetFile(fh).iter_batches(batch_size=rows, columns=columns):
+                table = pa.Table.from_batches([batch]).select(columns).cast(schema)
+                if include_row_hash:
+                    table = table.append_column(ROW_HASH, pa.array(
+                        synthetic_row_hashes(f.path, start, table.num_rows), type=pa.uint64()))
+                start += table.num_rows
+                yield table
+
+
+def score_in_process(chunks: Iterator[pa.Table], scorer: BatchScorer, batch_size: int, merged: MergedAggregates,
+                     sink: Callable[[pa.Table], None], progress: Progress | None = None) -> None:
+    """Score every chunk (``batch_size`` rows per model call), write it with ``sink`` and add its accumulators.
+
+    One thread prefetches the next chunk while this one scores; another writes and
+    summarises the previous scored chunk. Exceptions from either surface here.
+    """
+    def score(table: pa.Table) -> pa.Table:
+        parts = [scorer(table.slice(i, batch_size)) for i in range(0, table.num_rows, batch_size)]
+        return pa.concat_tables(parts) if len(parts) != 1 else parts[0]
+
+    def finish(scored: pa.Table) -> list:
+        return MergedAggregates.partial(scored, merged.aggs, sink)
+
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="aescore-io") as pool:
+        ahead: Future = pool.submit(next, chunks, None)
+        writing: tuple[Future, int] | None = None
+        while (table := ahead.result()) is not None:
+            ahead = pool.submit(next, chunks, None)
+            scored = score(table)
+            if writing is not None:
+                merged.add(writing[0].result())
+                if progress is not None:
+                    progress.update(writing[1])
+            writing = (pool.submit(finish, scored), scored.num_rows)
+        if writing is not None:
+            merged.add(writing[0].result())
+            if progress is not None:
+                progress.update(writing[1])
+
+
+def with_torch_threads(threads: int, fn: Callable[[], object]) -> object:
+    """Run ``fn`` with ``threads`` torch intra-op threads, restoring the previous count after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(before)
+
+
+def score_locally(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput, loader: ModelLoader,
+                  metadata: dict[str, str], aggs: tuple, sink: Callable[[pa.Table], None],
+                  progress: Progress) -> dict:
+    """The ``local`` compute path: read -> score -> write ``data`` in this process with every usable core.
+
+    Args:
+        cfg: The run's options (``compute`` already resolved to ``local``).
+        art: The loaded artefact (its schema decides the columns read).
+        loader: Loads the artefact for the ``BatchScorer`` (as the Ray path's workers do).
+        metadata: Parquet key-value metadata of every row file.
+        aggs: The summary's mergeable aggregations.
+        sink: Writes one chunk of scored rows (``write_block``).
+        progress: Counts scored rows.
+
+    Returns:
+        Aggregation name -> finalized value, as ``aggregate_blocks`` returns.
+    """
+    def go() -> dict:
+        scorer = BatchScorer(cfg.model, list(cfg.id_columns) or [ROW_HASH], cfg.threshold, cfg.use_gpu, threads,
+                             loader, normalize_storage_options(cfg.storage_options), cfg.top_k, cfg.column_errors,
+                             cfg.precision, metadata)
+        merged = MergedAggregates(tuple(aggs))
+        chunks = iter_chunks(data, read_columns(cfg, art), art.preprocessor.specs,
+                             include_row_hash=not cfg.id_columns, rows=ROWS_PER_FILE)
+        score_in_process(chunks, scorer, cfg.batch_size, merged, sink, progress)
+        return merged.result()
+
+    threads = usable_cpus()
+    return with_torch_threads(threads, go)
