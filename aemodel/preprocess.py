@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from aemodel.moments import merge_moments, moments, signed_log, skewness
 from aemodel.schema import ColumnSpec, SchemaError
 
 OTHER_CATEGORY = "<other>"
@@ -38,14 +39,19 @@ class PreprocessConfig:
     """Scale floor relative to max(|mean|, 1): constant columns do not blow up the error."""
     max_categories: int = 64
     """Most frequent values kept per categorical column; the rest map to <other>."""
-    min_category_count: int = 5
+    min_category_count: int = 1
     """A value seen fewer times in training maps to <other>."""
     min_entropy: float = 0.05
     """Floor (nats) on the constant-predictor loss used to normalise binary/categorical losses."""
+    log_skewness: float | None = None
+    """A numeric column whose training skewness exceeds this in absolute value is modelled as
+    sign(x) * log1p(|x|) (amounts, counts, heavy tails); None: never (the default)."""
 
     def __post_init__(self) -> None:
         if self.clip_sigma <= 0 or self.min_scale_ratio <= 0 or self.min_entropy <= 0:
             raise ValueError("clip_sigma, min_scale_ratio and min_entropy must be > 0")
+        if self.log_skewness is not None and not self.log_skewness >= 0:
+            raise ValueError(f"log_skewness must be >= 0, or null to turn it off, got {self.log_skewness}")
         if self.max_categories < 1 or self.min_category_count < 1:
             raise ValueError("max_categories and min_category_count must be >= 1")
 
@@ -85,8 +91,7 @@ def partial_stats(table: pa.Table, specs: list[ColumnSpec]) -> dict:
             v = _numeric_values(col)
             ok = v[~np.isnan(v)]
             n = int(ok.size)
-            mean = float(ok.mean()) if n else 0.0
-            out[s.name] = {"n": n, "mean": mean, "m2": float(((ok - mean) ** 2).sum()) if n else 0.0,
+            out[s.name] = {**moments(ok), "log": moments(signed_log(ok)),
                            "min": float(ok.min()) if n else None, "max": float(ok.max()) if n else None,
                            "missing": int(v.size - n), "integral": bool(np.all(ok == np.round(ok)))}
         elif s.kind == "binary":
@@ -116,18 +121,16 @@ def merge_stats(a: dict, b: dict) -> dict:
     for name in a:
         x, y = a[name], b[name]
         if "mean" in x:
-            n = x["n"] + y["n"]
-            if n == 0:
+            if x["n"] + y["n"] == 0:
                 out[name] = dict(x, missing=x["missing"] + y["missing"])
                 continue
-            delta = y["mean"] - x["mean"]
-            mean = x["mean"] + delta * y["n"] / n
-            m2 = x["m2"] + y["m2"] + delta * delta * x["n"] * y["n"] / n
             mins = [v for v in (x["min"], y["min"]) if v is not None]
             maxs = [v for v in (x["max"], y["max"]) if v is not None]
-            out[name] = {"n": n, "mean": mean, "m2": m2, "min": min(mins), "max": max(maxs),
+            out[name] = {**merge_moments(x, y), "min": min(mins), "max": max(maxs),
                          "missing": x["missing"] + y["missing"],
                          "integral": x.get("integral", True) and y.get("integral", True)}
+            if "log" in x and "log" in y:
+                out[name]["log"] = merge_moments(x["log"], y["log"])
         elif "pos" in x:
             out[name] = {k: x[k] + y[k] for k in x}
         elif "counts" in x:
@@ -152,7 +155,9 @@ class Preprocessor:
 
     Attributes:
         specs: Feature columns in model order (numeric, binary, categorical).
-        numeric: Per numeric column: mean, scale (std with a floor), training std.
+        numeric: Per numeric column: mean, scale (std with a floor) and training std of the
+            modelled values, raw min/max and skewness, and ``transform``: ``identity`` or
+            ``signed_log1p`` (``PreprocessConfig.log_skewness``).
         binary: Per binary column: training rate of 1s and the imputation value.
         categorical: Per categorical column: vocabulary (the last entry is <other>),
             training frequency of each entry, imputation index.
@@ -186,10 +191,15 @@ class Preprocessor:
                 raise SchemaError(f"column {s.name!r} has no non-missing value in the training data; "
                                   "exclude it (--exclude-columns) or fix the data")
             if s.kind == "numeric":
-                std = math.sqrt(st["m2"] / st["n"])
-                floor = config.min_scale_ratio * max(abs(st["mean"]), 1.0)
-                pp.numeric[s.name] = {"mean": st["mean"], "scale": max(std, floor), "std": std,
-                                      "min": st["min"], "max": st["max"]}
+                skew = skewness(st)
+                logged = (config.log_skewness is not None and abs(skew) > config.log_skewness
+                          and "log" in st)
+                m = st["log"] if logged else st
+                std = math.sqrt(m["m2"] / m["n"])
+                floor = config.min_scale_ratio * max(abs(m["mean"]), 1.0)
+                pp.numeric[s.name] = {"mean": m["mean"], "scale": max(std, floor), "std": std,
+                                      "min": st["min"], "max": st["max"], "skewness": skew,
+                                      "transform": "signed_log1p" if logged else "identity"}
                 pp.baselines.append(1.0)  # predicting the mean of a standardised column costs 1
             elif s.kind == "binary":
                 rate = st["pos"] / st["n"]
@@ -258,6 +268,8 @@ class Preprocessor:
             p = self.numeric[name]
             v = _numeric_values(table.column(name))
             miss = np.isnan(v)
+            if p.get("transform") == "signed_log1p":  # artefacts before this option have no key: identity
+                v = signed_log(v)
             z = np.clip((v - p["mean"]) / p["scale"], -clip, clip)
             z[miss] = 0.0
             x_num[:, i] = z

@@ -64,7 +64,7 @@ class ScoreOptions:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     """GPU only: run the network under bf16/fp16 autocast (errors are still computed in float32)."""
     cpus_per_worker: float = 1.0
-    """CPUs reserved per scoring actor/task; torch uses this many threads (at least 1)."""
+    """Ray paths: CPUs reserved per scoring actor/task; torch uses this many threads (at least 1). The local path uses every usable core."""
     object_store_limit_mb: int | None = 512
     """Object-store memory Ray Data may fill with in-flight blocks (keeps memory flat as inputs grow); 0: Ray's default."""
     threshold: float | None = None

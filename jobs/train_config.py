@@ -30,8 +30,10 @@ class DataOptions:
     """Clip standardised numeric values to +/- this many training standard deviations."""
     max_categories: int = 64
     """Most frequent values kept per categorical column (the rest become <other>)."""
-    min_category_count: int = 5
-    """Values seen fewer times in training become <other>."""
+    min_category_count: int = 1
+    """Values seen fewer times in training become <other> (1: every value seen in training keeps its own category; bench/RESULTS.md)."""
+    log_skewness: float | None = None
+    """Model numeric columns whose training skewness exceeds this (absolute) as sign(x)*log1p(|x|), e.g. 1 for amounts and counts; null (default): never. Off by default: it helps some tables a lot and costs others (bench/RESULTS.md, "skewed columns")."""
 
 
 @dataclass(kw_only=True)
@@ -207,7 +209,7 @@ class TrainOptions(RunOptions, ThresholdOptions, FitOptions, ModelOptions, DataO
 
     def preprocess_config(self) -> PreprocessConfig:
         return PreprocessConfig(clip_sigma=self.clip_sigma, max_categories=self.max_categories,
-                                min_category_count=self.min_category_count)
+                                min_category_count=self.min_category_count, log_skewness=self.log_skewness)
 
 
 @dataclass(kw_only=True)

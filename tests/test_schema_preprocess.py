@@ -64,6 +64,8 @@ def test_merged_partial_stats_equal_whole_table_stats():
     assert merged["x"]["n"] == whole["x"]["n"] == 300
     assert merged["x"]["mean"] == pytest.approx(whole["x"]["mean"])
     assert merged["x"]["m2"] == pytest.approx(whole["x"]["m2"])
+    assert merged["x"]["m3"] == pytest.approx(whole["x"]["m3"], rel=1e-6, abs=1e-6)
+    assert merged["x"]["log"] == pytest.approx(whole["x"]["log"])
     assert merged["color"]["counts"] == whole["color"]["counts"]
     assert merged["flag"]["pos"] == whole["flag"]["pos"]
 
@@ -142,3 +144,38 @@ def test_preprocessor_round_trips_through_dict():
     t = _table(50, seed=3)
     for key, value in pp.transform(t).items():
         assert np.array_equal(value, again.transform(t)[key])
+
+
+def test_skewed_numeric_columns_are_modelled_on_a_signed_log_scale():
+    rng = np.random.default_rng(1)
+    n = 2000
+    t = pa.table({"amount": pa.array(rng.lognormal(3.0, 1.5, n)), "debt": pa.array(-rng.exponential(1e4, n)),
+                  "normal": pa.array(rng.normal(50.0, 5.0, n))})
+    specs = resolve_columns(t.schema)
+    stats = merge_stats(partial_stats(t.slice(0, 700), specs), partial_stats(t.slice(700), specs))
+    pp = Preprocessor.fit(specs, stats, PreprocessConfig(log_skewness=1.0))
+    amount = t["amount"].to_numpy()
+    skew = ((amount - amount.mean()) ** 3).mean() / amount.std() ** 3
+    assert pp.numeric["amount"]["skewness"] == pytest.approx(skew, rel=1e-6)
+    kinds = {name: p["transform"] for name, p in pp.numeric.items()}
+    assert kinds == {"amount": "signed_log1p", "debt": "signed_log1p", "normal": "identity"}
+    z = pp.transform(t)["x_num"]
+    logged = np.log1p(amount)
+    np.testing.assert_allclose(z[:, 0], (logged - logged.mean()) / logged.std(), rtol=1e-4, atol=1e-4)
+    assert abs(z[:, 1].mean()) < 1e-6 and z[:, 1].std() == pytest.approx(1.0, rel=1e-4)  # -log1p(|x|), standardised
+    off = Preprocessor.fit(specs, stats)  # the default: off
+    assert {p["transform"] for p in off.numeric.values()} == {"identity"}
+    np.testing.assert_allclose(off.transform(t)["x_num"][:, 2], z[:, 2])
+
+
+def test_artefacts_without_a_transform_key_keep_raw_values():
+    t = _table()
+    pp = _fit(t)
+    old = pp.to_dict()
+    for p in old["numeric"].values():
+        p.pop("transform")
+    old["config"].pop("log_skewness")
+    again = Preprocessor.from_dict(old)
+    raw = t["x"].to_numpy()
+    np.testing.assert_allclose(again.transform(t)["x_num"][:, 0],
+                               np.clip((raw - pp.numeric["x"]["mean"]) / pp.numeric["x"]["scale"], -10, 10), rtol=1e-5)
