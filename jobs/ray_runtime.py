@@ -23,6 +23,11 @@ from aemodel.schema import ColumnSpec
 from jobs.progress import Progress, is_verbose
 
 
+def cluster_address(address: str | None = None) -> str | None:
+    """The Ray cluster a job is pointed at: ``address``, else ``RAY_ADDRESS``; None for none."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
 def ensure_ray(address: str | None = None) -> None:
     """Connect to Ray once per process.
 
@@ -32,7 +37,7 @@ def ensure_ray(address: str | None = None) -> None:
     """
     if ray.is_initialized():
         return
-    target = address or os.environ.get("RAY_ADDRESS") or "local"
+    target = cluster_address(address) or "local"
     verbose = is_verbose()
     if not verbose:
         quiet_ray_console()

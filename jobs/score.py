@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -38,7 +37,7 @@ from jobs.datasets import ParquetInput, check_columns, explain_failure, open_par
 from jobs.errors import InputError
 from jobs.manifest import fingerprint, git_commit, library_versions
 from jobs.progress import Progress
-from jobs.ray_runtime import aggregate_blocks, alive_nodes, ensure_ray
+from jobs.ray_runtime import aggregate_blocks, alive_nodes, cluster_address, ensure_ray
 from jobs.report import scoring_report
 from jobs.score_local import score_locally
 from jobs.score_rows import (OUTPUT_FORMAT_VERSION, ROW_HASH, ROWS_PER_FILE, ModelLoader, build_scored_dataset,
@@ -117,9 +116,8 @@ class ScoreOptions:
             return self.compute
         if self.use_gpu:
             return "actors"
-        addressed = self.ray_address or os.environ.get("RAY_ADDRESS")
         joined_cluster = ray.is_initialized() and alive_nodes() > 1
-        return "tasks" if addressed or joined_cluster or self.concurrency else "local"
+        return "tasks" if cluster_address(self.ray_address) or joined_cluster or self.concurrency else "local"
 
 
 @dataclass(kw_only=True)
@@ -269,7 +267,7 @@ def _score_and_summarize(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInpu
         # One file per ROWS_PER_FILE rows: a file (and a set of accumulators) per model
         # batch would cost more than the scoring (bench/score_throughput.py).
         if cfg.compute == "local":
-            agg = score_locally(cfg, art, data, loader, metadata, aggs, sink, progress)
+            agg = score_locally(cfg, art, data, metadata, aggs, sink, progress)
         else:
             agg = aggregate_blocks(build_scored_dataset(cfg, art, data, loader, metadata), *aggs,
                                    progress=progress, rows_per_call=ROWS_PER_FILE, sink=sink)

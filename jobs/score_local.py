@@ -15,6 +15,7 @@ row keeps its id whichever path scored it.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from collections.abc import Callable, Iterator
@@ -30,8 +31,7 @@ from aemodel.schema import ColumnSpec
 from jobs.datasets import ParquetInput
 from jobs.progress import Progress
 from jobs.ray_runtime import MergedAggregates
-from jobs.score_rows import ROW_HASH, ROWS_PER_FILE, BatchScorer, ModelLoader, read_columns
-from jobs.storage import normalize_storage_options
+from jobs.score_rows import ROW_HASH, ROWS_PER_FILE, BatchScorer, read_columns
 
 if TYPE_CHECKING:
     from aemodel import ModelArtifact
@@ -94,21 +94,21 @@ def score_in_process(chunks: Iterator[pa.Table], scorer: BatchScorer, batch_size
     def finish(scored: pa.Table) -> list:
         return MergedAggregates.partial(scored, merged.aggs, sink)
 
+    def collect(writing: tuple[Future, int] | None) -> None:
+        if writing is not None:
+            merged.add(writing[0].result())
+            if progress is not None:
+                progress.update(writing[1])
+
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="aescore-io") as pool:
         ahead: Future = pool.submit(next, chunks, None)
         writing: tuple[Future, int] | None = None
         while (table := ahead.result()) is not None:
             ahead = pool.submit(next, chunks, None)
             scored = score(table)
-            if writing is not None:
-                merged.add(writing[0].result())
-                if progress is not None:
-                    progress.update(writing[1])
+            collect(writing)
             writing = (pool.submit(finish, scored), scored.num_rows)
-        if writing is not None:
-            merged.add(writing[0].result())
-            if progress is not None:
-                progress.update(writing[1])
+        collect(writing)
 
 
 def with_torch_threads(threads: int, fn: Callable[[], object]) -> object:
@@ -121,15 +121,14 @@ def with_torch_threads(threads: int, fn: Callable[[], object]) -> object:
         torch.set_num_threads(before)
 
 
-def score_locally(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput, loader: ModelLoader,
-                  metadata: dict[str, str], aggs: tuple, sink: Callable[[pa.Table], None],
-                  progress: Progress) -> dict:
+def score_locally(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput, metadata: dict[str, str],
+                  aggs: tuple, sink: Callable[[pa.Table], None], progress: Progress) -> dict:
     """The ``local`` compute path: read -> score -> write ``data`` in this process with every usable core.
 
     Args:
         cfg: The run's options (``compute`` already resolved to ``local``).
-        art: The loaded artefact (its schema decides the columns read).
-        loader: Loads the artefact for the ``BatchScorer`` (as the Ray path's workers do).
+        art: The loaded artefact: its schema decides the columns read, and the scorer uses
+            a copy of it rather than loading the model from storage a second time.
         metadata: Parquet key-value metadata of every row file.
         aggs: The summary's mergeable aggregations.
         sink: Writes one chunk of scored rows (``write_block``).
@@ -139,8 +138,9 @@ def score_locally(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput, load
         Aggregation name -> finalized value, as ``aggregate_blocks`` returns.
     """
     def go() -> dict:
+        # A copy: BatchScorer sets a --threshold override on the artefact it gets.
         scorer = BatchScorer(cfg.model, list(cfg.id_columns) or [ROW_HASH], cfg.threshold, cfg.use_gpu, threads,
-                             loader, normalize_storage_options(cfg.storage_options), cfg.top_k, cfg.column_errors,
+                             lambda _uri, _options: copy.copy(art), None, cfg.top_k, cfg.column_errors,
                              cfg.precision, metadata)
         merged = MergedAggregates(tuple(aggs))
         chunks = iter_chunks(data, read_columns(cfg, art), art.preprocessor.specs,
