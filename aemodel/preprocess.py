@@ -82,8 +82,12 @@ def _binary_values(col: pa.ChunkedArray | pa.Array, name: str) -> np.ndarray:
     return vals
 
 
-def partial_stats(table: pa.Table, specs: list[ColumnSpec]) -> dict:
-    """Mergeable summary of one batch: counts, moments, category counts per column."""
+def partial_stats(table: pa.Table, specs: list[ColumnSpec], log_moments: bool = False) -> dict:
+    """Mergeable summary of one batch: counts, moments, category counts per column.
+
+    ``log_moments`` adds the moments of ``signed_log`` of each numeric column, which
+    ``Preprocessor.fit`` needs only when ``PreprocessConfig.log_skewness`` is set.
+    """
     out: dict[str, dict] = {}
     for s in specs:
         col = table.column(s.name)
@@ -91,9 +95,11 @@ def partial_stats(table: pa.Table, specs: list[ColumnSpec]) -> dict:
             v = _numeric_values(col)
             ok = v[~np.isnan(v)]
             n = int(ok.size)
-            out[s.name] = {**moments(ok), "log": moments(signed_log(ok)),
-                           "min": float(ok.min()) if n else None, "max": float(ok.max()) if n else None,
+            out[s.name] = {**moments(ok), "min": float(ok.min()) if n else None,
+                           "max": float(ok.max()) if n else None,
                            "missing": int(v.size - n), "integral": bool(np.all(ok == np.round(ok)))}
+            if log_moments:
+                out[s.name]["log"] = moments(signed_log(ok))
         elif s.kind == "binary":
             v = _binary_values(col, s.name)
             ok = v[~np.isnan(v)]

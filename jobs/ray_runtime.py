@@ -149,16 +149,17 @@ def aggregate_blocks(ds: ray.data.Dataset, *aggs: AggregateFnV2, sink: Callable[
 class ColumnStatsAggregate(AggregateFnV2):
     """Mergeable preprocessing statistics (``aemodel.preprocess.partial_stats``) per block."""
 
-    def __init__(self, specs: list[ColumnSpec], train_filter=None):
-        """Args: specs: feature columns; train_filter: table -> table keeping training rows."""
-        self._specs, self._filter = specs, train_filter
+    def __init__(self, specs: list[ColumnSpec], train_filter=None, log_moments: bool = False):
+        """Args: specs: feature columns; train_filter: table -> table keeping training rows;
+        log_moments: also the signed-log moments (``partial_stats``)."""
+        self._specs, self._filter, self._log = specs, train_filter, log_moments
         super().__init__("column_stats", zero_factory=lambda: b"", on=None, ignore_nulls=False)
 
     def aggregate_block(self, block) -> bytes:
         table = BlockAccessor.for_block(block).to_arrow()
         if self._filter is not None:
             table = self._filter(table)
-        return json.dumps(partial_stats(table, self._specs)).encode()
+        return json.dumps(partial_stats(table, self._specs, self._log)).encode()
 
     def combine(self, current: bytes, new: bytes) -> bytes:
         if not current:

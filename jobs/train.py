@@ -225,15 +225,17 @@ def _fit_statistics(cfg: TrainConfig, specs: list, train_in, val_in) -> tuple[di
     input, a second pass over it adds its rows and counts those already in training.
     """
     names = [s.name for s in specs]
+    log = cfg.log_skewness is not None  # log-scale moments only where they can be used
     seen = BloomFilter.for_rows(train_in.num_rows + (val_in.num_rows if val_in else 0))
     shape = (seen.n_bits, seen.n_hashes)
     if val_in is None:
         keep_train = functools.partial(keep_split, columns=names, cut=split_cut(cfg.val_fraction), validation=False)
-        agg = aggregate_blocks(train_in.read(names, specs), ColumnStatsAggregate(specs, keep_train),
+        agg = aggregate_blocks(train_in.read(names, specs), ColumnStatsAggregate(specs, keep_train, log),
                                RowBloomAggregate(specs, *shape))
         overlap = {"train_val_overlap_rows": 0, "method": "row-hash split: identical rows always share a side"}
     else:
-        agg = aggregate_blocks(train_in.read(names, specs), ColumnStatsAggregate(specs), RowBloomAggregate(specs, *shape))
+        agg = aggregate_blocks(train_in.read(names, specs), ColumnStatsAggregate(specs, log_moments=log),
+                               RowBloomAggregate(specs, *shape))
     seen, rows, _ = decode_bloom(agg["row_bloom"], *shape)
     if val_in is not None:
         val_agg = aggregate_blocks(val_in.read(names, specs), RowBloomAggregate(specs, *shape, against=seen))

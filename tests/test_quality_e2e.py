@@ -39,6 +39,28 @@ def test_tiny_training_set_with_a_big_model_is_flagged_and_can_fail_the_run(ray_
     assert not (tmp_path / "model" / "_SUCCESS").exists()  # a failed run publishes nothing
 
 
+@pytest.mark.parametrize("val_split", ["fraction", "val_data"])
+def test_log_skewness_reaches_the_artefact(ray_start_2_cpus, tmp_path, val_split):
+    """Both statistics passes (hash split, separate validation input) gather the log-scale moments."""
+    rng = np.random.default_rng(3)
+
+    def table(n: int) -> pa.Table:
+        return pa.table({"amount": rng.lognormal(3.0, 1.5, n), "x": rng.normal(size=n)})
+
+    data = tmp_path / "train"
+    data.mkdir()
+    pq.write_table(table(600), data / "part-0.parquet")
+    extra = {"val_data": str(tmp_path / "val")} if val_split == "val_data" else {}
+    if extra:
+        os.makedirs(extra["val_data"])
+        pq.write_table(table(200), f"{extra['val_data']}/part-0.parquet")
+    res = train.run(train.TrainConfig(data=str(data), out=str(tmp_path / "model"), epochs=3, log_skewness=1.0,
+                                      **extra))
+    numeric = load_artifact(res.model_uri).preprocessor.numeric
+    assert numeric["amount"]["transform"] == "signed_log1p" and numeric["x"]["transform"] == "identity"
+    assert numeric["amount"]["skewness"] > 1.0
+
+
 def test_scoring_output_has_top_features_column_errors_and_a_report(trained, mixed_data, tmp_path):
     out = str(tmp_path / "scores")
     res = score.run(score.ScoreConfig(model=trained.model_uri, data=mixed_data["score"], out=out,

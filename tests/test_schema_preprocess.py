@@ -58,9 +58,9 @@ def test_check_schema_names_file_and_column():
 def test_merged_partial_stats_equal_whole_table_stats():
     t = _table(300)
     specs = resolve_columns(t.schema, exclude_columns=["id"])
-    whole = partial_stats(t, specs)
-    merged = merge_stats(merge_stats(partial_stats(t.slice(0, 100), specs), partial_stats(t.slice(100, 50), specs)),
-                         partial_stats(t.slice(150), specs))
+    whole = partial_stats(t, specs, log_moments=True)
+    merged = merge_stats(merge_stats(partial_stats(t.slice(0, 100), specs, True), partial_stats(t.slice(100, 50), specs, True)),
+                         partial_stats(t.slice(150), specs, True))
     assert merged["x"]["n"] == whole["x"]["n"] == 300
     assert merged["x"]["mean"] == pytest.approx(whole["x"]["mean"])
     assert merged["x"]["m2"] == pytest.approx(whole["x"]["m2"])
@@ -152,7 +152,7 @@ def test_skewed_numeric_columns_are_modelled_on_a_signed_log_scale():
     t = pa.table({"amount": pa.array(rng.lognormal(3.0, 1.5, n)), "debt": pa.array(-rng.exponential(1e4, n)),
                   "normal": pa.array(rng.normal(50.0, 5.0, n))})
     specs = resolve_columns(t.schema)
-    stats = merge_stats(partial_stats(t.slice(0, 700), specs), partial_stats(t.slice(700), specs))
+    stats = merge_stats(partial_stats(t.slice(0, 700), specs, True), partial_stats(t.slice(700), specs, True))
     pp = Preprocessor.fit(specs, stats, PreprocessConfig(log_skewness=1.0))
     amount = t["amount"].to_numpy()
     skew = ((amount - amount.mean()) ** 3).mean() / amount.std() ** 3
