@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -85,6 +85,22 @@ class ParquetInput:
                                    schema=self.read_schema(columns, specs), include_row_hash=include_row_hash,
                                    file_extensions=None, partitioning=None)
         return ds.select_columns(columns + (["row_hash"] if include_row_hash else []))
+
+    def iter_tables(self, columns: list[str], specs: list[ColumnSpec] | None = None,
+                    rows: int = 100_000) -> Iterator[tuple[ParquetFileInfo, int, pa.Table]]:
+        """The files' ``columns`` in this process, in chunks of at most ``rows`` rows, typed as ``read`` types them.
+
+        Yields:
+            (file, index of the chunk's first row in that file, chunk), file by file in order.
+        """
+        schema = self.read_schema(columns, specs)
+        for f in self.files:
+            with self.fs.open(f.path, "rb") as fh:
+                start = 0
+                for batch in pq.ParquetFile(fh).iter_batches(batch_size=rows, columns=columns):
+                    table = pa.Table.from_batches([batch]).select(columns).cast(schema)
+                    yield f, start, table
+                    start += table.num_rows
 
     def locate(self, columns: list[str], specs: list[ColumnSpec] | None = None,
                check: Callable[[pa.Table], object] | None = None,

@@ -28,6 +28,11 @@ def cluster_address(address: str | None = None) -> str | None:
     return address or os.environ.get("RAY_ADDRESS") or None
 
 
+def on_one_machine(address: str | None = None) -> bool:
+    """Nothing points at a Ray cluster: no ``address``, no ``RAY_ADDRESS``, no multi-node Ray already joined."""
+    return cluster_address(address) is None and not (ray.is_initialized() and alive_nodes() > 1)
+
+
 def ensure_ray(address: str | None = None) -> None:
     """Connect to Ray once per process.
 

@@ -37,7 +37,7 @@ from jobs.datasets import ParquetInput, check_columns, explain_failure, open_par
 from jobs.errors import InputError
 from jobs.manifest import fingerprint, git_commit, library_versions
 from jobs.progress import Progress
-from jobs.ray_runtime import aggregate_blocks, alive_nodes, cluster_address, ensure_ray
+from jobs.ray_runtime import aggregate_blocks, alive_nodes, ensure_ray, on_one_machine
 from jobs.report import scoring_report
 from jobs.score_local import score_locally
 from jobs.score_rows import (OUTPUT_FORMAT_VERSION, ROW_HASH, ROWS_PER_FILE, ModelLoader, build_scored_dataset,
@@ -116,8 +116,7 @@ class ScoreOptions:
             return self.compute
         if self.use_gpu:
             return "actors"
-        joined_cluster = ray.is_initialized() and alive_nodes() > 1
-        return "tasks" if cluster_address(self.ray_address) or joined_cluster or self.concurrency else "local"
+        return "local" if on_one_machine(self.ray_address) and not self.concurrency else "tasks"
 
 
 @dataclass(kw_only=True)

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from aemodel.schema import ColumnSpec
@@ -67,17 +66,11 @@ def synthetic_row_hashes(path: str, start_row: int, num_rows: int) -> np.ndarray
 def iter_chunks(data: ParquetInput, columns: list[str], specs: list[ColumnSpec], include_row_hash: bool,
                 rows: int) -> Iterator[pa.Table]:
     """The input's ``columns`` in chunks of at most ``rows`` rows, file by file, typed as the Ray path reads them."""
-    schema = data.read_schema(columns, specs)
-    for f in data.files:
-        with data.fs.open(f.path, "rb") as fh:
-            start = 0
-            for batch in pq.ParquetFile(fh).iter_batches(batch_size=rows, columns=columns):
-                table = pa.Table.from_batches([batch]).select(columns).cast(schema)
-                if include_row_hash:
-                    table = table.append_column(ROW_HASH, pa.array(
-                        synthetic_row_hashes(f.path, start, table.num_rows), type=pa.uint64()))
-                start += table.num_rows
-                yield table
+    for f, start, table in data.iter_tables(columns, specs, rows):
+        if include_row_hash:
+            table = table.append_column(ROW_HASH, pa.array(synthetic_row_hashes(f.path, start, table.num_rows),
+                                                           type=pa.uint64()))
+        yield table
 
 
 def score_in_process(chunks: Iterator[pa.Table], scorer: BatchScorer, batch_size: int, merged: MergedAggregates,

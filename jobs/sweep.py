@@ -70,6 +70,7 @@ class SweepConfig:
         if self.max_concurrent < 1:
             raise ValueError(f"max_concurrent must be >= 1, got {self.max_concurrent}")
         for name, why in (("in_process", "trials train in Train workers, several at once"),
+                          ("local_data", "trials train in Train workers, several at once"),
                           ("latent_dim", "each trial's comes from --latent"),
                           ("run_name", "each trial has its own"),
                           ("publish_latest", "a sweep recommends a model; publish it with aescore train")):
@@ -80,7 +81,8 @@ class SweepConfig:
         """The trial's ``aescore train`` config: the template with this latent size and output."""
         # Trials run concurrently as 0-CPU tasks: each trains in Train workers that reserve
         # their CPUs (checked in run), never inside the task itself.
-        template = {**asdict(self.train), "latent_dim": latent_dim, "in_process": False}
+        template = {**asdict(self.train), "latent_dim": latent_dim, "in_process": False,
+                    "local_data": False}
         return TrainConfig(data=self.data, out=join(self.out, f"latent-{latent_dim}"), **template)
 
 

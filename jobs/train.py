@@ -38,7 +38,9 @@ from jobs.errors import InputError, TrainingError
 from jobs.manifest import fingerprint
 from jobs.progress import is_terminal, is_verbose
 from jobs.ray_runtime import (ColumnStatsAggregate, RowBloomAggregate, aggregate_blocks, alive_nodes, decode_bloom,
-                              ensure_ray)
+                              ensure_ray, on_one_machine, quiet_ray_console)
+from jobs.score_local import usable_cpus
+from jobs.train_local import LocalInput, input_bytes, local_shards
 from jobs.report import training_report
 from jobs.storage import (arrow_filesystem, check_no_overlap, check_shared_paths, normalize_storage_options,
                           publish_pointer, redact_config, url_to_fs)
@@ -89,20 +91,25 @@ def run(cfg: TrainConfig, report_links: list[tuple[str, str]] = ()) -> TrainResu
                          f"{existing.version}, created {existing.created_at}) is already at {cfg.out}; "
                          "pass --overwrite to replace it or choose another --out")
 
-    ensure_ray(cfg.ray_address)
-    # Ray Data tasks on every node read the inputs; Train workers write checkpoints to
-    # --storage-path (Ray's default, ~/ray_results, is node-local). The artefact is written
-    # by this driver, so a local --out is fine.
-    nodes = alive_nodes()
-    check_shared_paths({"--data": cfg.data, "--val-data": cfg.val_data, "--storage-path": cfg.storage_path},
-                       nodes, cfg.shared_local_paths, options)
-    if cfg.storage_path is None:  # Ray's default is each node's own home folder, never a shared mount
-        check_shared_paths({"--storage-path": "~/ray_results (Ray's default)"}, nodes, False, options)
+    local = cfg.resolved_local_data(on_one_machine(cfg.ray_address), input_bytes([train_in, val_in], len(specs)))
+    nodes = 1
+    if local and not is_verbose():
+        quiet_ray_console()  # Ray Train's local mode logs every report at INFO (ensure_ray does this otherwise)
+    if not local:
+        ensure_ray(cfg.ray_address)
+        # Ray Data tasks on every node read the inputs; Train workers write checkpoints to
+        # --storage-path (Ray's default, ~/ray_results, is node-local). The artefact is written
+        # by this driver, so a local --out is fine.
+        nodes = alive_nodes()
+        check_shared_paths({"--data": cfg.data, "--val-data": cfg.val_data, "--storage-path": cfg.storage_path},
+                           nodes, cfg.shared_local_paths, options)
+        if cfg.storage_path is None:  # Ray's default is each node's own home folder, never a shared mount
+            check_shared_paths({"--storage-path": "~/ray_results (Ray's default)"}, nodes, False, options)
     ctx = ray.data.DataContext.get_current()
     # Errors raised in our UDFs reach the driver as themselves (see jobs/score.py).
     raise_original, ctx.raise_original_map_exception = ctx.raise_original_map_exception, True
     try:
-        return _fit_and_save(cfg, options, t0, train_in, val_in, specs, run_id, existing, nodes, report_links)
+        return _fit_and_save(cfg, options, t0, train_in, val_in, specs, run_id, existing, nodes, local, report_links)
     except BaseException as e:
         for data in (train_in, val_in):
             explained = data and explain_failure(e, data, names, specs, lambda t: partial_stats(t, specs))
@@ -114,24 +121,30 @@ def run(cfg: TrainConfig, report_links: list[tuple[str, str]] = ()) -> TrainResu
 
 
 def _fit_and_save(cfg: TrainConfig, options: dict, t0: float, train_in: ParquetInput, val_in: ParquetInput | None,
-                  specs: list, run_id: str, existing: ModelArtifact | None, nodes: int,
+                  specs: list, run_id: str, existing: ModelArtifact | None, nodes: int, local: bool,
                   report_links: list[tuple[str, str]] = ()) -> TrainResult:
-    """Statistics, Ray Train fit, diagnostics, then the artefact (on a running Ray)."""
+    """Statistics, Ray Train fit, diagnostics, then the artefact (on a running Ray unless ``local``)."""
     names = [s.name for s in specs]
-    stats, seen_rows, leakage = _fit_statistics(cfg, specs, train_in, val_in)
+    if local:  # each input read once into memory; every later step reads these tables
+        train_src, val_src = LocalInput(train_in, specs), val_in and LocalInput(val_in, specs)
+    else:
+        train_src, val_src = _RayInput(train_in, specs), val_in and _RayInput(val_in, specs)
+    stats, seen_rows, leakage = _fit_statistics(cfg, specs, train_src, val_src)
     pp = Preprocessor.fit(specs, stats, cfg.preprocess_config())  # training rows only: no leakage
     model_config = AutoencoderConfig(n_numeric=len(pp.numeric_names), n_binary=len(pp.binary_names),
                                      category_sizes=pp.category_sizes,
                                      hidden_dims=cfg.resolved_hidden_dims(pp.train_rows),
                                      latent_dim=cfg.resolved_latent_dim(len(specs)), activation=cfg.activation,
                                      dropout=cfg.dropout)
-    if val_in is None:
-        train_ds, val_ds = hash_split(train_in.read(names, specs), names, cfg.val_fraction)
+    if local:
+        train_enc, val_enc = local_shards(pp, names, train_src, val_src, split_cut(cfg.val_fraction))
+    elif val_in is None:
+        train_enc, val_enc = (encode(d, pp) for d in hash_split(train_in.read(names, specs), names, cfg.val_fraction))
     else:
-        train_ds, val_ds = train_in.read(names, specs), val_in.read(names, specs)
-    train_enc, val_enc = encode(train_ds, pp), encode(val_ds, pp)
-    if cfg.materialize:
+        train_enc, val_enc = encode(train_in.read(names, specs), pp), encode(val_in.read(names, specs), pp)
+    if cfg.materialize and not local:
         train_enc, val_enc = train_enc.materialize(), val_enc.materialize()
+    if cfg.materialize or local:
         expected = train_in.num_rows + (val_in.num_rows if val_in else 0)
         if train_enc.count() + val_enc.count() != expected:  # free on materialized data
             raise TrainingError(f"read {train_enc.count() + val_enc.count()} rows but the input files hold "
@@ -141,15 +154,16 @@ def _fit_and_save(cfg: TrainConfig, options: dict, t0: float, train_in: ParquetI
         "model_config": model_config.to_dict(), "baselines": pp.baselines, "epochs": cfg.epochs,
         "batch_size": cfg.resolved_batch_size(pp.train_rows), "learning_rate": cfg.learning_rate,
         "weight_decay": cfg.weight_decay, "patience": cfg.patience, "min_delta": cfg.min_delta, "seed": cfg.seed,
-        "torch_threads": max(1, int(cfg.cpus_per_worker)), "threshold_quantile": cfg.quantile,
+        # The local path has no Ray Data reads to leave cores for: torch takes them all.
+        "torch_threads": usable_cpus() if local else max(1, int(cfg.cpus_per_worker)), "threshold_quantile": cfg.quantile,
         "latent_weight": cfg.latent_weight, "constant_outputs": pp.constant_outputs(), "columns": names,
         "scale_floor": cfg.scale_floor if cfg.scale_by_validation else None,
         # Each worker would hold its training shard and the whole validation set.
-        "cache_shard": cfg.materialize and (train_enc.size_bytes() / cfg.num_workers + val_enc.size_bytes()
-                                            <= cfg.cache_shard_mb * 2**20),
+        "cache_shard": local or cfg.materialize and (train_enc.size_bytes() / cfg.num_workers
+                                                     + val_enc.size_bytes() <= cfg.cache_shard_mb * 2**20),
     }
     state, reference, threshold = _fit(cfg, options, loop_config, run_id, {"train": train_enc, "val": val_enc},
-                                       single_node=nodes == 1)
+                                       in_process=local or cfg.resolved_in_process(nodes == 1))
     if cfg.contamination is not None:
         threshold = {**threshold, "method": "contamination", "contamination": cfg.contamination}
     history = state["history"]
@@ -171,14 +185,14 @@ def _fit_and_save(cfg: TrainConfig, options: dict, t0: float, train_in: ParquetI
 
 
 def _fit(cfg: TrainConfig, options: dict, loop_config: dict, run_id: str, datasets: dict,
-         single_node: bool) -> tuple[dict, dict, dict]:
+         in_process: bool) -> tuple[dict, dict, dict]:
     """One Ray Train run; returns the final checkpoint's (state, reference, threshold).
 
-    Decided here, once: one CPU worker on a single node gains nothing from its own actor
-    but start-up time (bench/train_wall.py), so it trains in this process (Ray Train's
-    local mode), on the device chosen here, keeping its checkpoint in a temporary folder.
+    ``in_process`` (decided by the caller, once): one CPU worker on a single node gains
+    nothing from its own actor but start-up time (bench/train_wall.py), so it trains in
+    this process (Ray Train's local mode), on the device chosen here, keeping its
+    checkpoint in a temporary folder.
     """
-    in_process = cfg.resolved_in_process(single_node)
     threads, local_dir = torch.get_num_threads(), None
     try:
         if in_process:
@@ -218,11 +232,22 @@ def _fit(cfg: TrainConfig, options: dict, loop_config: dict, run_id: str, datase
             shutil.rmtree(local_dir, ignore_errors=True)
 
 
+class _RayInput:
+    """An input's feature columns as a Ray Data job: the Ray counterpart of ``train_local.LocalInput``."""
+
+    def __init__(self, data: ParquetInput, specs: list):
+        self.data, self.specs, self.num_rows = data, specs, data.num_rows
+
+    def aggregate(self, *aggs) -> dict:
+        return aggregate_blocks(self.data.read([s.name for s in self.specs], self.specs), *aggs)
+
+
 def _fit_statistics(cfg: TrainConfig, specs: list, train_in, val_in) -> tuple[dict, BloomFilter, dict]:
     """Preprocessing statistics of the training rows and a Bloom filter of all rows seen.
 
-    One Ray Data pass over the training input computes both; with a separate validation
-    input, a second pass over it adds its rows and counts those already in training.
+    One pass over the training input (``LocalInput`` or ``_RayInput``) computes both; with
+    a separate validation input, a second pass over it adds its rows and counts those
+    already in training.
     """
     names = [s.name for s in specs]
     log = cfg.log_skewness is not None  # log-scale moments only where they can be used
@@ -230,15 +255,13 @@ def _fit_statistics(cfg: TrainConfig, specs: list, train_in, val_in) -> tuple[di
     shape = (seen.n_bits, seen.n_hashes)
     if val_in is None:
         keep_train = functools.partial(keep_split, columns=names, cut=split_cut(cfg.val_fraction), validation=False)
-        agg = aggregate_blocks(train_in.read(names, specs), ColumnStatsAggregate(specs, keep_train, log),
-                               RowBloomAggregate(specs, *shape))
+        agg = train_in.aggregate(ColumnStatsAggregate(specs, keep_train, log), RowBloomAggregate(specs, *shape))
         overlap = {"train_val_overlap_rows": 0, "method": "row-hash split: identical rows always share a side"}
     else:
-        agg = aggregate_blocks(train_in.read(names, specs), ColumnStatsAggregate(specs, log_moments=log),
-                               RowBloomAggregate(specs, *shape))
+        agg = train_in.aggregate(ColumnStatsAggregate(specs, log_moments=log), RowBloomAggregate(specs, *shape))
     seen, rows, _ = decode_bloom(agg["row_bloom"], *shape)
     if val_in is not None:
-        val_agg = aggregate_blocks(val_in.read(names, specs), RowBloomAggregate(specs, *shape, against=seen))
+        val_agg = val_in.aggregate(RowBloomAggregate(specs, *shape, against=seen))
         val_seen, val_rows, hits = decode_bloom(val_agg["row_bloom"], *shape)
         fpr = seen.false_positive_rate
         overlap = {"train_val_overlap_rows": hits, "train_val_overlap_fraction": hits / max(val_rows, 1),
@@ -257,7 +280,7 @@ def _identity(cfg: TrainConfig) -> dict:
     """The options that define what is trained (not where or how it is launched)."""
     d = redact_config(config_to_dict(cfg))
     for key in ("out", "overwrite", "ray_address", "storage_path", "run_name", "max_failures", "storage_options",
-                "publish_latest", "in_process", "shared_local_paths", "worker_resources"):
+                "publish_latest", "in_process", "local_data", "shared_local_paths", "worker_resources"):
         d.pop(key, None)
     return d
 

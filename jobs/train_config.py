@@ -104,6 +104,8 @@ class RunOptions:
     """Extra Ray resources each Train worker reserves besides its CPUs/GPU, e.g. a custom node resource (name=amount) to place workers on chosen nodes."""
     in_process: bool | None = None
     """Train in the driver process (Ray Train's local mode) instead of a Train worker actor, saving the worker's start-up; default: yes when one CPU worker trains on a single-node Ray with no --max-failures and no --storage-path (no checkpoints to resume from in this mode)."""
+    local_data: bool | None = None
+    """Read, split and encode the data in this process with pyarrow instead of Ray Data, train here on every usable core, and start no Ray at all; default: yes when training would run in this process (see --in-process) on one machine (no --ray-address, no RAY_ADDRESS, no multi-node Ray already connected) and the input's feature values fit --cache-shard-mb."""
     materialize: bool = True
     """Cache the encoded training data in the Ray object store instead of re-reading every epoch."""
     cache_shard_mb: int = 1024
@@ -159,6 +161,10 @@ class TrainOptions(RunOptions, ThresholdOptions, FitOptions, ModelOptions, DataO
             (self.max_failures >= 0, f"max_failures must be >= 0, got {self.max_failures}"),
             (not self.in_process or (self.num_workers == 1 and self.max_failures == 0),
              "in_process trains one worker without fault tolerance: it needs num_workers=1 and max_failures=0"),
+            (not self.local_data or (self.in_process is not False and self.num_workers == 1
+                                     and self.max_failures == 0 and not self.worker_resources),
+             "local_data trains in this process: it needs num_workers=1, max_failures=0, no worker_resources "
+             "and in_process not false"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -177,6 +183,18 @@ class TrainOptions(RunOptions, ThresholdOptions, FitOptions, ModelOptions, DataO
             return self.in_process
         return (single_node and self.num_workers == 1 and not self.use_gpu and self.max_failures == 0
                 and self.storage_path is None and not self.worker_resources)
+
+    def resolved_local_data(self, one_machine: bool, input_bytes: int) -> bool:
+        """Whether to prepare the data without Ray Data and train in this process (see ``local_data``).
+
+        Args:
+            one_machine: Nothing points at a Ray cluster (``ray_runtime.on_one_machine``).
+            input_bytes: Memory the inputs take in this process (``train_local.input_bytes``).
+        """
+        if self.local_data is not None:
+            return self.local_data
+        return (self.resolved_in_process(one_machine) and self.materialize
+                and input_bytes <= self.cache_shard_mb * 2**20)
 
     def resolved_batch_size(self, train_rows: int) -> int:
         """The batch size, or the default: at least ~32 steps per epoch on small data."""

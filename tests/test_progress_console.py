@@ -62,7 +62,7 @@ def test_the_demo_console_is_short_and_verbose_brings_rays_logs_back(tmp_path):
     assert "precision=" in result and "recall=" in result, "\n".join(lines)
     verbose = subprocess.run([sys.executable, "-m", "jobs.cli", "train", "-v", "--data", str(tmp_path / "d/data/train"),
                               "--out", str(tmp_path / "m"), "--exclude-columns", "row_id,is_injected_anomaly",
-                              "--epochs", "2"], capture_output=True, text=True, timeout=300)
+                              "--epochs", "2", "--local-data", "false"], capture_output=True, text=True, timeout=300)
     assert verbose.returncode == 0, verbose.stderr[-3000:]
     assert "Started a local Ray instance" in verbose.stdout + verbose.stderr
     assert "Execution plan of Dataset" in verbose.stdout + verbose.stderr

@@ -135,7 +135,7 @@ def test_contamination_sets_the_threshold_and_an_epoch_capped_run_is_not_converg
 
 
 def test_in_process_training_matches_a_train_worker_exactly(ray_start_2_cpus, tmp_path):
-    """Ray Train's local mode (the default for one CPU worker on one node) trains the same model.
+    """Ray Train's local mode on Ray Data shards trains the same model as a Train worker actor.
 
     Same seed, same data: the weights, history and threshold of the in-process run equal
     those of a run in a Ray Train worker actor, so the fast path changes nothing but time.
@@ -147,7 +147,7 @@ def test_in_process_training_matches_a_train_worker_exactly(ray_start_2_cpus, tm
     results = {}
     for mode in (True, False):
         results[mode] = train.run(train.TrainConfig(data=data, out=str(tmp_path / f"model-{mode}"), epochs=4,
-                                                    in_process=mode, cpus_per_worker=1))
+                                                    in_process=mode, cpus_per_worker=1, local_data=False))
     a, b = (load_artifact(results[m].model_uri) for m in (True, False))
     assert [h["val_loss"] for h in a.history] == [h["val_loss"] for h in b.history]
     assert a.threshold["value"] == b.threshold["value"]

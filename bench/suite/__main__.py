@@ -115,9 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     if not tables:
         print("error: no table selected", file=sys.stderr)
         return 2
-    from jobs.ray_runtime import ensure_ray
-
-    ensure_ray()  # one local Ray for every training run of this process
+    # No Ray start here: on one machine aescore trains without Ray (jobs/train_local.py); a
+    # variant that needs Ray starts one private local Ray in its first run, kept for the rest.
     t0 = time.perf_counter()
     results: dict[str, dict[str, np.ndarray]] = {}
     timings: dict[str, dict[str, float]] = {}

@@ -1,0 +1,100 @@
+"""Training data without Ray: the single-machine path of ``aescore train``.
+
+Why a second path: a model trained in the driver process (Ray Train's local mode) on one
+machine needs no Ray at all, yet starting Ray and running the statistics, split and
+encoding as Ray Data jobs took most of a small run's wall time (bench/train_wall.py).
+Here the driver reads each file once with pyarrow, feeds the chunks to the same mergeable
+statistics (``MergedAggregates`` of the aggregations the Ray path runs), splits them with
+the same row-hash rule (``keep_split``) and encodes them with the same
+``Preprocessor.transform``; the training loop then gets ``TensorShard`` objects in place
+of Ray Data shards (Ray Train's local mode hands ``get_dataset_shard`` whatever the
+trainer was given). ``tests/test_train_local.py`` compares the two paths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from aemodel.preprocess import Preprocessor
+from aemodel.schema import ColumnSpec
+from jobs.datasets import ParquetInput, keep_split
+from jobs.ray_runtime import MergedAggregates
+
+# Feature values are read as float64 or strings: about 8 bytes a value as read, and the
+# encoded tensors (float32 values plus an observed mask) are about the same again.
+_BYTES_PER_VALUE = 16
+_CHUNK_ROWS = 100_000
+MODEL_INPUTS = ("x_num", "x_bin", "x_cat", "observed")
+
+
+def input_bytes(inputs: list[ParquetInput | None], n_features: int) -> int:
+    """Memory the local path needs for ``inputs`` (rows x features from the footers, no data read)."""
+    return sum(d.num_rows for d in inputs if d is not None) * n_features * _BYTES_PER_VALUE
+
+
+class LocalInput:
+    """An input's feature columns read once into memory, typed as the Ray path reads them."""
+
+    def __init__(self, data: ParquetInput, specs: list[ColumnSpec]):
+        names = [s.name for s in specs]
+        self.tables = [t for _f, _start, t in data.iter_tables(names, specs, _CHUNK_ROWS)]
+        self.num_rows = sum(t.num_rows for t in self.tables)
+
+    def aggregate(self, *aggs) -> dict:
+        """What ``aggregate_blocks`` returns for the same aggregations over these rows."""
+        merged = MergedAggregates(aggs)
+        for table in self.tables:
+            merged.add(MergedAggregates.partial(table, aggs))
+        return merged.result()
+
+    def chunks(self) -> Iterator[pa.Table]:
+        return iter(self.tables)
+
+
+class TensorShard:
+    """Encoded rows in memory with the part of Ray's ``DataIterator`` the training loop uses.
+
+    ``iter_torch_batches`` yields dicts of tensors in row order, or in a seeded random
+    order when ``local_shuffle_seed`` is given (a full permutation, not a buffer).
+    """
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        self.tensors = tensors
+
+    @classmethod
+    def encode(cls, pp: Preprocessor, tables: Iterator[pa.Table]) -> TensorShard:
+        """The model inputs of ``tables`` (``Preprocessor.transform``), concatenated."""
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in MODEL_INPUTS}
+        for table in tables:
+            enc = pp.transform(table)
+            for k in MODEL_INPUTS:
+                parts[k].append(enc[k])
+        # Never empty: an input has at least one file with rows (open_parquet_input).
+        return cls({k: torch.from_numpy(np.concatenate(v)) for k, v in parts.items()})
+
+    def count(self) -> int:
+        return int(self.tensors["x_num"].shape[0])
+
+    def iter_torch_batches(self, *, batch_size: int, device: torch.device | str | None = None,
+                           prefetch_batches: int = 0, local_shuffle_buffer_size: int | None = None,
+                           local_shuffle_seed: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+        del prefetch_batches, local_shuffle_buffer_size  # nothing to prefetch; shuffles fully
+        n = self.count()
+        order = (None if local_shuffle_seed is None else
+                 torch.randperm(n, generator=torch.Generator().manual_seed(local_shuffle_seed)))
+        for i in range(0, n, batch_size):
+            idx = slice(i, i + batch_size) if order is None else order[i:i + batch_size]
+            yield {k: v[idx].to(device) if device is not None else v[idx] for k, v in self.tensors.items()}
+
+
+def local_shards(pp: Preprocessor, names: list[str], train: LocalInput, val: LocalInput | None,
+                 cut: int) -> tuple[TensorShard, TensorShard]:
+    """The encoded training and validation rows: ``val``, or the row-hash split of ``train`` (``keep_split``)."""
+    if val is not None:
+        return TensorShard.encode(pp, train.chunks()), TensorShard.encode(pp, val.chunks())
+    return (TensorShard.encode(pp, (keep_split(t, names, cut, validation=False) for t in train.chunks())),
+            TensorShard.encode(pp, (keep_split(t, names, cut, validation=True) for t in train.chunks())))
