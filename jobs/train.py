@@ -6,7 +6,8 @@ Submit to a Ray cluster (from the repository root)::
         python -m jobs.train --data s3://bucket/train/ --out s3://bucket/models/ae-v1 \\
         --num-workers 4 --use-gpu --storage-path s3://bucket/ray-train
 
-Locally: ``aescore train --data ./data/train --out ./model`` (starts a private local Ray).
+Locally: ``aescore train --data ./data/train --out ./model`` (on one machine with data that fits in
+memory no Ray is started: ``jobs.train_local``; otherwise a private local Ray).
 
 Layers: ``train_step``/``eval_step`` are plain torch and ``train_loop_per_worker`` holds every
 ``ray.train`` call (both in ``jobs.train_loop``); ``run(cfg)`` builds datasets, fits preprocessing, trains, computes
@@ -39,14 +40,13 @@ from jobs.manifest import fingerprint
 from jobs.progress import is_terminal, is_verbose
 from jobs.ray_runtime import (ColumnStatsAggregate, RowBloomAggregate, aggregate_blocks, alive_nodes, decode_bloom,
                               ensure_ray, on_one_machine, quiet_ray_console)
-from jobs.score_local import usable_cpus
-from jobs.train_local import LocalInput, input_bytes, local_shards
 from jobs.report import training_report
 from jobs.storage import (arrow_filesystem, check_no_overlap, check_shared_paths, normalize_storage_options,
                           publish_pointer, redact_config, url_to_fs)
 from jobs.train_config import TrainConfig
 from jobs.train_loop import eval_step, train_loop_per_worker, train_step
 from jobs.train_eval import TrainResult, assess, final_checkpoint, format_result
+from jobs.train_local import LocalInput, input_bytes, local_shards
 
 
 # --- layer 3: the driver ----------------------------------------------------------------
@@ -138,6 +138,7 @@ def _fit_and_save(cfg: TrainConfig, options: dict, t0: float, train_in: ParquetI
                                      dropout=cfg.dropout)
     if local:
         train_enc, val_enc = local_shards(pp, names, train_src, val_src, split_cut(cfg.val_fraction))
+        train_src = val_src = None  # the raw tables are not needed while training
     elif val_in is None:
         train_enc, val_enc = (encode(d, pp) for d in hash_split(train_in.read(names, specs), names, cfg.val_fraction))
     else:
@@ -154,8 +155,11 @@ def _fit_and_save(cfg: TrainConfig, options: dict, t0: float, train_in: ParquetI
         "model_config": model_config.to_dict(), "baselines": pp.baselines, "epochs": cfg.epochs,
         "batch_size": cfg.resolved_batch_size(pp.train_rows), "learning_rate": cfg.learning_rate,
         "weight_decay": cfg.weight_decay, "patience": cfg.patience, "min_delta": cfg.min_delta, "seed": cfg.seed,
-        # The local path has no Ray Data reads to leave cores for: torch takes them all.
-        "torch_threads": usable_cpus() if local else max(1, int(cfg.cpus_per_worker)), "threshold_quantile": cfg.quantile,
+        # One thread per reserved CPU on every path. Not every core on the local path: small
+        # models gain nothing from more intra-op threads, and two jobs sharing a machine
+        # with a thread per core each stalled for seconds per epoch (bench/RESULTS.md,
+        # train_throughput).
+        "torch_threads": max(1, int(cfg.cpus_per_worker)), "threshold_quantile": cfg.quantile,
         "latent_weight": cfg.latent_weight, "constant_outputs": pp.constant_outputs(), "columns": names,
         "scale_floor": cfg.scale_floor if cfg.scale_by_validation else None,
         # Each worker would hold its training shard and the whole validation set.

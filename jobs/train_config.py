@@ -105,7 +105,7 @@ class RunOptions:
     in_process: bool | None = None
     """Train in the driver process (Ray Train's local mode) instead of a Train worker actor, saving the worker's start-up; default: yes when one CPU worker trains on a single-node Ray with no --max-failures and no --storage-path (no checkpoints to resume from in this mode)."""
     local_data: bool | None = None
-    """Read, split and encode the data in this process with pyarrow instead of Ray Data, train here on every usable core, and start no Ray at all; default: yes when training would run in this process (see --in-process) on one machine (no --ray-address, no RAY_ADDRESS, no multi-node Ray already connected) and the input's feature values fit --cache-shard-mb."""
+    """Read, split and encode the data in this process with pyarrow instead of Ray Data, train here (one worker, --cpus-per-worker torch threads), and start no Ray at all; default: yes when training would run in this process (see --in-process) on one machine (no --ray-address, no RAY_ADDRESS, no multi-node Ray already connected) and the input's feature values fit --cache-shard-mb."""
     materialize: bool = True
     """Cache the encoded training data in the Ray object store instead of re-reading every epoch."""
     cache_shard_mb: int = 1024
