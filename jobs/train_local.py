@@ -23,12 +23,12 @@ from aemodel.preprocess import Preprocessor
 from aemodel.schema import ColumnSpec
 from jobs.datasets import ParquetInput, keep_split
 from jobs.ray_runtime import MergedAggregates
+from jobs.train_loop import MODEL_INPUTS
 
 # Feature values are read as float64 or strings: about 8 bytes a value as read, and the
 # encoded tensors (float32 values plus an observed mask) are about the same again.
 _BYTES_PER_VALUE = 16
 _CHUNK_ROWS = 100_000
-MODEL_INPUTS = ("x_num", "x_bin", "x_cat", "observed")
 
 
 def input_bytes(inputs: list[ParquetInput | None], n_features: int) -> int:
