@@ -332,7 +332,8 @@ def format_result(r: ScoreResult) -> str:
         ids = ", ".join(f"{k}={v}" for k, v in row.items()
                         if k not in ("anomaly_score", "score_percentile", "top_features"))
         led = ", ".join(f["column"] for f in row.get("top_features") or [])
-        lines.append(f"  {'top rows' if i == 0 else '':<14} {row['anomaly_score']:.4g}  {ids}"
+        score = f"{row['anomaly_score']:.4g}"
+        lines.append(f"  {'top rows' if i == 0 else '':<14} {score:<6}  {ids}"
                      + (f"  (largest errors: {led})" if led else ""))
     lines.append(f"  report         {run.rstrip('/')}/report.html")
     return "\n".join(lines + [f"warning: {w}" for w in s.get("warnings", [])])

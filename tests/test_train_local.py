@@ -130,3 +130,15 @@ def test_one_file_trains_bit_identical_weights_on_both_paths(ray_start_2_cpus, t
     assert a.threshold["value"] == b.threshold["value"]
     for k, v in a.state_dict.items():
         assert torch.equal(v, b.state_dict[k]), k
+
+
+def test_training_on_one_machine_is_reproducible(mixed_data, tmp_path):
+    """Four input files, the local path twice with the same seed: the same epochs, threshold and weights."""
+    import torch
+
+    runs = [_train(mixed_data["train"], tmp_path / f"m{i}", epochs=3, local_data=True) for i in range(2)]
+    a, b = (load_artifact(r.model_uri) for r in runs)
+    assert [h["val_loss"] for h in a.history] == [h["val_loss"] for h in b.history]
+    assert a.threshold["value"] == b.threshold["value"]
+    for k, v in a.state_dict.items():
+        assert torch.equal(v, b.state_dict[k]), k

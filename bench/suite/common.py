@@ -8,6 +8,7 @@ The autoencoder is trained exactly as a user would: ``jobs.train.run`` with its 
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -57,11 +58,12 @@ def iforest_scores(a: np.ndarray, b: np.ndarray, seed: int) -> np.ndarray:
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
-    """``name:key=value,key=value`` -> (name, TrainConfig overrides); values parsed as YAML."""
+    """``name:key=value,key=value`` -> (name, TrainConfig overrides); values parsed as YAML (lists in brackets)."""
     import yaml
 
     name, _, opts = text.partition(":")
-    pairs = [kv.split("=", 1) for kv in opts.split(",") if kv]
+    # Commas inside brackets belong to a list value: hidden_dims=[64,32],epochs=10
+    pairs = [kv.split("=", 1) for kv in re.split(r",(?![^\[]*\])", opts) if kv]
     return name, {k.strip(): yaml.safe_load(v) for k, v in pairs}
 
 
