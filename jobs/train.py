@@ -133,7 +133,7 @@ def _fit_and_save(cfg: TrainConfig, options: dict, t0: float, train_in: ParquetI
     pp = Preprocessor.fit(specs, stats, cfg.preprocess_config())  # training rows only: no leakage
     model_config = AutoencoderConfig(n_numeric=len(pp.numeric_names), n_binary=len(pp.binary_names),
                                      category_sizes=pp.category_sizes,
-                                     hidden_dims=cfg.resolved_hidden_dims(pp.train_rows),
+                                     hidden_dims=cfg.resolved_hidden_dims(),
                                      latent_dim=cfg.resolved_latent_dim(len(specs)), activation=cfg.activation,
                                      dropout=cfg.dropout)
     if local:

@@ -43,7 +43,7 @@ class ModelOptions:
     latent_dim: int | None = None
     """Bottleneck width (too small loses detail, too large can copy the input); default: features / 5, in [2, 8]."""
     hidden_dims: list[int] | None = None
-    """Encoder hidden layer widths (the decoder mirrors them); default [h, h/2], h = training rows / 6 in [16, 64]."""
+    """Encoder hidden layer widths (the decoder mirrors them); default [64, 32]."""
     activation: Activation = "tanh"
     """Activation function: tanh (default: bounded units cannot extrapolate far past the training range, so extreme rows reconstruct badly), relu, gelu or silu."""
     dropout: float = 0.0
@@ -202,12 +202,13 @@ class TrainOptions(RunOptions, ThresholdOptions, FitOptions, ModelOptions, DataO
             return self.batch_size
         return int(min(256, max(16, train_rows // (32 * self.num_workers))))
 
-    def resolved_hidden_dims(self, train_rows: int) -> list[int]:
-        """The hidden widths, or the default: narrower layers for small tables (fewer weights to overfit)."""
-        if self.hidden_dims is not None:
-            return list(self.hidden_dims)
-        h = int(min(64, max(16, train_rows // 6)))
-        return [h, max(8, h // 2)]
+    def resolved_hidden_dims(self) -> list[int]:
+        """The hidden widths, or the default [64, 32] for every table size.
+
+        Narrower layers for small tables (training rows / 6, at least 16) tied or lost on
+        every development table of the quality suite (bench/RESULTS.md, "hidden widths").
+        """
+        return list(self.hidden_dims) if self.hidden_dims is not None else [64, 32]
 
     def resolved_latent_dim(self, n_features: int) -> int:
         """The latent size, or the default: a fifth of the features, between 2 and 8.
