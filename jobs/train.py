@@ -16,7 +16,6 @@ the validation error distribution and saves the artefact; ``main()`` parses the 
 
 from __future__ import annotations
 
-import functools
 import math
 import shutil
 import sys
@@ -30,16 +29,14 @@ from ray.train.torch import TorchTrainer
 
 from aemodel import (AutoencoderConfig, ModelArtifact, Preprocessor, check_schema, load_artifact, resolve_columns,
                      save_artifact)
-from aemodel.leakage import BloomFilter, id_like_columns
 from aemodel.preprocess import partial_stats
 from jobs.commit import claim_prefix
 from jobs.config import config_to_dict
-from jobs.datasets import ParquetInput, encode, explain_failure, hash_split, keep_split, open_parquet_input, split_cut
+from jobs.datasets import ParquetInput, encode, explain_failure, hash_split, open_parquet_input, split_cut
 from jobs.errors import InputError, TrainingError
 from jobs.manifest import fingerprint
 from jobs.progress import is_terminal, is_verbose
-from jobs.ray_runtime import (ColumnStatsAggregate, RowBloomAggregate, aggregate_blocks, alive_nodes, decode_bloom,
-                              ensure_ray, on_one_machine, quiet_ray_console)
+from jobs.ray_runtime import alive_nodes, ensure_ray, on_one_machine, quiet_ray_console
 from jobs.report import training_report
 from jobs.storage import (arrow_filesystem, check_no_overlap, check_shared_paths, normalize_storage_options,
                           publish_pointer, redact_config, url_to_fs)
@@ -47,6 +44,7 @@ from jobs.train_config import TrainConfig
 from jobs.train_loop import eval_step, train_loop_per_worker, train_step
 from jobs.train_eval import TrainResult, assess, final_checkpoint, format_result
 from jobs.train_local import LocalInput, input_bytes, local_shards
+from jobs.train_stats import RayInput, fit_statistics
 
 
 # --- layer 3: the driver ----------------------------------------------------------------
@@ -128,8 +126,8 @@ def _fit_and_save(cfg: TrainConfig, options: dict, t0: float, train_in: ParquetI
     if local:  # each input read once into memory; every later step reads these tables
         train_src, val_src = LocalInput(train_in, specs), val_in and LocalInput(val_in, specs)
     else:
-        train_src, val_src = _RayInput(train_in, specs), val_in and _RayInput(val_in, specs)
-    stats, seen_rows, leakage = _fit_statistics(cfg, specs, train_src, val_src)
+        train_src, val_src = RayInput(train_in, specs), val_in and RayInput(val_in, specs)
+    stats, seen_rows, leakage = fit_statistics(cfg, specs, train_src, val_src)
     pp = Preprocessor.fit(specs, stats, cfg.preprocess_config())  # training rows only: no leakage
     model_config = AutoencoderConfig(n_numeric=len(pp.numeric_names), n_binary=len(pp.binary_names),
                                      category_sizes=pp.category_sizes,
@@ -234,50 +232,6 @@ def _fit(cfg: TrainConfig, options: dict, loop_config: dict, run_id: str, datase
         torch.set_num_threads(threads)  # in local mode the loop set them in this process
         if local_dir:
             shutil.rmtree(local_dir, ignore_errors=True)
-
-
-class _RayInput:
-    """An input's feature columns as a Ray Data job: the Ray counterpart of ``train_local.LocalInput``."""
-
-    def __init__(self, data: ParquetInput, specs: list):
-        self.data, self.specs, self.num_rows = data, specs, data.num_rows
-
-    def aggregate(self, *aggs) -> dict:
-        return aggregate_blocks(self.data.read([s.name for s in self.specs], self.specs), *aggs)
-
-
-def _fit_statistics(cfg: TrainConfig, specs: list, train_in, val_in) -> tuple[dict, BloomFilter, dict]:
-    """Preprocessing statistics of the training rows and a Bloom filter of all rows seen.
-
-    One pass over the training input (``LocalInput`` or ``_RayInput``) computes both; with
-    a separate validation input, a second pass over it adds its rows and counts those
-    already in training.
-    """
-    names = [s.name for s in specs]
-    log = cfg.log_skewness is not None  # log-scale moments only where they can be used
-    seen = BloomFilter.for_rows(train_in.num_rows + (val_in.num_rows if val_in else 0))
-    shape = (seen.n_bits, seen.n_hashes)
-    if val_in is None:
-        keep_train = functools.partial(keep_split, columns=names, cut=split_cut(cfg.val_fraction), validation=False)
-        agg = train_in.aggregate(ColumnStatsAggregate(specs, keep_train, log), RowBloomAggregate(specs, *shape))
-        overlap = {"train_val_overlap_rows": 0, "method": "row-hash split: identical rows always share a side"}
-    else:
-        agg = train_in.aggregate(ColumnStatsAggregate(specs, log_moments=log), RowBloomAggregate(specs, *shape))
-    seen, rows, _ = decode_bloom(agg["row_bloom"], *shape)
-    if val_in is not None:
-        val_agg = val_in.aggregate(RowBloomAggregate(specs, *shape, against=seen))
-        val_seen, val_rows, hits = decode_bloom(val_agg["row_bloom"], *shape)
-        fpr = seen.false_positive_rate
-        overlap = {"train_val_overlap_rows": hits, "train_val_overlap_fraction": hits / max(val_rows, 1),
-                   "expected_false_matches": fpr * val_rows, "method": "Bloom filter of training row hashes"}
-        seen.merge(val_seen)
-        rows += val_rows
-    stats = agg["column_stats"]
-    if stats is None or stats["__rows__"]["n"] == 0:
-        raise TrainingError("the training split is empty")
-    leakage = {**overlap, "id_like_columns": id_like_columns(specs, stats),
-               "training_rows": {"rows": rows, "false_positive_rate": seen.false_positive_rate}}
-    return stats, seen, leakage
 
 
 def _identity(cfg: TrainConfig) -> dict:

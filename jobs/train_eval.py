@@ -107,7 +107,7 @@ def assess(cfg, model_config: AutoencoderConfig, history: list[dict], reference:
 
     Args:
         cfg: The ``TrainConfig``.
-        leakage: From ``jobs.train._fit_statistics``: overlap counts and id-like columns.
+        leakage: From ``jobs.train_stats.fit_statistics``: overlap counts and id-like columns.
     """
     best = min(history, key=lambda h: h["val_loss"])
     checks = diagnose(history, n_features=model_config.n_columns, input_width=model_config.input_dim,
