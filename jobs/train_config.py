@@ -193,7 +193,7 @@ class TrainOptions(RunOptions, ThresholdOptions, FitOptions, ModelOptions, DataO
         """
         if self.local_data is not None:
             return self.local_data
-        return (self.resolved_in_process(one_machine) and self.materialize
+        return (one_machine and self.resolved_in_process(one_machine) and self.materialize
                 and input_bytes <= self.cache_shard_mb * 2**20)
 
     def resolved_batch_size(self, train_rows: int) -> int:

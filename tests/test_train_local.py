@@ -67,6 +67,7 @@ def test_local_data_is_the_default_on_one_machine_and_not_elsewhere(monkeypatch)
     for kw in ({"num_workers": 2}, {"max_failures": 1}, {"storage_path": "s3://b/ray"}, {"use_gpu": True},
                {"materialize": False}, {"in_process": False}, {"cache_shard_mb": 0}):
         assert not train.TrainConfig(data="d", out="o", **kw).resolved_local_data(True, small), kw
+    assert not train.TrainConfig(data="d", out="o", in_process=True).resolved_local_data(False, small)  # a cluster
     assert train.TrainConfig(data="d", out="o", local_data=True).resolved_local_data(False, big)
     assert not train.TrainConfig(data="d", out="o", local_data=False).resolved_local_data(True, small)
     with pytest.raises(ValueError, match="local_data trains in this process"):
