@@ -90,10 +90,11 @@ def run(cfg: TrainConfig, report_links: list[tuple[str, str]] = ()) -> TrainResu
                          "pass --overwrite to replace it or choose another --out")
 
     local = cfg.resolved_local_data(on_one_machine(cfg.ray_address), input_bytes([train_in, val_in], len(specs)))
-    nodes = 1
-    if local and not is_verbose():
-        quiet_ray_console()  # Ray Train's local mode logs every report at INFO (ensure_ray does this otherwise)
-    if not local:
+    if local:
+        nodes = 1
+        if not is_verbose():
+            quiet_ray_console()  # Ray Train's local mode logs every report at INFO (ensure_ray does this otherwise)
+    else:
         ensure_ray(cfg.ray_address)
         # Ray Data tasks on every node read the inputs; Train workers write checkpoints to
         # --storage-path (Ray's default, ~/ray_results, is node-local). The artefact is written

@@ -23,7 +23,7 @@ from aemodel.preprocess import Preprocessor
 from aemodel.schema import ColumnSpec
 from jobs.datasets import ParquetInput, keep_split
 from jobs.ray_runtime import MergedAggregates
-from jobs.train_loop import MODEL_INPUTS
+from jobs.train_loop import MODEL_INPUTS, epoch_batches
 
 # Feature values are read as float64 or strings: about 8 bytes a value as read, and the
 # encoded tensors (float32 values plus an observed mask) are about the same again.
@@ -59,7 +59,8 @@ class TensorShard:
     """Encoded rows in memory with the part of Ray's ``DataIterator`` the training loop uses.
 
     ``iter_torch_batches`` yields dicts of tensors in row order, or in a seeded random
-    order when ``local_shuffle_seed`` is given (a full permutation, not a buffer).
+    order when ``local_shuffle_seed`` is given (a full permutation, not a buffer);
+    ``load_shard`` takes the tensors as they are instead of copying them batch by batch.
     """
 
     def __init__(self, tensors: dict[str, torch.Tensor]):
@@ -79,16 +80,17 @@ class TensorShard:
     def count(self) -> int:
         return int(self.tensors["x_num"].shape[0])
 
+    def on(self, device: torch.device | str) -> dict[str, torch.Tensor]:
+        """The tensors on ``device`` (the same tensors when they are there already)."""
+        return {k: v.to(device) for k, v in self.tensors.items()}
+
     def iter_torch_batches(self, *, batch_size: int, device: torch.device | str | None = None,
                            prefetch_batches: int = 0, local_shuffle_buffer_size: int | None = None,
                            local_shuffle_seed: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+        """The training loop's own in-memory batching (``epoch_batches``) over these rows."""
         del prefetch_batches, local_shuffle_buffer_size  # nothing to prefetch; shuffles fully
-        n = self.count()
-        order = (None if local_shuffle_seed is None else
-                 torch.randperm(n, generator=torch.Generator().manual_seed(local_shuffle_seed)))
-        for i in range(0, n, batch_size):
-            idx = slice(i, i + batch_size) if order is None else order[i:i + batch_size]
-            yield {k: v[idx].to(device) if device is not None else v[idx] for k, v in self.tensors.items()}
+        device = torch.device(device or "cpu")
+        return epoch_batches(None, self.on(device), batch_size, device, shuffle_seed=local_shuffle_seed)
 
 
 def local_shards(pp: Preprocessor, names: list[str], train: LocalInput, val: LocalInput | None,

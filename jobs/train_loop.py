@@ -82,7 +82,14 @@ MODEL_INPUTS = ("x_num", "x_bin", "x_cat", "observed")
 
 
 def load_shard(shard, device: torch.device) -> dict[str, torch.Tensor] | None:
-    """The whole shard as tensors on ``device`` (one pass over it); None if it has no rows."""
+    """The whole shard as tensors on ``device`` (one pass over it); None if it has no rows.
+
+    A shard already held in memory (``jobs.train_local.TensorShard``) gives its tensors as
+    they are: copying them batch by batch would hold the encoded data twice while training.
+    """
+    if hasattr(shard, "on"):
+        tensors = shard.on(device)
+        return tensors if tensors["x_num"].shape[0] else None
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in MODEL_INPUTS}
     for batch in shard.iter_torch_batches(batch_size=65536, device=device, prefetch_batches=2):
         for k in MODEL_INPUTS:
