@@ -11,9 +11,35 @@ import torch
 from aemodel.artifact import ModelArtifact
 from aemodel.losses import anomaly_score, column_losses, latent_distance, latent_tensors, row_errors
 from aemodel.metrics import histogram_percentile
+from aemodel.preprocess import Preprocessor
 
-TOP_FEATURE_TYPE = pa.list_(pa.struct([("column", pa.string()), ("share", pa.float32()), ("z", pa.float32())]))
-"""``top_features``: per row, the k columns with the largest error, largest first."""
+TOP_FEATURE_TYPE = pa.list_(pa.struct([("column", pa.dictionary(pa.int32(), pa.string())), ("share", pa.float32()),
+                                       ("z", pa.float32())]))
+"""``top_features``: per row, the k columns with the largest error, largest first.
+
+``column`` is dictionary-encoded (indices into the model's column names): it reads back
+as the same strings, and writing and summarising it costs a fraction of one string per
+cell (bench/score_throughput.py, per-row extras)."""
+
+
+def _largest(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(values, column indices) of each row's ``k`` largest, largest first, ties leftmost first.
+
+    Overwrites ``values``. For a few columns per row, ``k`` passes of ``argmax`` cost about
+    a third of ``argpartition`` plus sorting the ``k`` (bench/score_throughput.py).
+    """
+    b, c = values.shape
+    if k <= 8:
+        rows = np.arange(b)
+        top, picked = np.empty((b, k), dtype=np.int64), np.empty((b, k), dtype=values.dtype)
+        for j in range(k):
+            top[:, j] = values.argmax(axis=1)
+            picked[:, j] = values[rows, top[:, j]]
+            values[rows, top[:, j]] = -np.inf
+        return picked, top
+    top = np.argpartition(-values, k - 1, axis=1)[:, :k] if k < c else np.tile(np.arange(c), (b, 1))
+    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(values, top, axis=1), axis=1, kind="stable"), axis=1)
+    return np.take_along_axis(values, top, axis=1), top
 
 
 def top_features(col_losses: np.ndarray, observed: np.ndarray, names: list[str], k: int,
@@ -24,15 +50,10 @@ def top_features(col_losses: np.ndarray, observed: np.ndarray, names: list[str],
     columns); ``z`` is how many validation standard deviations the column's error is above
     its validation mean (NaN without a reference). Missing cells are never listed.
     """
-    b, c = col_losses.shape
-    k = min(k, c)
-    contrib = np.where(observed > 0, col_losses, -1.0)  # missing cells sort last
-    # The k largest per row in O(columns) (argpartition), then only those k sorted.
-    top = np.argpartition(-contrib, k - 1, axis=1)[:, :k] if k < c else np.tile(np.arange(c), (b, 1))
-    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(contrib, top, axis=1), axis=1, kind="stable"),
-                             axis=1)
-    picked = np.take_along_axis(contrib, top, axis=1)
-    total = np.where(observed > 0, col_losses, 0.0).sum(axis=1, keepdims=True)
+    k = min(k, col_losses.shape[1])
+    contrib = np.where(observed > 0, col_losses, -1.0).astype(np.float32, copy=False)  # missing cells sort last
+    total = np.maximum(contrib, 0).sum(axis=1, keepdims=True, dtype=np.float64)
+    picked, top = _largest(contrib, k)
     share = np.where(total > 0, np.clip(picked, 0, None) / np.maximum(total, 1e-30), 0.0)
     if ref_mean is not None and ref_std is not None:
         z = (picked - ref_mean[top]) / np.maximum(ref_std[top], 1e-6)
@@ -41,11 +62,24 @@ def top_features(col_losses: np.ndarray, observed: np.ndarray, names: list[str],
     keep = (picked >= 0).ravel()  # drop missing cells (rows with fewer than k observed)
     counts = (picked >= 0).sum(axis=1)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    column = pa.DictionaryArray.from_arrays(pa.array(top.ravel()[keep].astype(np.int32)),
+                                            pa.array(names, type=pa.string()), safe=False)  # indices < len(names)
     values = pa.StructArray.from_arrays(
-        [pa.array(names, type=pa.string()).take(pa.array(top.ravel()[keep].astype(np.int32))),
-         pa.array(share.ravel()[keep], type=pa.float32()), pa.array(z.ravel()[keep], type=pa.float32())],
+        [column, pa.array(share.ravel()[keep], type=pa.float32()), pa.array(z.ravel()[keep], type=pa.float32())],
         fields=list(TOP_FEATURE_TYPE.value_type))
     return pa.ListArray.from_arrays(pa.array(offsets), values, type=TOP_FEATURE_TYPE)
+
+
+def rows_per_call(pp: Preprocessor, budget_bytes: int = 64 * 2**20) -> int:
+    """Rows per model call whose float32 outputs and loss terms take about ``budget_bytes``.
+
+    A row costs about 16 bytes per output value (the reconstruction, the log-softmax and
+    loss terms of each categorical level): a high-cardinality categorical column gets
+    small calls, a table of a few dozen numbers the maximum of 65,536 rows, where each
+    call's fixed cost is spread widest on CPU (bench/score_throughput.py).
+    """
+    width = len(pp.numeric_names) + len(pp.binary_names) + sum(pp.category_sizes)
+    return int(np.clip(budget_bytes // (16 * max(width, 1)), 256, 65536))
 
 
 class RowScorer:

@@ -13,12 +13,14 @@ shard, then times, side by side in this one run:
 * the plain script again as its own process (a subprocess: imports and model load
   included, as a user runs it);
 * ``aescore score`` as a whole process (a subprocess, imports and all), default options;
+  both processes run first, before this process starts Ray, so no Ray runs beside them;
 * pipeline (local / tasks / actors): ``score.run`` in this process, each compute path
   (``local``, the default on one machine, needs no Ray; the Ray Data paths run on an
   already started Ray); the read -> score -> write part alone comes from ``summary.json``
   ``timings``, and ``pipeline_ratio`` is the default (local) path's;
 * per-row extras: the compute of the fused loop against the plain script's, one thread,
-  no I/O (the cost of top_features, score_percentile and seen_in_training).
+  no I/O, medians of alternate repeats (the cost of top_features, score_percentile and
+  seen_in_training).
 
 ``--mixed`` uses the demo's mixed numeric/binary/categorical columns instead. The last line
 is ``score_throughput: ratio=<plain script process seconds / aescore score process seconds>
@@ -93,22 +95,29 @@ def plain_process(model_uri: str, data: Path, out: Path) -> float:
 
 
 def fused_loop(model_uri: str, data: Path, out: Path) -> float:
-    """The plain loop with the pipeline's BatchScorer and outputs; returns seconds."""
+    """The plain loop with the pipeline's BatchScorer, outputs and row-file writer; returns seconds."""
+    import pyarrow.fs as pafs
     import torch
 
-    from jobs.score_rows import BatchScorer
+    from jobs.score_rows import BatchScorer, write_block
 
     scorer = BatchScorer(model_uri, ["id"], threads=os.cpu_count() or 1, top_k=3)
     torch.set_num_threads(os.cpu_count() or 1)
     out.mkdir(parents=True)
     t0 = time.perf_counter()
     for path in sorted(data.glob("*.parquet")):
-        pq.write_table(scorer(pq.read_table(path)), out / path.name)
+        write_block(scorer(pq.read_table(path)), path=str(out), filesystem=pafs.LocalFileSystem(), id_columns=["id"])
     return time.perf_counter() - t0
 
 
-def extras_cost(model_uri: str, data: Path) -> tuple[float, float]:
-    """Seconds of compute, one thread, no I/O: (recon + threshold only, the default outputs)."""
+def extras_cost(model_uri: str, data: Path, repeats: int = 5) -> tuple[float, float]:
+    """Seconds of compute, one thread, no I/O: (recon + threshold only, the default outputs).
+
+    The two are timed alternately ``repeats`` times and the medians returned: one pass of
+    each is within this machine's run-to-run noise.
+    """
+    import statistics
+
     import torch
 
     from aemodel import RowScorer, load_artifact
@@ -117,14 +126,15 @@ def extras_cost(model_uri: str, data: Path) -> tuple[float, float]:
     torch.set_num_threads(1)
     plain, full = RowScorer(load_artifact(model_uri)), BatchScorer(model_uri, ["id"], threads=1, top_k=3)
     tables = [pq.read_table(p) for p in sorted(data.glob("*.parquet"))[:4]]
-    plain.score_table(tables[0].slice(0, 1000)), full(tables[0].slice(0, 1000))  # warm-up
-    t0 = time.perf_counter()
-    for t in tables:
-        plain.score_table(t)
-    t1 = time.perf_counter()
-    for t in tables:
-        full(t)
-    return t1 - t0, time.perf_counter() - t1
+    plain.score_table(tables[0]), full(tables[0])  # warm-up
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for fn, spent in ((plain.score_table, times[0]), (full, times[1])):
+            t0 = time.perf_counter()
+            for t in tables:
+                fn(t)
+            spent.append(time.perf_counter() - t0)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def whole_process(model_uri: str, data: Path, out: Path) -> float:
@@ -158,17 +168,19 @@ def main() -> None:
         data = root / "data"
         data.mkdir()
         (make_mixed_shards if args.mixed else make_shards)(data, args.rows, args.shards)
-        t0 = time.perf_counter()
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-        startup = time.perf_counter() - t0
         train.run(train.TrainConfig(data=str(data / "part-00000.parquet"), out=str(root / "model"),
-                                    exclude_columns=["id"], epochs=2, cpus_per_worker=0.5,
-                                    storage_path=str(root / "ray")))
+                                    exclude_columns=["id"], epochs=2))
         model = str(root / "model")
+        # The two whole processes first, while no Ray runs on the machine.
+        whole_s = whole_process(model, data, root / "out-process")
+        plain_whole_s = plain_process(model, data, root / "plain-process")
 
         plain_s = plain_script(model, data, root / "plain")
         fused_s = fused_loop(model, data, root / "fused")
         recon_s, extras_s = extras_cost(model, data)
+        t0 = time.perf_counter()
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        startup = time.perf_counter() - t0
         results, parts = {}, {}
         # Actors must leave CPUs for the Parquet reads: a pool that reserves every CPU hangs.
         actors = max(1, (os.cpu_count() or 2) - 1)
@@ -180,8 +192,6 @@ def main() -> None:
             results[name] = time.perf_counter() - t0
             parts[name] = res.summary["timings"]["read_score_write_s"]
         ray.shutdown()
-        whole_s = whole_process(model, data, root / "out-process")
-        plain_whole_s = plain_process(model, data, root / "plain-process")
 
     rows = args.rows // args.shards * args.shards
     print(f"machine: {os.cpu_count()} CPUs; rows={rows} shards={args.shards} {'mixed' if args.mixed else '32 float'} "

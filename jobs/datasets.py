@@ -1,22 +1,24 @@
-"""Reading Parquet inputs into Ray Data: validation up front, splits, encoding."""
+"""Reading Parquet inputs (into Ray Data, or in this process): validation up front, splits, encoding."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import ray
-import ray.data
 
 from aemodel.preprocess import Preprocessor
 from aemodel.schema import ColumnSpec, SchemaError, check_schema
 from jobs.errors import InputError, describe, error_chain, find_user_error
 from jobs.storage import ParquetFileInfo, arrow_filesystem, inspect_parquet_files, list_parquet_files
+
+if TYPE_CHECKING:
+    import ray.data
 
 
 # The Arrow type every file's column is read as, by feature kind: files that store one
@@ -80,6 +82,8 @@ class ParquetInput:
         reads are exactly the ones the footer checks saw, so a ``key=value`` folder can
         neither replace a file's values nor become a feature by accident.
         """
+        import ray.data  # here: the single-process paths read with pyarrow and never load Ray
+
         # select_columns is pushed down into the read (Ray 2.60 deprecates read_parquet's columns=).
         ds = ray.data.read_parquet([f.path for f in self.files], filesystem=arrow_filesystem(self.fs),
                                    schema=self.read_schema(columns, specs), include_row_hash=include_row_hash,

@@ -27,24 +27,23 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Literal
 
-import ray
-import ray.data
-
 from aemodel import ModelArtifact, load_artifact
+from aemodel.scoring import rows_per_call
 from jobs.commit import MANIFEST, OutputCommit, read_committed_json
 from jobs.config import config_to_dict
 from jobs.datasets import ParquetInput, check_columns, explain_failure, open_parquet_input
 from jobs.errors import InputError
 from jobs.manifest import fingerprint, git_commit, library_versions
 from jobs.progress import Progress
-from jobs.ray_runtime import aggregate_blocks, alive_nodes, ensure_ray, on_one_machine
+from jobs.ray_runtime import on_one_machine
 from jobs.report import scoring_report
 from jobs.score_local import score_locally
-from jobs.score_rows import (OUTPUT_FORMAT_VERSION, ROW_HASH, ROWS_PER_FILE, ModelLoader, build_scored_dataset,
-                             read_columns, row_file_metadata, write_block)
+from jobs.score_rows import (OUTPUT_FORMAT_VERSION, ROW_HASH, ModelLoader, read_columns, row_file_metadata,
+                             score_on_ray, write_block)
 from jobs.score_summary import summary_aggregations, summary_from, summary_warnings
-from jobs.storage import (arrow_filesystem, check_no_overlap, check_shared_paths, inspect_parquet_files,
+from jobs.storage import (arrow_filesystem, check_no_overlap, inspect_parquet_files,
                           normalize_storage_options, redact_config, resolve_model_uri)
+
 
 @dataclass(kw_only=True)
 class ScoreOptions:
@@ -52,8 +51,8 @@ class ScoreOptions:
 
     id_columns: list[str] = field(default_factory=list)
     """Input columns copied to the output to identify rows; empty adds row_hash (file + position)."""
-    batch_size: int = 8192
-    """Rows per model call."""
+    batch_size: int | None = None
+    """Rows per model call; default: as many as keep one call's outputs and loss terms near 64 MiB (256 to 65,536 rows, see aemodel.scoring.rows_per_call)."""
     concurrency: int | None = None
     """Scoring actors (actor path) or max parallel tasks (task path); default: one per GPU / Ray decides."""
     compute: Literal["auto", "local", "actors", "tasks"] = "auto"
@@ -84,7 +83,7 @@ class ScoreOptions:
     """Ray cluster address; default RAY_ADDRESS if set, else a private local Ray."""
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.concurrency is not None and self.concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
@@ -200,23 +199,9 @@ def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact,
                            manifest=committed, reused=True, run_uri=committed.get("run_uri", cfg.out))
 
     compute = cfg.resolved_compute()
-    ctx = ray.data.DataContext.get_current()
-    limits, raise_original = ctx.execution_options.resource_limits, ctx.raise_original_map_exception
     try:
-        if compute != "local":
-            ensure_ray(cfg.ray_address)
-            # Tasks on every node read the data and model and write the rows.
-            check_shared_paths({"--data": cfg.data, "--model": cfg.model, "--out": cfg.out}, alive_nodes(),
-                               cfg.shared_local_paths, options)
-            if cfg.object_store_limit_mb:
-                # Ray Data's default budget is a share of the node's object store, so a bigger input
-                # keeps more blocks in flight (bench/score_memory.py). Datasets copy the context when created.
-                ctx.execution_options.resource_limits = limits.copy(
-                    object_store_memory=cfg.object_store_limit_mb * 2**20)
-            # Errors raised in our UDFs reach the driver as themselves (a SchemaError naming the
-            # column), not as a UserCodeException whose message holds only a cut traceback.
-            ctx.raise_original_map_exception = True
-        summary, manifest = _score_and_summarize(replace(cfg, compute=compute), art, data, out, loader, threshold,
+        resolved = replace(cfg, compute=compute, batch_size=cfg.batch_size or rows_per_call(art.preprocessor))
+        summary, manifest = _score_and_summarize(resolved, art, data, out, loader, threshold,
                                                  run_id, t0, started)
         files = {"summary.json": json.dumps(summary, indent=2).encode(),
                  "report.html": scoring_report(summary, art.reference),
@@ -232,8 +217,6 @@ def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact,
         if explained is not None:
             raise explained from e
         raise
-    finally:
-        ctx.execution_options.resource_limits, ctx.raise_original_map_exception = limits, raise_original
     return ScoreResult(out=cfg.out, summary=summary, manifest=manifest, run_uri=out.run_uri)
 
 
@@ -268,8 +251,7 @@ def _score_and_summarize(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInpu
         if cfg.compute == "local":
             agg = score_locally(cfg, art, data, metadata, aggs, sink, progress)
         else:
-            agg = aggregate_blocks(build_scored_dataset(cfg, art, data, loader, metadata), *aggs,
-                                   progress=progress, rows_per_call=ROWS_PER_FILE, sink=sink)
+            agg = score_on_ray(cfg, art, data, loader, metadata, aggs, sink, progress)
     finally:
         progress.close()
     t_summary = time.perf_counter()

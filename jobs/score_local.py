@@ -29,7 +29,7 @@ import torch
 from aemodel.schema import ColumnSpec
 from jobs.datasets import ParquetInput
 from jobs.progress import Progress
-from jobs.ray_runtime import MergedAggregates
+from jobs.aggregates import MergedAggregates
 from jobs.score_rows import ROW_HASH, ROWS_PER_FILE, BatchScorer, read_columns
 
 if TYPE_CHECKING:

@@ -17,19 +17,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-import ray
-import ray.data
 import torch
-from ray.data import ActorPoolStrategy
 
 from aemodel import ModelArtifact, RowScorer, load_artifact
 from aemodel.leakage import row_hashes
+from jobs.aggregates import BlockAggregate
 from jobs.datasets import ParquetInput
 from jobs.errors import InputError
+from jobs.progress import Progress
+from jobs.ray_runtime import aggregate_blocks, alive_nodes, ensure_ray
 from jobs.score_summary import COLUMN_ERROR_PREFIX, ROW_HASH
-from jobs.storage import normalize_storage_options
+from jobs.storage import check_shared_paths, normalize_storage_options
 
 if TYPE_CHECKING:
+    import ray.data
+
     from jobs.score import ScoreConfig
 
 ROWS_PER_FILE = 100_000
@@ -130,6 +132,9 @@ def build_scored_dataset(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInpu
 
     ``metadata`` goes into every row file's Parquet footer (see ``row_file_metadata``).
     """
+    import ray  # here, not at the top: the local path never loads Ray (jobs.ray_runtime)
+    from ray.data import ActorPoolStrategy
+
     passthrough = list(cfg.id_columns) or [ROW_HASH]
     ds = data.read(read_columns(cfg, art), art.preprocessor.specs, include_row_hash=not cfg.id_columns)
     threads = max(1, int(cfg.cpus_per_worker))
@@ -158,6 +163,36 @@ def build_scored_dataset(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInpu
                               compute=ActorPoolStrategy(size=size), **common)
     compute = ray.data.TaskPoolStrategy(size=cfg.concurrency) if cfg.concurrency else None
     return ds.map_batches(score_batch, fn_kwargs=args, compute=compute, **common)
+
+
+def score_on_ray(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput, loader: ModelLoader,
+                 metadata: dict[str, str], aggs: list[BlockAggregate], sink: Callable[[pa.Table], None],
+                 progress: Progress) -> dict:
+    """The Ray Data path (``tasks`` or ``actors``): read -> score -> ``sink`` on the cluster's workers.
+
+    Returns the merged summary accumulators (``aggregate_blocks``).
+    """
+    import ray.data
+
+    ensure_ray(cfg.ray_address)
+    options = normalize_storage_options(cfg.storage_options)
+    # Tasks on every node read the data and model and write the rows.
+    check_shared_paths({"--data": cfg.data, "--model": cfg.model, "--out": cfg.out}, alive_nodes(),
+                       cfg.shared_local_paths, options)
+    ctx = ray.data.DataContext.get_current()
+    limits, raise_original = ctx.execution_options.resource_limits, ctx.raise_original_map_exception
+    try:
+        if cfg.object_store_limit_mb:
+            # Ray Data's default budget is a share of the node's object store, so a bigger input
+            # keeps more blocks in flight (bench/score_memory.py). Datasets copy the context when created.
+            ctx.execution_options.resource_limits = limits.copy(object_store_memory=cfg.object_store_limit_mb * 2**20)
+        # Errors raised in our UDFs reach the driver as themselves (a SchemaError naming the
+        # column), not as a UserCodeException whose message holds only a cut traceback.
+        ctx.raise_original_map_exception = True
+        return aggregate_blocks(build_scored_dataset(cfg, art, data, loader, metadata), *aggs,
+                                progress=progress, rows_per_call=ROWS_PER_FILE, sink=sink)
+    finally:
+        ctx.execution_options.resource_limits, ctx.raise_original_map_exception = limits, raise_original
 
 
 def row_file_metadata(cfg: ScoreConfig, art: ModelArtifact, run_id: str, threshold: float | None) -> dict[str, str]:
@@ -192,4 +227,8 @@ def write_block(table: pa.Table, *, path: str, filesystem: pafs.FileSystem, id_c
         writer.write_table(ids)
     digest = hashlib.blake2b(buf.getvalue().to_pybytes(), digest_size=12).hexdigest()
     filesystem.create_dir(path, recursive=True)
-    pq.write_table(table, f"{path}/part-{digest}.parquet", filesystem=filesystem)
+    # Dictionary pages only for the column names of top_features: Parquet's default tries a
+    # dictionary for every column, and on unique floats and ids that costs about twice the
+    # rest of the write and gives bigger files (bench/score_throughput.py).
+    dictionary = ["top_features.list.element.column"] if "top_features" in table.column_names else False
+    pq.write_table(table, f"{path}/part-{digest}.parquet", filesystem=filesystem, use_dictionary=dictionary)

@@ -6,13 +6,10 @@ import json
 
 import numpy as np
 import pyarrow as pa
-import ray.data
-from ray.data.aggregate import AggregateFnV2
-from ray.data.block import BlockAccessor
 
 from aemodel import ModelArtifact
 from aemodel.metrics import histogram_edges
-from jobs.ray_runtime import ErrorStatsAggregate, TopFeaturesAggregate
+from jobs.aggregates import BlockAggregate, ErrorStatsAggregate, Mean, Sum, TopFeaturesAggregate
 
 COLUMN_ERROR_PREFIX = "err_"
 SEEN = "seen_in_training"
@@ -21,15 +18,13 @@ TOP_ROWS = 20
 """Rows with the highest anomaly_score kept in summary.json and the report."""
 
 
-class TopRowsAggregate(AggregateFnV2):
+class TopRowsAggregate(BlockAggregate):
     """The ``n`` rows with the highest anomaly_score: their ids, score, percentile and top features."""
 
     def __init__(self, id_columns: list[str], n: int):
-        self._ids, self._n = id_columns, n
-        super().__init__("top_rows", zero_factory=lambda: b"", on=None, ignore_nulls=False)
+        self.name, self._ids, self._n = "top_rows", id_columns, n
 
-    def aggregate_block(self, block) -> bytes:
-        table = BlockAccessor.for_block(block).to_arrow()
+    def aggregate_block(self, table: pa.Table) -> bytes:
         score = np.nan_to_num(table.column("anomaly_score").to_numpy(zero_copy_only=False), nan=-np.inf)
         keep = np.argsort(-score, kind="stable")[: self._n] if len(score) <= self._n else \
             np.argpartition(-score, self._n - 1)[: self._n]
@@ -52,7 +47,7 @@ class TopRowsAggregate(AggregateFnV2):
         return sorted(rows, key=lambda r: -(r["anomaly_score"] if r["anomaly_score"] is not None else -np.inf))
 
 
-def summary_aggregations(art: ModelArtifact, cfg, threshold: float) -> list[AggregateFnV2]:
+def summary_aggregations(art: ModelArtifact, cfg, threshold: float) -> list[BlockAggregate]:
     """The mergeable accumulators of the scoring summary, taken from each block as it is written.
 
     Args:
@@ -62,15 +57,14 @@ def summary_aggregations(art: ModelArtifact, cfg, threshold: float) -> list[Aggr
     """
     names = [s.name for s in art.preprocessor.specs]
     aggs = [ErrorStatsAggregate("anomaly_score", histogram_edges(), threshold),
-            ray.data.aggregate.Sum("missing_cells", alias_name="missing_cells"),
-            ray.data.aggregate.Sum("unseen_cells", alias_name="unseen_cells"),
+            Sum("missing_cells"), Sum("unseen_cells"),
             TopRowsAggregate(list(cfg.id_columns) or [ROW_HASH], TOP_ROWS)]
     if cfg.column_errors:
-        aggs += [ray.data.aggregate.Mean(COLUMN_ERROR_PREFIX + n, alias_name=COLUMN_ERROR_PREFIX + n) for n in names]
+        aggs += [Mean(COLUMN_ERROR_PREFIX + n) for n in names]
     if cfg.top_k:
         aggs.append(TopFeaturesAggregate())
     if art.training_rows is not None:
-        aggs.append(ray.data.aggregate.Sum(SEEN, alias_name=SEEN))
+        aggs.append(Sum(SEEN))
     return aggs
 
 

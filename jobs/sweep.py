@@ -32,7 +32,8 @@ from aemodel.metrics import auroc_from_sketches, histogram_edges
 from jobs.config import config_to_dict
 from jobs.datasets import open_parquet_input
 from jobs.errors import InputError, TrainingError
-from jobs.ray_runtime import ErrorStatsAggregate, aggregate_blocks, ensure_ray
+from jobs.aggregates import ErrorStatsAggregate
+from jobs.ray_runtime import aggregate_blocks, ensure_ray
 from jobs.storage import join, normalize_storage_options, url_to_fs
 from jobs.train_config import TrainConfig, TrainOptions
 

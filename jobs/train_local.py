@@ -22,7 +22,7 @@ import torch
 from aemodel.preprocess import Preprocessor
 from aemodel.schema import ColumnSpec
 from jobs.datasets import ParquetInput, keep_split
-from jobs.ray_runtime import MergedAggregates
+from jobs.aggregates import MergedAggregates
 from jobs.train_loop import MODEL_INPUTS, epoch_batches
 
 # Feature values are read as float64 or strings: about 8 bytes a value as read, and the

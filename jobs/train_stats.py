@@ -12,7 +12,8 @@ import functools
 from aemodel.leakage import BloomFilter, id_like_columns
 from jobs.datasets import ParquetInput, keep_split, split_cut
 from jobs.errors import TrainingError
-from jobs.ray_runtime import ColumnStatsAggregate, RowBloomAggregate, aggregate_blocks, decode_bloom
+from jobs.aggregates import ColumnStatsAggregate, RowBloomAggregate, decode_bloom
+from jobs.ray_runtime import aggregate_blocks
 from jobs.train_config import TrainConfig
 
 

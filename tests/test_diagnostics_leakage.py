@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 
 import numpy as np
@@ -116,6 +117,36 @@ def test_top_features_rank_columns_with_shares_and_z_scores():
     assert rows[0][0]["share"] == pytest.approx(3.0 / 4.0)
     assert rows[0][0]["z"] == pytest.approx(5.0)  # (3.0 - 0.5) / 0.5
     assert [f["column"] for f in rows[1]] == ["a", "b"]  # c was missing: never listed
+
+
+@pytest.mark.parametrize("k", [3, 10])  # a few argmax passes; argpartition for many columns
+def test_top_features_match_a_full_sort(k):
+    rng = np.random.default_rng(5)
+    losses = rng.random((400, 12)).astype(np.float32)
+    observed = (rng.random((400, 12)) > 0.3).astype(np.float32)
+    observed[7] = 0  # a row with nothing observed lists nothing
+    names = [f"c{i}" for i in range(12)]
+    rows = top_features(losses, observed, names, k, None, None).to_pylist()
+    for i, row in enumerate(rows):
+        seen = [j for j in np.argsort(-losses[i], kind="stable") if observed[i, j] > 0][:k]
+        assert [f["column"] for f in row] == [names[j] for j in seen]
+        assert sum(f["share"] for f in row) == pytest.approx(losses[i, seen].sum() / max(
+            (losses[i] * observed[i]).sum(), 1e-30), rel=1e-5)
+    assert rows[7] == []
+
+
+def test_top_features_summary_counts_by_column_on_a_slice():
+    from jobs.aggregates import TopFeaturesAggregate
+
+    losses = np.array([[0.1, 3.0, 0.9], [2.0, 0.0, 0.0], [0.5, 0.2, 0.4], [0.0, 0.0, 1.0]])
+    observed = np.array([[1, 1, 1], [1, 1, 0], [0, 0, 0], [1, 1, 1]], dtype=np.float32)
+    table = pa.table({"top_features": top_features(losses, observed, ["a", "b", "c"], 2, None, None),
+                      "is_anomaly": [True, False, True, True]})
+    acc = json.loads(TopFeaturesAggregate().aggregate_block(table.slice(1)))  # rows 1..3: an offset array
+    assert acc["top1_rows"] == {"a": 1, "c": 1}  # row 2 has no observed cell: it leads nothing
+    assert acc["top1_flagged_rows"] == {"c": 1}
+    assert acc["topk_rows"] == {"a": 2, "b": 1, "c": 1}
+    assert acc["share_sum"] == pytest.approx({"a": 1.0, "b": 0.0, "c": 1.0})
 
 
 def test_auroc_from_mergeable_sketches_matches_exact():

@@ -102,3 +102,16 @@ def test_histogram_percentile_places_values_in_the_summarised_distribution():
     out = histogram_percentile(hist, np.array([1e6, np.nan]))
     assert out[0] == 100.0 and np.isnan(out[1])
     assert np.all(np.diff(histogram_percentile(hist, np.sort(v))) >= 0)  # monotone: same order as the score
+
+
+def test_rows_per_call_shrinks_with_the_output_width():
+    from types import SimpleNamespace
+
+    from aemodel.scoring import rows_per_call
+
+    def pp(n_num: int, cats: list[int]) -> SimpleNamespace:
+        return SimpleNamespace(numeric_names=["x"] * n_num, binary_names=[], category_sizes=cats)
+
+    assert rows_per_call(pp(32, [])) == 65536  # a few dozen numbers: the cap
+    assert rows_per_call(pp(4, [2000])) == 64 * 2**20 // (16 * 2004)  # one wide categorical: 2,092 rows
+    assert rows_per_call(pp(0, [10**7])) == 256  # never fewer

@@ -9,6 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from aemodel import load_artifact
+from aemodel.scoring import rows_per_call
 from jobs.errors import InputError
 from jobs import score
 from jobs.commit import committed_run
@@ -94,3 +96,30 @@ def test_local_path_restores_torch_threads(trained, mixed_data, tmp_path):
     result, _ = _run(trained, mixed_data["score"], tmp_path / "o", id_columns=[ROW_ID], compute="local")
     assert torch.get_num_threads() == before
     assert json.loads(json.dumps(result.summary))["compute"] == "local"
+
+
+def test_a_default_score_on_one_machine_never_imports_ray(trained, mixed_data, tmp_path):
+    """The whole ``aescore score`` process on one machine: rows and summary written, Ray never imported.
+
+    Importing Ray (and Ray Data) costs about a second of a short run (bench/score_throughput.py).
+    """
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    code = ("import sys; from jobs.cli import main; rc = main(sys.argv[1:]); "
+            "print('ray_imported', 'ray' in sys.modules); sys.exit(rc)")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-c", code, "score", "--model", trained.model_uri,
+                           "--data", mixed_data["score"], "--out", str(tmp_path / "s")],
+                          cwd=root, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ray_imported False" in proc.stdout
+    run = pathlib.Path(committed_run(str(tmp_path / "s")))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["compute"] == "local" and summary["row_count"] == pq.read_table(mixed_data["score"]).num_rows
+    # The default batch size was decided once, on the driver, and is recorded with the run.
+    config = json.loads((run / "manifest.json").read_text())["config"]
+    assert config["batch_size"] == rows_per_call(load_artifact(trained.model_uri).preprocessor)
