@@ -36,8 +36,9 @@ if TYPE_CHECKING:
 
 ROWS_PER_FILE = 100_000
 """Rows per output Parquet file (fewer where an input is smaller)."""
-OUTPUT_FORMAT_VERSION = 3
-"""Version of the rows / summary.json / manifest.json layout. 3: one pass writes rows and summary;
+OUTPUT_FORMAT_VERSION = 4
+"""Version of the rows / summary.json / manifest.json layout. 4: top_features.column is
+dictionary-encoded (the same strings when read); 3: one pass writes rows and summary;
 the summary names each figure once (row_count, anomaly_count, anomaly_rate, unseen_cells) and holds
 top_rows; 2: anomaly_score and score_percentile columns, distribution of anomaly_score; 1: recon_error."""
 ModelLoader = Callable[[str, dict | None], ModelArtifact]  # (uri, storage_options) -> artefact

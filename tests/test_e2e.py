@@ -87,7 +87,7 @@ def test_scoring_output_is_complete_and_summary_matches_recomputation(scored, mi
     assert summary["max"] == pytest.approx(err.max(), rel=1e-6)
     assert summary["anomaly_count"] == int(pc.sum(rows["is_anomaly"]).as_py())
     np.testing.assert_array_equal(rows["is_anomaly"].to_numpy(), err > summary["threshold"])
-    assert summary["format_version"] == 3 and summary["score"] == "anomaly_score"
+    assert summary["format_version"] == 4 and summary["score"] == "anomaly_score"
     assert not {"count", "above_threshold", "above_threshold_fraction", "unseen_category_cells"} & set(summary)
     top = summary["top_rows"]  # taken while writing, block by block: the same as sorting the written rows
     by_id = dict(zip(ids.tolist(), err.tolist()))
@@ -98,7 +98,7 @@ def test_scoring_output_is_complete_and_summary_matches_recomputation(scored, mi
     assert sum(summary["columns"]["top1_flagged_rows"].values()) == summary["anomaly_count"]
     for f in sorted(__import__("pathlib").Path(committed_run(out), "rows").glob("*.parquet")):
         meta = {k.decode(): v.decode() for k, v in pq.read_schema(f).metadata.items() if k.startswith(b"aescore.")}
-        assert meta == {"aescore.format_version": "3", "aescore.version": meta["aescore.version"],
+        assert meta == {"aescore.format_version": "4", "aescore.version": meta["aescore.version"],
                         "aescore.score": "anomaly_score", "aescore.run_id": summary["run_id"],
                         "aescore.model_uri": summary["model"]["uri"],
                         "aescore.model_version": summary["model"]["version"],
