@@ -51,8 +51,10 @@ def top_features(col_losses: np.ndarray, observed: np.ndarray, names: list[str],
     its validation mean (NaN without a reference). Missing cells are never listed.
     """
     k = min(k, col_losses.shape[1])
-    contrib = np.where(observed > 0, col_losses, -1.0).astype(np.float32, copy=False)  # missing cells sort last
-    total = np.maximum(contrib, 0).sum(axis=1, keepdims=True, dtype=np.float64)
+    # observed is 0/1: a cell's loss where observed, -1 where missing (sorts last); arithmetic
+    # is about twice as fast as np.where here.
+    contrib = (col_losses * observed + (observed - 1)).astype(np.float32, copy=False)
+    total = np.einsum("ij,ij->i", col_losses, observed)[:, None]  # the row's error over its observed cells
     picked, top = _largest(contrib, k)
     share = np.where(total > 0, np.clip(picked, 0, None) / np.maximum(total, 1e-30), 0.0)
     if ref_mean is not None and ref_std is not None:
