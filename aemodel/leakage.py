@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from aemodel.preprocess import _numeric_values, _string_values
+from aemodel.preprocess import numeric_values, string_values
 from aemodel.schema import ColumnSpec
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -34,9 +34,9 @@ def row_hashes(table: pa.Table, specs: list[ColumnSpec]) -> np.ndarray:
     for s in specs:
         col = table.column(s.name)
         if s.kind == "categorical":
-            vals = np.asarray(_string_values(col).to_pylist(), dtype=object)
+            vals = np.asarray(string_values(col).to_pylist(), dtype=object)
         else:
-            vals = _numeric_values(col)
+            vals = numeric_values(col)
         with np.errstate(over="ignore"):
             h = h * _GOLDEN + pd.util.hash_array(vals)
     return h

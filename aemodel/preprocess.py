@@ -56,7 +56,7 @@ class PreprocessConfig:
             raise ValueError("max_categories and min_category_count must be >= 1")
 
 
-def _numeric_values(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+def numeric_values(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """Float64 values with every missing cell (null, NaN, inf) as NaN."""
     if pa.types.is_null(col.type):
         return np.full(len(col), np.nan)
@@ -66,7 +66,8 @@ def _numeric_values(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return arr
 
 
-def _string_values(col: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+def string_values(col: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """The column as plain strings (dictionary-encoded or other types cast)."""
     if pa.types.is_dictionary(col.type):
         col = col.cast(col.type.value_type)
     if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
@@ -75,7 +76,7 @@ def _string_values(col: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Arra
 
 
 def _binary_values(col: pa.ChunkedArray | pa.Array, name: str) -> np.ndarray:
-    vals = _numeric_values(col)
+    vals = numeric_values(col)
     bad = ~np.isnan(vals) & (vals != 0) & (vals != 1)
     if bad.any():
         raise SchemaError(f"binary column {name!r} has values other than 0/1 (e.g. {vals[bad][0]})")
@@ -92,7 +93,7 @@ def partial_stats(table: pa.Table, specs: list[ColumnSpec], log_moments: bool = 
     for s in specs:
         col = table.column(s.name)
         if s.kind == "numeric":
-            v = _numeric_values(col)
+            v = numeric_values(col)
             ok = v[~np.isnan(v)]
             n = int(ok.size)
             out[s.name] = {**moments(ok), "min": float(ok.min()) if n else None,
@@ -105,7 +106,7 @@ def partial_stats(table: pa.Table, specs: list[ColumnSpec], log_moments: bool = 
             ok = v[~np.isnan(v)]
             out[s.name] = {"n": int(ok.size), "pos": int(ok.sum()), "missing": int(v.size - ok.size)}
         else:
-            vc = pc.value_counts(_string_values(col))
+            vc = pc.value_counts(string_values(col))
             values = vc.field("values").to_pylist()
             counts = vc.field("counts").to_pylist()
             d = {v: c for v, c in zip(values, counts) if v is not None}
@@ -272,7 +273,7 @@ class Preprocessor:
         j = 0
         for i, name in enumerate(self.numeric_names):
             p = self.numeric[name]
-            v = _numeric_values(table.column(name))
+            v = numeric_values(table.column(name))
             miss = np.isnan(v)
             if p.get("transform") == "signed_log1p":  # artefacts before this option have no key: identity
                 v = signed_log(v)
@@ -290,7 +291,7 @@ class Preprocessor:
             j += 1
         for i, name in enumerate(self.categorical_names):
             p = self.categorical[name]
-            strings = _string_values(table.column(name))
+            strings = string_values(table.column(name))
             known = pa.array(p["vocab"][:-1], type=pa.string())
             idx = pc.index_in(strings, value_set=known)
             miss = pc.is_null(strings).to_numpy(zero_copy_only=False)
