@@ -32,7 +32,7 @@ from jobs import score
 from jobs.commit import read_committed_json
 from jobs.config import parse_config
 from jobs.report import nightly_report
-from jobs.score import ScoreOptions
+from jobs.score_config import ScoreOptions
 from jobs.storage import normalize_storage_options, resolve_model_uri
 
 DRIFT_EXIT_CODE = 3

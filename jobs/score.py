@@ -23,9 +23,8 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Literal
 
 from aemodel import ModelArtifact, load_artifact
 from aemodel.scoring import rows_per_call
@@ -35,104 +34,14 @@ from jobs.datasets import ParquetInput, check_columns, explain_failure, open_par
 from jobs.errors import InputError
 from jobs.manifest import fingerprint, git_commit, library_versions
 from jobs.progress import Progress
-from jobs.ray_runtime import on_one_machine
 from jobs.report import scoring_report
+from jobs.score_config import ScoreConfig
 from jobs.score_local import score_locally
 from jobs.score_rows import (OUTPUT_FORMAT_VERSION, ROW_HASH, ModelLoader, read_columns, row_file_metadata,
                              score_on_ray, write_block)
 from jobs.score_summary import summary_aggregations, summary_from, summary_warnings
 from jobs.storage import (arrow_filesystem, check_no_overlap, inspect_parquet_files,
                           normalize_storage_options, redact_config, resolve_model_uri)
-
-
-@dataclass(kw_only=True)
-class ScoreOptions:
-    """Scoring: outputs, compute and storage"""
-
-    id_columns: list[str] = field(default_factory=list)
-    """Input columns copied to the output to identify rows; empty adds row_hash (file + position)."""
-    batch_size: int | None = None
-    """Rows per model call; default: as many as keep one call's outputs and loss terms near 64 MiB (256 to 65,536 rows, see aemodel.scoring.rows_per_call)."""
-    concurrency: int | None = None
-    """Scoring actors (actor path) or max parallel tasks (task path); default: one per GPU / Ray decides."""
-    compute: Literal["auto", "local", "actors", "tasks"] = "auto"
-    """local: this process reads, scores and writes with every core, no Ray; tasks: Ray Data tasks fused with the read; actors: a Ray Data actor pool that loads the model once per actor; auto: local on one machine (no --ray-address, no RAY_ADDRESS, no multi-node Ray already connected, no --concurrency, CPU), else actors on GPU and tasks on CPU."""
-    use_gpu: bool = False
-    """Score on GPUs (one per actor)."""
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    """GPU only: run the network under bf16/fp16 autocast (errors are still computed in float32)."""
-    cpus_per_worker: float = 1.0
-    """Ray paths: CPUs reserved per scoring actor/task; torch uses this many threads (at least 1). The local path uses every usable core."""
-    object_store_limit_mb: int | None = 512
-    """Object-store memory Ray Data may fill with in-flight blocks (keeps memory flat as inputs grow); 0: Ray's default."""
-    threshold: float | None = None
-    """Override the model's anomaly threshold on anomaly_score."""
-    top_k: int = 3
-    """Columns listed per row in top_features (largest error first, with share and z-score); 0 turns it off."""
-    column_errors: bool = False
-    """Also write each feature column's error per row (err_<column>; wide) and its mean in the summary."""
-    storage_options: dict[str, str] = field(default_factory=dict)
-    """fsspec options for every path (e.g. endpoint_url); prefer env credentials. Never written out."""
-    run_id: str | None = None
-    """Identity of this run; default: a hash of model version, input files and options."""
-    force: bool = False
-    """Recompute even if OUT already holds a committed run with the same run id."""
-    shared_local_paths: bool = False
-    """Local paths are on a filesystem every node mounts at the same place (NFS); otherwise a multi-node cluster refuses them."""
-    ray_address: str | None = None
-    """Ray cluster address; default RAY_ADDRESS if set, else a private local Ray."""
-
-    def __post_init__(self) -> None:
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.concurrency is not None and self.concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
-        if self.cpus_per_worker <= 0:
-            raise ValueError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker}")
-        if self.threshold is not None and not self.threshold >= 0:
-            raise ValueError(f"threshold must be >= 0, got {self.threshold}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
-        if self.object_store_limit_mb is not None and self.object_store_limit_mb < 0:
-            raise ValueError(f"object_store_limit_mb must be >= 0, got {self.object_store_limit_mb}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
-        if ROW_HASH in self.id_columns:
-            raise ValueError(f"{ROW_HASH!r} is reserved for the synthetic row id")
-
-    @property
-    def use_actors(self) -> bool:
-        return self.compute == "actors" or (self.compute == "auto" and self.use_gpu)
-
-    def resolved_compute(self) -> str:
-        """``local``, ``tasks`` or ``actors``: what ``auto`` means for this run (decided once, on the driver).
-
-        Local when nothing points at a Ray cluster: on one machine Ray's start-up and block
-        scheduling cost more than the scoring (bench/score_throughput.py). A Ray this
-        process already joined counts as a cluster only if it has more than one node.
-        """
-        if self.compute != "auto":
-            return self.compute
-        if self.use_gpu:
-            return "actors"
-        return "local" if on_one_machine(self.ray_address) and not self.concurrency else "tasks"
-
-
-@dataclass(kw_only=True)
-class ScoreConfig(ScoreOptions):
-    """Input and output"""
-
-    model: str
-    """Model artefact URI written by aescore train, or a pointer file from --publish-latest."""
-    data: str
-    """Parquet to score: a file, a directory/prefix of shards, or a glob (any fsspec URI)."""
-    out: str
-    """Output prefix: rows/, summary.json and _SUCCESS are written under it (replaced on rerun)."""
-
-    def __post_init__(self) -> None:
-        if not (self.model and self.data and self.out):
-            raise ValueError("--model, --data and --out are required")
-        super().__post_init__()
 
 
 @dataclass

@@ -34,7 +34,7 @@ from jobs.score_rows import ROW_HASH, ROWS_PER_FILE, BatchScorer, read_columns
 
 if TYPE_CHECKING:
     from aemodel import ModelArtifact
-    from jobs.score import ScoreConfig
+    from jobs.score_config import ScoreConfig
 
 
 def usable_cpus() -> int:

@@ -32,7 +32,7 @@ from jobs.storage import check_shared_paths, normalize_storage_options
 if TYPE_CHECKING:
     import ray.data
 
-    from jobs.score import ScoreConfig
+    from jobs.score_config import ScoreConfig
 
 ROWS_PER_FILE = 100_000
 """Rows per output Parquet file (fewer where an input is smaller)."""

@@ -9,7 +9,7 @@ import s3fs
 from jobs import nightly
 from jobs.commit import committed_run, read_committed_json
 from jobs.errors import InputError
-from jobs.score import ScoreOptions
+from jobs.score_config import ScoreOptions
 from jobs.storage import publish_pointer
 from jobs.synthetic import ROW_ID, make_mixed_table, write_shards
 
