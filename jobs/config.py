@@ -30,6 +30,8 @@ from typing import Any, TypeVar, get_args, get_origin
 
 from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 
+from jobs.storage import REDACTED
+
 T = TypeVar("T")
 
 # Help texts come from the attribute docstrings under each field; --config reads any fsspec URI.
@@ -40,7 +42,7 @@ _TRUE = ("true", "false", "yes", "no", "on", "off", "1", "0", "null", "none")
 
 _EPILOG = ("Also accepted: dashes for underscores (--val-data), --flag / --no-flag for true/false, "
            "comma-separated lists (--id-columns a,b) and key=value pairs (--column-types zip=categorical). "
-           "--print_config prints the resolved options as YAML, a starting point for --config. "
+           "--print_config prints the resolved options as YAML (storage option values redacted), a starting point for --config. "
            "-v/--verbose also shows Ray's own console logs (always kept in Ray's log folder).")
 
 
@@ -164,8 +166,16 @@ def parse_config(cls: type[T], argv: list[str] | None, prog: str, description: s
 
     parser = build_parser(cls, prog, description)
     args = normalize_argv(list(sys.argv[1:] if argv is None else argv), flag_kinds(cls))
+    printing = "--print_config" in args
     try:
-        namespace = parser.parse_args(args)
+        namespace = parser.parse_args([a for a in args if a != "--print_config"])
+        if printing:
+            # Ours rather than jsonargparse's: storage option values may hold keys (the
+            # options' help says they are never written out), so they print redacted.
+            for key in [k for k in namespace.keys() if k.split(".")[-1] == "storage_options"]:
+                namespace[key] = {k: REDACTED for k in namespace[key] or {}}
+            print(parser.dump(namespace, skip_none=False), end="")
+            raise SystemExit(0)
         values = parser.instantiate(namespace)
     except ArgumentError as e:
         raise ConfigError(_one_line(e)) from e

@@ -137,3 +137,20 @@ def test_submit_without_an_address_is_a_usage_error(monkeypatch, capsys):
     with pytest.raises(SystemExit) as done:
         main(["--", "python", "-m", "jobs.nightly"])
     assert done.value.code == 2 and "no cluster address" in capsys.readouterr().err
+
+
+def test_print_config_never_shows_storage_option_values(tmp_path, capsys):
+    """The options' help promises storage options are never written out; --print_config keeps only their keys."""
+    from jobs.score_config import ScoreConfig
+
+    (tmp_path / "c.yaml").write_text("storage_options:\n  secret: from-file\n")
+    with pytest.raises(SystemExit) as done:
+        parse_config(ScoreConfig, ["--config", str(tmp_path / "c.yaml"), "--model", "m", "--data", "d", "--out", "o",
+                                   "--storage-options", "key=AKIA123", "--print-config"], "t")
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and "AKIA123" not in out and "from-file" not in out
+    assert "key: <redacted>" in out and "model: m" in out
+    with pytest.raises(SystemExit):  # nested: a nightly's score options
+        parse_config(NightlyConfig, ["--model", "m", "--data", "d", "--out", "o", "--score.storage-options",
+                                     "secret=s3", "--print-config"], "t")
+    assert "s3" not in capsys.readouterr().out.replace("s3://", "")
