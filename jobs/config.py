@@ -174,7 +174,7 @@ def parse_config(cls: type[T], argv: list[str] | None, prog: str, description: s
             # options' help says they are never written out), so they print redacted.
             for key in [k for k in namespace.keys() if k.split(".")[-1] == "storage_options"]:
                 namespace[key] = {k: REDACTED for k in namespace[key] or {}}
-            print(parser.dump(namespace, skip_none=False), end="")
+            print(parser.dump(namespace, skip_unset=False), end="")
             raise SystemExit(0)
         values = parser.instantiate(namespace)
     except ArgumentError as e:

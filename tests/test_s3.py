@@ -32,8 +32,11 @@ def test_train_and_score_on_s3_match_local(ray_start_2_cpus, mixed_data, bucket,
     assert pp_s3.categorical == pp_local.categorical and pp_s3.binary == pp_local.binary
     for name, stats in pp_local.numeric.items():
         assert pp_s3.numeric[name]["transform"] == stats["transform"]
-        numbers = {k: v for k, v in stats.items() if k != "transform"}
+        numbers = {k: v for k, v in stats.items() if k not in ("transform", "skewness")}
         assert {k: pp_s3.numeric[name][k] for k in numbers} == pytest.approx(numbers, rel=1e-9, abs=1e-9)
+        # num_7 is 42 +/- 1e-9: its third moment is cancellation noise in either merge order
+        # (seen here as -0.02866 against -0.02864), as in tests/test_train_local.py.
+        assert pp_s3.numeric[name].get("skewness", 0.0) == pytest.approx(stats.get("skewness", 0.0), abs=1e-3)
     assert s3_model.val_rows == local_model.val_rows and s3_model.train_rows == local_model.train_rows
     assert len(s3_model.history) == len(local_model.history)
     assert s3_model.history[-1]["val_loss"] == pytest.approx(local_model.history[-1]["val_loss"], rel=0.05)
