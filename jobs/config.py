@@ -154,6 +154,34 @@ def _one_line(e: BaseException) -> str:
     return re.sub(r"typing\.Literal\[(.*?)\]", r"one of [\1]", text)
 
 
+def _print_config_redacted(parser: ArgumentParser, args: list[str]) -> None:
+    """jsonargparse's ``--print_config`` (a template even without the required options), storage option values redacted.
+
+    Storage options may hold keys, and their help says they are never written out.
+    """
+    import contextlib
+    import io
+
+    import yaml
+
+    def redact(node: object) -> None:
+        for key, value in (node.items() if isinstance(node, dict) else ()):
+            if key == "storage_options" and isinstance(value, dict):
+                node[key] = {k: REDACTED for k in value}
+            else:
+                redact(value)
+
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            parser.parse_args(args)  # prints and exits
+    except SystemExit:
+        printed = yaml.safe_load(out.getvalue())
+        redact(printed)
+        print(yaml.safe_dump(printed, sort_keys=False, default_flow_style=False), end="")
+        raise
+
+
 def parse_config(cls: type[T], argv: list[str] | None, prog: str, description: str | None = None) -> T:
     """Build a config: field defaults < YAML file from ``--config`` < flags.
 
@@ -166,16 +194,10 @@ def parse_config(cls: type[T], argv: list[str] | None, prog: str, description: s
 
     parser = build_parser(cls, prog, description)
     args = normalize_argv(list(sys.argv[1:] if argv is None else argv), flag_kinds(cls))
-    printing = "--print_config" in args
     try:
-        namespace = parser.parse_args([a for a in args if a != "--print_config"])
-        if printing:
-            # Ours rather than jsonargparse's: storage option values may hold keys (the
-            # options' help says they are never written out), so they print redacted.
-            for key in [k for k in namespace.keys() if k.split(".")[-1] == "storage_options"]:
-                namespace[key] = {k: REDACTED for k in namespace[key] or {}}
-            print(parser.dump(namespace, skip_unset=False), end="")
-            raise SystemExit(0)
+        if "--print_config" in args:
+            _print_config_redacted(parser, args)
+        namespace = parser.parse_args(args)
         values = parser.instantiate(namespace)
     except ArgumentError as e:
         raise ConfigError(_one_line(e)) from e

@@ -154,3 +154,6 @@ def test_print_config_never_shows_storage_option_values(tmp_path, capsys):
         parse_config(NightlyConfig, ["--model", "m", "--data", "d", "--out", "o", "--score.storage-options",
                                      "secret=s3", "--print-config"], "t")
     assert "s3" not in capsys.readouterr().out.replace("s3://", "")
+    with pytest.raises(SystemExit) as done:  # a template needs none of the required options
+        parse_config(ScoreConfig, ["--print-config"], "t")
+    assert done.value.code == 0 and "model: null" in capsys.readouterr().out
