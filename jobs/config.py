@@ -30,7 +30,7 @@ from typing import Any, TypeVar, get_args, get_origin
 
 from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 
-from jobs.storage import REDACTED
+from jobs.storage import redact_config
 
 T = TypeVar("T")
 
@@ -164,20 +164,12 @@ def _print_config_redacted(parser: ArgumentParser, args: list[str]) -> None:
 
     import yaml
 
-    def redact(node: object) -> None:
-        for key, value in (node.items() if isinstance(node, dict) else ()):
-            if key == "storage_options" and isinstance(value, dict):
-                node[key] = {k: REDACTED for k in value}
-            else:
-                redact(value)
-
     out = io.StringIO()
     try:
         with contextlib.redirect_stdout(out):
             parser.parse_args(args)  # prints and exits
     except SystemExit:
-        printed = yaml.safe_load(out.getvalue())
-        redact(printed)
+        printed = redact_config(yaml.safe_load(out.getvalue()))
         print(yaml.safe_dump(printed, sort_keys=False, default_flow_style=False), end="")
         raise
 

@@ -221,10 +221,14 @@ REDACTED = "<redacted>"
 
 
 def redact_config(config: dict) -> dict:
-    """A config dict safe to write anywhere: storage option values are never kept."""
-    out = dict(config)
-    if out.get("storage_options"):
-        out["storage_options"] = {k: REDACTED for k in out["storage_options"]}
+    """A config dict safe to write anywhere: storage option values, at any nesting (a nightly's
+    ``score``, a sweep's ``train``), are never kept."""
+    out = {}
+    for key, value in config.items():
+        if key == "storage_options" and isinstance(value, dict):
+            out[key] = {k: REDACTED for k in value}
+        else:
+            out[key] = redact_config(value) if isinstance(value, dict) else value
     return out
 
 
