@@ -77,11 +77,21 @@ class BloomFilter:
         k = max(1, round(bits / max(n_rows, 1) * math.log(2)))
         return cls(bits, min(k, 16))
 
-    def _positions(self, hashes: np.ndarray) -> np.ndarray:
-        h1, h2 = hashes.astype(np.uint64), _mix(hashes.astype(np.uint64)) | np.uint64(1)
-        i = np.arange(self.n_hashes, dtype=np.uint64)[:, None]
+    @staticmethod
+    def _hash_pair(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The two hashes of double hashing: the row hash and an odd second one."""
+        h1 = np.asarray(hashes).astype(np.uint64)
+        return h1, _mix(h1) | np.uint64(1)
+
+    def _position(self, h1: np.ndarray, h2: np.ndarray, i: np.ndarray | int) -> np.ndarray:
+        """Bit ``i`` (or bits, broadcast) of the items with hash pair ``(h1, h2)``."""
         with np.errstate(over="ignore"):
-            return ((h1[None, :] + i * h2[None, :]) % np.uint64(self.n_bits)).astype(np.int64)
+            return ((h1 + np.asarray(i, dtype=np.uint64) * h2) % np.uint64(self.n_bits)).astype(np.int64)
+
+    def _positions(self, hashes: np.ndarray) -> np.ndarray:
+        """[n_hashes, items] every bit of every item."""
+        h1, h2 = self._hash_pair(hashes)
+        return self._position(h1[None, :], h2[None, :], np.arange(self.n_hashes, dtype=np.uint64)[:, None])
 
     def add(self, hashes: np.ndarray) -> BloomFilter:
         pos = self._positions(hashes).ravel()
@@ -95,13 +105,10 @@ class BloomFilter:
         bits of a full filter are clear, so most rows that were not added leave after one
         or two of the ``n_hashes`` lookups (the same answer as checking every bit).
         """
-        h1 = np.asarray(hashes).astype(np.uint64)
-        h2 = _mix(h1) | np.uint64(1)
+        h1, h2 = self._hash_pair(hashes)
         left = np.arange(len(h1))
-        n_bits = np.uint64(self.n_bits)
         for i in range(self.n_hashes):
-            with np.errstate(over="ignore"):
-                pos = ((h1[left] + np.uint64(i) * h2[left]) % n_bits).astype(np.int64)
+            pos = self._position(h1[left], h2[left], i)
             left = left[((self.bits[pos >> 3] >> (pos & 7).astype(np.uint8)) & 1).astype(bool)]
             if len(left) == 0:
                 break
