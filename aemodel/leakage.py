@@ -23,20 +23,27 @@ MAX_BLOOM_BITS = 1 << 29
 """64 MiB cap on the filter; beyond ~28M rows its false-positive rate grows (and is reported)."""
 
 
-def row_hashes(table: pa.Table, specs: list[ColumnSpec]) -> np.ndarray:
+def row_hashes(table: pa.Table, specs: list[ColumnSpec], values: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """A 64-bit hash of each row's feature values, independent of the storage type.
 
     Numeric and binary cells hash as float64 (so 3 and 3.0 match; every missing value
     hashes alike), categorical cells as strings. pandas' hash uses a fixed key, so hashes
     agree across processes, runs and machines.
+
+    Args:
+        table: The rows.
+        specs: The feature columns, in the order they are combined.
+        values: ``numeric_values`` of some numeric or binary columns, already read (the
+            ``raw`` of ``Preprocessor.transform``); the others are read from ``table``.
     """
+    values = values or {}
     h = np.zeros(table.num_rows, dtype=np.uint64)
     for s in specs:
         col = table.column(s.name)
         if s.kind == "categorical":
             vals = np.asarray(string_values(col).to_pylist(), dtype=object)
         else:
-            vals = numeric_values(col)
+            vals = values[s.name] if s.name in values else numeric_values(col)
         with np.errstate(over="ignore"):
             h = h * _GOLDEN + pd.util.hash_array(vals)
     return h

@@ -254,8 +254,14 @@ class Preprocessor:
                 "categorical_logits": [np.log(np.clip(self.categorical[n]["freq"], 1e-9, None)).tolist()
                                        for n in self.categorical_names]}
 
-    def transform(self, table: pa.Table) -> dict[str, np.ndarray]:
+    def transform(self, table: pa.Table, raw: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Encode a table for the model.
+
+        Args:
+            table: Rows with (at least) the feature columns.
+            raw: If given, receives each numeric and binary column's values as read
+                (``numeric_values``: float64, NaN where missing), before any transform or
+                imputation, so ``leakage.row_hashes`` need not read them again.
 
         Returns:
             ``x_num`` float32 [B, n_numeric] standardised and clipped; ``x_bin`` float32
@@ -274,6 +280,8 @@ class Preprocessor:
         for i, name in enumerate(self.numeric_names):
             p = self.numeric[name]
             v = numeric_values(table.column(name))
+            if raw is not None:
+                raw[name] = v
             miss = np.isnan(v)
             if p.get("transform") == "signed_log1p":  # artefacts before this option have no key: identity
                 v = signed_log(v)
@@ -284,9 +292,10 @@ class Preprocessor:
             j += 1
         for i, name in enumerate(self.binary_names):
             v = _binary_values(table.column(name), name)
+            if raw is not None:
+                raw[name] = v
             miss = np.isnan(v)
-            v[miss] = self.binary[name]["fill"]
-            x_bin[:, i] = v
+            x_bin[:, i] = np.where(miss, self.binary[name]["fill"], v)
             observed[:, j] = ~miss
             j += 1
         for i, name in enumerate(self.categorical_names):

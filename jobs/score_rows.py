@@ -75,7 +75,8 @@ class BatchScorer:
         self.seen = art.training_rows  # None for artefacts without a row filter
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        res = self.scorer.score_table(batch, top_k=self.top_k, column_errors=self.column_errors)
+        raw = {} if self.seen is not None else None  # the numeric columns as read, reused by row_hashes
+        res = self.scorer.score_table(batch, top_k=self.top_k, column_errors=self.column_errors, raw=raw)
         cols = {c: batch.column(c) for c in self.passthrough}
         cols.update({
             "anomaly_score": pa.array(res["anomaly_score"], type=pa.float32()),
@@ -88,7 +89,7 @@ class BatchScorer:
         if self.top_k:
             cols["top_features"] = res["top_features"]
         if self.seen is not None:
-            hashes = row_hashes(batch, self.scorer.preprocessor.specs)
+            hashes = row_hashes(batch, self.scorer.preprocessor.specs, raw)
             cols["seen_in_training"] = pa.array(self.seen.contains(hashes), type=pa.bool_())
         if self.column_errors:
             for i, name in enumerate(self.scorer.columns):

@@ -96,6 +96,22 @@ def test_row_hashes_ignore_storage_type_but_not_values():
     assert list(h1 == h3) == [True, False, True]
 
 
+def test_row_hashes_from_the_values_transform_read_are_the_same():
+    from aemodel.preprocess import Preprocessor
+
+    table = pa.table({"a": pa.array([1, None, 3, 4], pa.int64()), "b": pa.array([1.0, float("inf"), -2.0, 0.5]),
+                      "flag": pa.array([True, None, False, True]), "c": ["x", None, "y", "x"]})
+    specs = resolve_columns(table.schema)
+    pp = Preprocessor.fit(specs, partial_stats(table, specs))
+    raw: dict = {}
+    enc = pp.transform(table, raw)
+    assert set(raw) == {"a", "b", "flag"}  # numeric and binary columns, as read
+    assert np.isnan(raw["flag"][1]) and np.isnan(raw["b"][1])  # missing, not imputed
+    assert (row_hashes(table, specs, raw) == row_hashes(table, specs)).all()
+    plain = pp.transform(table)
+    assert all(np.array_equal(enc[k], plain[k]) for k in plain)
+
+
 def test_id_like_columns_are_found_and_ordinary_ones_are_not():
     n = 1000
     rng = np.random.default_rng(2)
