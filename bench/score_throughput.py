@@ -11,7 +11,8 @@ shard, then times, side by side in this one run:
 * fused loop (second reference): the same loop with the pipeline's own ``BatchScorer`` and
   outputs (score_percentile, cell counts, top_features, seen_in_training as well);
 * the plain script again as its own process (a subprocess: imports and model load
-  included, as a user runs it);
+  included, as a user runs it); this and the next are medians of ``PROCESS_REPEATS``
+  alternate runs;
 * ``aescore score`` as a whole process (a subprocess, imports and all), default options;
   both processes run first, before this process starts Ray, so no Ray runs beside them;
 * pipeline (local / tasks / actors): ``score.run`` in this process, each compute path
@@ -34,6 +35,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,6 +47,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+PROCESS_REPEATS = 3
+"""Runs of each whole process (alternated); the bench reports their medians."""
 
 
 def make_shards(root: Path, rows: int, shards: int, seed: int = 0) -> None:
@@ -110,14 +115,12 @@ def fused_loop(model_uri: str, data: Path, out: Path) -> float:
     return time.perf_counter() - t0
 
 
-def extras_cost(model_uri: str, data: Path, repeats: int = 5) -> tuple[float, float]:
+def extras_cost(model_uri: str, data: Path, repeats: int = 9) -> tuple[float, float]:
     """Seconds of compute, one thread, no I/O: (recon + threshold only, the default outputs).
 
     The two are timed alternately ``repeats`` times and the medians returned: one pass of
     each is within this machine's run-to-run noise.
     """
-    import statistics
-
     import torch
 
     from aemodel import RowScorer, load_artifact
@@ -171,9 +174,13 @@ def main() -> None:
         train.run(train.TrainConfig(data=str(data / "part-00000.parquet"), out=str(root / "model"),
                                     exclude_columns=["id"], epochs=2))
         model = str(root / "model")
-        # The two whole processes first, while no Ray runs on the machine.
-        whole_s = whole_process(model, data, root / "out-process")
-        plain_whole_s = plain_process(model, data, root / "plain-process")
+        # The two whole processes first, while no Ray runs on the machine; alternated and
+        # repeated (medians): one run of each moves by +-15% on a shared 2-CPU machine.
+        whole_runs, plain_runs = [], []
+        for i in range(PROCESS_REPEATS):
+            whole_runs.append(whole_process(model, data, root / f"out-process-{i}"))
+            plain_runs.append(plain_process(model, data, root / f"plain-process-{i}"))
+        whole_s, plain_whole_s = statistics.median(whole_runs), statistics.median(plain_runs)
 
         plain_s = plain_script(model, data, root / "plain")
         fused_s = fused_loop(model, data, root / "fused")
@@ -199,9 +206,11 @@ def main() -> None:
     print(f"plain script (reference) : {plain_s:7.2f}s {rows / plain_s:12,.0f} rows/s")
     print(f"fused BatchScorer loop   : {fused_s:7.2f}s {rows / fused_s:12,.0f} rows/s  ratio {plain_s / fused_s:.2f}")
     print(f"plain script (process)   : {plain_whole_s:7.2f}s {rows / plain_whole_s:12,.0f} rows/s  "
-          "(the same script as its own process: imports and model load included)")
+          f"(the same script as its own process: imports and model load included; median of "
+          f"{', '.join(f'{x:.2f}' for x in plain_runs)})")
     print(f"aescore score (process)  : {whole_s:7.2f}s {rows / whole_s:12,.0f} rows/s  ratio {plain_whole_s / whole_s:.2f}"
-          f" against the plain script's process ({plain_s / whole_s:.2f} against its loop alone)")
+          f" against the plain script's process ({plain_s / whole_s:.2f} against its loop alone; median of "
+          f"{', '.join(f'{x:.2f}' for x in whole_runs)})")
     for name, seconds in results.items():
         print(f"pipeline ({name:6s})        : {seconds:7.2f}s {rows / seconds:12,.0f} rows/s  ratio "
               f"{plain_s / seconds:.2f}  (read->score->write alone {parts[name]:.2f}s, ratio {plain_s / parts[name]:.2f})")
