@@ -31,10 +31,12 @@ from aemodel.model import AutoencoderConfig, TabularAutoencoder
 from aemodel.preprocess import Preprocessor
 
 FORMAT = "aescore-model"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """2: ``reference.latent`` (the latent term of anomaly_score; threshold on anomaly_score). Readers
-of version 1 would ignore the latent term and mis-score, so an older aescore refuses these."""
-READABLE_VERSIONS = (1, 2)
+of version 1 would ignore the latent term and mis-score, so an older aescore refuses these.
+3: the latent term is a Gaussian mixture (``aemodel.latent``); version 2 readers know only one
+Gaussian, so they refuse these too. Versions 1 and 2 still load and score as they did."""
+READABLE_VERSIONS = (1, 2, 3)
 WEIGHTS_FILE = "model.safetensors"
 BLOOM_FILE = "train_rows.bloom"
 META_FILE = "model.json"
@@ -56,7 +58,8 @@ class ModelArtifact:
         state_dict: Weights.
         threshold: Anomaly threshold on ``anomaly_score`` and how it was chosen.
         reference: Validation ``anomaly_score`` distribution (``ErrorStats.summary()``), per-column
-            references and ``latent`` (the training codes' Gaussian; absent in v1 artefacts).
+            references and ``latent`` (the training codes' mixture, one Gaussian in v2 artefacts;
+            absent in v1 artefacts).
         history: Per-epoch training and validation loss.
         train_config: The training job's config, for provenance.
         created_at: UTC ISO timestamp.

@@ -30,11 +30,12 @@ measures the effect on real data; the README has the table).
 
 A row can also reconstruct well and still be unusual: its code lies where few training
 rows' codes lie. The ``anomaly_score`` that ranks rows and is thresholded adds that as a
-second term, the squared Mahalanobis distance of the row's code ``z`` from the Gaussian
-fitted to the training rows' codes, divided by the latent size (so about 1.0 for a
-typical training row, like ``recon_error`` for a validation row):
+second term, the code's negative log-density under a Gaussian mixture fitted to the
+training rows' codes, scaled so that a typical training row scores 1.0 (like
+``recon_error`` for a validation row); with one component it is the squared Mahalanobis
+distance divided by the latent size (``aemodel.latent`` has the formula and the fit):
 
-    latent_distance(row) = (z - mu)^T P (z - mu) / latent_dim      (P: the codes' precision)
+    latent_distance(row) = (-2 log p(z) - offset) / latent_dim     (p: the codes' mixture)
     anomaly_score(row)   = recon_error(row) + w * latent_distance(row)
 
 ``w`` is ``TrainConfig.latent_weight``; 0 makes ``anomaly_score`` equal ``recon_error``.
@@ -47,6 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from aemodel.latent import stored_mixture
 from aemodel.model import Reconstruction
 
 
@@ -97,38 +99,23 @@ def error_scales(validation_means: np.ndarray, floor: float) -> np.ndarray:
     return np.where(np.isfinite(m), np.maximum(m, floor), 1.0)
 
 
-def latent_gaussian(n: float, total: np.ndarray, outer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and whitening matrix of latent codes from their count, sum and sum of outer products.
-
-    The whitening matrix ``W`` is the Cholesky factor of the precision (``P = W W^T``), so
-    the distance is a sum of squares and never negative in floating point. A tiny ridge
-    (relative to the mean variance) keeps a collapsed latent dimension invertible without
-    changing the distances of the others.
-
-    Args:
-        n: Number of codes (> 0).
-        total: [d] sum of the codes.
-        outer: [d, d] sum of ``z z^T``.
-    """
-    mean = np.asarray(total, dtype=np.float64) / n
-    cov = np.asarray(outer, dtype=np.float64) / n - np.outer(mean, mean)
-    cov = (cov + cov.T) / 2
-    ridge = 1e-6 * max(float(np.trace(cov)) / len(mean), 1e-12)
-    precision = np.linalg.inv(cov + ridge * np.eye(len(mean)))
-    return mean, np.linalg.cholesky((precision + precision.T) / 2)
-
-
-def latent_tensors(latent: dict | None, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(mean, whitening) of a stored latent Gaussian (``reference["latent"]``) as float32 tensors; None if absent."""
+def latent_tensors(latent: dict | None, device: torch.device | str) -> tuple[torch.Tensor, ...] | None:
+    """(log_coef [K], means [K, d], whitenings [K, d, d], offset) of a stored latent term
+    (``reference["latent"]``, either form: ``aemodel.latent.stored_mixture``) as float32 tensors; None if absent."""
     if not latent:
         return None
-    return (torch.tensor(latent["mean"], dtype=torch.float32, device=device),
-            torch.tensor(latent["whitening"], dtype=torch.float32, device=device))
+    return tuple(torch.tensor(v, dtype=torch.float32, device=device) for v in stored_mixture(latent))
 
 
-def latent_distance(z: torch.Tensor, mean: torch.Tensor, whitening: torch.Tensor) -> torch.Tensor:
-    """Per-row [B] squared Mahalanobis distance of codes ``z`` [B, d], divided by ``d``."""
-    return (((z - mean) @ whitening) ** 2).sum(dim=1) / z.shape[1]
+def latent_distance(z: torch.Tensor, log_coef: torch.Tensor, means: torch.Tensor, whitenings: torch.Tensor,
+                    offset: torch.Tensor) -> torch.Tensor:
+    """Per-row [B] latent distance of codes ``z`` [B, d] under the stored mixture (``aemodel.latent``).
+
+    One component: the squared Mahalanobis distance divided by ``d``.
+    """
+    y = torch.einsum("bkd,kde->bke", z[:, None, :] - means[None], whitenings)
+    log_density = torch.logsumexp(log_coef[None] - 0.5 * (y ** 2).sum(-1), dim=1)
+    return (-2 * log_density - offset) / z.shape[1]
 
 
 def anomaly_score(recon_error: torch.Tensor, latent_dist: torch.Tensor | None, weight: float) -> torch.Tensor:

@@ -82,6 +82,8 @@ class ThresholdOptions:
     """Smallest per-column validation scale (fraction of the constant predictor's loss): caps the weight of near-perfect columns."""
     latent_weight: float = 0.5
     """Weight of the latent term in anomaly_score (recon_error + weight x the row code's Mahalanobis distance from the training codes, per latent dimension): catches rows that reconstruct well but sit where few training rows do; 0: anomaly_score is recon_error (bench/suite measures both)."""
+    latent_components: int = 1
+    """Most Gaussians in the latent term's density of the training codes; above 1, BIC picks 1, 2, 4 or 8 up to this, so codes in clusters get one each and a row between clusters scores high (helped image-like and some mixed tables, cost others: bench/RESULTS.md, "latent mixture"); 1 (default): one Gaussian."""
     threshold_quantile: float = 0.99
     """Anomaly threshold: this quantile of validation anomaly_score (ignored if threshold_fpr or contamination is set)."""
     threshold_fpr: float | None = None
@@ -147,6 +149,7 @@ class TrainOptions(RunOptions, ThresholdOptions, FitOptions, ModelOptions, DataO
             (self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
             (self.min_delta >= 0, f"min_delta must be >= 0, got {self.min_delta}"),
             (self.latent_weight >= 0, f"latent_weight must be >= 0, got {self.latent_weight}"),
+            (self.latent_components >= 1, f"latent_components must be >= 1, got {self.latent_components}"),
             (0.0 < self.scale_floor <= 1.0, f"scale_floor must be in (0, 1], got {self.scale_floor}"),
             (0.5 <= self.threshold_quantile < 1.0, f"threshold_quantile must be in [0.5, 1), got {self.threshold_quantile}"),
             (self.threshold_fpr is None or 0.0 < self.threshold_fpr <= 0.5,

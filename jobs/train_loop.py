@@ -18,7 +18,7 @@ import ray.train.torch
 import torch
 
 from aemodel import AutoencoderConfig, TabularAutoencoder, batch_loss, column_losses, row_errors
-from aemodel.losses import latent_gaussian
+from aemodel.latent import COMPONENTS, MAX_CODES, fit_mixture, gaussian_from_moments
 from jobs.errors import TrainingError
 from jobs.progress import EpochProgress
 from jobs.train_eval import validation_reference
@@ -61,11 +61,36 @@ def latent_sums(model: TabularAutoencoder, batches, latent_dim: int) -> list[flo
     return [n, *total.tolist(), *outer.flatten().tolist()]
 
 
-def latent_fit(sums: list[float], latent_dim: int, weight: float) -> dict:
-    """The training codes' Gaussian from (all-reduced) ``latent_sums``, for ``anomaly_score``."""
+def latent_gaussian_fit(sums: list[float], latent_dim: int, weight: float) -> dict:
+    """The latent term with one Gaussian, from (all-reduced) ``latent_sums``: exact over every training row."""
     d = latent_dim
-    mean, whitening = latent_gaussian(sums[0], np.array(sums[1:1 + d]), np.array(sums[1 + d:]).reshape(d, d))
-    return {"mean": mean.tolist(), "whitening": whitening.tolist(), "weight": weight, "rows": int(sums[0])}
+    return {**gaussian_from_moments(sums[0], np.array(sums[1:1 + d]), np.array(sums[1 + d:]).reshape(d, d)),
+            "weight": weight}
+
+
+def latent_codes(model: TabularAutoencoder, batches, max_rows: int, seed: int) -> np.ndarray:
+    """A uniform sample of at most ``max_rows`` of the codes of ``batches`` (float64 [n, d], in input order).
+
+    Each code gets a seeded random key and the ``max_rows`` smallest keys are kept as the
+    batches go by, so memory stays bounded whatever the shard size.
+    """
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    kept, keys = torch.zeros(0, model.config.latent_dim, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
+    with torch.inference_mode():
+        for batch in batches:
+            z = model.encode(batch["x_num"], batch["x_bin"], batch["x_cat"]).double().cpu()
+            kept = torch.cat([kept, z])
+            keys = torch.cat([keys, torch.rand(z.shape[0], generator=gen, dtype=torch.float64)])
+            if kept.shape[0] > max_rows:
+                idx = torch.sort(torch.topk(keys, max_rows, largest=False).indices).values
+                kept, keys = kept[idx], keys[idx]
+    return kept.numpy()
+
+
+def latent_fit(codes: np.ndarray, weight: float, seed: int, max_components: int = COMPONENTS[-1]) -> dict:
+    """The latent term with a mixture of up to ``max_components`` Gaussians fitted to ``codes`` (``aemodel.latent``)."""
+    return {**fit_mixture(codes, seed, tuple(k for k in COMPONENTS if k <= max_components)), "weight": weight}
 
 
 # --- layer 2: everything that talks to ray.train ----------------------------------------
@@ -76,6 +101,15 @@ def _global_sums(values: list[float], device: torch.device) -> list[float]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(t)
     return t.tolist()
+
+
+def _gather_codes(codes: np.ndarray) -> np.ndarray:
+    """Every worker's ``codes``, concatenated in rank order (the same array with one worker)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        parts: list = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(parts, codes)
+        return np.concatenate(parts)
+    return codes
 
 
 MODEL_INPUTS = ("x_num", "x_bin", "x_cat", "observed")
@@ -247,10 +281,17 @@ def train_loop_per_worker(config: dict) -> None:
     progress.close()
     raw_model.load_state_dict(best_state)
     latent = None
-    if config["latent_weight"] > 0:  # the Gaussian of every worker's training codes (all-reduced)
+    max_components = config.get("latent_components", 1)
+    if config["latent_weight"] > 0 and max_components == 1:  # one Gaussian of every worker's codes (all-reduced)
         d = raw_model.config.latent_dim
         sums = latent_sums(raw_model, epoch_batches(train_shard, cached, 8192, device), d)
-        latent = latent_fit(_global_sums(sums, device), d, config["latent_weight"])
+        latent = latent_gaussian_fit(_global_sums(sums, device), d, config["latent_weight"])
+    elif config["latent_weight"] > 0:  # a mixture fitted to a sample of every worker's training codes
+        world = ray.train.get_context().get_world_size()
+        codes = latent_codes(raw_model, epoch_batches(train_shard, cached, 8192, device), MAX_CODES // world,
+                             config["seed"] + rank)
+        # Every worker fits the same codes with the same seed, so all hold the same term.
+        latent = latent_fit(_gather_codes(codes), config["latent_weight"], config["seed"], max_components)
     reference, threshold = validation_reference(raw_model, val_data, device, baselines, config["threshold_quantile"],
                                                 config["constant_outputs"], config["columns"], config["scale_floor"],
                                                 latent)

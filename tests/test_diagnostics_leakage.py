@@ -280,19 +280,25 @@ def test_latent_term_is_fitted_on_training_codes_and_scored_as_calibrated():
     import torch
 
     from aemodel import ModelArtifact, RowScorer
-    from aemodel.losses import latent_gaussian
-    from jobs.train_loop import latent_fit, latent_sums
+    from aemodel.latent import latent_gaussian, mixture_distance
+    from jobs.train_loop import latent_codes, latent_fit, latent_gaussian_fit, latent_sums
     from jobs.train_eval import validation_reference
 
     pp, cfg, model, t = _tiny_model_and_data()
     names = [s.name for s in pp.specs]
     enc = pp.transform(t)
-    batches = _BatchSource(enc, rows_per_batch=150).iter_torch_batches(0, None, 0)
-    latent = latent_fit(latent_sums(model, batches, cfg.latent_dim), cfg.latent_dim, weight=0.5)
+    batches = _BatchSource(enc, rows_per_batch=150).iter_torch_batches(0, None, 0)  # sums must merge
+    latent = latent_gaussian_fit(latent_sums(model, batches, cfg.latent_dim), cfg.latent_dim, weight=0.5)
     with torch.inference_mode():
         z = model.encode(*(torch.from_numpy(enc[k]) for k in ("x_num", "x_bin", "x_cat"))).double().numpy()
-    assert np.allclose(latent["mean"], z.mean(0)) and latent["rows"] == len(z)
-    w = np.array(latent["whitening"])
+    assert latent["rows"] == len(z) and latent["components"] == 1
+    assert np.allclose(latent["means"][0], z.mean(0))
+    # The mixture path restricted to one component (a sample of codes, EM) is the same Gaussian.
+    codes = latent_codes(model, _BatchSource(enc, 150).iter_torch_batches(0, None, 0), max_rows=10_000, seed=0)
+    assert np.array_equal(codes, z)
+    np.testing.assert_allclose(mixture_distance(z, latent_fit(codes, 0.5, seed=0, max_components=1)),
+                               mixture_distance(z, latent), atol=1e-5)  # offsets differ by the ridge
+    w = np.array(latent["whitenings"][0])
     assert np.allclose(np.linalg.inv(w @ w.T), np.cov(z, rowvar=False, bias=True), rtol=1e-4, atol=1e-9)
     # On the rows it was fitted on, the squared Mahalanobis distance averages exactly latent_dim.
     ref, thr = validation_reference(model, _BatchSource(enc, 150), torch.device("cpu"), torch.tensor(pp.baselines),
@@ -305,6 +311,11 @@ def test_latent_term_is_fitted_on_training_codes_and_scored_as_calibrated():
     assert dist.mean() == pytest.approx(1.0, rel=1e-3) and dist.min() >= 0
     assert scored["anomaly_score"].mean() == pytest.approx(ref["mean"], rel=1e-5)  # the calibrated distribution
     np.testing.assert_array_equal(scored["is_anomaly"], scored["anomaly_score"] > thr["value"])
+    # An artefact of format 2 stores the same Gaussian as mean and whitening: it scores the same.
+    old_form = {"mean": latent["means"][0], "whitening": latent["whitenings"][0], "weight": 0.5, "rows": len(z)}
+    old_art = ModelArtifact(model_config=cfg, preprocessor=pp, state_dict=model.state_dict(), threshold=thr,
+                            reference={**ref, "latent": old_form}, history=[])
+    np.testing.assert_allclose(RowScorer(old_art).score_table(t)["anomaly_score"], scored["anomaly_score"], rtol=1e-6)
     # A collapsed latent dimension stays invertible (tiny ridge) instead of failing.
     mean, whitening = latent_gaussian(3, np.array([3.0, 0.0]), np.array([[5.0, 0.0], [0.0, 0.0]]))
     assert np.all(np.isfinite(whitening)) and mean.tolist() == [1.0, 0.0]

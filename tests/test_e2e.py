@@ -43,16 +43,24 @@ def test_validation_loss_falls_and_split_covers_all_rows(trained, mixed_data):
 
 def test_streaming_path_without_the_shard_cache_trains_on_the_same_rows(ray_start_2_cpus, mixed_data, trained,
                                                                          tmp_path):
-    """--cache-shard-mb 0 streams every epoch from Ray Data (the path for shards too big to hold)."""
+    """--cache-shard-mb 0 streams every epoch from Ray Data (the path for shards too big to hold).
+
+    It also fits the latent term as a mixture, whose codes both workers gather from each other.
+    """
     from jobs import train
 
     cfg = train.TrainConfig(data=mixed_data["train"], out=str(tmp_path / "model"), exclude_columns=[ROW_ID, LABEL],
                             num_workers=2, cpus_per_worker=0.5, epochs=6, hidden_dims=[32, 16], latent_dim=4,
-                            batch_size=128, storage_path=str(tmp_path / "ray"), cache_shard_mb=0)
+                            batch_size=128, storage_path=str(tmp_path / "ray"), cache_shard_mb=0,
+                            latent_components=4)
     streamed = train.run(cfg)
     h = streamed.history
     assert min(e["val_loss"] for e in h) < 0.8 * h[0]["val_loss"]
     assert (streamed.train_rows, streamed.val_rows) == (trained.train_rows, trained.val_rows)
+    latent = load_artifact(streamed.model_uri).reference["latent"]
+    assert latent["rows"] == streamed.train_rows  # every worker's codes (fewer than the sample cap)
+    assert latent["components"] in (1, 2, 4) and set(latent["bic"]) <= {"1", "2", "4"}
+    assert 0.3 < latent["validation_mean_distance"] < 3  # unseen normal rows: about as typical as training ones
 
 
 def test_artefact_round_trips_with_reference_and_threshold(trained):

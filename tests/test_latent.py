@@ -1,0 +1,80 @@
+"""The latent term's mixture: the fit, its choice of size, the stored forms and the sample of codes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from aemodel.latent import fit_mixture, latent_gaussian, mixture_distance, stored_mixture
+from aemodel.losses import latent_distance, latent_tensors
+
+
+def _clusters(n: int = 3000, seed: int = 0) -> np.ndarray:
+    """Codes in four tight clusters at the corners of a square: their overall mean is empty space."""
+    rng = np.random.default_rng(seed)
+    corners = np.array([[3.0, 3.0], [3.0, -3.0], [-3.0, 3.0], [-3.0, -3.0]])
+    return corners[rng.integers(4, size=n)] + rng.normal(scale=0.3, size=(n, 2))
+
+
+def test_bic_gives_clustered_codes_a_component_each_and_the_empty_centre_a_large_distance():
+    codes = _clusters()
+    latent = fit_mixture(codes, seed=0)
+    assert latent["components"] == 4 and set(latent["bic"]) == {"1", "2", "4", "8"}
+    assert mixture_distance(codes, latent).mean() == pytest.approx(1.0, abs=1e-9)  # a typical code scores 1
+    centre, corner = mixture_distance(np.array([[0.0, 0.0], [3.0, 3.0]]), latent)
+    assert centre > 20 * corner  # one Gaussian would call the centre the most typical point of all
+    single = fit_mixture(codes, seed=0, components=(1,))
+    assert mixture_distance(np.array([[0.0, 0.0]]), single)[0] < mixture_distance(np.array([[3.0, 3.0]]), single)[0]
+
+
+def test_one_gaussian_codes_keep_one_component():
+    codes = np.random.default_rng(1).normal(size=(2000, 3)) @ np.array([[2.0, 0, 0], [0.5, 1, 0], [0, 0, 0.2]])
+    assert fit_mixture(codes, seed=0)["components"] == 1
+
+
+def test_a_size_needs_two_codes_per_parameter():
+    codes = _clusters(n=60)  # 2-d: 5 parameters per component; 4 components need 46 codes, 8 need 94
+    assert set(fit_mixture(codes, seed=0)["bic"]) == {"1", "2", "4"}
+
+
+def test_torch_distance_matches_the_numpy_reference_and_the_fit_is_seeded():
+    codes = _clusters(seed=2)
+    latent = fit_mixture(codes, seed=5)
+    assert fit_mixture(codes, seed=5) == latent
+    probe = np.random.default_rng(3).normal(scale=4, size=(500, 2))
+    ours = latent_distance(torch.tensor(probe, dtype=torch.float32), *latent_tensors(latent, "cpu")).numpy()
+    np.testing.assert_allclose(ours, mixture_distance(probe, latent), rtol=1e-4, atol=1e-3)
+
+
+def test_an_artefact_with_one_stored_gaussian_scores_as_before():
+    """Version 2 artefacts store ``mean`` and ``whitening``: the distance stays the squared Mahalanobis / d."""
+    codes = np.random.default_rng(4).normal(size=(500, 3)) * [1.0, 2.0, 0.5] + 1.0
+    mean, whitening = latent_gaussian(len(codes), codes.sum(0), codes.T @ codes)
+    old = {"mean": mean.tolist(), "whitening": whitening.tolist(), "weight": 0.5, "rows": 500}
+    probe = np.random.default_rng(5).normal(size=(50, 3)) * 3
+    expected = (((probe - mean) @ whitening) ** 2).sum(1) / 3
+    np.testing.assert_allclose(mixture_distance(probe, old), expected, rtol=1e-9)
+    torch_dist = latent_distance(torch.tensor(probe, dtype=torch.float32), *latent_tensors(old, "cpu")).numpy()
+    np.testing.assert_allclose(torch_dist, expected, rtol=1e-4, atol=1e-4)
+    assert len(stored_mixture(old)[0]) == 1
+
+
+def test_latent_codes_keep_a_seeded_uniform_sample_in_input_order():
+    from jobs.train_loop import latent_codes
+
+    class Encoder(torch.nn.Module):
+        config = type("Config", (), {"latent_dim": 1})()
+
+        def encode(self, x_num, x_bin, x_cat):
+            return x_num[:, :1]
+
+    rows = torch.arange(10_000, dtype=torch.float32)[:, None]
+    batches = [{"x_num": rows[i:i + 999], "x_bin": rows[i:i + 999, :0], "x_cat": rows[i:i + 999, :0].long()}
+               for i in range(0, 10_000, 999)]
+    sample = latent_codes(Encoder(), batches, max_rows=1000, seed=7)[:, 0]
+    assert len(sample) == 1000 and len(np.unique(sample)) == 1000
+    assert np.all(np.diff(sample) > 0)  # input order
+    assert abs(sample.mean() - 5000) < 400  # spread over every batch, not the first ones
+    np.testing.assert_array_equal(sample, latent_codes(Encoder(), batches, max_rows=1000, seed=7)[:, 0])
+    assert len(latent_codes(Encoder(), batches[:1], max_rows=1000, seed=7)) == 999  # fewer rows: all of them
