@@ -118,9 +118,11 @@ def assess(cfg, model_config: AutoencoderConfig, history: list[dict], reference:
     if leakage.get("train_val_overlap_rows", 0) > max(1.0, 3 * leakage.get("expected_false_matches", 0.0)):
         warnings.append(f"{leakage['train_val_overlap_rows']} validation rows also occur in the training data "
                         "(leakage: validation loss and threshold look better than they are)")
+    latent = reference.get("latent")
     return {"best_epoch": best["epoch"], "epochs_run": len(history), "train_loss": best["train_loss"],
             "val_loss": best["val_loss"], "mean_baseline_val_loss": reference.get("mean_baseline_loss"),
             "stopped_early": len(history) < cfg.epochs, "latent_dim": model_config.latent_dim,
+            "latent_components": latent.get("components", 1) if latent else None,
             "n_features": model_config.n_columns, "diagnostics": checks, "warnings": warnings, "leakage": leakage}
 
 
@@ -150,6 +152,8 @@ def format_result(r: TrainResult) -> str:
         lines.append(format_diagnostics(r.metrics["diagnostics"]))
     for w in (r.metrics or {}).get("warnings", []):
         lines.append(f"[warning] {w}")
+    if (r.metrics or {}).get("latent_components", 1) > 1:  # the user asked for a mixture: say what BIC chose
+        lines.append(f"latent term: a mixture of {r.metrics['latent_components']} Gaussians over the training codes")
     lines.append(f"{verb} {r.model_uri} (version {r.version}): {len(r.history)} epochs, best: epoch {best['epoch']} "
                  f"train_loss={best['train_loss']:.4f} val_loss={best['val_loss']:.4f}, threshold={r.threshold:.4f}, "
                  f"rows train={r.train_rows} val={r.val_rows}, {r.wall_seconds:.1f}s")

@@ -78,3 +78,14 @@ def test_latent_codes_keep_a_seeded_uniform_sample_in_input_order():
     assert abs(sample.mean() - 5000) < 400  # spread over every batch, not the first ones
     np.testing.assert_array_equal(sample, latent_codes(Encoder(), batches, max_rows=1000, seed=7)[:, 0])
     assert len(latent_codes(Encoder(), batches[:1], max_rows=1000, seed=7)) == 999  # fewer rows: all of them
+
+
+@pytest.mark.parametrize("components", [1, 4])
+def test_training_says_what_mixture_bic_chose_only_when_a_mixture_was_asked_for(components):
+    from jobs.train_eval import TrainResult, format_result
+
+    result = TrainResult(model_uri="m", version="v", history=[{"epoch": 0, "train_loss": 1.0, "val_loss": 1.0}],
+                         threshold=2.0, reference={}, train_rows=10, val_rows=2, wall_seconds=1.0,
+                         metrics={"latent_components": components})
+    lines = format_result(result).splitlines()
+    assert ("latent term: a mixture of 4 Gaussians over the training codes" in lines) == (components == 4)
