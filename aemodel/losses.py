@@ -100,22 +100,35 @@ def error_scales(validation_means: np.ndarray, floor: float) -> np.ndarray:
 
 
 def latent_tensors(latent: dict | None, device: torch.device | str) -> tuple[torch.Tensor, ...] | None:
-    """(log_coef [K], means [K, d], whitenings [K, d, d], offset) of a stored latent term
-    (``reference["latent"]``, either form: ``aemodel.latent.stored_mixture``) as float32 tensors; None if absent."""
+    """A stored latent term (``reference["latent"]``, either form: ``aemodel.latent.stored_mixture``)
+    as the float32 arguments of ``latent_distance``; None if absent."""
     if not latent:
         return None
-    return tuple(torch.tensor(v, dtype=torch.float32, device=device) for v in stored_mixture(latent))
+    log_coef, means, whitenings, offset = stored_mixture(latent)
+    k, d, _ = whitenings.shape
+    stacked = whitenings.transpose(1, 0, 2).reshape(d, k * d)  # column block k is W_k
+    minus_shift = -np.einsum("kd,kde->ke", means, whitenings).reshape(k * d)  # -mu_k W_k
+    return tuple(torch.tensor(v, dtype=torch.float32, device=device) for v in (log_coef, stacked, minus_shift, offset))
 
 
-def latent_distance(z: torch.Tensor, log_coef: torch.Tensor, means: torch.Tensor, whitenings: torch.Tensor,
+_LATENT_ROWS = 8192
+"""Rows per step of ``latent_distance``: keeps its [rows, K*d] temporaries in cache (bench/RESULTS.md)."""
+
+
+def latent_distance(z: torch.Tensor, log_coef: torch.Tensor, stacked: torch.Tensor, minus_shift: torch.Tensor,
                     offset: torch.Tensor) -> torch.Tensor:
     """Per-row [B] latent distance of codes ``z`` [B, d] under the stored mixture (``aemodel.latent``).
 
-    One component: the squared Mahalanobis distance divided by ``d``.
+    One component: the squared Mahalanobis distance divided by ``d``. Every component's
+    ``(z - mu_k) W_k`` comes from one matrix product, ``z @ [W_1 .. W_K] - [mu_k W_k]``.
     """
-    y = torch.einsum("bkd,kde->bke", z[:, None, :] - means[None], whitenings)
-    log_density = torch.logsumexp(log_coef[None] - 0.5 * (y ** 2).sum(-1), dim=1)
-    return (-2 * log_density - offset) / z.shape[1]
+    k, d = log_coef.shape[0], z.shape[1]
+    parts = []
+    for chunk in z.split(_LATENT_ROWS):
+        sq = torch.addmm(minus_shift, chunk, stacked).square_().view(-1, k, d).sum(-1)  # [rows, K]
+        parts.append(torch.logsumexp(log_coef - 0.5 * sq, dim=1))
+    log_density = torch.cat(parts) if parts else z.new_zeros(0)
+    return (-2 * log_density - offset) / d
 
 
 def anomaly_score(recon_error: torch.Tensor, latent_dist: torch.Tensor | None, weight: float) -> torch.Tensor:
