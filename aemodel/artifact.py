@@ -34,8 +34,10 @@ FORMAT = "aescore-model"
 FORMAT_VERSION = 3
 """2: ``reference.latent`` (the latent term of anomaly_score; threshold on anomaly_score). Readers
 of version 1 would ignore the latent term and mis-score, so an older aescore refuses these.
-3: the latent term is a Gaussian mixture (``aemodel.latent``); version 2 readers know only one
-Gaussian, so they refuse these too. Versions 1 and 2 still load and score as they did."""
+3: the latent term is a Gaussian mixture of several components (``aemodel.latent``); version 2
+readers know only one Gaussian, so they refuse these. An artefact whose term has one
+component (the default) also stores it as version 2 did and is written as version 2, so
+an aescore one release older still scores it. Versions 1 and 2 load and score as they did."""
 READABLE_VERSIONS = (1, 2, 3)
 WEIGHTS_FILE = "model.safetensors"
 BLOOM_FILE = "train_rows.bloom"
@@ -102,6 +104,13 @@ def _join(uri: str, name: str) -> str:
     return uri.rstrip("/") + "/" + name
 
 
+def format_version(reference: dict) -> int:
+    """The oldest format whose readers score ``reference``'s latent term right: 2 when it is
+    (also) stored as one Gaussian (``mean`` / ``whitening``) or absent, else 3."""
+    latent = reference.get("latent")
+    return 2 if not latent or "whitening" in latent else FORMAT_VERSION
+
+
 def save_artifact(art: ModelArtifact, uri: str, storage_options: dict | None = None) -> str:
     """Write the artefact to ``uri`` (replacing any artefact there) and return its version."""
     fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
@@ -111,7 +120,7 @@ def save_artifact(art: ModelArtifact, uri: str, storage_options: dict | None = N
     art.created_at = art.created_at or datetime.now(timezone.utc).isoformat(timespec="seconds")
     meta = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": format_version(art.reference),
         "model_config": art.model_config.to_dict(),
         "preprocessor": art.preprocessor.to_dict(),
         "threshold": art.threshold,

@@ -60,7 +60,8 @@ def gaussian_from_moments(n: float, total: np.ndarray, outer: np.ndarray) -> dic
     mean, whitening = latent_gaussian(n, total, outer)
     log_det = float(np.log(np.abs(np.diagonal(whitening))).sum())
     return {"components": 1, "log_coef": [log_det], "means": [mean.tolist()], "whitenings": [whitening.tolist()],
-            "offset": -2 * log_det, "rows": int(n), "bic": {}}
+            "offset": -2 * log_det, "rows": int(n), "bic": {},
+            "mean": mean.tolist(), "whitening": whitening.tolist()}  # as format 2 stored it, for its readers
 
 
 def _log_terms(x: np.ndarray, log_coef: np.ndarray, means: np.ndarray, whitenings: np.ndarray) -> np.ndarray:
@@ -131,9 +132,12 @@ def fit_mixture(codes: np.ndarray, seed: int, components: tuple[int, ...] = COMP
         bic[k] = float(-2 * fits[k][3].sum() + params * np.log(n))
     best = min(bic, key=bic.get)
     log_coef, means, whitenings, log_density = fits[best]
-    return {"components": best, "log_coef": log_coef.tolist(), "means": means.tolist(),
-            "whitenings": whitenings.tolist(), "offset": float((-2 * log_density).mean() - d),
-            "rows": n, "bic": {str(k): v for k, v in bic.items()}}
+    fitted = {"components": best, "log_coef": log_coef.tolist(), "means": means.tolist(),
+              "whitenings": whitenings.tolist(), "offset": float((-2 * log_density).mean() - d),
+              "rows": n, "bic": {str(k): v for k, v in bic.items()}}
+    if best == 1:  # also as format 2 stored one Gaussian, for its readers (aemodel.artifact.format_version)
+        fitted.update(mean=means[0].tolist(), whitening=whitenings[0].tolist())
+    return fitted
 
 
 def stored_mixture(latent: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:

@@ -89,3 +89,19 @@ def test_training_says_what_mixture_bic_chose_only_when_a_mixture_was_asked_for(
                          metrics={"latent_components": components})
     lines = format_result(result).splitlines()
     assert ("latent term: a mixture of 4 Gaussians over the training codes" in lines) == (components == 4)
+
+
+def test_one_gaussian_is_also_stored_for_format_2_readers_and_a_mixture_needs_format_3():
+    from aemodel.artifact import FORMAT_VERSION, format_version
+    from jobs.train_loop import latent_gaussian_fit
+
+    codes = np.random.default_rng(6).normal(size=(300, 2))
+    single = fit_mixture(codes, seed=0, components=(1,))
+    mixture = fit_mixture(_clusters(), seed=0)
+    exact = latent_gaussian_fit([len(codes), *codes.sum(0), *(codes.T @ codes).ravel()], 2, weight=0.5)
+    assert format_version({"latent": single}) == format_version({"latent": exact}) == format_version({}) == 2
+    assert format_version({"latent": mixture}) == FORMAT_VERSION == 3
+    # What a format 2 reader computes from mean / whitening is the distance this version computes.
+    for latent in (single, exact):
+        old_form = {"mean": latent["mean"], "whitening": latent["whitening"]}
+        np.testing.assert_allclose(mixture_distance(codes, latent), mixture_distance(codes, old_form), atol=1e-5)
