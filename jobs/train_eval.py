@@ -152,7 +152,7 @@ def format_result(r: TrainResult) -> str:
         lines.append(format_diagnostics(r.metrics["diagnostics"]))
     for w in (r.metrics or {}).get("warnings", []):
         lines.append(f"[warning] {w}")
-    if (r.metrics or {}).get("latent_components", 1) > 1:  # the user asked for a mixture: say what BIC chose
+    if ((r.metrics or {}).get("latent_components") or 1) > 1:  # a mixture was asked for: say what BIC chose
         lines.append(f"latent term: a mixture of {r.metrics['latent_components']} Gaussians over the training codes")
     lines.append(f"{verb} {r.model_uri} (version {r.version}): {len(r.history)} epochs, best: epoch {best['epoch']} "
                  f"train_loss={best['train_loss']:.4f} val_loss={best['val_loss']:.4f}, threshold={r.threshold:.4f}, "

@@ -80,7 +80,7 @@ def test_latent_codes_keep_a_seeded_uniform_sample_in_input_order():
     assert len(latent_codes(Encoder(), batches[:1], max_rows=1000, seed=7)) == 999  # fewer rows: all of them
 
 
-@pytest.mark.parametrize("components", [1, 4])
+@pytest.mark.parametrize("components", [None, 1, 4])  # None: --latent-weight 0, no latent term
 def test_training_says_what_mixture_bic_chose_only_when_a_mixture_was_asked_for(components):
     from jobs.train_eval import TrainResult, format_result
 
