@@ -53,15 +53,29 @@ def latent_gaussian(n: float, total: np.ndarray, outer: np.ndarray) -> tuple[np.
     return mean, _whiten(np.asarray(outer, dtype=np.float64) / n - np.outer(mean, mean))
 
 
+def _log_det(whitenings: np.ndarray) -> np.ndarray:
+    """``log det W`` of whitening matrices [..., d, d] (triangular: the sum of the log diagonal)."""
+    return np.log(np.abs(np.diagonal(whitenings, axis1=-2, axis2=-1))).sum(-1)
+
+
+def _stored(log_coef: np.ndarray, means: np.ndarray, whitenings: np.ndarray, offset: float, rows: int,
+            bic: dict) -> dict:
+    """The form ``reference["latent"]`` holds; one component is also stored as format 2 stored
+    its Gaussian (``mean`` / ``whitening``), for its readers (``aemodel.artifact.format_version``)."""
+    stored = {"components": len(log_coef), "log_coef": np.asarray(log_coef).tolist(), "means": means.tolist(),
+              "whitenings": whitenings.tolist(), "offset": float(offset), "rows": int(rows), "bic": bic}
+    if len(log_coef) == 1:
+        stored.update(mean=means[0].tolist(), whitening=whitenings[0].tolist())
+    return stored
+
+
 def gaussian_from_moments(n: float, total: np.ndarray, outer: np.ndarray) -> dict:
     """One Gaussian, exactly, from the codes' count, sum and sum of outer products (mergeable
     across workers), in ``fit_mixture``'s stored form: the distance is the squared
     Mahalanobis distance per dimension, averaging 1.0 over the codes (up to the ridge)."""
     mean, whitening = latent_gaussian(n, total, outer)
-    log_det = float(np.log(np.abs(np.diagonal(whitening))).sum())
-    return {"components": 1, "log_coef": [log_det], "means": [mean.tolist()], "whitenings": [whitening.tolist()],
-            "offset": -2 * log_det, "rows": int(n), "bic": {},
-            "mean": mean.tolist(), "whitening": whitening.tolist()}  # as format 2 stored it, for its readers
+    log_det = float(_log_det(whitening))
+    return _stored(np.array([log_det]), mean[None], whitening[None], -2 * log_det, int(n), {})
 
 
 def _log_terms(x: np.ndarray, log_coef: np.ndarray, means: np.ndarray, whitenings: np.ndarray) -> np.ndarray:
@@ -102,7 +116,7 @@ def _em(x: np.ndarray, k: int, rng: np.random.Generator, iters: int = 200,
         means = resp.T @ x / nk[:, None]
         whitenings = np.array([_whiten(((x - means[j]) * resp[:, j:j + 1]).T @ (x - means[j]) / nk[j], ridge)
                                for j in range(k)])
-        log_coef = np.log(nk / n) + np.log(np.abs(np.diagonal(whitenings, axis1=1, axis2=2))).sum(1)
+        log_coef = np.log(nk / n) + _log_det(whitenings)
         terms = _log_terms(x, log_coef, means, whitenings)
         log_density = _logsumexp(terms)
         resp = np.exp(terms - log_density[:, None])
@@ -132,12 +146,8 @@ def fit_mixture(codes: np.ndarray, seed: int, components: tuple[int, ...] = COMP
         bic[k] = float(-2 * fits[k][3].sum() + params * np.log(n))
     best = min(bic, key=bic.get)
     log_coef, means, whitenings, log_density = fits[best]
-    fitted = {"components": best, "log_coef": log_coef.tolist(), "means": means.tolist(),
-              "whitenings": whitenings.tolist(), "offset": float((-2 * log_density).mean() - d),
-              "rows": n, "bic": {str(k): v for k, v in bic.items()}}
-    if best == 1:  # also as format 2 stored one Gaussian, for its readers (aemodel.artifact.format_version)
-        fitted.update(mean=means[0].tolist(), whitening=whitenings[0].tolist())
-    return fitted
+    return _stored(log_coef, means, whitenings, (-2 * log_density).mean() - d, n,
+                   {str(k): v for k, v in bic.items()})
 
 
 def stored_mixture(latent: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
@@ -151,7 +161,7 @@ def stored_mixture(latent: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, fl
         return (np.asarray(latent["log_coef"], dtype=np.float64), np.asarray(latent["means"], dtype=np.float64),
                 np.asarray(latent["whitenings"], dtype=np.float64), float(latent["offset"]))
     w = np.asarray(latent["whitening"], dtype=np.float64)
-    log_det = float(np.log(np.abs(np.diagonal(w))).sum())
+    log_det = float(_log_det(w))
     return np.array([log_det]), np.asarray(latent["mean"], dtype=np.float64)[None], w[None], -2 * log_det
 
 
