@@ -159,7 +159,7 @@ def _fit_and_save(cfg: TrainConfig, options: dict, t0: float, train_in: ParquetI
         # with a thread per core each stalled for seconds per epoch (bench/RESULTS.md,
         # train_throughput).
         "torch_threads": max(1, int(cfg.cpus_per_worker)), "threshold_quantile": cfg.quantile,
-        "latent_weight": cfg.latent_weight, "latent_components": cfg.latent_components,
+        "latent_weight": cfg.resolved_latent_weight(len(specs)), "latent_components": cfg.latent_components,
         "constant_outputs": pp.constant_outputs(), "columns": names,
         "scale_floor": cfg.scale_floor if cfg.scale_by_validation else None,
         # Each worker would hold its training shard and the whole validation set.

@@ -11,6 +11,12 @@ from dataclasses import dataclass, field
 from aemodel.model import Activation
 from aemodel.preprocess import PreprocessConfig
 
+FEATURES_PER_LATENT = 5
+"""The default latent size is one code per this many feature columns, between 2 and ``MAX_DEFAULT_LATENT``."""
+MAX_DEFAULT_LATENT = 8
+"""The largest default latent size. Tables wider than it accounts for (45 feature columns or more)
+get no latent term by default (``TrainConfig.resolved_latent_weight``)."""
+
 
 @dataclass(kw_only=True)
 class DataOptions:
@@ -80,10 +86,10 @@ class ThresholdOptions:
     """Divide each column's error by its mean validation error, so recon_error 1.0 is a typical validation row; off: every column weighs the same."""
     scale_floor: float = 0.05
     """Smallest per-column validation scale (fraction of the constant predictor's loss): caps the weight of near-perfect columns."""
-    latent_weight: float = 0.5
-    """Weight of the latent term in anomaly_score (recon_error + weight x the row code's Mahalanobis distance from the training codes, per latent dimension): catches rows that reconstruct well but sit where few training rows do; 0: anomaly_score is recon_error (bench/suite measures both)."""
+    latent_weight: float | None = None
+    """Weight of the latent term in anomaly_score (recon_error + weight x the row code's Mahalanobis distance from the training codes, per latent dimension): catches rows that reconstruct well but sit where few training rows do; 0: anomaly_score is recon_error. Default: 0.5, and 0 for 45 feature columns or more, where the default latent size is capped at 8 (bench/RESULTS.md, "latent term on wide tables"); 0.5 at any width with --latent-components above 1."""
     latent_components: int = 1
-    """Most Gaussians in the latent term's density of the training codes; above 1, BIC picks 1, 2, 4 or 8 up to this, so codes in clusters get one each and a row between clusters scores high (helped image-like and some mixed tables, cost others: bench/RESULTS.md, "latent mixture"); 1 (default): one Gaussian."""
+    """Most Gaussians in the latent term's density of the training codes; above 1, BIC picks 1, 2, 4 or 8 up to this, so codes in clusters get one each and a row between clusters scores high (against one Gaussian it helped image-like and some mixed tables and cost others: bench/RESULTS.md, "latent mixture"); 1 (default): one Gaussian."""
     threshold_quantile: float = 0.99
     """Anomaly threshold: this quantile of validation anomaly_score (ignored if threshold_fpr or contamination is set)."""
     threshold_fpr: float | None = None
@@ -148,7 +154,7 @@ class TrainOptions(RunOptions, ThresholdOptions, FitOptions, ModelOptions, DataO
             (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
             (self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
             (self.min_delta >= 0, f"min_delta must be >= 0, got {self.min_delta}"),
-            (self.latent_weight >= 0, f"latent_weight must be >= 0, got {self.latent_weight}"),
+            (self.latent_weight is None or self.latent_weight >= 0, f"latent_weight must be >= 0, got {self.latent_weight}"),
             (self.latent_components >= 1, f"latent_components must be >= 1, got {self.latent_components}"),
             (0.0 < self.scale_floor <= 1.0, f"scale_floor must be in (0, 1], got {self.scale_floor}"),
             (0.5 <= self.threshold_quantile < 1.0, f"threshold_quantile must be in [0.5, 1), got {self.threshold_quantile}"),
@@ -220,7 +226,23 @@ class TrainOptions(RunOptions, ThresholdOptions, FitOptions, ModelOptions, DataO
         normal ones (bench/quality.py: features / 5 beat features / 3 on wine and the
         mixed-type diabetes table and tied on breast cancer; digits gets 8 either way).
         """
-        return self.latent_dim if self.latent_dim is not None else int(min(8, max(2, n_features // 5)))
+        if self.latent_dim is not None:
+            return self.latent_dim
+        return int(min(MAX_DEFAULT_LATENT, max(2, n_features // FEATURES_PER_LATENT)))
+
+    def resolved_latent_weight(self, n_features: int) -> float:
+        """The latent term's weight, or the default: 0.5, and 0 on wide tables (45 features or more).
+
+        On wide tables the default latent size has stopped growing (``MAX_DEFAULT_LATENT``
+        codes for any width); on both wide development tables of the quality suite
+        (image-like digits, high-dimensional ad_data) the latent term cost AUROC, while on
+        the narrow mixed ones it helped (bench/RESULTS.md, "latent term on wide tables").
+        A mixture (``latent_components`` above 1) is asked for explicitly: 0.5 at any width.
+        """
+        if self.latent_weight is not None:
+            return self.latent_weight
+        wide = n_features // FEATURES_PER_LATENT > MAX_DEFAULT_LATENT
+        return 0.5 if not wide or self.latent_components > 1 else 0.0
 
     @property
     def quantile(self) -> float:

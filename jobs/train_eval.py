@@ -119,10 +119,15 @@ def assess(cfg, model_config: AutoencoderConfig, history: list[dict], reference:
         warnings.append(f"{leakage['train_val_overlap_rows']} validation rows also occur in the training data "
                         "(leakage: validation loss and threshold look better than they are)")
     latent = reference.get("latent")
+    notes = []
+    if cfg.latent_weight is None and not latent:  # the default turned the latent term off: say so, and how to add it
+        notes.append(f"latent term: off (the default for 45 or more feature columns; this table has "
+                     f"{model_config.n_columns}), so anomaly_score is recon_error; --latent-weight 0.5 adds it")
     return {"best_epoch": best["epoch"], "epochs_run": len(history), "train_loss": best["train_loss"],
             "val_loss": best["val_loss"], "mean_baseline_val_loss": reference.get("mean_baseline_loss"),
             "stopped_early": len(history) < cfg.epochs, "latent_dim": model_config.latent_dim,
             "latent_components": latent.get("components", 1) if latent else None,
+            "latent_weight": float(latent["weight"]) if latent else 0.0, "notes": notes,
             "n_features": model_config.n_columns, "diagnostics": checks, "warnings": warnings, "leakage": leakage}
 
 
@@ -152,6 +157,7 @@ def format_result(r: TrainResult) -> str:
         lines.append(format_diagnostics(r.metrics["diagnostics"]))
     for w in (r.metrics or {}).get("warnings", []):
         lines.append(f"[warning] {w}")
+    lines += (r.metrics or {}).get("notes", [])
     if ((r.metrics or {}).get("latent_components") or 1) > 1:  # a mixture was asked for: say what BIC chose
         lines.append(f"latent term: a mixture of {r.metrics['latent_components']} Gaussians over the training codes")
     lines.append(f"{verb} {r.model_uri} (version {r.version}): {len(r.history)} epochs, best: epoch {best['epoch']} "

@@ -105,3 +105,41 @@ def test_one_gaussian_is_also_stored_for_format_2_readers_and_a_mixture_needs_fo
     for latent in (single, exact):
         old_form = {"mean": latent["mean"], "whitening": latent["whitening"]}
         np.testing.assert_allclose(mixture_distance(codes, latent), mixture_distance(codes, old_form), atol=1e-5)
+
+
+def test_the_default_latent_weight_follows_the_table_width_and_an_explicit_one_wins():
+    from jobs.train_config import TrainConfig
+
+    cfg = TrainConfig(data="d", out="o")
+    assert [cfg.resolved_latent_weight(n) for n in (3, 44, 45, 130)] == [0.5, 0.5, 0.0, 0.0]
+    assert cfg.resolved_latent_dim(44) == cfg.resolved_latent_dim(45) == 8  # the width where the code stops growing
+    assert TrainConfig(data="d", out="o", latent_weight=0.2).resolved_latent_weight(130) == 0.2
+    assert TrainConfig(data="d", out="o", latent_weight=0.0).resolved_latent_weight(3) == 0.0
+    assert TrainConfig(data="d", out="o", latent_components=4).resolved_latent_weight(130) == 0.5
+
+
+@pytest.mark.parametrize("width", [44, 45])
+def test_a_wide_table_trains_without_the_latent_term_and_training_says_so(tmp_path, width):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from aemodel import RowScorer, load_artifact
+    from jobs import train
+    from jobs.train_eval import format_result
+
+    rng = np.random.default_rng(0)
+    table = pa.table({f"x{i}": rng.normal(size=400) for i in range(width)})
+    pq.write_table(table, tmp_path / "t.parquet")
+    result = train.run(train.TrainConfig(data=str(tmp_path / "t.parquet"), out=str(tmp_path / "m"), epochs=2,
+                                         hidden_dims=[16], cpus_per_worker=1, in_process=True))
+    art = load_artifact(result.model_uri)
+    scored = RowScorer(art).score_table(table)
+    note = [line for line in format_result(result).splitlines() if line.startswith("latent term: off")]
+    if width == 44:
+        assert art.reference["latent"]["weight"] == 0.5 and result.metrics["latent_weight"] == 0.5 and not note
+        assert np.all(scored["anomaly_score"] > scored["recon_error"])
+    else:
+        assert "latent" not in art.reference and result.metrics["latent_weight"] == 0.0
+        assert note == ["latent term: off (the default for 45 or more feature columns; this table has 45), so "
+                        "anomaly_score is recon_error; --latent-weight 0.5 adds it"]
+        np.testing.assert_array_equal(scored["anomaly_score"], scored["recon_error"])
