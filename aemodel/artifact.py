@@ -31,14 +31,16 @@ from aemodel.model import AutoencoderConfig, TabularAutoencoder
 from aemodel.preprocess import Preprocessor
 
 FORMAT = "aescore-model"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """2: ``reference.latent`` (the latent term of anomaly_score; threshold on anomaly_score). Readers
 of version 1 would ignore the latent term and mis-score, so an older aescore refuses these.
 3: the latent term is a Gaussian mixture of several components (``aemodel.latent``); version 2
 readers know only one Gaussian, so they refuse these. An artefact whose term has one
 component (the default) also stores it as version 2 did and is written as version 2, so
-an aescore one release older still scores it. Versions 1 and 2 load and score as they did."""
-READABLE_VERSIONS = (1, 2, 3)
+an aescore one release older still scores it. 4: ``reference.marginal`` (the marginal term,
+``aemodel.marginal``), which readers of versions 1-3 would ignore and mis-score, so they refuse
+these. Versions 1, 2 and 3 load and score as they did."""
+READABLE_VERSIONS = (1, 2, 3, 4)
 WEIGHTS_FILE = "model.safetensors"
 BLOOM_FILE = "train_rows.bloom"
 META_FILE = "model.json"
@@ -105,10 +107,12 @@ def _join(uri: str, name: str) -> str:
 
 
 def format_version(reference: dict) -> int:
-    """The oldest format whose readers score ``reference``'s latent term right: 2 when it is
-    (also) stored as one Gaussian (``mean`` / ``whitening``) or absent, else 3."""
+    """The oldest format whose readers score ``reference`` right: 4 with a marginal term; else 2
+    when the latent term is (also) stored as one Gaussian (``mean`` / ``whitening``) or absent, else 3."""
+    if reference.get("marginal"):
+        return 4
     latent = reference.get("latent")
-    return 2 if not latent or "whitening" in latent else FORMAT_VERSION
+    return 2 if not latent or "whitening" in latent else 3
 
 
 def save_artifact(art: ModelArtifact, uri: str, storage_options: dict | None = None) -> str:

@@ -36,10 +36,18 @@ training rows' codes, scaled so that a typical training row scores 1.0 (like
 distance divided by the latent size (``aemodel.latent`` has the formula and the fit):
 
     latent_distance(row) = (-2 log p(z) - offset) / latent_dim     (p: the codes' mixture)
-    anomaly_score(row)   = recon_error(row) + w * latent_distance(row)
 
-``w`` is ``TrainConfig.latent_weight``; 0 makes ``anomaly_score`` equal ``recon_error``.
-bench/suite measures the effect (bench/RESULTS.md, "latent term").
+A third term scores each value on its own, by how rare it is among the training rows'
+values of its column (``aemodel.marginal``: -log of a two-sided tail probability for a
+numeric value, of the frequency for a binary or categorical one, averaged over the row's
+observed cells, about 1.0 for a training row). It catches a value far out in its tail that
+agrees with the rest of its row, which the reconstruction then reproduces:
+
+    anomaly_score(row) = recon_error(row) + w * latent_distance(row) + m * marginal_distance(row)
+
+``w`` is ``TrainConfig.latent_weight`` and ``m`` ``TrainConfig.marginal_weight``; both 0
+make ``anomaly_score`` equal ``recon_error``. bench/suite measures the effects
+(bench/RESULTS.md, "latent term", "marginal tail term").
 """
 
 from __future__ import annotations
@@ -131,8 +139,13 @@ def latent_distance(z: torch.Tensor, log_coef: torch.Tensor, stacked: torch.Tens
     return (-2 * log_density - offset) / d
 
 
-def anomaly_score(recon_error: torch.Tensor, latent_dist: torch.Tensor | None, weight: float) -> torch.Tensor:
-    """The row score that ranks and thresholds rows: ``recon_error + weight * latent_distance``."""
-    if latent_dist is None or weight == 0:
-        return recon_error
-    return recon_error + weight * latent_dist
+def anomaly_score(recon_error: torch.Tensor, latent_dist: torch.Tensor | None, weight: float,
+                  marginal: torch.Tensor | None = None, marginal_weight: float = 0.0) -> torch.Tensor:
+    """The row score that ranks and thresholds rows:
+    ``recon_error + weight * latent_distance + marginal_weight * marginal_distance``."""
+    score = recon_error
+    if latent_dist is not None and weight != 0:
+        score = score + weight * latent_dist
+    if marginal is not None and marginal_weight != 0:
+        score = score + marginal_weight * marginal
+    return score

@@ -11,6 +11,7 @@ import torch
 
 from aemodel.artifact import ModelArtifact
 from aemodel.losses import anomaly_score, column_losses, latent_distance, latent_tensors, row_errors
+from aemodel.marginal import marginal_distance, marginal_tensors
 from aemodel.metrics import histogram_percentile
 from aemodel.preprocess import Preprocessor
 
@@ -134,6 +135,10 @@ class RowScorer:
         latent = artifact.reference.get("latent")
         self.latent_weight = float(latent["weight"]) if latent else 0.0
         self.latent = latent_tensors(latent, self.device)
+        # The marginal term (aemodel.marginal); artefacts written before it have none.
+        marginal = artifact.reference.get("marginal")
+        self.marginal_weight = float(marginal["weight"]) if marginal else 0.0
+        self.marginal = marginal_tensors(marginal, self.device)
         # z-scores compare scaled losses, so the validation reference is scaled the same way.
         self.ref_mean = np.array([ref[c]["mean"] for c in self.columns]) / scales if ref else None
         self.ref_std = np.array([ref[c]["std"] for c in self.columns]) / scales if ref else None
@@ -156,7 +161,9 @@ class RowScorer:
             losses = column_losses(recon, t["x_num"], t["x_bin"], t["x_cat"], self.loss_scales)
             err = row_errors(losses, t["observed"])
             dist = latent_distance(recon.latent, *self.latent) if self.latent is not None else None
-            score = anomaly_score(err, dist, self.latent_weight)
+            rare = (marginal_distance(t["x_num"], t["x_bin"], t["x_cat"], t["observed"], *self.marginal)
+                    if self.marginal is not None else None)
+            score = anomaly_score(err, dist, self.latent_weight, rare, self.marginal_weight)
         return score.float().cpu().numpy(), err.float().cpu().numpy(), losses.float().cpu().numpy()
 
     def score_encoded(self, enc: dict[str, np.ndarray]) -> np.ndarray:

@@ -88,6 +88,8 @@ class ThresholdOptions:
     """Smallest per-column validation scale (fraction of the constant predictor's loss): caps the weight of near-perfect columns."""
     latent_weight: float | None = None
     """Weight of the latent term in anomaly_score (recon_error + weight x the row code's Mahalanobis distance from the training codes, per latent dimension): catches rows that reconstruct well but sit where few training rows do; 0: anomaly_score is recon_error. Default: 0.5, and 0 for 45 feature columns or more, where the default latent size is capped at 8 (bench/RESULTS.md, "latent term on wide tables"); 0.5 at any width with --latent-components above 1."""
+    marginal_weight: float = 0.5
+    """Weight of the marginal term in anomaly_score: each observed value's -log rarity among the training rows' values of its column (a two-sided tail probability for numeric columns, the frequency for the others), averaged over the row and about 1.0 for a training row; catches a value far out in its tail that agrees with the rest of its row (bench/RESULTS.md, "marginal tail term"); 0: no marginal term."""
     latent_components: int = 1
     """Most Gaussians in the latent term's density of the training codes; above 1, BIC picks 1, 2, 4 or 8 up to this, so codes in clusters get one each and a row between clusters scores high (against one Gaussian it helped image-like and some mixed tables and cost others: bench/RESULTS.md, "latent mixture"); 1 (default): one Gaussian."""
     threshold_quantile: float = 0.99
@@ -155,6 +157,7 @@ class TrainOptions(RunOptions, ThresholdOptions, FitOptions, ModelOptions, DataO
             (self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
             (self.min_delta >= 0, f"min_delta must be >= 0, got {self.min_delta}"),
             (self.latent_weight is None or self.latent_weight >= 0, f"latent_weight must be >= 0, got {self.latent_weight}"),
+            (self.marginal_weight >= 0, f"marginal_weight must be >= 0, got {self.marginal_weight}"),
             (self.latent_components >= 1, f"latent_components must be >= 1, got {self.latent_components}"),
             (0.0 < self.scale_floor <= 1.0, f"scale_floor must be in (0, 1], got {self.scale_floor}"),
             (0.5 <= self.threshold_quantile < 1.0, f"threshold_quantile must be in [0.5, 1), got {self.threshold_quantile}"),

@@ -15,6 +15,7 @@ import torch
 
 from aemodel import column_losses, row_errors
 from aemodel.losses import anomaly_score, error_scales, latent_distance, latent_tensors
+from aemodel.marginal import marginal_distance, marginal_tensors
 from aemodel.diagnostics import calibrate_threshold, diagnose, format_diagnostics, mean_reconstruction
 from aemodel.model import AutoencoderConfig
 from aemodel.metrics import ErrorStats, histogram_edges
@@ -22,13 +23,14 @@ from aemodel.metrics import ErrorStats, histogram_edges
 
 def validation_reference(model: torch.nn.Module, val_data, device: torch.device, baselines: torch.Tensor,
                          quantile: float, constant_outputs: dict, columns: list[str],
-                         scale_floor: float | None = 0.05, latent: dict | None = None) -> tuple[dict, dict]:
+                         scale_floor: float | None = 0.05, latent: dict | None = None,
+                         marginal: dict | None = None) -> tuple[dict, dict]:
     """Validation error distribution, per-column reference, baseline loss and threshold.
 
     Two passes over the validation rows: the first measures each column's loss (its mean
     becomes the column's ``scale``, see ``aemodel.losses.error_scales``), the second
     computes every row's ``anomaly_score`` (``recon_error`` with those scales plus the
-    latent term, see ``aemodel.losses``) exactly as scoring will.
+    latent and marginal terms, see ``aemodel.losses``) exactly as scoring will.
 
     Args:
         val_data: A Ray Data iterator over the encoded validation rows (the whole set).
@@ -37,15 +39,18 @@ def validation_reference(model: torch.nn.Module, val_data, device: torch.device,
         columns: Feature names in model order.
         scale_floor: Floor of the per-column scales; None scales every column by 1.
         latent: The training codes' Gaussian (``mean``, ``whitening``) and ``weight`` of
-            the latent term in ``anomaly_score``; None: the score is ``recon_error``.
+            the latent term in ``anomaly_score``; None: no latent term.
+        marginal: ``aemodel.marginal.marginal_fit``'s stored term; None: no marginal term.
 
     Returns:
         ``reference``: ``ErrorStats.summary()`` of validation ``anomaly_score`` plus
         ``columns`` (count, mean and std of each column's normalised loss, and its
-        ``scale``), ``mean_baseline_loss`` and ``latent`` (``latent`` plus the validation
-        rows' mean ``latent_distance``); ``threshold``: ``calibrate_threshold``'s result.
+        ``scale``), ``mean_baseline_loss``, ``latent`` (``latent`` plus the validation
+        rows' mean ``latent_distance``) and ``marginal`` (``marginal`` plus the validation
+        rows' mean ``marginal_distance``); ``threshold``: ``calibrate_threshold``'s result.
     """
     lat = latent_tensors(latent, device)
+    marg = marginal_tensors(marginal, device)
 
     def batches():
         for batch in val_data.iter_torch_batches(batch_size=8192, device=device, prefetch_batches=2):
@@ -53,8 +58,9 @@ def validation_reference(model: torch.nn.Module, val_data, device: torch.device,
             with torch.inference_mode():
                 recon = model(*x)
                 dist = latent_distance(recon.latent, *lat) if lat is not None else None
+                rare = marginal_distance(*x, batch["observed"], *marg) if marg is not None else None
                 losses = column_losses(recon, *x, baselines)
-            yield x, batch["observed"], losses, dist
+            yield x, batch["observed"], losses, (dist, rare)
 
     model.eval()
     col_sums, baseline_sum = np.zeros((3, len(columns))), 0.0
@@ -71,8 +77,10 @@ def validation_reference(model: torch.nn.Module, val_data, device: torch.device,
     scales = error_scales(mean, scale_floor) if scale_floor is not None else np.ones(len(columns))
     scale_t = torch.tensor(scales, dtype=torch.float32, device=device)
     weight = latent["weight"] if latent is not None else 0.0
-    parts = [(anomaly_score(row_errors(losses / scale_t, observed), dist, weight).float().cpu().numpy(),
-              dist.float().cpu().numpy() if dist is not None else None) for _, observed, losses, dist in batches()]
+    marginal_weight = marginal["weight"] if marginal is not None else 0.0
+    parts = [(anomaly_score(row_errors(losses / scale_t, observed), dist, weight, rare, marginal_weight).float().cpu().numpy(),
+              *(t.double().cpu().numpy() if t is not None else None for t in (dist, rare)))
+             for _, observed, losses, (dist, rare) in batches()]
     values = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, dtype=np.float32)
     threshold = calibrate_threshold(values, quantile)
     stats = ErrorStats(edges=histogram_edges(), threshold=threshold["value"]).update(values)
@@ -82,6 +90,9 @@ def validation_reference(model: torch.nn.Module, val_data, device: torch.device,
     if latent is not None:
         dists = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0)
         reference["latent"] = {**latent, "validation_mean_distance": float(dists.mean()) if len(dists) else None}
+    if marginal is not None:
+        rares = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0)
+        reference["marginal"] = {**marginal, "validation_mean_distance": float(rares.mean()) if len(rares) else None}
     return reference, threshold
 
 
@@ -122,7 +133,7 @@ def assess(cfg, model_config: AutoencoderConfig, history: list[dict], reference:
     notes = []
     if cfg.latent_weight is None and not latent:  # the default turned the latent term off: say so, and how to add it
         notes.append(f"latent term: off (the default for 45 or more feature columns; this table has "
-                     f"{model_config.n_columns}), so anomaly_score is recon_error; --latent-weight 0.5 adds it")
+                     f"{model_config.n_columns}); --latent-weight 0.5 adds it")
     return {"best_epoch": best["epoch"], "epochs_run": len(history), "train_loss": best["train_loss"],
             "val_loss": best["val_loss"], "mean_baseline_val_loss": reference.get("mean_baseline_loss"),
             "stopped_early": len(history) < cfg.epochs, "latent_dim": model_config.latent_dim,

@@ -19,6 +19,7 @@ import torch
 
 from aemodel import AutoencoderConfig, TabularAutoencoder, batch_loss, column_losses, row_errors
 from aemodel.latent import COMPONENTS, MAX_CODES, fit_mixture, gaussian_from_moments
+from aemodel.marginal import marginal_counts, marginal_fit
 from jobs.errors import TrainingError
 from jobs.progress import EpochProgress
 from jobs.train_eval import validation_reference
@@ -292,9 +293,16 @@ def train_loop_per_worker(config: dict) -> None:
                              config["seed"] + rank)
         # Every worker fits the same codes with the same seed, so all hold the same term.
         latent = latent_fit(_gather_codes(codes), config["latent_weight"], config["seed"], max_components)
+    marginal = None
+    if config.get("marginal_weight", 0) > 0:  # every worker's counts of its training values, summed
+        mc = raw_model.config
+        counts = marginal_counts(epoch_batches(train_shard, cached, 8192, device), mc.n_numeric, mc.n_binary,
+                                 mc.category_sizes, config["clip_sigma"])
+        marginal = marginal_fit(_global_sums(counts.tolist(), device), mc.n_numeric, mc.n_binary,
+                                mc.category_sizes, config["clip_sigma"], config["marginal_weight"])
     reference, threshold = validation_reference(raw_model, val_data, device, baselines, config["threshold_quantile"],
                                                 config["constant_outputs"], config["columns"], config["scale_floor"],
-                                                latent)
+                                                latent, marginal)
     final = {**history[-1], "best_val_loss": lowest, "finished": True} if history else {"finished": True}
     _report(final, rank, {**snapshot(max(epoch, start_epoch - 1)), "finished": True},
             {"reference.json": reference, "threshold.json": threshold}, keep_dir=config["local_dir"])

@@ -100,7 +100,7 @@ def test_one_gaussian_is_also_stored_for_format_2_readers_and_a_mixture_needs_fo
     mixture = fit_mixture(_clusters(), seed=0)
     exact = latent_gaussian_fit([len(codes), *codes.sum(0), *(codes.T @ codes).ravel()], 2, weight=0.5)
     assert format_version({"latent": single}) == format_version({"latent": exact}) == format_version({}) == 2
-    assert format_version({"latent": mixture}) == FORMAT_VERSION == 3
+    assert format_version({"latent": mixture}) == 3 and format_version({"marginal": {"weight": 0.5}}) == FORMAT_VERSION == 4
     # What a format 2 reader computes from mean / whitening is the distance this version computes.
     for latent in (single, exact):
         old_form = {"mean": latent["mean"], "whitening": latent["whitening"]}
@@ -131,7 +131,8 @@ def test_a_wide_table_trains_without_the_latent_term_and_training_says_so(tmp_pa
     table = pa.table({f"x{i}": rng.normal(size=400) for i in range(width)})
     pq.write_table(table, tmp_path / "t.parquet")
     result = train.run(train.TrainConfig(data=str(tmp_path / "t.parquet"), out=str(tmp_path / "m"), epochs=2,
-                                         hidden_dims=[16], cpus_per_worker=1, in_process=True))
+                                         hidden_dims=[16], cpus_per_worker=1, in_process=True,
+                                         marginal_weight=0.0))  # the latent term alone
     art = load_artifact(result.model_uri)
     scored = RowScorer(art).score_table(table)
     note = [line for line in format_result(result).splitlines() if line.startswith("latent term: off")]
@@ -140,6 +141,6 @@ def test_a_wide_table_trains_without_the_latent_term_and_training_says_so(tmp_pa
         assert np.all(scored["anomaly_score"] > scored["recon_error"])
     else:
         assert "latent" not in art.reference and result.metrics["latent_weight"] == 0.0
-        assert note == ["latent term: off (the default for 45 or more feature columns; this table has 45), so "
-                        "anomaly_score is recon_error; --latent-weight 0.5 adds it"]
+        assert note == ["latent term: off (the default for 45 or more feature columns; this table has 45); "
+                        "--latent-weight 0.5 adds it"]
         np.testing.assert_array_equal(scored["anomaly_score"], scored["recon_error"])

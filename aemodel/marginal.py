@@ -1,0 +1,123 @@
+"""The marginal term of ``anomaly_score``: how rare each of a row's values is on its own.
+
+A reconstruction misses a value that is far out in its column's tail but agrees with the
+row's other columns (every amount of the row large together). The marginal term scores
+each observed cell by the negative log of how rare its value is among the training rows'
+values of that column, and averages over the row's observed cells:
+
+    numeric:      nll_c(x) = -log min(1, 2 min(P(X <= x), P(X >= x)))   (two-sided tail)
+    binary, cat.: nll_c(x) = -log P(X = x)
+    marginal_distance(row) = mean over observed cells of nll_c / scale
+
+The probabilities are training counts, +1 smoothed ((count + 1) / (n + 1)); numeric values
+are counted in ``BINS`` equal bins of the standardised (and clipped) scale, both ends
+inclusive within a bin. ``scale`` is the mean ``nll_c`` of a training cell, averaged over
+columns, so a typical training row scores about 1.0, like the other terms. Rank-based, the
+term needs no assumption about a column's shape: a skewed amount's long tail is rare
+however far it stretches (bench/RESULTS.md, "marginal tail term").
+
+Training counts the values (``marginal_counts``, summed over workers), ``marginal_fit``
+keeps the counts as the stored form, ``marginal_tensors`` turns them into one lookup
+table, and ``marginal_distance`` scores encoded rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+BINS = 512
+"""Bins of a numeric column's standardised range [-clip, clip]: 0.04 standard deviations each at the default clip of 10."""
+
+
+def _bins(x_num: torch.Tensor, clip: float) -> torch.Tensor:
+    """[B, n_numeric] each numeric cell's bin, as floats (whole numbers in [0, BINS))."""
+    return torch.add(x_num, clip).mul_(BINS / (2 * clip)).floor_().clamp_(0, BINS - 1)
+
+
+def _indices(x_num: torch.Tensor, x_bin: torch.Tensor, x_cat: torch.Tensor, clip: float) -> torch.Tensor:
+    """[B, n_columns] each cell's index within its column's counts (numeric: its bin)."""
+    return torch.cat([_bins(x_num, clip).long(), x_bin.long(), x_cat.long()], dim=1)
+
+
+def _sizes(n_numeric: int, n_binary: int, category_sizes: list[int]) -> list[int]:
+    """Counts per column, in model column order (numeric, binary, categorical)."""
+    return [BINS] * n_numeric + [2] * n_binary + list(category_sizes)
+
+
+def _offsets(sizes: list[int], device: torch.device | str) -> torch.Tensor:
+    return torch.tensor(np.concatenate([[0], np.cumsum(sizes)[:-1]]), dtype=torch.long, device=device)
+
+
+def marginal_counts(batches, n_numeric: int, n_binary: int, category_sizes: list[int], clip: float) -> torch.Tensor:
+    """Each column's counts of observed training values, concatenated in model column order (float64, flat).
+
+    ``batches`` yields encoded batches (``x_num``, ``x_bin``, ``x_cat``, ``observed``); the
+    result of several workers is their sum.
+    """
+    sizes = _sizes(n_numeric, n_binary, category_sizes)
+    counts = torch.zeros(sum(sizes), dtype=torch.float64)
+    offsets = None
+    for batch in batches:
+        idx = _indices(batch["x_num"], batch["x_bin"], batch["x_cat"], clip).cpu()
+        offsets = _offsets(sizes, "cpu") if offsets is None else offsets
+        counts += torch.bincount((idx + offsets).flatten(), weights=batch["observed"].double().cpu().flatten(),
+                                 minlength=len(counts))
+    return counts
+
+
+def _column_nll(counts: np.ndarray, numeric: bool) -> np.ndarray:
+    """``nll_c`` of every bin or value of one column from its counts (the module's formula)."""
+    n = counts.sum()
+    if not numeric:
+        return -np.log((counts + 1.0) / (n + 1.0))
+    at_most = np.cumsum(counts)
+    at_least = n - at_most + counts
+    tail = 2.0 * np.minimum(at_most + 1.0, at_least + 1.0) / (n + 1.0)
+    return -np.log(np.minimum(tail, 1.0))
+
+
+def marginal_fit(counts: np.ndarray | list[float], n_numeric: int, n_binary: int, category_sizes: list[int],
+                 clip: float, weight: float) -> dict:
+    """The stored marginal term (``reference["marginal"]``): per-column counts, ``clip``, ``scale`` and ``weight``."""
+    counts = np.asarray(counts, dtype=np.float64)
+    sizes = _sizes(n_numeric, n_binary, category_sizes)
+    per_column = np.split(counts, np.cumsum(sizes)[:-1])
+    means = [float((c * _column_nll(c, i < n_numeric)).sum() / c.sum())
+             for i, c in enumerate(per_column) if c.sum() > 0]
+    return {"bins": BINS, "clip": float(clip), "n_numeric": n_numeric, "n_binary": n_binary,
+            "category_sizes": list(category_sizes), "counts": [[int(v) for v in c] for c in per_column],
+            "scale": max(float(np.mean(means)), 1e-6) if means else 1.0, "weight": float(weight)}
+
+
+def marginal_tensors(marginal: dict | None, device: torch.device | str) -> tuple | None:
+    """A stored marginal term as the arguments of ``marginal_distance`` after the cells; None if absent."""
+    if not marginal:
+        return None
+    n_numeric = marginal["n_numeric"]
+    table = np.concatenate([_column_nll(np.asarray(c, dtype=np.float64), i < n_numeric)
+                            for i, c in enumerate(marginal["counts"])]) / marginal["scale"]
+    sizes = [len(c) for c in marginal["counts"]]
+    return (torch.tensor(table, dtype=torch.float32, device=device), _offsets(sizes, device), float(marginal["clip"]))
+
+
+_ROWS = 8192
+"""Rows per step of ``marginal_distance``: its [rows, n_columns] index temporaries stay in cache
+instead of faulting in fresh pages for the whole batch (a quarter of the time; bench/RESULTS.md)."""
+
+
+def marginal_distance(x_num: torch.Tensor, x_bin: torch.Tensor, x_cat: torch.Tensor, observed: torch.Tensor,
+                      table: torch.Tensor, offsets: torch.Tensor, clip: float) -> torch.Tensor:
+    """Per-row [B] marginal term of encoded rows: the mean scaled ``nll_c`` over the row's observed cells."""
+    n_numeric = x_num.shape[1]
+    numeric_offsets = offsets[:n_numeric].to(x_num.dtype)  # exact: whole numbers far below 2**24
+    parts = []
+    for start in range(0, x_num.shape[0], _ROWS):
+        rows = slice(start, start + _ROWS)
+        cells = torch.take(table, _bins(x_num[rows], clip).add_(numeric_offsets).long())
+        if offsets.numel() > n_numeric:
+            other = torch.cat([x_bin[rows].long(), x_cat[rows].long()], dim=1) + offsets[n_numeric:]
+            cells = torch.cat([cells, torch.take(table, other)], dim=1)
+        obs = observed[rows]
+        parts.append(cells.mul_(obs).sum(dim=1) / obs.sum(dim=1).clamp_min(1.0))
+    return torch.cat(parts) if parts else x_num.new_zeros(0)
