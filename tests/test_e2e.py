@@ -61,6 +61,10 @@ def test_streaming_path_without_the_shard_cache_trains_on_the_same_rows(ray_star
     assert latent["rows"] == streamed.train_rows  # every worker's codes (fewer than the sample cap)
     assert latent["components"] in (1, 2, 4) and set(latent["bic"]) <= {"1", "2", "4"}
     assert 0.3 < latent["validation_mean_distance"] < 3  # unseen normal rows: about as typical as training ones
+    # The marginal term counts every training row once, whichever worker read it (the counts are summed).
+    marginal = load_artifact(streamed.model_uri).reference["marginal"]
+    assert sum(marginal["counts"][0]) <= streamed.train_rows == max(sum(c) for c in marginal["counts"])
+    assert 0.3 < marginal["validation_mean_distance"] < 3
 
 
 def test_artefact_round_trips_with_reference_and_threshold(trained):
@@ -74,6 +78,7 @@ def test_artefact_round_trips_with_reference_and_threshold(trained):
     assert [h["epoch"] for h in art.history] == list(range(len(art.history)))
     kinds = [s.kind for s in art.preprocessor.specs]
     assert kinds.count("numeric") == 8 and kinds.count("binary") == 3 and kinds.count("categorical") == 2
+    assert art.reference["marginal"]["weight"] == 0.5 and len(art.reference["marginal"]["counts"]) == 13
 
 
 def test_scoring_output_is_complete_and_summary_matches_recomputation(scored, mixed_data):
