@@ -60,20 +60,28 @@ def _largest(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def top_features(col_losses: np.ndarray, observed: np.ndarray, names: list[str], k: int,
-                 ref_mean: np.ndarray | None, ref_std: np.ndarray | None) -> pa.Array:
+                 ref_mean: np.ndarray | None, ref_std: np.ndarray | None, missing_cells: np.ndarray | None = None,
+                 recon_error: np.ndarray | None = None) -> pa.Array:
     """The ``k`` columns contributing most to each row's error, with share and z-score.
 
     ``share`` is the column's part of the row's error (cells sum to 1 over all observed
     columns); ``z`` is how many validation standard deviations the column's error is above
     its validation mean (NaN without a reference). Missing cells are never listed.
+    ``missing_cells`` and ``recon_error`` (per row, as scoring has them already) save
+    recomputing them from ``observed`` and ``col_losses``.
     """
     k = min(k, col_losses.shape[1])
     # A cell's loss (a rounding error below 0 counts as 0) where observed, -1 where missing
     # (sorts last), rewritten only in the rows that have a missing cell.
     contrib = np.maximum(col_losses, 0, dtype=np.float32)
-    partial = np.flatnonzero(torch.from_numpy(np.asarray(observed, dtype=np.float32)).amin(dim=1).numpy() == 0)
+    if missing_cells is None:
+        missing_cells = col_losses.shape[1] - np.asarray(observed, dtype=np.float32).sum(axis=1)
+    partial = np.flatnonzero(missing_cells)
     contrib[partial] = np.where(observed[partial] > 0, contrib[partial], -1.0)
-    total = np.einsum("ij,ij->i", col_losses, observed)[:, None]  # the row's error over its observed cells
+    if recon_error is None:  # the row's error summed over its observed cells
+        total = np.einsum("ij,ij->i", col_losses, observed)[:, None]
+    else:  # recon_error is that sum over the observed cells' count
+        total = (recon_error * (col_losses.shape[1] - missing_cells).astype(np.float32))[:, None]
     picked, top = _largest(contrib, k)
     share = np.where(total > 0, np.clip(picked, 0, None) / np.maximum(total, 1e-30), 0.0)
     if ref_mean is not None and ref_std is not None:
@@ -200,8 +208,8 @@ class RowScorer:
             "unseen_cells": enc["unseen_cells"],
         }
         if top_k:
-            out["top_features"] = top_features(losses, enc["observed"], self.columns, top_k,
-                                               self.ref_mean, self.ref_std)
+            out["top_features"] = top_features(losses, enc["observed"], self.columns, top_k, self.ref_mean,
+                                               self.ref_std, enc["missing_cells"], err)
         if column_errors:
             out["column_errors"] = np.where(enc["observed"] > 0, losses, np.nan).astype(np.float32)
         return out

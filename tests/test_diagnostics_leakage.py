@@ -149,6 +149,16 @@ def test_top_features_match_a_full_sort(k):
         assert sum(f["share"] for f in row) == pytest.approx(losses[i, seen].sum() / max(
             (losses[i] * observed[i]).sum(), 1e-30), rel=1e-5)
     assert rows[7] == []
+    # What scoring passes in (each row's missing cells and recon_error) gives the same result.
+    import torch
+
+    from aemodel.losses import row_errors
+
+    recon = row_errors(torch.from_numpy(losses), torch.from_numpy(observed)).numpy()
+    given = top_features(losses, observed, names, k, None, None, (12 - observed.sum(1)).astype(np.int32), recon)
+    for a, b in zip(rows, given.to_pylist()):
+        assert [f["column"] for f in a] == [f["column"] for f in b]
+        np.testing.assert_allclose([f["share"] for f in a], [f["share"] for f in b], rtol=1e-5)
 
 
 def test_top_features_summary_counts_by_column_on_a_slice():
