@@ -87,7 +87,7 @@ class ThresholdOptions:
     scale_floor: float = 0.05
     """Smallest per-column validation scale (fraction of the constant predictor's loss): caps the weight of near-perfect columns."""
     latent_weight: float | None = None
-    """Weight of the latent term in anomaly_score (recon_error + weight x the row code's Mahalanobis distance from the training codes, per latent dimension): catches rows that reconstruct well but sit where few training rows do; 0: anomaly_score is recon_error. Default: 0.5, and 0 for 45 feature columns or more, where the default latent size is capped at 8 (bench/RESULTS.md, "latent term on wide tables"); 0.5 at any width with --latent-components above 1."""
+    """Weight of the latent term in anomaly_score (recon_error + weight x the row code's Mahalanobis distance from the training codes, per latent dimension): catches rows that reconstruct well but sit where few training rows do; 0: no latent term. Default: 0.5, and 0 for 45 feature columns or more, where the default latent size is capped at 8 (bench/RESULTS.md, "latent term on wide tables"); 0.5 at any width with --latent-components above 1."""
     marginal_weight: float = 0.5
     """Weight of the marginal term in anomaly_score: each observed value's -log rarity among the training rows' values of its column (a two-sided tail probability for numeric columns, the frequency for the others), averaged over the row and about 1.0 for a training row; catches a value far out in its tail that agrees with the rest of its row (bench/RESULTS.md, "marginal tail term"); 0: no marginal term."""
     latent_components: int = 1
