@@ -62,8 +62,9 @@ class ModelArtifact:
         state_dict: Weights.
         threshold: Anomaly threshold on ``anomaly_score`` and how it was chosen.
         reference: Validation ``anomaly_score`` distribution (``ErrorStats.summary()``), per-column
-            references and ``latent`` (the training codes' mixture, one Gaussian in v2 artefacts;
-            absent in v1 artefacts).
+            references, ``latent`` (the training codes' mixture, one Gaussian in v2 artefacts;
+            absent in v1 artefacts) and ``marginal`` (the training values' counts,
+            ``aemodel.marginal``; from v4).
         history: Per-epoch training and validation loss.
         train_config: The training job's config, for provenance.
         created_at: UTC ISO timestamp.
