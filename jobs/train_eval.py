@@ -78,7 +78,8 @@ def validation_reference(model: torch.nn.Module, val_data, device: torch.device,
     scale_t = torch.tensor(scales, dtype=torch.float32, device=device)
     weight = latent["weight"] if latent is not None else 0.0
     marginal_weight = marginal["weight"] if marginal is not None else 0.0
-    parts = [(anomaly_score(row_errors(losses / scale_t, observed), dist, weight, rare, marginal_weight).float().cpu().numpy(),
+    parts = [(anomaly_score(row_errors(losses / scale_t, observed), dist, weight, rare, marginal_weight)
+              .float().cpu().numpy(),
               *(t.double().cpu().numpy() if t is not None else None for t in (dist, rare)))
              for _, observed, losses, (dist, rare) in batches()]
     values = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, dtype=np.float32)

@@ -67,6 +67,8 @@ def test_nightly_holds_a_score_config_and_sweep_a_train_template(tmp_path):
     (["--column-types", "a=ordinal"], "unknown column type"),
     (["--activation", "swish"], "one of"),
     (["--val-fraction", "1.5"], "val_fraction"),
+    (["--marginal-weight", "-0.5"], "marginal_weight must be >= 0"),
+    (["--latent-weight", "-1"], "latent_weight must be >= 0"),
     (["--colour", "red"], "unrecognized arguments: --colour"),
     (["--storage-options", "s3cr3t"], "key=value"),
 ])
