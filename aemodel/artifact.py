@@ -36,8 +36,8 @@ FORMAT_VERSION = 4
 of version 1 would ignore the latent term and mis-score, so an older aescore refuses these.
 3: the latent term is a Gaussian mixture of several components (``aemodel.latent``); version 2
 readers know only one Gaussian, so they refuse these. An artefact whose term has one
-component (the default) also stores it as version 2 did and is written as version 2, so
-an aescore one release older still scores it. 4: ``reference.marginal`` (the marginal term,
+component also stores it as version 2 did and, without a marginal term (``--marginal-weight 0``),
+is written as version 2, so an aescore one release older still scores it. 4: ``reference.marginal`` (the marginal term,
 ``aemodel.marginal``), which readers of versions 1-3 would ignore and mis-score, so they refuse
 these. Versions 1, 2 and 3 load and score as they did."""
 READABLE_VERSIONS = (1, 2, 3, 4)

@@ -30,9 +30,13 @@ BINS = 512
 """Bins of a numeric column's standardised range [-clip, clip]: 0.04 standard deviations each at the default clip of 10."""
 
 
-def _bins(x_num: torch.Tensor, clip: float) -> torch.Tensor:
-    """[B, n_numeric] each numeric cell's bin, as floats (whole numbers in [0, BINS))."""
-    return torch.add(x_num, clip).mul_(BINS / (2 * clip)).floor_().clamp_(0, BINS - 1)
+SCALE_FLOOR = 0.05
+"""Smallest ``scale`` (mean nll of a training cell)."""
+
+
+def _bins(x_num: torch.Tensor, clip: float, bins: int = BINS) -> torch.Tensor:
+    """[B, n_numeric] each numeric cell's bin, as floats (whole numbers in [0, bins))."""
+    return torch.add(x_num, clip).mul_(bins / (2 * clip)).floor_().clamp_(0, bins - 1)
 
 
 def _indices(x_num: torch.Tensor, x_bin: torch.Tensor, x_cat: torch.Tensor, clip: float) -> torch.Tensor:
@@ -87,7 +91,9 @@ def marginal_fit(counts: np.ndarray | list[float], n_numeric: int, n_binary: int
              for i, c in enumerate(per_column) if c.sum() > 0]
     return {"bins": BINS, "clip": float(clip), "n_numeric": n_numeric, "n_binary": n_binary,
             "category_sizes": list(category_sizes), "counts": [[int(v) for v in c] for c in per_column],
-            "scale": max(float(np.mean(means)), 1e-6) if means else 1.0, "weight": float(weight)}
+            # Floored: on near-constant training columns every seen value has nll ~0, and one unseen
+            # value would otherwise score in the millions.
+            "scale": max(float(np.mean(means)), SCALE_FLOOR) if means else 1.0, "weight": float(weight)}
 
 
 def marginal_tensors(marginal: dict | None, device: torch.device | str) -> tuple | None:
@@ -98,7 +104,8 @@ def marginal_tensors(marginal: dict | None, device: torch.device | str) -> tuple
     table = np.concatenate([_column_nll(np.asarray(c, dtype=np.float64), i < n_numeric)
                             for i, c in enumerate(marginal["counts"])]) / marginal["scale"]
     sizes = [len(c) for c in marginal["counts"]]
-    return (torch.tensor(table, dtype=torch.float32, device=device), _offsets(sizes, device), float(marginal["clip"]))
+    return (torch.tensor(table, dtype=torch.float32, device=device), _offsets(sizes, device), float(marginal["clip"]),
+            int(marginal["bins"]))
 
 
 _ROWS = 8192
@@ -107,14 +114,17 @@ instead of faulting in fresh pages for the whole batch (a quarter of the time; b
 
 
 def marginal_distance(x_num: torch.Tensor, x_bin: torch.Tensor, x_cat: torch.Tensor, observed: torch.Tensor,
-                      table: torch.Tensor, offsets: torch.Tensor, clip: float) -> torch.Tensor:
-    """Per-row [B] marginal term of encoded rows: the mean scaled ``nll_c`` over the row's observed cells."""
+                      table: torch.Tensor, offsets: torch.Tensor, clip: float, bins: int = BINS) -> torch.Tensor:
+    """Per-row [B] marginal term of encoded rows: the mean scaled ``nll_c`` over the row's observed cells.
+
+    ``bins`` is the artefact's own bin count (``marginal_tensors`` passes it), not today's ``BINS``.
+    """
     n_numeric = x_num.shape[1]
     numeric_offsets = offsets[:n_numeric].to(x_num.dtype)  # exact: whole numbers far below 2**24
     parts = []
     for start in range(0, x_num.shape[0], _ROWS):
         rows = slice(start, start + _ROWS)
-        cells = torch.take(table, _bins(x_num[rows], clip).add_(numeric_offsets).long())
+        cells = torch.take(table, _bins(x_num[rows], clip, bins).add_(numeric_offsets).long())
         if offsets.numel() > n_numeric:
             other = torch.cat([x_bin[rows].long(), x_cat[rows].long()], dim=1) + offsets[n_numeric:]
             cells = torch.cat([cells, torch.take(table, other)], dim=1)

@@ -139,7 +139,7 @@ class RowScorer:
         """Divisor of each column's raw loss: training baseline times validation scale."""
         self.validation_histogram = artifact.reference.get("histogram")
         """The validation rows' anomaly_score histogram: where ``score_percentile`` places a row."""
-        # The latent term of anomaly_score; artefacts without one score recon_error alone.
+        # The latent term of anomaly_score; artefacts without one have weight 0 for it.
         latent = artifact.reference.get("latent")
         self.latent_weight = float(latent["weight"]) if latent else 0.0
         self.latent = latent_tensors(latent, self.device)
@@ -186,7 +186,7 @@ class RowScorer:
         ``score_percentile`` (0-100) is the row's rank within the model's validation rows:
         99.5 means 0.5% of normal validation rows scored higher.
         ``is_anomaly`` compares ``anomaly_score`` (``recon_error`` plus the model's latent
-        term, see ``aemodel.losses``) with the threshold.
+        and marginal terms, see ``aemodel.losses``) with the threshold.
 
         Args:
             table: Rows with (at least) the model's feature columns.

@@ -35,7 +35,8 @@ def test_numeric_cells_score_their_two_sided_tail_and_binary_and_categorical_the
     train = _batch(z, bins_, cats)
     m = marginal_fit(marginal_counts([train], 1, 1, [3], clip=10.0), 1, 1, [3], clip=10.0, weight=0.5)
     n = 4000
-    table, offsets, _ = marginal_tensors(m, "cpu")
+    table, offsets, _, bins = marginal_tensors(m, "cpu")
+    assert bins == BINS == m["bins"]
     nll = table.numpy() * m["scale"]
     # Binary and categorical: -log of the +1-smoothed training frequency.
     counts = np.bincount(cats[:, 0], minlength=3)
