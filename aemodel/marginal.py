@@ -17,11 +17,16 @@ term needs no assumption about a column's shape: a skewed amount's long tail is 
 however far it stretches (bench/RESULTS.md, "marginal tail term").
 
 Training counts the values (``marginal_counts``, summed over workers), ``marginal_fit``
-keeps the counts as the stored form, ``marginal_tensors`` turns them into one lookup
+keeps the counts as the stored form (each column's counts as little-endian uint64,
+zlib-compressed and base64-encoded: one short line of ``model.json`` per column, where a
+list of 512 numbers took 512 lines), ``marginal_tensors`` turns them into one lookup
 table, and ``marginal_distance`` scores encoded rows.
 """
 
 from __future__ import annotations
+
+import base64
+import zlib
 
 import numpy as np
 import torch
@@ -70,6 +75,16 @@ def marginal_counts(batches, n_numeric: int, n_binary: int, category_sizes: list
     return counts
 
 
+def _pack(counts: np.ndarray) -> str:
+    return base64.b64encode(zlib.compress(np.asarray(counts).astype("<u8").tobytes(), 9)).decode("ascii")
+
+
+def stored_counts(marginal: dict) -> list[np.ndarray]:
+    """Each column's counts (float64) from a stored marginal term (``marginal_fit``'s ``counts``)."""
+    return [np.frombuffer(zlib.decompress(base64.b64decode(c)), dtype="<u8").astype(np.float64)
+            for c in marginal["counts"]]
+
+
 def _column_nll(counts: np.ndarray, numeric: bool) -> np.ndarray:
     """``nll_c`` of every bin or value of one column from its counts (the module's formula)."""
     n = counts.sum()
@@ -90,7 +105,7 @@ def marginal_fit(counts: np.ndarray | list[float], n_numeric: int, n_binary: int
     means = [float((c * _column_nll(c, i < n_numeric)).sum() / c.sum())
              for i, c in enumerate(per_column) if c.sum() > 0]
     return {"bins": BINS, "clip": float(clip), "n_numeric": n_numeric, "n_binary": n_binary,
-            "category_sizes": list(category_sizes), "counts": [[int(v) for v in c] for c in per_column],
+            "category_sizes": list(category_sizes), "counts": [_pack(c) for c in per_column],
             # Floored: on near-constant training columns every seen value has nll ~0, and one unseen
             # value would otherwise score in the millions.
             "scale": max(float(np.mean(means)), SCALE_FLOOR) if means else 1.0, "weight": float(weight)}
@@ -101,9 +116,9 @@ def marginal_tensors(marginal: dict | None, device: torch.device | str) -> tuple
     if not marginal:
         return None
     n_numeric = marginal["n_numeric"]
-    table = np.concatenate([_column_nll(np.asarray(c, dtype=np.float64), i < n_numeric)
-                            for i, c in enumerate(marginal["counts"])]) / marginal["scale"]
-    sizes = [len(c) for c in marginal["counts"]]
+    counts = stored_counts(marginal)
+    table = np.concatenate([_column_nll(c, i < n_numeric) for i, c in enumerate(counts)]) / marginal["scale"]
+    sizes = [len(c) for c in counts]
     return (torch.tensor(table, dtype=torch.float32, device=device), _offsets(sizes, device), float(marginal["clip"]),
             int(marginal["bins"]))
 

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from aemodel import ArtifactError, RowScorer, SchemaError, auroc, load_artifact
+from aemodel.marginal import stored_counts
 from jobs import score
 from jobs.commit import committed_run
 from jobs.synthetic import LABEL, ROW_ID
@@ -63,7 +64,8 @@ def test_streaming_path_without_the_shard_cache_trains_on_the_same_rows(ray_star
     assert 0.3 < latent["validation_mean_distance"] < 3  # unseen normal rows: about as typical as training ones
     # The marginal term counts every training row once, whichever worker read it (the counts are summed).
     marginal = load_artifact(streamed.model_uri).reference["marginal"]
-    assert sum(marginal["counts"][0]) <= streamed.train_rows == max(sum(c) for c in marginal["counts"])
+    counts = stored_counts(marginal)
+    assert counts[0].sum() <= streamed.train_rows == max(c.sum() for c in counts)
     assert 0.3 < marginal["validation_mean_distance"] < 3
 
 
@@ -78,7 +80,7 @@ def test_artefact_round_trips_with_reference_and_threshold(trained):
     assert [h["epoch"] for h in art.history] == list(range(len(art.history)))
     kinds = [s.kind for s in art.preprocessor.specs]
     assert kinds.count("numeric") == 8 and kinds.count("binary") == 3 and kinds.count("categorical") == 2
-    assert art.reference["marginal"]["weight"] == 0.5 and len(art.reference["marginal"]["counts"]) == 13
+    assert art.reference["marginal"]["weight"] == 0.5 and len(stored_counts(art.reference["marginal"])) == 13
 
 
 def test_scoring_output_is_complete_and_summary_matches_recomputation(scored, mixed_data):

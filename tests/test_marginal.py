@@ -7,7 +7,8 @@ import pyarrow as pa
 import pytest
 import torch
 
-from aemodel.marginal import BINS, marginal_counts, marginal_distance, marginal_fit, marginal_tensors
+from aemodel.marginal import (BINS, marginal_counts, marginal_distance, marginal_fit, marginal_tensors,
+                              stored_counts)
 
 
 def _batch(x_num, x_bin=None, x_cat=None, observed=None):
@@ -70,6 +71,9 @@ def test_a_training_row_scores_1_on_average_missing_cells_are_skipped_and_worker
     merged = sum(marginal_counts([h], 3, 0, [4, 4], clip=10.0) for h in halves)  # as the all-reduce sums them
     assert torch.equal(counts, merged) and float(counts[:BINS].sum()) == 3000
     m = marginal_fit(counts, 3, 0, [4, 4], clip=10.0, weight=0.5)
+    # Stored compactly (one short string per column) and read back exactly.
+    np.testing.assert_array_equal(np.concatenate(stored_counts(m)), counts.numpy())
+    assert [len(c) for c in stored_counts(m)] == [BINS] * 3 + [4, 4] and max(len(c) for c in m["counts"]) < 2000
     assert _score(whole, m).mean() == pytest.approx(1.0, rel=1e-5)  # every cell observed: exactly 1
     # A missing cell neither counts nor scores: the row's mean over its other cells.
     observed = np.ones((1, 5), np.float32)
