@@ -33,10 +33,8 @@ import torch
 
 BINS = 512
 """Bins of a numeric column's standardised range [-clip, clip]: 0.04 standard deviations each at the default clip of 10."""
-
-
 SCALE_FLOOR = 0.05
-"""Smallest ``scale`` (mean nll of a training cell)."""
+"""Smallest ``scale`` (the mean nll of a training cell): see ``marginal_fit``."""
 
 
 def _bins(x_num: torch.Tensor, clip: float, bins: int = BINS) -> torch.Tensor:
