@@ -52,19 +52,20 @@ def validation_reference(model: torch.nn.Module, val_data, device: torch.device,
     lat = latent_tensors(latent, device)
     marg = marginal_tensors(marginal, device)
 
-    def batches():
+    def batches(terms: bool):
+        """Encoded batches with their losses; with ``terms``, also the latent and marginal terms."""
         for batch in val_data.iter_torch_batches(batch_size=8192, device=device, prefetch_batches=2):
             x = (batch["x_num"], batch["x_bin"], batch["x_cat"])
             with torch.inference_mode():
                 recon = model(*x)
-                dist = latent_distance(recon.latent, *lat) if lat is not None else None
-                rare = marginal_distance(*x, batch["observed"], *marg) if marg is not None else None
+                dist = latent_distance(recon.latent, *lat) if terms and lat is not None else None
+                rare = marginal_distance(*x, batch["observed"], *marg) if terms and marg is not None else None
                 losses = column_losses(recon, *x, baselines)
             yield x, batch["observed"], losses, (dist, rare)
 
     model.eval()
     col_sums, baseline_sum = np.zeros((3, len(columns))), 0.0
-    for x, observed, losses, _ in batches():
+    for x, observed, losses, _ in batches(terms=False):  # the terms are not needed for the scales
         with torch.inference_mode():
             const = mean_reconstruction(constant_outputs, x[0].shape[0], device)
             baseline_sum += float(row_errors(column_losses(const, *x, baselines), observed).sum())
@@ -81,7 +82,7 @@ def validation_reference(model: torch.nn.Module, val_data, device: torch.device,
     parts = [(anomaly_score(row_errors(losses / scale_t, observed), dist, weight, rare, marginal_weight)
               .float().cpu().numpy(),
               *(t.double().cpu().numpy() if t is not None else None for t in (dist, rare)))
-             for _, observed, losses, (dist, rare) in batches()]
+             for _, observed, losses, (dist, rare) in batches(terms=True)]
     values = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, dtype=np.float32)
     threshold = calibrate_threshold(values, quantile)
     stats = ErrorStats(edges=histogram_edges(), threshold=threshold["value"]).update(values)
