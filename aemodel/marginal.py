@@ -42,9 +42,15 @@ def _bins(x_num: torch.Tensor, clip: float, bins: int = BINS) -> torch.Tensor:
     return torch.add(x_num, clip).mul_(bins / (2 * clip)).floor_().clamp_(0, bins - 1)
 
 
-def _indices(x_num: torch.Tensor, x_bin: torch.Tensor, x_cat: torch.Tensor, clip: float) -> torch.Tensor:
-    """[B, n_columns] each cell's index within its column's counts (numeric: its bin)."""
-    return torch.cat([_bins(x_num, clip).long(), x_bin.long(), x_cat.long()], dim=1)
+def _cell_indices(x_num: torch.Tensor, x_bin: torch.Tensor, x_cat: torch.Tensor, offsets: torch.Tensor,
+                  clip: float, bins: int = BINS) -> torch.Tensor:
+    """[B, n_columns] each cell's position in the flat counts (numeric: its bin), in model column order."""
+    n_numeric = x_num.shape[1]
+    numeric_offsets = offsets[:n_numeric].to(x_num.dtype)  # exact: whole numbers far below 2**24
+    numeric = _bins(x_num, clip, bins).add_(numeric_offsets).long()
+    if offsets.numel() == n_numeric:
+        return numeric
+    return torch.cat([numeric, torch.cat([x_bin.long(), x_cat.long()], dim=1) + offsets[n_numeric:]], dim=1)
 
 
 def _sizes(n_numeric: int, n_binary: int, category_sizes: list[int]) -> list[int]:
@@ -64,12 +70,11 @@ def marginal_counts(batches, n_numeric: int, n_binary: int, category_sizes: list
     """
     sizes = _sizes(n_numeric, n_binary, category_sizes)
     counts = torch.zeros(sum(sizes), dtype=torch.float64)
-    offsets = None
+    offsets = _offsets(sizes, "cpu")
     for batch in batches:
-        idx = _indices(batch["x_num"], batch["x_bin"], batch["x_cat"], clip).cpu()
-        offsets = _offsets(sizes, "cpu") if offsets is None else offsets
-        counts += torch.bincount((idx + offsets).flatten(), weights=batch["observed"].double().cpu().flatten(),
-                                 minlength=len(counts))
+        x = [batch[k].cpu() for k in ("x_num", "x_bin", "x_cat")]
+        counts += torch.bincount(_cell_indices(*x, offsets, clip).flatten(),
+                                 weights=batch["observed"].double().cpu().flatten(), minlength=len(counts))
     return counts
 
 
@@ -132,15 +137,10 @@ def marginal_distance(x_num: torch.Tensor, x_bin: torch.Tensor, x_cat: torch.Ten
 
     ``bins`` is the artefact's own bin count (``marginal_tensors`` passes it), not today's ``BINS``.
     """
-    n_numeric = x_num.shape[1]
-    numeric_offsets = offsets[:n_numeric].to(x_num.dtype)  # exact: whole numbers far below 2**24
     parts = []
     for start in range(0, x_num.shape[0], _ROWS):
         rows = slice(start, start + _ROWS)
-        cells = torch.take(table, _bins(x_num[rows], clip, bins).add_(numeric_offsets).long())
-        if offsets.numel() > n_numeric:
-            other = torch.cat([x_bin[rows].long(), x_cat[rows].long()], dim=1) + offsets[n_numeric:]
-            cells = torch.cat([cells, torch.take(table, other)], dim=1)
+        cells = torch.take(table, _cell_indices(x_num[rows], x_bin[rows], x_cat[rows], offsets, clip, bins))
         obs = observed[rows]
         parts.append(cells.mul_(obs).sum(dim=1) / obs.sum(dim=1).clamp_min(1.0))
     return torch.cat(parts) if parts else x_num.new_zeros(0)
