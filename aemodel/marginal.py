@@ -16,11 +16,12 @@ columns, so a typical training row scores about 1.0, like the other terms. Rank-
 term needs no assumption about a column's shape: a skewed amount's long tail is rare
 however far it stretches (bench/RESULTS.md, "marginal tail term").
 
-Training counts the values (``marginal_counts``, summed over workers), ``marginal_fit``
-keeps the counts as the stored form (each column's counts as little-endian uint64,
-zlib-compressed and base64-encoded: one short line of ``model.json`` per column, where a
-list of 512 numbers took 512 lines), ``marginal_tensors`` turns them into one lookup
-table, and ``marginal_distance`` scores encoded rows.
+Training counts the values (``MarginalCounter`` a batch at a time, or ``marginal_counts``
+over an iterable; summed over workers), ``marginal_fit`` keeps the counts as the stored
+form (each column's counts as little-endian uint64, zlib-compressed and base64-encoded: one
+short line of ``model.json`` per column, where a list of 512 numbers took 512 lines),
+``marginal_tensors`` turns them into one lookup table, and ``marginal_distance`` scores
+encoded rows.
 """
 
 from __future__ import annotations
@@ -62,20 +63,36 @@ def _offsets(sizes: list[int], device: torch.device | str) -> torch.Tensor:
     return torch.tensor(np.concatenate([[0], np.cumsum(sizes)[:-1]]), dtype=torch.long, device=device)
 
 
+class MarginalCounter:
+    """Running ``marginal_counts``: ``add`` one encoded batch at a time (for a pass that feeds other sums too).
+
+    ``counts``: each column's counts of the observed values so far, concatenated in model
+    column order (float64, flat, on the CPU).
+    """
+
+    def __init__(self, n_numeric: int, n_binary: int, category_sizes: list[int], clip: float):
+        sizes = _sizes(n_numeric, n_binary, category_sizes)
+        self.clip = clip
+        self.counts = torch.zeros(sum(sizes), dtype=torch.float64)
+        self._offsets = _offsets(sizes, "cpu")
+
+    def add(self, batch: dict[str, torch.Tensor]) -> None:
+        """Count one encoded batch (``x_num``, ``x_bin``, ``x_cat``, ``observed``)."""
+        x = [batch[k].cpu() for k in ("x_num", "x_bin", "x_cat")]
+        self.counts += torch.bincount(_cell_indices(*x, self._offsets, self.clip).flatten(),
+                                      weights=batch["observed"].double().cpu().flatten(), minlength=len(self.counts))
+
+
 def marginal_counts(batches, n_numeric: int, n_binary: int, category_sizes: list[int], clip: float) -> torch.Tensor:
     """Each column's counts of observed training values, concatenated in model column order (float64, flat).
 
     ``batches`` yields encoded batches (``x_num``, ``x_bin``, ``x_cat``, ``observed``); the
     result of several workers is their sum.
     """
-    sizes = _sizes(n_numeric, n_binary, category_sizes)
-    counts = torch.zeros(sum(sizes), dtype=torch.float64)
-    offsets = _offsets(sizes, "cpu")
+    counter = MarginalCounter(n_numeric, n_binary, category_sizes, clip)
     for batch in batches:
-        x = [batch[k].cpu() for k in ("x_num", "x_bin", "x_cat")]
-        counts += torch.bincount(_cell_indices(*x, offsets, clip).flatten(),
-                                 weights=batch["observed"].double().cpu().flatten(), minlength=len(counts))
-    return counts
+        counter.add(batch)
+    return counter.counts
 
 
 def _pack(counts: np.ndarray) -> str:

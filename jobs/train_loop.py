@@ -18,11 +18,12 @@ import ray.train.torch
 import torch
 
 from aemodel import AutoencoderConfig, TabularAutoencoder, batch_loss, column_losses, row_errors
-from aemodel.latent import COMPONENTS, MAX_CODES, fit_mixture, gaussian_from_moments
-from aemodel.marginal import marginal_counts, marginal_fit
+from aemodel.latent import MAX_CODES
+from aemodel.marginal import MarginalCounter, marginal_fit
 from jobs.errors import TrainingError
 from jobs.progress import EpochProgress
 from jobs.train_eval import validation_reference
+from jobs.train_terms import LatentSample, LatentSums, latent_fit, latent_gaussian_fit, one_pass
 
 
 # --- layer 1: pure torch ---------------------------------------------------------------
@@ -48,50 +49,6 @@ def eval_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], baselines:
         err = row_errors(column_losses(recon, batch["x_num"], batch["x_bin"], batch["x_cat"], baselines),
                          batch["observed"])
     return float(err.sum()), int(err.shape[0])
-
-
-def latent_sums(model: TabularAutoencoder, batches, latent_dim: int) -> list[float]:
-    """Count, sum and sum of outer products of the codes of ``batches``, flattened (for an all-reduce)."""
-    model.eval()
-    n, total = 0.0, torch.zeros(latent_dim, dtype=torch.float64)
-    outer = torch.zeros(latent_dim, latent_dim, dtype=torch.float64)
-    with torch.inference_mode():
-        for batch in batches:
-            z = model.encode(batch["x_num"], batch["x_bin"], batch["x_cat"]).double().cpu()
-            n, total, outer = n + z.shape[0], total + z.sum(0), outer + z.T @ z
-    return [n, *total.tolist(), *outer.flatten().tolist()]
-
-
-def latent_gaussian_fit(sums: list[float], latent_dim: int, weight: float) -> dict:
-    """The latent term with one Gaussian, from (all-reduced) ``latent_sums``: exact over every training row."""
-    d = latent_dim
-    return {**gaussian_from_moments(sums[0], np.array(sums[1:1 + d]), np.array(sums[1 + d:]).reshape(d, d)),
-            "weight": weight}
-
-
-def latent_codes(model: TabularAutoencoder, batches, max_rows: int, seed: int) -> np.ndarray:
-    """A uniform sample of at most ``max_rows`` of the codes of ``batches`` (float64 [n, d], in input order).
-
-    Each code gets a seeded random key and the ``max_rows`` smallest keys are kept as the
-    batches go by, so memory stays bounded whatever the shard size.
-    """
-    model.eval()
-    gen = torch.Generator().manual_seed(seed)
-    kept, keys = torch.zeros(0, model.config.latent_dim, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
-    with torch.inference_mode():
-        for batch in batches:
-            z = model.encode(batch["x_num"], batch["x_bin"], batch["x_cat"]).double().cpu()
-            kept = torch.cat([kept, z])
-            keys = torch.cat([keys, torch.rand(z.shape[0], generator=gen, dtype=torch.float64)])
-            if kept.shape[0] > max_rows:
-                idx = torch.sort(torch.topk(keys, max_rows, largest=False).indices).values
-                kept, keys = kept[idx], keys[idx]
-    return kept.numpy()
-
-
-def latent_fit(codes: np.ndarray, weight: float, seed: int, max_components: int = COMPONENTS[-1]) -> dict:
-    """The latent term with a mixture of up to ``max_components`` Gaussians fitted to ``codes`` (``aemodel.latent``)."""
-    return {**fit_mixture(codes, seed, tuple(k for k in COMPONENTS if k <= max_components)), "weight": weight}
 
 
 # --- layer 2: everything that talks to ray.train ----------------------------------------
@@ -281,24 +238,26 @@ def train_loop_per_worker(config: dict) -> None:
 
     progress.close()
     raw_model.load_state_dict(best_state)
-    latent = None
-    max_components = config.get("latent_components", 1)
+    # The latent and marginal terms need every training row once: one pass feeds both.
+    mc, max_components = raw_model.config, config.get("latent_components", 1)
+    latent_acc = marginal_acc = None
     if config["latent_weight"] > 0 and max_components == 1:  # one Gaussian of every worker's codes (all-reduced)
-        d = raw_model.config.latent_dim
-        sums = latent_sums(raw_model, epoch_batches(train_shard, cached, 8192, device), d)
-        latent = latent_gaussian_fit(_global_sums(sums, device), d, config["latent_weight"])
+        latent_acc = LatentSums(raw_model, mc.latent_dim)
     elif config["latent_weight"] > 0:  # a mixture fitted to a sample of every worker's training codes
         world = ray.train.get_context().get_world_size()
-        codes = latent_codes(raw_model, epoch_batches(train_shard, cached, 8192, device), MAX_CODES // world,
-                             config["seed"] + rank)
-        # Every worker fits the same codes with the same seed, so all hold the same term.
-        latent = latent_fit(_gather_codes(codes), config["latent_weight"], config["seed"], max_components)
-    marginal = None
+        latent_acc = LatentSample(raw_model, MAX_CODES // world, config["seed"] + rank)
     if config.get("marginal_weight", 0) > 0:  # every worker's counts of its training values, summed
-        mc = raw_model.config
-        counts = marginal_counts(epoch_batches(train_shard, cached, 8192, device), mc.n_numeric, mc.n_binary,
-                                 mc.category_sizes, config["clip_sigma"])
-        marginal = marginal_fit(_global_sums(counts.tolist(), device), mc.n_numeric, mc.n_binary,
+        marginal_acc = MarginalCounter(mc.n_numeric, mc.n_binary, mc.category_sizes, config["clip_sigma"])
+    one_pass(epoch_batches(train_shard, cached, 8192, device), [a for a in (latent_acc, marginal_acc) if a])
+    latent = marginal = None
+    if isinstance(latent_acc, LatentSums):
+        latent = latent_gaussian_fit(_global_sums(latent_acc.result(), device), mc.latent_dim, config["latent_weight"])
+    elif latent_acc is not None:
+        # Every worker fits the same codes with the same seed, so all hold the same term.
+        latent = latent_fit(_gather_codes(latent_acc.result()), config["latent_weight"], config["seed"],
+                            max_components)
+    if marginal_acc is not None:
+        marginal = marginal_fit(_global_sums(marginal_acc.counts.tolist(), device), mc.n_numeric, mc.n_binary,
                                 mc.category_sizes, config["clip_sigma"], config["marginal_weight"])
     reference, threshold = validation_reference(raw_model, val_data, device, baselines, config["threshold_quantile"],
                                                 config["constant_outputs"], config["columns"], config["scale_floor"],

@@ -291,7 +291,7 @@ def test_latent_term_is_fitted_on_training_codes_and_scored_as_calibrated():
 
     from aemodel import ModelArtifact, RowScorer
     from aemodel.latent import latent_gaussian, mixture_distance
-    from jobs.train_loop import latent_codes, latent_fit, latent_gaussian_fit, latent_sums
+    from jobs.train_terms import latent_codes, latent_fit, latent_gaussian_fit, latent_sums
     from jobs.train_eval import validation_reference
 
     pp, cfg, model, t = _tiny_model_and_data()

@@ -117,3 +117,31 @@ def test_the_marginal_term_is_calibrated_and_scored_the_same_and_needs_format_4(
     far = RowScorer(art).score_table(extreme)
     far_rare = (far["anomaly_score"] - far["recon_error"]) / 0.5
     assert np.all(far_rare >= rare - 1e-5) and (far_rare > rare + 0.1).mean() > 0.9
+
+
+def test_one_read_of_the_training_rows_feeds_the_latent_and_marginal_sums():
+    """After training, a streamed shard is read once for both terms, with the sums of separate passes."""
+    from aemodel.marginal import MarginalCounter
+    from jobs.train_terms import LatentSample, LatentSums, latent_codes, latent_sums, one_pass
+    from tests.test_diagnostics_leakage import _BatchSource, _tiny_model_and_data
+
+    pp, cfg, model, t = _tiny_model_and_data()
+    enc = pp.transform(t)
+    batches = list(_BatchSource(enc, rows_per_batch=150).iter_torch_batches(0, None, 0))
+    reads = []
+
+    def stream():  # a streamed shard: each batch read as it is asked for
+        for b in batches:
+            reads.append(1)
+            yield b
+
+    sums, sample = LatentSums(model, cfg.latent_dim), LatentSample(model, max_rows=100, seed=3)
+    counter = MarginalCounter(cfg.n_numeric, cfg.n_binary, cfg.category_sizes, 10.0)
+    one_pass(stream(), [sums, sample, counter])
+    assert len(reads) == len(batches) > 1
+    np.testing.assert_allclose(sums.result(), latent_sums(model, batches, cfg.latent_dim), rtol=1e-12)
+    np.testing.assert_array_equal(sample.result(), latent_codes(model, batches, max_rows=100, seed=3))
+    assert torch.equal(counter.counts, marginal_counts(batches, cfg.n_numeric, cfg.n_binary, cfg.category_sizes, 10.0))
+    assert counter.counts.sum() == enc["observed"].sum()
+    one_pass(stream(), [])  # nothing to gather: the rows are not read
+    assert len(reads) == len(batches)
