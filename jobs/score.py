@@ -74,8 +74,13 @@ def _ignored_columns(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput) -
 
 
 def compute_run_id(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput) -> str:
-    """Same model, same input files (by size and ETag/mtime) and same options: same run."""
+    """Same model, same input files (by size and ETag/mtime) and same options: same run.
+
+    The options are those that change what is written (threshold, ids, the per-row extras,
+    precision), not those that change only how it is computed (compute path, batch size).
+    """
     return fingerprint({"model": art.version, "threshold": cfg.threshold, "id_columns": cfg.id_columns,
+                        "top_k": cfg.top_k, "column_errors": cfg.column_errors, "precision": cfg.precision,
                         "inputs": [(f.uri, f.size, f.etag) for f in data.files], "format": OUTPUT_FORMAT_VERSION})
 
 
@@ -95,6 +100,9 @@ def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact,
     cfg = replace(cfg, model=resolve_model_uri(cfg.model, options))  # follow a LATEST pointer once
     check_no_overlap(cfg.out, {"--model": cfg.model}, options)
     art = loader(cfg.model, options)  # fail fast on a bad artefact, before Ray starts
+    if cfg.precision != "fp32" and not cfg.use_gpu:  # decided here, so the manifest says what ran
+        print(f"note: --precision {cfg.precision} applies to GPU scoring only (--use-gpu); scoring in fp32", flush=True)
+        cfg = replace(cfg, precision="fp32")
     threshold = cfg.threshold if cfg.threshold is not None else art.threshold_value
     data = open_scoring_input(cfg, art)
     run_id = cfg.run_id or compute_run_id(cfg, art, data)

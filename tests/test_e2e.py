@@ -251,6 +251,14 @@ def test_rerun_with_same_run_id_reuses_the_committed_output(trained, mixed_data,
     forced = score.run(score.ScoreConfig(**{**cfg.__dict__, "force": True}))
     assert not forced.reused and forced.summary["row_count"] == first.summary["row_count"]
     assert _rows(str(tmp_path / "o")).num_rows == mixed_data["score_table"].num_rows
+    # Options that change what is written make a new run; precision on CPU is fp32 (what ran).
+    cpu_bf16 = score.run(score.ScoreConfig(**{**cfg.__dict__, "precision": "bf16"}))
+    assert cpu_bf16.reused and cpu_bf16.manifest["run_id"] == first.manifest["run_id"]
+    wider = score.run(score.ScoreConfig(**{**cfg.__dict__, "top_k": 5, "column_errors": True}))
+    assert not wider.reused and wider.manifest["run_id"] != first.manifest["run_id"]
+    rows = _rows(str(tmp_path / "o"))
+    assert max(len(v) for v in rows.column("top_features").to_pylist()) == 5
+    assert any(name.startswith("err_") for name in rows.column_names)
 
 
 def test_actor_pool_that_would_reserve_every_cpu_is_refused(trained, mixed_data, tmp_path):
