@@ -48,12 +48,14 @@ class PreprocessConfig:
     sign(x) * log1p(|x|) (amounts, counts, heavy tails); None: never (the default)."""
 
     def __post_init__(self) -> None:
-        if self.clip_sigma <= 0 or self.min_scale_ratio <= 0 or self.min_entropy <= 0:
-            raise ValueError("clip_sigma, min_scale_ratio and min_entropy must be > 0")
+        for name in ("clip_sigma", "min_scale_ratio", "min_entropy"):
+            if not getattr(self, name) > 0:  # one message per field: the user set one of them
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.log_skewness is not None and not self.log_skewness >= 0:
             raise ValueError(f"log_skewness must be >= 0, or null to turn it off, got {self.log_skewness}")
-        if self.max_categories < 1 or self.min_category_count < 1:
-            raise ValueError("max_categories and min_category_count must be >= 1")
+        for name in ("max_categories", "min_category_count"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 def numeric_values(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -241,6 +243,37 @@ class Preprocessor:
     @property
     def category_sizes(self) -> list[int]:
         return [len(self.categorical[n]["vocab"]) for n in self.categorical_names]
+
+    def constant_columns(self) -> dict[str, str]:
+        """Feature columns with a single value in every observed training cell: name -> that value.
+
+        Any other value at scoring is one the model never saw, and its cell's error then
+        dominates the row (often a label or outcome column left among the features).
+        """
+        found = {n: f"{p['min']:g}" for n, p in self.numeric.items() if p["min"] == p["max"]}
+        found.update({n: str(p["rate"] == 1.0) for n, p in self.binary.items() if p["rate"] in (0.0, 1.0)})
+        found.update({n: repr(p["vocab"][0]) for n, p in self.categorical.items() if p.get("distinct") == 1})
+        return {s.name: found[s.name] for s in self.specs if s.name in found}  # model column order
+
+    def numeric_like_categoricals(self, min_distinct: int = 20, share: float = 0.9) -> dict[str, int]:
+        """Text columns with many distinct values, most of those kept parsing as numbers: name -> distinct.
+
+        Usually numbers stored as strings (one "n/a" makes a whole CSV column text); as a
+        category each value is only equal or different, so nearness is lost.
+        """
+        def is_number(v: str) -> bool:
+            try:
+                float(v)
+            except ValueError:
+                return False
+            return True
+
+        found = {}
+        for n, p in self.categorical.items():
+            kept = p["vocab"][:-1]
+            if p.get("distinct", 0) >= min_distinct and kept and sum(map(is_number, kept)) >= share * len(kept):
+                found[n] = p["distinct"]
+        return found
 
     def constant_outputs(self) -> dict:
         """Outputs of the best constant predictor: the mean-reconstruction baseline.

@@ -87,6 +87,30 @@ def _legacy_manifest(fs: fsspec.AbstractFileSystem, path: str) -> dict | None:
     return manifest if isinstance(manifest, dict) and manifest.get("kind") == "aescore-score" else None
 
 
+def _marked(fs: fsspec.AbstractFileSystem, path: str, uri: str, kind: str) -> bool:
+    """True if ``path`` holds aescore's marker for ``kind``; False if no marker.
+
+    Raises:
+        OutputError: The marker names another kind of output.
+    """
+    marker = _read(fs, join(path, MARKER))
+    if marker is None:
+        return False
+    try:
+        found = json.loads(marker).get("kind")
+    except (ValueError, AttributeError):
+        found = None
+    if found != kind:
+        raise OutputError(f"{uri} holds aescore {found or 'unknown'} output, not {kind}; choose another prefix")
+    return True
+
+
+def check_kind(uri: str, kind: str, storage_options: dict | None = None) -> None:
+    """Refuse ``uri`` if aescore's marker there names another kind of output (before reading what is there)."""
+    fs, path = url_to_fs(uri, storage_options)
+    _marked(fs, path, uri, kind)
+
+
 def claim_prefix(uri: str, kind: str, storage_options: dict | None = None,
                  adopt: bool = False, write: bool = True) -> dict | None:
     """Make sure this run may write into ``uri``; mark it as aescore's if it is new.
@@ -109,14 +133,7 @@ def claim_prefix(uri: str, kind: str, storage_options: dict | None = None,
     fs, path = url_to_fs(uri, storage_options)
     check_bucket(fs, path, uri)
     fs.invalidate_cache()
-    marker = _read(fs, join(path, MARKER))
-    if marker is not None:
-        try:
-            found = json.loads(marker).get("kind")
-        except (ValueError, AttributeError):
-            found = None
-        if found != kind:
-            raise OutputError(f"{uri} holds aescore {found or 'unknown'} output, not {kind}; choose another prefix")
+    if _marked(fs, path, uri, kind):
         return None
     if fs.isfile(path):
         raise OutputError(f"{uri} is a file; the output must be a folder or prefix")

@@ -117,11 +117,15 @@ def _canonical(uri: str, storage_options: dict | None) -> str:
 
 
 def check_no_overlap(out: str, inputs: dict[str, str | None], storage_options: dict | None = None) -> None:
-    """Refuse an output prefix that contains, or lies inside, one of the ``inputs`` (flag -> URI).
+    """Refuse an output prefix that is a file, or that contains, or lies inside, one of the ``inputs`` (flag -> URI).
 
     Raises:
-        OutputError: The paths overlap (the run could delete or re-read its own input).
+        OutputError: ``out`` is an existing file (aescore writes a folder there), or the paths
+            overlap (the run could delete or re-read its own input).
     """
+    fs, path = url_to_fs(out, storage_options)
+    if fs.isfile(path):
+        raise OutputError(f"--out {out} is a file; aescore writes a folder of outputs there: choose a folder path")
     target = _canonical(out, storage_options)
     for flag, uri in inputs.items():
         if not uri:
@@ -266,9 +270,35 @@ def resolve_model_uri(uri: str, storage_options: dict | None = None) -> str:
     return target
 
 
-def publish_pointer(uri: str, model_uri: str, version: str, storage_options: dict | None = None) -> None:
-    """Write the pointer at ``uri`` to ``model_uri`` (one object write; atomic rename locally)."""
+def check_pointer_target(uri: str, storage_options: dict | None = None) -> None:
+    """Refuse a ``--publish-latest`` path that holds anything but a model pointer (before training).
+
+    The pointer replaces the file at ``uri``; a file of the user's there is never overwritten.
+    """
     fs, path = url_to_fs(uri, storage_options)
+    if fs.isdir(path):
+        raise InputError(f"--publish-latest {uri} is a folder; give the path of the pointer file to write")
+    if not fs.isfile(path):
+        return
+    try:
+        with fs.open(path, "rb") as f:
+            target = json.loads(f.read()).get("model_uri")
+    except (ValueError, AttributeError):
+        target = None
+    if not isinstance(target, str):
+        raise InputError(f"--publish-latest {uri} already holds a file that is not an aescore model pointer "
+                         "(JSON with model_uri); not overwriting it: choose another path")
+
+
+def publish_pointer(uri: str, model_uri: str, version: str, storage_options: dict | None = None) -> None:
+    """Write the pointer at ``uri`` to ``model_uri`` (one object write; atomic rename locally).
+
+    A local ``model_uri`` is stored as an absolute path, so the pointer works from any directory.
+    """
+    check_pointer_target(uri, storage_options)
+    fs, path = url_to_fs(uri, storage_options)
+    if "://" not in model_uri:
+        model_uri = os.path.abspath(model_uri)
     body = json.dumps({"model_uri": model_uri, "version": version}).encode()
     if isinstance(fs, LocalFileSystem):
         tmp = f"{path}.tmp"

@@ -30,7 +30,7 @@ from ray.train.torch import TorchTrainer
 from aemodel import (AutoencoderConfig, ModelArtifact, Preprocessor, check_schema, load_artifact, resolve_columns,
                      save_artifact)
 from aemodel.preprocess import partial_stats
-from jobs.commit import claim_prefix
+from jobs.commit import check_kind, claim_prefix
 from jobs.config import config_to_dict
 from jobs.datasets import ParquetInput, encode, explain_failure, hash_split, open_parquet_input, split_cut
 from jobs.errors import InputError, TrainingError
@@ -39,7 +39,7 @@ from jobs.progress import is_terminal, is_verbose
 from jobs.ray_runtime import alive_nodes, ensure_ray, on_one_machine, quiet_ray_console
 from jobs.report import training_report
 from jobs.storage import (arrow_filesystem, check_no_overlap, check_shared_paths, normalize_storage_options,
-                          publish_pointer, redact_config, url_to_fs)
+                          check_pointer_target, publish_pointer, redact_config, url_to_fs)
 from jobs.train_config import TrainConfig
 from jobs.train_loop import eval_step, train_loop_per_worker, train_step
 from jobs.train_eval import TrainResult, assess, final_checkpoint, format_result
@@ -78,11 +78,16 @@ def run(cfg: TrainConfig, report_links: list[tuple[str, str]] = ()) -> TrainResu
     names = [s.name for s in specs]
     run_id = fingerprint({"config": _identity(cfg), "inputs": [(f.uri, f.size, f.etag) for f in train_in.files],
                           "val_inputs": [(f.uri, f.size, f.etag) for f in val_in.files] if val_in else None})
+    check_kind(cfg.out, "model", options)  # a scores folder is named as such, not read as a broken model
     existing = _committed_artifact(cfg.out, options)
     # Checked before training; the marker is written only with the artefact.
     claim_prefix(cfg.out, "model", options, adopt=existing is not None, write=False)
+    if cfg.publish_latest:
+        check_pointer_target(cfg.publish_latest, options)
     if existing is not None and existing.run_id == run_id and not cfg.overwrite:
         print(f"{cfg.out} already holds the model of run {run_id}; reusing it (--overwrite retrains)", flush=True)
+        if cfg.publish_latest:  # a run that died after saving, rerun: finish what it started
+            publish_pointer(cfg.publish_latest, cfg.out, existing.version, options)
         return _result_from(existing, cfg.out, time.perf_counter() - t0, reused=True)
     if existing is not None and not cfg.overwrite:
         raise InputError(f"a model artefact from another run ({existing.run_id or 'unknown'}, version "
@@ -172,7 +177,7 @@ def _fit_and_save(cfg: TrainConfig, options: dict, t0: float, train_in: ParquetI
     if cfg.contamination is not None:
         threshold = {**threshold, "method": "contamination", "contamination": cfg.contamination}
     history = state["history"]
-    metrics = assess(cfg, model_config, history, reference, threshold, leakage)
+    metrics = assess(cfg, model_config, history, reference, threshold, leakage, pp)
     failed = [c for c in metrics["diagnostics"] if c["status"] == "fail"]
     if failed:  # checked before anything is written: a failed run leaves no artefact
         raise TrainingError("; ".join(f"{c['check']}: {c['message']}" for c in failed))

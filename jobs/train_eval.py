@@ -7,6 +7,7 @@ threshold, the per-column error reference and the diagnostics cannot leak scorin
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from aemodel.losses import anomaly_score, error_scales, latent_distance, latent_
 from aemodel.marginal import marginal_distance, marginal_tensors
 from aemodel.diagnostics import calibrate_threshold, diagnose, format_diagnostics, mean_reconstruction
 from aemodel.model import AutoencoderConfig
+from aemodel.preprocess import Preprocessor
 from aemodel.metrics import ErrorStats, histogram_edges
 
 
@@ -114,13 +116,18 @@ def final_checkpoint(result) -> tuple[dict, dict, dict]:
     return state, reference, threshold
 
 
+MIN_TAIL_ROWS = 5
+"""Fewest validation rows above the threshold for its false-alarm rate to mean something."""
+
+
 def assess(cfg, model_config: AutoencoderConfig, history: list[dict], reference: dict, threshold: dict,
-           leakage: dict) -> dict:
+           leakage: dict, pp: Preprocessor | None = None) -> dict:
     """The run's ``metrics.json``: final losses, diagnostics with verdicts, leakage checks.
 
     Args:
         cfg: The ``TrainConfig``.
         leakage: From ``jobs.train_stats.fit_statistics``: overlap counts and id-like columns.
+        pp: The fitted preprocessing, for warnings about columns (one training value, numbers as text).
     """
     best = min(history, key=lambda h: h["val_loss"])
     checks = diagnose(history, n_features=model_config.n_columns, input_width=model_config.input_dim,
@@ -128,6 +135,21 @@ def assess(cfg, model_config: AutoencoderConfig, history: list[dict], reference:
                       max_overfit_ratio=cfg.max_overfit_ratio, max_epochs=cfg.epochs, patience=cfg.patience)
     warnings = [f"column {c['column']!r} looks like a row id ({c['reason']}); ids as features let the model "
                 "memorise rows: exclude it (--exclude-columns)" for c in leakage["id_like_columns"]]
+    if pp is not None:
+        warnings += [f"column {name!r} holds one value in every training row ({value}): any other value will "
+                     "dominate its row's score; if it is a label or an outcome, exclude it (--exclude-columns)"
+                     for name, value in pp.constant_columns().items()]
+        warnings += [f"column {name!r} is text, but most of its values are numbers ({distinct} distinct): it is "
+                     f"modelled as categorical (its {len(pp.categorical[name]['vocab']) - 1} most frequent values "
+                     "kept, no notion of nearness); store it as a number to model it as one"
+                     for name, distinct in pp.numeric_like_categoricals().items()]
+    tail, n_val = threshold.get("tail_rows"), threshold.get("validation_rows")
+    if tail is not None and n_val and tail < MIN_TAIL_ROWS:  # the quantile is one of the last few rows
+        q = threshold["quantile"]
+        warnings.append(f"threshold: the {q:g} quantile of {n_val} validation rows has {tail} row(s) above it, "
+                        f"so the share of new normal rows flagged can be far from {1 - q:.1%}; about "
+                        f"{math.ceil(MIN_TAIL_ROWS / (1 - q))} validation rows would put {MIN_TAIL_ROWS} above it "
+                        "(--val-data, a larger --val-fraction, or a lower --threshold-quantile)")
     if leakage.get("train_val_overlap_rows", 0) > max(1.0, 3 * leakage.get("expected_false_matches", 0.0)):
         warnings.append(f"{leakage['train_val_overlap_rows']} validation rows also occur in the training data "
                         "(leakage: validation loss and threshold look better than they are)")

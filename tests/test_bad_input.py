@@ -151,6 +151,16 @@ def test_invalid_training_config_rejected_before_ray(flags, pattern, mixed_data,
     assert "Started a local Ray instance" not in result.stderr
 
 
+@pytest.mark.parametrize("command", ["train", "score"])
+def test_out_that_is_a_file_is_refused_and_left_alone(command, trained, mixed_data, tmp_path):
+    mine = tmp_path / "scores.parquet"
+    mine.write_bytes(b"my own file")
+    args = ["--data", mixed_data["score"], "--out", str(mine)]
+    result = _cli(command, *args, *(["--model", trained.model_uri] if command == "score" else []))
+    _assert_failed_cleanly(result, r"--out .*scores\.parquet is a file; aescore writes a folder", tmp_path / "none")
+    assert mine.read_bytes() == b"my own file"
+
+
 def test_all_nan_column_in_training_names_the_column(ray_start_2_cpus, tmp_path):
     t = _table(400)
     t = t.set_column(t.schema.get_field_index("num_2"), "num_2", pa.array(np.full(400, np.nan)))

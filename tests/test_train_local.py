@@ -143,3 +143,80 @@ def test_training_on_one_machine_is_reproducible(mixed_data, tmp_path):
     assert a.threshold["value"] == b.threshold["value"]
     for k, v in a.state_dict.items():
         assert torch.equal(v, b.state_dict[k]), k
+
+
+def test_publish_latest_points_at_the_model_from_anywhere_even_after_a_rerun(mixed_data, tmp_path, monkeypatch):
+    """The pointer holds an absolute path; a rerun that reuses the model still (re)writes it;
+    a file of the user's at that path is never overwritten."""
+    from jobs.errors import InputError
+    from jobs.storage import resolve_model_uri
+
+    monkeypatch.chdir(tmp_path)
+    latest = tmp_path / "latest.json"
+    first = _train(mixed_data["train"], "model", epochs=1, local_data=True, publish_latest=str(latest))
+    pointer = json.loads(latest.read_text())
+    assert pointer["model_uri"] == str(tmp_path / "model") and pointer["version"] == load_artifact("model").version
+    latest.unlink()  # as if the first run had died between saving the model and publishing it
+    again = _train(mixed_data["train"], "model", epochs=1, local_data=True, publish_latest=str(latest))
+    assert again.reused and json.loads(latest.read_text()) == pointer
+    monkeypatch.chdir(tmp_path.parent)
+    assert resolve_model_uri(str(latest)) == str(tmp_path / "model")
+    mine = tmp_path / "notes.json"
+    mine.write_text('{"my": "notes"}')
+    with pytest.raises(InputError, match="not an aescore model pointer"):
+        _train(mixed_data["train"], str(tmp_path / "other"), epochs=1, local_data=True, publish_latest=str(mine))
+    assert mine.read_text() == '{"my": "notes"}' and not (tmp_path / "other").exists()
+    assert first.version == again.version
+
+
+def test_columns_with_one_training_value_or_numbers_as_text_are_named_in_warnings(tmp_path):
+    """A label left among the features (always False on normal-only training rows) would
+    dominate every row where it differs: training says so, for each kind of column; and a
+    numeric column stored as text (modelled as categories) is named too."""
+    from jobs.synthetic import make_mixed_table
+
+    t = make_mixed_table(600, seed=3)
+    radius = [f"{v:.2f}" for v in np.random.default_rng(0).normal(14, 3, 600)]
+    radius[5] = "n/a"  # one text value made the whole CSV column text
+    t = t.append_column("malignant", pa.array(np.zeros(600, bool))).append_column(
+        "site", pa.array(["A"] * 600)).append_column("version", pa.array(np.full(600, 2.0))).append_column(
+        "radius", pa.array(radius))
+    (tmp_path / "d").mkdir()
+    pq.write_table(t, tmp_path / "d" / "p.parquet")
+    res = _train(str(tmp_path / "d"), tmp_path / "m", epochs=1, local_data=True)
+    constant = [w for w in res.metrics["warnings"] if "holds one value in every training row" in w]
+    assert len(constant) == 3, res.metrics["warnings"]
+    assert any("'malignant'" in w and "(False)" in w and "--exclude-columns" in w for w in constant)
+    assert any("'site'" in w and "('A')" in w for w in constant) and any("'version'" in w and "(2)" in w
+                                                                         for w in constant)
+    assert not any("'num_0'" in w for w in res.metrics["warnings"])
+    [text] = [w for w in res.metrics["warnings"] if "is text, but most of its values are numbers" in w]
+    assert "'radius'" in text and "modelled as categorical" in text
+    assert not any("'cat_" in w for w in res.metrics["warnings"])  # ordinary categories are not numbers
+
+
+def test_a_threshold_with_few_validation_rows_above_it_is_flagged(tmp_path):
+    """The 0.99 quantile of a few dozen validation rows is their maximum: training says what that means."""
+    from jobs.synthetic import make_mixed_table
+
+    (tmp_path / "d").mkdir()
+    pq.write_table(make_mixed_table(150, seed=4), tmp_path / "d" / "p.parquet")
+    res = _train(str(tmp_path / "d"), tmp_path / "m", epochs=1, local_data=True)
+    n_val = res.val_rows
+    assert n_val < 100
+    [w] = [w for w in res.metrics["warnings"] if w.startswith("threshold:")]
+    assert f"0.99 quantile of {n_val} validation rows has 0 row(s) above it" in w and "500 validation rows" in w
+    res = _train(str(tmp_path / "d"), tmp_path / "m2", epochs=1, local_data=True, threshold_quantile=0.8)
+    assert not [w for w in res.metrics["warnings"] if w.startswith("threshold:")]  # 20% of 30 rows: 6 above it
+
+
+def test_training_into_a_scores_folder_says_so(mixed_data, tmp_path):
+    from jobs.errors import OutputError
+
+    scores = tmp_path / "scores"
+    scores.mkdir()
+    (scores / "_aescore.json").write_text('{"format": "aescore-output", "kind": "scores"}')
+    (scores / "_SUCCESS").write_text('{"run": "runs/x", "run_id": "r"}')
+    with pytest.raises(OutputError, match="holds aescore scores output, not model"):
+        _train(mixed_data["train"], scores, epochs=1, local_data=True)
+    assert sorted(p.name for p in scores.iterdir()) == ["_SUCCESS", "_aescore.json"]
