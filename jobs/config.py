@@ -151,6 +151,12 @@ def _one_line(e: BaseException) -> str:
     """jsonargparse's message on one line, its type names as a user writes them."""
     text = " ".join(str(e).split()).replace('Parser key "', 'option "').replace("Expected a ", "expected ")
     text = re.sub(r"<class '(\w+)'>", r"\1", text)
+    # An optional number: "Does not validate against any of the Union subtypes ... Given value: x"
+    union = re.match(r'(option "[^"]+"): Does not validate against any of the Union subtypes '
+                     r"Subtypes: \[(.*?)\].*Given value: (.*)$", text)
+    if union:
+        kinds = " or ".join("null" if k.strip() == "NoneType" else k.strip() for k in union.group(2).split(","))
+        text = f"{union.group(1)}: expected {kinds}. Got value: {union.group(3)}"
     return re.sub(r"typing\.Literal\[(.*?)\]", r"one of [\1]", text)
 
 

@@ -104,8 +104,11 @@ def scoring_report(summary: dict, reference: dict | None = None) -> bytes:
              ("threshold", f"{summary['threshold']:.4g} ({summary['threshold_source']})"),
              ("rows flagged", f"{summary['anomaly_count']:,} ({100 * (summary['anomaly_rate'] or 0):.2f}%)")]
     if reference is not None and anomaly_rate(reference) is not None:
+        n_val = finite_count(reference)
+        above = round(anomaly_rate(reference) * n_val)
+        rough = f"; {above} of {n_val:,} rows: a rough estimate" if above < 5 else f" over {n_val:,} rows"
         facts.append(("validation rows above the threshold", f"{100 * anomaly_rate(reference):.2f}% (expected "
-                                                             "false-alarm rate on normal data)"))
+                                                             f"false-alarm rate on normal data{rough})"))
     notes = [("warning", w) for w in summary.get("warnings", [])]
     images = []
     if finite:

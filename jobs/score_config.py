@@ -95,7 +95,7 @@ class ScoreConfig(ScoreOptions):
     data: str
     """Parquet to score: a file, a directory/prefix of shards, or a glob (any fsspec URI)."""
     out: str
-    """Output prefix: rows/, summary.json and _SUCCESS are written under it (replaced on rerun)."""
+    """Output prefix (a folder aescore owns): each run writes runs/<run>/ (rows/, summary.json, report.html) and commits by pointing _SUCCESS at it; a rerun with the same model, inputs and options reuses it (--force recomputes), a different one replaces it."""
 
     def __post_init__(self) -> None:
         if not (self.model and self.data and self.out):

@@ -267,7 +267,7 @@ class TrainConfig(TrainOptions):
     data: str
     """Training Parquet: a file, a directory/prefix of shards, or a glob (any fsspec URI)."""
     out: str
-    """Where to write the model artefact (directory or object prefix); replaced if present."""
+    """Where to write the model artefact (a folder or object prefix aescore owns); a rerun with the same data and options reuses it, a different one needs --overwrite."""
 
     def __post_init__(self) -> None:
         if not self.data or not self.out:
