@@ -91,8 +91,11 @@ def _marked(fs: fsspec.AbstractFileSystem, path: str, uri: str, kind: str) -> bo
     """True if ``path`` holds aescore's marker for ``kind``; False if no marker.
 
     Raises:
-        OutputError: The marker names another kind of output.
+        OutputError: ``path`` is a file (checked first: reading a marker under it would fail
+            with NotADirectoryError), or the marker names another kind of output.
     """
+    if fs.isfile(path):
+        raise OutputError(f"--out {uri} is a file; aescore writes a folder of outputs there: choose a folder path")
     marker = _read(fs, join(path, MARKER))
     if marker is None:
         return False
@@ -106,7 +109,7 @@ def _marked(fs: fsspec.AbstractFileSystem, path: str, uri: str, kind: str) -> bo
 
 
 def check_kind(uri: str, kind: str, storage_options: dict | None = None) -> None:
-    """Refuse ``uri`` if aescore's marker there names another kind of output (before reading what is there)."""
+    """Refuse ``uri`` if it is a file or aescore's marker there names another kind of output (before reading what is there)."""
     fs, path = url_to_fs(uri, storage_options)
     _marked(fs, path, uri, kind)
 
@@ -135,8 +138,6 @@ def claim_prefix(uri: str, kind: str, storage_options: dict | None = None,
     fs.invalidate_cache()
     if _marked(fs, path, uri, kind):
         return None
-    if fs.isfile(path):
-        raise OutputError(f"{uri} is a file; the output must be a folder or prefix")
     entries = [p.rstrip("/").rsplit("/", 1)[-1] for p in (fs.ls(path, detail=False) if fs.isdir(path) else [])]
     legacy = _legacy_manifest(fs, path) if kind == "scores" else None
     if entries and not (legacy or adopt):

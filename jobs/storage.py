@@ -117,15 +117,11 @@ def _canonical(uri: str, storage_options: dict | None) -> str:
 
 
 def check_no_overlap(out: str, inputs: dict[str, str | None], storage_options: dict | None = None) -> None:
-    """Refuse an output prefix that is a file, or that contains, or lies inside, one of the ``inputs`` (flag -> URI).
+    """Refuse an output prefix that contains, or lies inside, one of the ``inputs`` (flag -> URI).
 
     Raises:
-        OutputError: ``out`` is an existing file (aescore writes a folder there), or the paths
-            overlap (the run could delete or re-read its own input).
+        OutputError: The paths overlap (the run could delete or re-read its own input).
     """
-    fs, path = url_to_fs(out, storage_options)
-    if fs.isfile(path):
-        raise OutputError(f"--out {out} is a file; aescore writes a folder of outputs there: choose a folder path")
     target = _canonical(out, storage_options)
     for flag, uri in inputs.items():
         if not uri:
@@ -251,6 +247,16 @@ def move_tree(fs: fsspec.AbstractFileSystem, src: str, dst: str) -> list[str]:
     return moved
 
 
+def _pointer_target(fs: fsspec.AbstractFileSystem, path: str) -> object:
+    """The ``model_uri`` value of the pointer file at ``path``, of any type.
+
+    Raises:
+        ValueError, KeyError, TypeError: The file is not a JSON object with ``model_uri``.
+    """
+    with fs.open(path, "rb") as f:
+        return json.loads(f.read())["model_uri"]
+
+
 def resolve_model_uri(uri: str, storage_options: dict | None = None) -> str:
     """A model URI, following a pointer file (JSON ``{"model_uri": ...}``) if ``uri`` is one.
 
@@ -261,8 +267,7 @@ def resolve_model_uri(uri: str, storage_options: dict | None = None) -> str:
     if not fs.isfile(path):
         return uri
     try:
-        with fs.open(path, "rb") as f:
-            target = json.loads(f.read())["model_uri"]
+        target = _pointer_target(fs, path)
     except (ValueError, KeyError, TypeError) as e:
         raise InputError(f"{uri} is a file but not a model pointer (JSON with model_uri): {e}") from e
     if not isinstance(target, str) or not target:
@@ -281,11 +286,10 @@ def check_pointer_target(uri: str, storage_options: dict | None = None) -> None:
     if not fs.isfile(path):
         return
     try:
-        with fs.open(path, "rb") as f:
-            target = json.loads(f.read()).get("model_uri")
-    except (ValueError, AttributeError):
+        target = _pointer_target(fs, path)
+    except (ValueError, KeyError, TypeError):
         target = None
-    if not isinstance(target, str):
+    if not isinstance(target, str) or not target:
         raise InputError(f"--publish-latest {uri} already holds a file that is not an aescore model pointer "
                          "(JSON with model_uri); not overwriting it: choose another path")
 
