@@ -157,6 +157,8 @@ def _one_line(e: BaseException) -> str:
     if union:
         kinds = " or ".join("null" if k.strip() == "NoneType" else k.strip() for k in union.group(2).split(","))
         text = f"{union.group(1)}: expected {kinds}. Got value: {union.group(3)}"
+    if text.startswith("unrecognized arguments:"):  # normalize_argv wrote --a_b; the user typed --a-b
+        text = re.sub(r"(?<!\S)--([\w.]+)", lambda m: "--" + m.group(1).replace("_", "-"), text)
     return re.sub(r"typing\.Literal\[(.*?)\]", r"one of [\1]", text)
 
 

@@ -70,6 +70,7 @@ def test_nightly_holds_a_score_config_and_sweep_a_train_template(tmp_path):
     (["--marginal-weight", "-0.5"], "marginal_weight must be >= 0"),
     (["--latent-weight", "-1"], "latent_weight must be >= 0"),
     (["--colour", "red"], "unrecognized arguments: --colour"),
+    (["--bogus-flag", "1"], "unrecognized arguments: --bogus-flag 1"),
     (["--storage-options", "s3cr3t"], "key=value"),
 ])
 def test_invalid_values_are_rejected(flags, message):
