@@ -182,7 +182,8 @@ def _score_and_summarize(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInpu
     summary.update({
         "threshold_source": "override" if cfg.threshold is not None else art.threshold.get("method"),
         "threshold_ci": None if cfg.threshold is not None else art.threshold.get("ci"),
-        "model": {"uri": cfg.model, "version": art.version, "created_at": art.created_at},
+        "model": {"uri": cfg.model, "version": art.version, "created_at": art.created_at,
+                  "warnings": list((art.metrics or {}).get("warnings", []))},
         "input": {"uri": cfg.data, "files": [f.uri for f in data.files], "rows": data.num_rows,
                   "skipped_empty_files": data.skipped_empty, "skipped_non_parquet_files": data.skipped_other,
                   "ignored_columns": _ignored_columns(cfg, art, data)},

@@ -120,4 +120,6 @@ def summary_warnings(summary: dict) -> list[str]:
     rows = summary["row_count"] or 1
     if summary.get("unseen_cells", 0) > 0.05 * rows:
         out.append(f"{summary['unseen_cells']} categorical cells hold values never seen in training")
+    # Repeated here: a nightly job's log may be the only output anyone reads.
+    out += [f"the model's training warned: {w}" for w in summary.get("model", {}).get("warnings", [])]
     return out

@@ -194,6 +194,12 @@ def test_columns_with_one_training_value_or_numbers_as_text_are_named_in_warning
     assert "'radius'" in text and "modelled as categorical" in text
     assert not any("'cat_" in w for w in res.metrics["warnings"])  # ordinary categories are not numbers
 
+    from jobs import score  # scoring with the model repeats them: a nightly log may be all anyone reads
+    scored = score.run(score.ScoreConfig(model=res.model_uri, data=str(tmp_path / "d"), out=str(tmp_path / "s")))
+    repeated = [w for w in scored.summary["warnings"] if w.startswith("the model's training warned: ")]
+    assert [w.removeprefix("the model's training warned: ") for w in repeated] == res.metrics["warnings"]
+    assert "training warned: column 'malignant'" in score.format_result(scored)
+
 
 def test_a_threshold_with_few_validation_rows_above_it_is_flagged(tmp_path):
     """The 0.99 quantile of a few dozen validation rows is their maximum: training says what that means."""
