@@ -27,14 +27,16 @@ import pyarrow as pa
 import ray
 import ray.data
 
-from aemodel import load_artifact
+from aemodel import check_schema, load_artifact, resolve_columns
 from aemodel.metrics import auroc_from_sketches, histogram_edges
+from jobs.commit import claim_prefix
 from jobs.config import config_to_dict
 from jobs.datasets import open_parquet_input
-from jobs.errors import InputError, TrainingError
+from jobs.errors import InputError, TrainingError, find_user_error
 from jobs.aggregates import ErrorStatsAggregate
-from jobs.ray_runtime import aggregate_blocks, ensure_ray
-from jobs.storage import join, normalize_storage_options, url_to_fs
+from jobs.progress import is_verbose
+from jobs.ray_runtime import aggregate_blocks, ensure_ray, quiet_ray_console
+from jobs.storage import check_no_overlap, join, normalize_storage_options, url_to_fs
 from jobs.train_config import TrainConfig, TrainOptions
 
 
@@ -96,7 +98,11 @@ def errors_by_class(batch: pa.Table, model_uri: str, label: str, options: dict) 
     scorer = cached_scorer(model_uri, (), None, False, 1, load_artifact, json.dumps(options, sort_keys=True),
                             0, False, "fp32").scorer
     err = scorer.score_table(batch)["anomaly_score"].astype(np.float64)
-    y = np.asarray(batch.column(label).to_numpy(zero_copy_only=False)).astype(bool)
+    values = np.asarray(batch.column(label).to_numpy(zero_copy_only=False), dtype=np.float64)  # null -> NaN
+    bad = ~np.isin(values, (0.0, 1.0))
+    if bad.any():
+        raise InputError(f"label column {label!r} must hold only 0/1 or true/false, found {values[bad][0]:g}")
+    y = values.astype(bool)
     return pa.table({"pos": np.where(y, err, np.nan), "neg": np.where(y, np.nan, err)})
 
 
@@ -105,8 +111,7 @@ def labelled_auroc(model_uri: str, data: str, label: str, options: dict) -> floa
     art = load_artifact(model_uri, options)
     labelled = open_parquet_input(data, options, specs=art.preprocessor.specs)
     features = [s.name for s in art.preprocessor.specs]
-    if label not in labelled.schema.names:
-        raise InputError(f"{data}: label column {label!r} not found")
+    check_label_column(labelled.schema, data, label)
 
     # Tasks fused with the read, not an actor pool: concurrent trials each holding actors
     # can reserve the CPUs that the reads need (seen here: it deadlocks on 2 CPUs).
@@ -118,10 +123,21 @@ def labelled_auroc(model_uri: str, data: str, label: str, options: dict) -> floa
     return auroc_from_sketches(pos, neg)
 
 
+def check_label_column(schema: pa.Schema, data: str, label: str) -> None:
+    """Refuse a label column that is absent or cannot hold 0/1 (its values are checked as they are read)."""
+    if label not in schema.names:
+        raise InputError(f"{data}: label column {label!r} not found")
+    kind = schema.field(label).type
+    if not (pa.types.is_boolean(kind) or pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+        raise InputError(f"{data}: label column {label!r} is {kind}; it must hold 0/1 or true/false")
+
+
 def train_one(sweep: dict, latent_dim: int) -> dict:
     """One sweep trial: train (and evaluate) the model of one latent size."""
     from jobs import train
 
+    if not is_verbose():  # this task's own Ray Data context: no progress blocks on the driver's console
+        quiet_ray_console()
     cfg = SweepConfig(**{**sweep, "train": TrainOptions(**sweep["train"])})
     result = train.run(cfg.train_config(latent_dim), report_links=[("latent-size sweep", "../sweep.html")])
     best = min(result.history, key=lambda h: h["val_loss"])
@@ -148,8 +164,41 @@ def recommend(rows: list[dict], tolerance: float) -> int:
     return min(r["latent_dim"] for r in rows if r["val_loss"] <= best * (1 + tolerance))
 
 
+def _legacy_sweep(out: str, options: dict) -> bool:
+    """Whether ``out`` holds a sweep written before sweeps marked their prefix (its sweep.json)."""
+    fs, path = url_to_fs(out, options)
+    try:
+        with fs.open(join(path, "sweep.json"), "rb") as f:
+            return "recommended_latent_dim" in json.load(f)
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def check_inputs(cfg: SweepConfig, options: dict) -> None:
+    """Everything a sweep can refuse before Ray starts: paths, the output prefix, the label column.
+
+    Raises:
+        InputError, SchemaError: Missing or unreadable data; a label column that is absent or
+            not numeric or boolean; label data lacking a feature column.
+        OutputError: ``--out`` overlaps an input or holds files aescore did not write.
+    """
+    check_no_overlap(cfg.out, {"--data": cfg.data, "--label-data": cfg.label_data}, options)
+    claim_prefix(cfg.out, "sweep", options, adopt=_legacy_sweep(cfg.out, options), write=False)
+    data = open_parquet_input(cfg.data, options)
+    if cfg.label_data:
+        t = cfg.train
+        label = [cfg.label_column] if cfg.label_column in data.schema.names else []  # never a feature
+        features = resolve_columns(data.schema, t.feature_columns or None, [*t.exclude_columns, *label],
+                                   t.column_types)
+        labelled = open_parquet_input(cfg.label_data, options)
+        check_label_column(labelled.schema, cfg.label_data, cfg.label_column)
+        check_schema(labelled.schema, features, cfg.label_data)
+
+
 def run(cfg: SweepConfig) -> SweepResult:
     """Train one model per latent size as parallel Ray Train runs and write the comparison."""
+    options = normalize_storage_options(cfg.train.storage_options)
+    check_inputs(cfg, options)
     ensure_ray(cfg.train.ray_address)
     cpus = ray.cluster_resources().get("CPU", 0)
     t = cfg.train
@@ -157,7 +206,6 @@ def run(cfg: SweepConfig) -> SweepResult:
     if not t.use_gpu and cpus and reserved >= cpus:
         raise InputError(f"{reserved:g} CPUs reserved by concurrent trials would leave none of the {cpus:g} "
                          "for reading data; lower --max-concurrent or --train.cpus_per_worker")
-    options = normalize_storage_options(t.storage_options)
     if cfg.label_column and cfg.label_column not in t.exclude_columns and cfg.label_column in \
             open_parquet_input(cfg.data, options).schema.names:  # a label is never a feature
         cfg = replace(cfg, train=replace(t, exclude_columns=[*t.exclude_columns, cfg.label_column]))
@@ -165,6 +213,7 @@ def run(cfg: SweepConfig) -> SweepResult:
     # reserve CPUs) and Ray Data reads. Not a Tune trial: Tune puts a trial in a placement
     # group that captures its child tasks, so the trial's Ray Data tasks could not get CPUs.
     remote = ray.remote(num_cpus=0, max_retries=0)(train_one)
+    claim_prefix(cfg.out, "sweep", options, adopt=_legacy_sweep(cfg.out, options))  # checked above; now ours
     sweep, pending, rows = config_to_dict(cfg), [], []
     for k in cfg.latent:
         if len(pending) >= cfg.max_concurrent:
@@ -184,6 +233,9 @@ def _results(refs: list) -> list[dict]:
     try:
         return ray.get(refs)
     except ray.exceptions.RayTaskError as e:
+        user = find_user_error(e)
+        if user is not None and not isinstance(user, TrainingError):
+            raise user from e  # bad input found by a trial: the CLI's exit 2, with its own message
         raise TrainingError(f"a sweep trial failed: {e.cause if e.cause is not None else e}") from e
 
 

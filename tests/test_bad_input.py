@@ -161,6 +161,42 @@ def test_out_that_is_a_file_is_refused_and_left_alone(command, trained, mixed_da
     assert mine.read_bytes() == b"my own file"
 
 
+def _labelled(d: Path, change) -> str:
+    return _write(d, {"l.parquet": change(_table(300))})
+
+
+SWEEP_CASES = {
+    "out holds a user's sweep.csv": (lambda d: [], r"already holds files that aescore did not write \(sweep\.csv\)"),
+    "missing --data": (lambda d: ["--data", str(d / "nowhere")], r"does not exist: .*nowhere"),
+    "no such label column": (lambda d: ["--label-column", "nosuch"], r"label column 'nosuch' not found"),
+    "text label column": (lambda d: ["--label-data", _labelled(d / "l", lambda t: t.set_column(
+        t.schema.get_field_index(LABEL), LABEL, pa.array(["yes"] * t.num_rows)))],
+        rf"label column '{LABEL}' is string; it must hold 0/1"),
+    "label data lacks a feature": (lambda d: ["--label-data", _labelled(d / "l", lambda t: t.drop_columns(["num_0"]))],
+                                   r"missing feature column\(s\) \['num_0'\]"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SWEEP_CASES))
+def test_bad_sweep_input_is_refused_before_ray_and_leaves_out_alone(case, mixed_data, tmp_path):
+    """Checked on the driver before any trial: exit 2, one line, and a user's file in --out untouched."""
+    extra, pattern = SWEEP_CASES[case]
+    out = tmp_path / "sweep"
+    out.mkdir()
+    if case.startswith("out holds"):
+        (out / "sweep.csv").write_text("my own table\n")
+    args = {"--data": mixed_data["train"], "--out": str(out), "--latent": "2", "--label-data": mixed_data["score"],
+            "--label-column": LABEL, "--train.exclude-columns": ROW_ID}
+    flags = extra(tmp_path)
+    args.update(zip(flags[::2], flags[1::2]))
+    result = _cli("sweep", *[x for kv in args.items() for x in kv])
+    _assert_failed_cleanly(result, pattern, out)
+    assert "Started a local Ray instance" not in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == (["sweep.csv"] if case.startswith("out holds") else [])
+    if case.startswith("out holds"):
+        assert (out / "sweep.csv").read_text() == "my own table\n"
+
+
 def test_all_nan_column_in_training_names_the_column(ray_start_2_cpus, tmp_path):
     t = _table(400)
     t = t.set_column(t.schema.get_field_index("num_2"), "num_2", pa.array(np.full(400, np.nan)))

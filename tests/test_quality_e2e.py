@@ -91,7 +91,7 @@ def test_scoring_the_training_data_is_reported_as_leakage_and_changes_nothing(tr
                                       id_columns=[ROW_ID]))
     overlap = res.summary["training_overlap"]
     assert overlap["rows"] == mixed_data["train_table"].num_rows and overlap["fraction"] == 1.0
-    assert any("leakage" in w for w in res.summary["warnings"])
+    assert any("scored rows" in w and "(data leakage)" in w for w in res.summary["warnings"])
     after = load_artifact(trained.model_uri)  # scoring never refits preprocessing or the threshold
     assert after.version == before.version and after.threshold == before.threshold
     assert after.preprocessor.to_dict() == before.preprocessor.to_dict()
@@ -118,6 +118,21 @@ def test_latent_sweep_recommends_a_size_and_warns_when_latent_reaches_the_inputs
     assert 'href="latent-2/report.html"' in page and 'href="latent-16/report.html"' in page
     assert 'href="../sweep.html"' in (tmp_path / "sweep" / "latent-2" / "report.html").read_text()
     assert "recommended" in sweep.format_result(res)
+    assert json.load(open(tmp_path / "sweep" / "_aescore.json"))["kind"] == "sweep"  # the prefix is now aescore's
+
+
+def test_sweep_label_values_other_than_0_1_name_the_column(trained, mixed_data):
+    """A continuous column given as the label would make every row "anomalous"; it is refused by name."""
+    from jobs.errors import InputError
+
+    batch = pq.read_table(mixed_data["score"]).slice(0, 50)
+    as_float = batch.set_column(batch.schema.get_field_index(LABEL), LABEL,
+                                pa.array(batch.column(LABEL).to_numpy().astype(np.float64)))
+    split = sweep.errors_by_class(as_float, trained.model_uri, LABEL, {})  # 0.0/1.0 as floats are labels
+    assert split.num_rows == 50 and split.column("pos").null_count == 0
+    radius = batch.set_column(batch.schema.get_field_index(LABEL), LABEL, pa.array(np.full(50, 14.2)))
+    with pytest.raises(InputError, match=f"label column '{LABEL}' must hold only 0/1 or true/false, found 14.2"):
+        sweep.errors_by_class(radius, trained.model_uri, LABEL, {})
 
 
 def test_contamination_sets_the_threshold_and_an_epoch_capped_run_is_not_converged(ray_start_2_cpus, mixed_data,
