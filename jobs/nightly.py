@@ -29,11 +29,11 @@ import numpy as np
 
 from aemodel import drift
 from jobs import score
-from jobs.commit import read_committed_json
+from jobs.commit import claim_prefix, read_committed_json
 from jobs.config import parse_config
 from jobs.report import nightly_report
 from jobs.score_config import ScoreOptions
-from jobs.storage import normalize_storage_options, resolve_model_uri
+from jobs.storage import list_parquet_files, normalize_storage_options, resolve_model_uri
 
 DRIFT_EXIT_CODE = 3
 
@@ -55,7 +55,7 @@ class NightlyConfig:
     end: str | None = None
     """Last night of a backfill (inclusive)."""
     history_nights: int = 7
-    """Previous committed nights that form the recent baseline."""
+    """Calendar days before each night whose committed nights form the recent baseline (a day without a committed night is skipped, so gaps shrink it)."""
     psi_alert: float = 0.2
     """Alert when PSI of anomaly_score against a baseline exceeds this."""
     ks_alert: float = 0.15
@@ -76,6 +76,9 @@ class NightlyConfig:
         self.nights()  # parses every date
         if self.history_nights < 0:
             raise ValueError(f"history_nights must be >= 0, got {self.history_nights}")
+        for name in ("psi_alert", "ks_alert", "anomaly_rate_alert"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
     def nights(self) -> list[date]:
         """The dates to run, in order."""
@@ -126,13 +129,53 @@ def run_night(cfg: NightlyConfig, night: date) -> NightResult:
     if result.reused:  # committed by an earlier run, with its drift report
         report = read_committed_json(out, "drift.json", options) or drift_report(
             cfg, night, result.summary, reference, committed_nights(cfg, night, options))
+        report = with_limits(cfg, report)
     else:
         report = reports[-1]
     return NightResult(night=stamp, out=result.run_uri or out, reused=result.reused, drift=report)
 
 
+def limits(cfg: NightlyConfig) -> dict:
+    return {"psi": cfg.psi_alert, "ks": cfg.ks_alert, "anomaly_rate_ratio": cfg.anomaly_rate_alert}
+
+
+def alerts_of(report: dict, limit: dict) -> list[str]:
+    """The alerts of a drift report's comparisons under ``limit`` (``limits``)."""
+    return [f"{name}: {a}" for name in ("vs_validation", "vs_previous_nights") if name in report
+            for a in drift.alerts(report[name], limit["psi"], limit["ks"], limit["anomaly_rate_ratio"])]
+
+
+def with_limits(cfg: NightlyConfig, report: dict) -> dict:
+    """A reused night's drift report judged by this run's alert limits.
+
+    The committed drift.json keeps the limits it was written with; a rerun with new limits
+    (say, after a false alarm) re-evaluates its stored comparisons instead of repeating the
+    old verdict.
+    """
+    if report.get("limits") == limits(cfg):
+        return report
+    return {**report, "limits": limits(cfg), "alerts": alerts_of(report, limits(cfg)),
+            "committed_limits": report.get("limits"), "committed_alerts": report.get("alerts", [])}
+
+
+def check_nights(cfg: NightlyConfig, nights: list[date]) -> None:
+    """Refuse a backfill up front if any night's input is missing or its output prefix is not aescore's.
+
+    Checked night by night instead, a backfill would stop halfway, after committing the
+    first nights.
+
+    Raises:
+        InputError: A night's input path does not exist or holds no Parquet file.
+        OutputError: A night's output prefix holds files aescore did not write, or another kind of output.
+    """
+    options = normalize_storage_options(cfg.score.storage_options)
+    for night in nights:
+        list_parquet_files(cfg.data.format(date=night.isoformat()), options)
+        claim_prefix(cfg.out.format(date=night.isoformat()), "scores", options, write=False)
+
+
 def committed_nights(cfg: NightlyConfig, night: date, options: dict) -> list[tuple[str, dict]]:
-    """(date, summary) of the previous ``history_nights`` committed nights, oldest first.
+    """(date, summary) of the committed nights among the ``history_nights`` days before ``night``, oldest first.
 
     Read once per night, for both the drift baseline and the trend in drift.html; an
     uncommitted night counts as absent.
@@ -151,8 +194,7 @@ def drift_report(cfg: NightlyConfig, night: date, tonight: dict, reference: dict
     """One night's summary against the validation reference and the previous committed nights (``history``)."""
     stamp = night.isoformat()
     report: dict = {"date": stamp, "model": tonight["model"], "row_count": tonight["row_count"],
-                    "limits": {"psi": cfg.psi_alert, "ks": cfg.ks_alert, "anomaly_rate_ratio": cfg.anomaly_rate_alert},
-                    "vs_validation": drift.compare(tonight, reference), "alerts": []}
+                    "limits": limits(cfg), "vs_validation": drift.compare(tonight, reference), "alerts": []}
     # Only nights whose distribution is of the same score (older outputs hold recon_error),
     # newest first as before.
     previous = [{**s, "date": day} for day, s in reversed(history)
@@ -161,10 +203,7 @@ def drift_report(cfg: NightlyConfig, night: date, tonight: dict, reference: dict
     if previous:
         report["vs_previous_nights"] = drift.compare(tonight, drift.pool(previous))
         report["columns"] = column_shift(tonight, previous)
-    for name in ("vs_validation", "vs_previous_nights"):
-        if name in report:
-            report["alerts"] += [f"{name}: {a}" for a in drift.alerts(report[name], cfg.psi_alert, cfg.ks_alert,
-                                                                       cfg.anomaly_rate_alert)]
+    report["alerts"] = alerts_of(report, report["limits"])
     return report
 
 
@@ -212,14 +251,20 @@ def trend_rows(cfg: NightlyConfig, night: date, tonight: dict, report: dict, his
 
 def run(cfg: NightlyConfig) -> list[NightResult]:
     """Every night of ``cfg`` in date order."""
+    check_nights(cfg, cfg.nights())
     return [run_night(cfg, night) for night in cfg.nights()]
 
 
 def format_night(r: NightResult) -> str:
     d = r.drift["vs_validation"]
     state = "ALERT " + "; ".join(r.drift["alerts"]) if r.drift["alerts"] else "ok"
-    return (f"{r.night}: {'reused' if r.reused else 'scored'} {r.drift['row_count']} rows -> {r.out}; "
-            f"vs validation PSI={d['psi']:.3f} KS={d['ks']:.3f}; {state}")
+    line = (f"{r.night}: {'reused' if r.reused else 'scored'} {r.drift['row_count']} rows -> {r.out} "
+            f"(report.html, drift.html); vs validation PSI={d['psi']:.3f} KS={d['ks']:.3f}; {state}")
+    if "committed_limits" in r.drift:
+        line += (f"\n  alerts judged by this run's limits; the committed drift.json has "
+                 f"{len(r.drift['committed_alerts'])} alert(s) under the limits it was written with"
+                 + (f" {r.drift['committed_limits']}" if r.drift["committed_limits"] else ""))
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,8 +276,16 @@ def main(argv: list[str] | None = None) -> int:
     def job() -> str:
         cfg = parse_config(NightlyConfig, verbose_from(argv), prog="aescore nightly",
                            description=__doc__.split("\n")[0])
-        for night in cfg.nights():
-            results.append(run_night(cfg, night))
+        nights = cfg.nights()
+        check_nights(cfg, nights)
+        for night in nights:
+            try:
+                results.append(run_night(cfg, night))
+            except BaseException:
+                if results:  # the error line follows; the nights already committed must not go unmentioned
+                    print(f"nightly: stopped at {night} after {len(results)} committed night(s), alerts on "
+                          f"{[r.night for r in results if r.drift['alerts']] or 'none'}", flush=True)
+                raise
             print(format_night(results[-1]), flush=True)
         alerted = [r.night for r in results if r.drift["alerts"]]
         return f"nightly: {len(results)} night(s), alerts on {alerted or 'none'}"

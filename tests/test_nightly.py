@@ -63,6 +63,13 @@ def test_three_nights_flag_only_the_drifted_one(nights, bucket):
         nightly.run(replace(nights, date="2026-11-04"))
     assert not fs.exists(f"{bucket}/scores/dt=2026-11-04/_SUCCESS")
 
+    # A backfill whose last night has no input is refused before its first night is scored.
+    write_shards(make_mixed_table(300, seed=6, start_id=6 * 10**6), f"{bucket}/events/dt=2026-11-06", 1)
+    with pytest.raises(InputError, match="input path does not exist: .*dt=2026-11-07"):
+        nightly.run(replace(nights, start="2026-11-06", end="2026-11-07"))
+    fs.invalidate_cache()
+    assert not fs.exists(f"{bucket}/scores/dt=2026-11-06")
+
 
 def test_cli_exit_code_3_on_alert(nights, bucket):
     import ray
@@ -80,11 +87,32 @@ def test_cli_exit_code_3_on_alert(nights, bucket):
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "input path does not exist" in missing.stderr
 
+    # After a false alarm: a limit raised and the night rerun is judged by the new limits.
+    relaxed = subprocess.run([sys.executable, "-m", "jobs.nightly", "--date", "2026-11-03", *base, "--psi-alert", "50",
+                              "--ks-alert", "1", "--anomaly-rate-alert", "1000"], capture_output=True, text=True,
+                             timeout=300)
+    assert relaxed.returncode == 0, relaxed.stdout + relaxed.stderr[-2000:]
+    assert "2026-11-03: reused" in relaxed.stdout and "; ok" in relaxed.stdout
+    assert "alerts judged by this run's limits" in relaxed.stdout
+    assert read_committed_json(f"{bucket}/scores/dt=2026-11-03", "drift.json")["alerts"]  # left as committed
+
+    # A night that fails partway through a backfill: the nights already committed are named before the error.
+    write_shards(make_mixed_table(300, seed=10, start_id=10 * 10**6), f"{bucket}/events/dt=2026-11-10", 1)
+    write_shards(make_mixed_table(300, seed=11, start_id=11 * 10**6).drop_columns(["num_0"]),
+                 f"{bucket}/events/dt=2026-11-11", 1)
+    broken = subprocess.run([sys.executable, "-m", "jobs.nightly", "--start", "2026-11-10", "--end", "2026-11-11",
+                             *base], capture_output=True, text=True, timeout=300)
+    assert broken.returncode == 2 and "num_0" in broken.stderr, broken.stderr[-2000:]
+    assert "2026-11-10: scored" in broken.stdout
+    assert "nightly: stopped at 2026-11-11 after 1 committed night(s), alerts on " in broken.stdout
+
 
 def test_nightly_config_checks():
     with pytest.raises(ValueError, match="must contain \\{date\\}"):
         nightly.NightlyConfig(model="m", data="s3://b/events/", out="s3://b/o/{date}")
     with pytest.raises(ValueError, match="before --start"):
         nightly.NightlyConfig(model="m", data="{date}", out="{date}", start="2026-11-03", end="2026-11-01")
+    with pytest.raises(ValueError, match="psi_alert must be > 0, got -1"):
+        nightly.NightlyConfig(model="m", data="{date}", out="{date}", psi_alert=-1)
     cfg = nightly.NightlyConfig(model="m", data="{date}", out="{date}", start="2026-10-30", end="2026-11-02")
     assert [d.isoformat() for d in cfg.nights()] == ["2026-10-30", "2026-10-31", "2026-11-01", "2026-11-02"]
