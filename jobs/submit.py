@@ -20,8 +20,21 @@ import sys
 import time
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one "error: ..." line and exit 2, as every aescore command
+        self.exit(2, f"error: {message} (aescore submit --help)\n")
+
+
+def _one_line(e: Exception) -> str:
+    """A submission error in one line: the job server answers with a whole remote traceback,
+    whose last line names the cause (e.g. a submission id that already exists)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    text = lines[-1] if lines else type(e).__name__
+    return text if len(text) <= 300 else text[:300] + "..."
+
+
 def _args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="aescore submit",
+    ap = _Parser(prog="aescore submit",
                                  description="Run an aescore job on a Ray cluster (whose nodes hold the project) "
                                              "and exit with the job's own exit code.",
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -63,8 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         client = JobSubmissionClient(args.address)
         job_id = client.submit_job(entrypoint=shlex.join(args.entrypoint), submission_id=sid)
-    except Exception as e:  # noqa: BLE001 - one line, as every aescore command
-        print(f"error: could not submit to {args.address}: {type(e).__name__}: {e}", file=sys.stderr)
+    except ConnectionError as e:  # an unreachable cluster is an outage to retry, not bad input
+        print(f"error: could not reach the cluster at {args.address}: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - refused by the cluster (e.g. a repeated --submission-id)
+        print(f"error: {args.address} refused the job: {_one_line(e)}", file=sys.stderr)
         return 2
     print(f"submitted {job_id} to {args.address}", flush=True)
     if not args.no_logs:

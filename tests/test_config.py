@@ -139,7 +139,17 @@ def test_submit_without_an_address_is_a_usage_error(monkeypatch, capsys):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     with pytest.raises(SystemExit) as done:
         main(["--", "python", "-m", "jobs.nightly"])
-    assert done.value.code == 2 and "no cluster address" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.startswith("error: no cluster address") and len(err.splitlines()) == 1
+
+
+def test_submit_to_an_unreachable_cluster_is_an_outage_not_bad_input(capsys):
+    """Exit 1 (a scheduler retries), not 2 (bad input), in one line."""
+    from jobs.submit import main
+
+    assert main(["--address", "http://127.0.0.1:9", "--", "python", "-m", "jobs.nightly"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: could not reach the cluster at http://127.0.0.1:9") and len(err.splitlines()) == 1
 
 
 def test_print_config_never_shows_storage_option_values(tmp_path, capsys):
