@@ -111,7 +111,8 @@ def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact,
     committed = read_committed_json(cfg.out, MANIFEST, options)
     if committed and committed.get("run_id") == run_id and not cfg.force:
         out.abort()
-        print(f"{cfg.out} already holds committed run {run_id}; reusing it (--force recomputes)", flush=True)
+        print(f"{cfg.out} already holds committed run {run_id}; reusing it "
+              "(--force recomputes; --score.force in nightly)", flush=True)
         return ScoreResult(out=cfg.out, summary=read_committed_json(cfg.out, "summary.json", options),
                            manifest=committed, reused=True, run_uri=committed.get("run_uri", cfg.out))
 

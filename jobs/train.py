@@ -85,7 +85,8 @@ def run(cfg: TrainConfig, report_links: list[tuple[str, str]] = ()) -> TrainResu
     if cfg.publish_latest:
         check_pointer_target(cfg.publish_latest, options)
     if existing is not None and existing.run_id == run_id and not cfg.overwrite:
-        print(f"{cfg.out} already holds the model of run {run_id}; reusing it (--overwrite retrains)", flush=True)
+        print(f"{cfg.out} already holds the model of run {run_id}; reusing it "
+              "(--overwrite retrains; --train.overwrite in a sweep)", flush=True)
         if cfg.publish_latest:  # a run that died after saving, rerun: finish what it started
             publish_pointer(cfg.publish_latest, cfg.out, existing.version, options)
         return _result_from(existing, cfg.out, time.perf_counter() - t0, reused=True)
