@@ -260,6 +260,11 @@ def format_night(r: NightResult) -> str:
     state = "ALERT " + "; ".join(r.drift["alerts"]) if r.drift["alerts"] else "ok"
     line = (f"{r.night}: {'reused' if r.reused else 'scored'} {r.drift['row_count']} rows -> {r.out} "
             f"(report.html, drift.html); vs validation PSI={d['psi']:.3f} KS={d['ks']:.3f}; {state}")
+    noisy = [name.upper() for name in ("psi", "ks") if d.get(f"{name}_noise") is not None
+             and r.drift["limits"][name] < d[name] <= d[f"{name}_noise"]]
+    if noisy:  # above the limit, but two samples this small differ that much by chance
+        line += (f"\n  {' and '.join(noisy)} above the limit but within sampling noise for {r.drift['row_count']} rows "
+                 f"against the baseline (noise level PSI {d['psi_noise']:.3f}, KS {d['ks_noise']:.3f}): not alerted")
     if "committed_limits" in r.drift:
         line += (f"\n  alerts judged by this run's limits; the committed drift.json has "
                  f"{len(r.drift['committed_alerts'])} alert(s) under the limits it was written with"

@@ -1,0 +1,38 @@
+"""Drift alerts: a limit crossed by sampling noise alone is not an alert; real shifts still are."""
+
+import numpy as np
+
+from aemodel import drift
+from aemodel.metrics import ErrorStats, histogram_edges
+
+
+def _summary(rng: np.random.Generator, n: int, scale: float = 1.0) -> dict:
+    values = scale * rng.lognormal(0.0, 0.6, n)
+    return ErrorStats(histogram_edges(), threshold=3.0).update(values).summary()
+
+
+def test_small_nights_from_the_same_distribution_do_not_alert():
+    """100 scored rows against 43 validation rows: PSI over these bins is far above 0.2 by chance alone."""
+    rng = np.random.default_rng(0)
+    tonight, validation = _summary(rng, 100), _summary(rng, 43)
+    d = drift.compare(tonight, validation)
+    assert d["psi"] > 0.2 and d["psi"] < d["psi_noise"]  # the limit alone would page every night
+    assert drift.alerts(d, 0.2, 0.15, 3.0) == []
+
+
+def test_large_samples_keep_the_limits_and_a_real_shift_alerts():
+    rng = np.random.default_rng(1)
+    validation = _summary(rng, 5000)
+    same = drift.compare(_summary(rng, 20000), validation)
+    assert same["psi_noise"] < 0.2 and same["ks_noise"] < 0.15  # the configured limits decide at this size
+    assert drift.alerts(same, 0.2, 0.15, 3.0) == []
+    shifted = drift.compare(_summary(rng, 20000, scale=2.0), validation)
+    reasons = drift.alerts(shifted, 0.2, 0.15, 3.0)
+    assert any(r.startswith("PSI") for r in reasons) and any(r.startswith("KS") for r in reasons)
+    small_shift = drift.compare(_summary(rng, 100, scale=3.0), _summary(rng, 43))
+    assert any(r.startswith("KS") for r in drift.alerts(small_shift, 0.2, 0.15, 3.0))  # still seen on few rows
+
+
+def test_reports_written_before_noise_levels_use_the_limits_alone():
+    d = {"psi": 0.3, "ks": 0.1, "anomaly_rate_ratio": None}
+    assert drift.alerts(d, 0.2, 0.15, 3.0) == ["PSI 0.300 > 0.2"]
