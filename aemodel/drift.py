@@ -95,6 +95,11 @@ def compare(current: dict, reference: dict) -> dict:
     if current["histogram"]["edges"] != reference["histogram"]["edges"]:
         raise ValueError("histograms have different edges; they cannot be compared")
     rate, ref_rate = anomaly_rate(current), anomaly_rate(reference)
+    observed_ref_rate = ref_rate
+    if ref_rate == 0 and finite_count(reference):
+        # None of a few dozen validation rows above the threshold says the rate is small, not
+        # 0: with 0 no rate could ever alert. Half a row, as in the usual +0.5 correction.
+        ref_rate = 0.5 / (finite_count(reference) + 1)
     z = None
     if rate is not None and ref_rate is not None and 0 < ref_rate < 1 and finite_count(current):
         # How many standard errors tonight's anomaly count lies above the baseline rate
@@ -109,7 +114,7 @@ def compare(current: dict, reference: dict) -> dict:
         "mean_shift": _relative(current.get("mean"), reference.get("mean")),
         "p99_shift": _relative(current["quantiles"].get("p99"), reference["quantiles"].get("p99")),
         "anomaly_rate": rate,
-        "reference_anomaly_rate": ref_rate,
+        "reference_anomaly_rate": observed_ref_rate,
         "anomaly_rate_ratio": None if rate is None or not ref_rate else rate / ref_rate,
         "anomaly_rate_z": z,
     }

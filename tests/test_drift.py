@@ -36,3 +36,14 @@ def test_large_samples_keep_the_limits_and_a_real_shift_alerts():
 def test_reports_written_before_noise_levels_use_the_limits_alone():
     d = {"psi": 0.3, "ks": 0.1, "anomaly_rate_ratio": None}
     assert drift.alerts(d, 0.2, 0.15, 3.0) == ["PSI 0.300 > 0.2"]
+
+
+def test_an_anomaly_rate_against_a_reference_with_none_above_the_threshold_can_alert():
+    """43 validation rows, none above the threshold: 27 of 100 flagged tonight is still an alert, 1 of 100 is not."""
+    rng = np.random.default_rng(2)
+    validation = {**_summary(rng, 43), "above_threshold_fraction": 0.0}
+    many = drift.compare({**_summary(rng, 100), "anomaly_rate": 0.27}, validation)
+    assert many["reference_anomaly_rate"] == 0.0 and many["anomaly_rate_ratio"] > 3
+    assert any(r.startswith("anomaly rate") for r in drift.alerts(many, 0.2, 0.15, 3.0))
+    one = drift.compare({**_summary(rng, 100), "anomaly_rate": 0.01}, validation)
+    assert not any(r.startswith("anomaly rate") for r in drift.alerts(one, 0.2, 0.15, 3.0))
