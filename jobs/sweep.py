@@ -143,7 +143,8 @@ def train_one(sweep: dict, latent_dim: int) -> dict:
     best = min(result.history, key=lambda h: h["val_loss"])
     metrics = {"latent_dim": latent_dim, "val_loss": best["val_loss"], "train_loss": best["train_loss"],
                "epochs": len(result.history), "model": result.model_uri,
-               "warnings": [c["check"] for c in result.metrics["diagnostics"] if c["status"] != "ok"],
+               "warnings": [c["check"] for c in result.metrics["diagnostics"] if c["status"] != "ok"]
+               + ([f"{len(result.metrics['warnings'])} more in report.html"] if result.metrics.get("warnings") else []),
                "auroc": None}
     if cfg.label_data:
         metrics["auroc"] = labelled_auroc(result.model_uri, cfg.label_data, cfg.label_column,
