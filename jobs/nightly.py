@@ -263,8 +263,9 @@ def format_night(r: NightResult) -> str:
     noisy = [name.upper() for name in ("psi", "ks") if d.get(f"{name}_noise") is not None
              and r.drift["limits"][name] < d[name] <= d[f"{name}_noise"]]
     if noisy:  # above the limit, but two samples this small differ that much by chance
-        line += (f"\n  {' and '.join(noisy)} above the limit but within sampling noise for {r.drift['row_count']} rows "
-                 f"against the baseline (noise level PSI {d['psi_noise']:.3f}, KS {d['ks_noise']:.3f}): not alerted")
+        line += (f"\n  {' and '.join(noisy)} above the limit but within sampling noise for "
+                 f"{r.drift['row_count']} rows against the model's validation rows "
+                 f"(noise level PSI {d['psi_noise']:.3f}, KS {d['ks_noise']:.3f}): not alerted")
     if "committed_limits" in r.drift:
         line += (f"\n  alerts judged by this run's limits; the committed drift.json has "
                  f"{len(r.drift['committed_alerts'])} alert(s) under the limits it was written with"
