@@ -116,3 +116,12 @@ def test_nightly_config_checks():
         nightly.NightlyConfig(model="m", data="{date}", out="{date}", psi_alert=-1)
     cfg = nightly.NightlyConfig(model="m", data="{date}", out="{date}", start="2026-10-30", end="2026-11-02")
     assert [d.isoformat() for d in cfg.nights()] == ["2026-10-30", "2026-10-31", "2026-11-01", "2026-11-02"]
+
+
+def test_a_limit_crossed_within_sampling_noise_is_said_not_alerted():
+    vs = {"psi": 0.95, "ks": 0.06, "psi_noise": 2.2, "ks_noise": 0.3, "anomaly_rate_ratio": None}
+    report = {"row_count": 100, "limits": {"psi": 0.2, "ks": 0.15, "anomaly_rate_ratio": 3.0}, "vs_validation": vs}
+    report["alerts"] = nightly.alerts_of(report, report["limits"])
+    line = nightly.format_night(nightly.NightResult(night="2026-11-25", out="o", reused=False, drift=report))
+    assert report["alerts"] == [] and line.splitlines()[0].endswith("; ok")
+    assert "PSI above the limit but within sampling noise for 100 rows" in line and "not alerted" in line
