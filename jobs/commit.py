@@ -114,6 +114,21 @@ def check_kind(uri: str, kind: str, storage_options: dict | None = None) -> None
     _marked(fs, path, uri, kind)
 
 
+def check_model_prefix(uri: str, storage_options: dict | None = None) -> bool:
+    """Check, before training, that a model may be written at ``uri``; True if one is committed there.
+
+    Raises:
+        OutputError: ``uri`` is a file, holds another kind of aescore output, or holds
+            files aescore did not write (a model committed by an older aescore, without the
+            marker, is accepted).
+    """
+    fs, path = url_to_fs(uri, storage_options)
+    _marked(fs, path, uri, "model")  # a scores folder is named as such, not read as a broken model
+    committed = fs.exists(join(path, "_SUCCESS"))
+    claim_prefix(uri, "model", storage_options, adopt=committed, write=False)  # the marker comes with the artefact
+    return committed
+
+
 def claim_prefix(uri: str, kind: str, storage_options: dict | None = None,
                  adopt: bool = False, write: bool = True) -> dict | None:
     """Make sure this run may write into ``uri``; mark it as aescore's if it is new.

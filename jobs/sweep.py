@@ -29,7 +29,7 @@ import ray.data
 
 from aemodel import check_schema, load_artifact, resolve_columns
 from aemodel.metrics import auroc_from_sketches, histogram_edges
-from jobs.commit import claim_prefix
+from jobs.commit import check_model_prefix, claim_prefix
 from jobs.config import config_to_dict
 from jobs.datasets import open_parquet_input
 from jobs.errors import InputError, TrainingError, find_user_error
@@ -185,6 +185,8 @@ def check_inputs(cfg: SweepConfig, options: dict) -> None:
     """
     check_no_overlap(cfg.out, {"--data": cfg.data, "--label-data": cfg.label_data}, options)
     claim_prefix(cfg.out, "sweep", options, adopt=_legacy_sweep(cfg.out, options), write=False)
+    for k in cfg.latent:  # each trial's model folder too, or a trial would find it only after others trained
+        check_model_prefix(join(cfg.out, f"latent-{k}"), options)
     data = open_parquet_input(cfg.data, options)
     if cfg.label_data:
         t = cfg.train

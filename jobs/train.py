@@ -30,7 +30,7 @@ from ray.train.torch import TorchTrainer
 from aemodel import (AutoencoderConfig, ModelArtifact, Preprocessor, check_schema, load_artifact, resolve_columns,
                      save_artifact)
 from aemodel.preprocess import partial_stats
-from jobs.commit import check_kind, claim_prefix
+from jobs.commit import check_model_prefix, claim_prefix
 from jobs.config import config_to_dict
 from jobs.datasets import ParquetInput, encode, explain_failure, hash_split, open_parquet_input, split_cut
 from jobs.errors import InputError, TrainingError
@@ -78,10 +78,7 @@ def run(cfg: TrainConfig, report_links: list[tuple[str, str]] = ()) -> TrainResu
     names = [s.name for s in specs]
     run_id = fingerprint({"config": _identity(cfg), "inputs": [(f.uri, f.size, f.etag) for f in train_in.files],
                           "val_inputs": [(f.uri, f.size, f.etag) for f in val_in.files] if val_in else None})
-    check_kind(cfg.out, "model", options)  # a scores folder is named as such, not read as a broken model
-    existing = _committed_artifact(cfg.out, options)
-    # Checked before training; the marker is written only with the artefact.
-    claim_prefix(cfg.out, "model", options, adopt=existing is not None, write=False)
+    existing = load_artifact(cfg.out, options) if check_model_prefix(cfg.out, options) else None
     if cfg.publish_latest:
         check_pointer_target(cfg.publish_latest, options)
     if existing is not None and existing.run_id == run_id and not cfg.overwrite:
@@ -250,14 +247,6 @@ def _identity(cfg: TrainConfig) -> dict:
                 "publish_latest", "in_process", "local_data", "shared_local_paths", "worker_resources"):
         d.pop(key, None)
     return d
-
-
-def _committed_artifact(uri: str, options: dict) -> ModelArtifact | None:
-    """The artefact committed at ``uri``, None if there is none; a broken one is an error."""
-    fs, path = url_to_fs(uri, options)
-    if not fs.exists(path.rstrip("/") + "/_SUCCESS"):
-        return None
-    return load_artifact(uri, options)
 
 
 def _result_from(art: ModelArtifact, uri: str, seconds: float, reused: bool = False) -> TrainResult:

@@ -167,6 +167,8 @@ def _labelled(d: Path, change) -> str:
 
 SWEEP_CASES = {
     "out holds a user's sweep.csv": (lambda d: [], r"already holds files that aescore did not write \(sweep\.csv\)"),
+    "a trial's folder holds a user's file": (lambda d: [], r"sweep/latent-2 already holds files that aescore did not "
+                                                           r"write \(notes\.txt\)"),
     "missing --data": (lambda d: ["--data", str(d / "nowhere")], r"does not exist: .*nowhere"),
     "no such label column": (lambda d: ["--label-column", "nosuch"], r"label column 'nosuch' not found"),
     "text label column": (lambda d: ["--label-data", _labelled(d / "l", lambda t: t.set_column(
@@ -185,6 +187,10 @@ def test_bad_sweep_input_is_refused_before_ray_and_leaves_out_alone(case, mixed_
     out.mkdir()
     if case.startswith("out holds"):
         (out / "sweep.csv").write_text("my own table\n")
+    if case.startswith("a trial's"):  # a sweep's prefix from an earlier run, a user's file in one model folder
+        (out / "_aescore.json").write_text('{"format": "aescore-output", "kind": "sweep"}')
+        (out / "latent-2").mkdir()
+        (out / "latent-2" / "notes.txt").write_text("mine\n")
     args = {"--data": mixed_data["train"], "--out": str(out), "--latent": "2", "--label-data": mixed_data["score"],
             "--label-column": LABEL, "--train.exclude-columns": ROW_ID}
     flags = extra(tmp_path)
@@ -192,7 +198,10 @@ def test_bad_sweep_input_is_refused_before_ray_and_leaves_out_alone(case, mixed_
     result = _cli("sweep", *[x for kv in args.items() for x in kv])
     _assert_failed_cleanly(result, pattern, out)
     assert "Started a local Ray instance" not in result.stderr
-    assert sorted(p.name for p in out.iterdir()) == (["sweep.csv"] if case.startswith("out holds") else [])
+    before = {"out holds": ["sweep.csv"], "a trial's": ["_aescore.json", "latent-2"]}
+    assert sorted(p.name for p in out.iterdir()) == next((v for k, v in before.items() if case.startswith(k)), [])
+    if case.startswith("a trial's"):
+        assert [p.name for p in (out / "latent-2").iterdir()] == ["notes.txt"]
     if case.startswith("out holds"):
         assert (out / "sweep.csv").read_text() == "my own table\n"
 
