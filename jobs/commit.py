@@ -108,12 +108,6 @@ def _marked(fs: fsspec.AbstractFileSystem, path: str, uri: str, kind: str) -> bo
     return True
 
 
-def check_kind(uri: str, kind: str, storage_options: dict | None = None) -> None:
-    """Refuse ``uri`` if it is a file or aescore's marker there names another kind of output (before reading what is there)."""
-    fs, path = url_to_fs(uri, storage_options)
-    _marked(fs, path, uri, kind)
-
-
 def check_model_prefix(uri: str, storage_options: dict | None = None) -> bool:
     """Check, before training, that a model may be written at ``uri``; True if one is committed there.
 
