@@ -157,7 +157,8 @@ def nightly_report(report: dict, nights: list[dict]) -> bytes:
                                                     log=True, alerts=alerted)),
         ("Anomaly rate per night (fraction above the model's threshold)",
          trend(dates, [("anomaly rate", [n["anomaly_rate"] for n in nights])], "fraction flagged", alerts=alerted)),
-        ("Drift of each night against the model's validation rows (shaded: nights with an alert)",
+        ("Drift of each night against the model's validation rows (shaded: nights with an alert; above a limit "
+         "line, a night alerts only if it is also above the sampling noise of its row count)",
          trend(dates, [("PSI", [n["psi"] for n in nights]), ("KS", [n["ks"] for n in nights])], "statistic",
                limits=[(f"PSI limit {lim['psi']}", lim["psi"]), (f"KS limit {lim['ks']}", lim["ks"])],
                alerts=alerted)),
@@ -178,6 +179,14 @@ def nightly_report(report: dict, nights: list[dict]) -> bytes:
     facts = [("night", report["date"]), ("model", report["model"]["uri"] if isinstance(report["model"], dict)
                                           else str(report["model"])),
              ("rows", f"{report['row_count']:,}"), ("previous nights compared", str(len(report["previous_nights"])))]
+    vs = report["vs_validation"]
+    if vs.get("psi_noise") is not None:
+        facts.append(("sampling noise vs validation, PSI / KS (0.999 level for these row counts)",
+                      f"{vs['psi_noise']:.3f} / {vs['ks_noise']:.3f}"))
+        noisy = [k.upper() for k in ("psi", "ks") if lim[k] < vs[k] <= vs[f"{k}_noise"]]
+        if noisy:
+            notes.append(("info", f"{' and '.join(noisy)} above the limit against the validation rows, but within "
+                                  "the sampling noise of these row counts: not an alert"))
     return render(f"aescore nightly drift: {report['date']}", facts, notes, images, raw=report, tables=tables)
 
 

@@ -125,3 +125,10 @@ def test_a_limit_crossed_within_sampling_noise_is_said_not_alerted():
     line = nightly.format_night(nightly.NightResult(night="2026-11-25", out="o", reused=False, drift=report))
     assert report["alerts"] == [] and line.splitlines()[0].endswith("; ok")
     assert "PSI above the limit but within sampling noise for 100 rows" in line and "not alerted" in line
+
+    from jobs.report import nightly_report
+
+    page = nightly_report({**report, "date": "2026-11-25", "model": {"uri": "m"}, "previous_nights": []},
+                          [{"date": "2026-11-25", "row_count": 100, "quantiles": {"p50": 1.0, "p90": 2.0, "p99": 3.0},
+                            "anomaly_rate": 0.01, "psi": 0.95, "ks": 0.06, "alerts": []}]).decode()
+    assert "2.200 / 0.300" in page and "PSI above the limit against the validation rows, but within" in page
