@@ -179,7 +179,7 @@ def nightly_report(report: dict, nights: list[dict]) -> bytes:
     facts = [("night", report["date"]), ("model", report["model"]["uri"] if isinstance(report["model"], dict)
                                           else str(report["model"])),
              ("rows", f"{report['row_count']:,}"), ("previous nights compared", str(len(report["previous_nights"])))]
-    vs = report["vs_validation"]
+    vs = report.get("vs_validation") or {}
     if vs.get("psi_noise") is not None:
         facts.append(("sampling noise vs validation, PSI / KS (0.999 level for these row counts)",
                       f"{vs['psi_noise']:.3f} / {vs['ks_noise']:.3f}"))
