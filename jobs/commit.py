@@ -117,9 +117,10 @@ def check_model_prefix(uri: str, storage_options: dict | None = None) -> bool:
             marker, is accepted).
     """
     fs, path = url_to_fs(uri, storage_options)
-    _marked(fs, path, uri, "model")  # a scores folder is named as such, not read as a broken model
     committed = fs.exists(join(path, "_SUCCESS"))
-    claim_prefix(uri, "model", storage_options, adopt=committed, write=False)  # the marker comes with the artefact
+    # claim_prefix first refuses a file or another kind's marker (a scores folder is named as
+    # such, never loaded as a broken model); the marker is written later, with the artefact.
+    claim_prefix(uri, "model", storage_options, adopt=committed, write=False)
     return committed
 
 

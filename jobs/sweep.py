@@ -175,8 +175,13 @@ def _legacy_sweep(out: str, options: dict) -> bool:
         return False
 
 
-def check_inputs(cfg: SweepConfig, options: dict) -> None:
+def check_inputs(cfg: SweepConfig, options: dict) -> tuple[SweepConfig, bool]:
     """Everything a sweep can refuse before Ray starts: paths, the output prefix, the label column.
+
+    Returns:
+        ``cfg`` with the label column among the excluded columns where the training data
+        holds it (a label is never a feature), and whether ``--out`` holds a sweep written
+        before sweeps marked their prefix.
 
     Raises:
         InputError, SchemaError: Missing or unreadable data; a label column that is absent or
@@ -184,24 +189,27 @@ def check_inputs(cfg: SweepConfig, options: dict) -> None:
         OutputError: ``--out`` overlaps an input or holds files aescore did not write.
     """
     check_no_overlap(cfg.out, {"--data": cfg.data, "--label-data": cfg.label_data}, options)
-    claim_prefix(cfg.out, "sweep", options, adopt=_legacy_sweep(cfg.out, options), write=False)
+    legacy = _legacy_sweep(cfg.out, options)
+    claim_prefix(cfg.out, "sweep", options, adopt=legacy, write=False)
     for k in cfg.latent:  # each trial's model folder too, or a trial would find it only after others trained
         check_model_prefix(join(cfg.out, f"latent-{k}"), options)
     data = open_parquet_input(cfg.data, options)
+    t = cfg.train
+    if cfg.label_column and cfg.label_column not in t.exclude_columns and cfg.label_column in data.schema.names:
+        t = replace(t, exclude_columns=[*t.exclude_columns, cfg.label_column])
+        cfg = replace(cfg, train=t)
     if cfg.label_data:
-        t = cfg.train
-        label = [cfg.label_column] if cfg.label_column in data.schema.names else []  # never a feature
-        features = resolve_columns(data.schema, t.feature_columns or None, [*t.exclude_columns, *label],
-                                   t.column_types)
+        features = resolve_columns(data.schema, t.feature_columns or None, t.exclude_columns, t.column_types)
         labelled = open_parquet_input(cfg.label_data, options)
         check_label_column(labelled.schema, cfg.label_data, cfg.label_column)
         check_schema(labelled.schema, features, cfg.label_data)
+    return cfg, legacy
 
 
 def run(cfg: SweepConfig) -> SweepResult:
     """Train one model per latent size as parallel Ray Train runs and write the comparison."""
     options = normalize_storage_options(cfg.train.storage_options)
-    check_inputs(cfg, options)
+    cfg, legacy = check_inputs(cfg, options)
     ensure_ray(cfg.train.ray_address)
     cpus = ray.cluster_resources().get("CPU", 0)
     t = cfg.train
@@ -209,14 +217,11 @@ def run(cfg: SweepConfig) -> SweepResult:
     if not t.use_gpu and cpus and reserved >= cpus:
         raise InputError(f"{reserved:g} CPUs reserved by concurrent trials would leave none of the {cpus:g} "
                          "for reading data; lower --max-concurrent or --train.cpus_per_worker")
-    if cfg.label_column and cfg.label_column not in t.exclude_columns and cfg.label_column in \
-            open_parquet_input(cfg.data, options).schema.names:  # a label is never a feature
-        cfg = replace(cfg, train=replace(t, exclude_columns=[*t.exclude_columns, cfg.label_column]))
     # Each trial is a zero-CPU Ray task that drives its own Ray Train run (whose workers
     # reserve CPUs) and Ray Data reads. Not a Tune trial: Tune puts a trial in a placement
     # group that captures its child tasks, so the trial's Ray Data tasks could not get CPUs.
     remote = ray.remote(num_cpus=0, max_retries=0)(train_one)
-    claim_prefix(cfg.out, "sweep", options, adopt=_legacy_sweep(cfg.out, options))  # checked above; now ours
+    claim_prefix(cfg.out, "sweep", options, adopt=legacy)  # checked above; now ours
     sweep, pending, rows = config_to_dict(cfg), [], []
     for k in cfg.latent:
         if len(pending) >= cfg.max_concurrent:
