@@ -141,6 +141,13 @@ def pool(summaries: list[dict]) -> dict:
             "above_threshold_fraction": above / count if count else None}
 
 
+def within_noise(drift: dict, psi_limit: float, ks_limit: float) -> list[str]:
+    """"PSI" and/or "KS" where the figure crossed its limit but not its noise level, so ``alerts`` left it out."""
+    limits = {"psi": psi_limit, "ks": ks_limit}
+    return [k.upper() for k in ("psi", "ks")
+            if drift.get(f"{k}_noise") is not None and limits[k] < drift[k] <= drift[f"{k}_noise"]]
+
+
 def alerts(drift: dict, psi_limit: float, ks_limit: float, rate_ratio_limit: float, min_z: float = 3.0
            ) -> list[str]:
     """Human-readable reasons this drift crosses the configured limits (empty: no alert).

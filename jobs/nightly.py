@@ -260,8 +260,7 @@ def format_night(r: NightResult) -> str:
     state = "ALERT " + "; ".join(r.drift["alerts"]) if r.drift["alerts"] else "ok"
     line = (f"{r.night}: {'reused' if r.reused else 'scored'} {r.drift['row_count']} rows -> {r.out} "
             f"(report.html, drift.html); vs validation PSI={d['psi']:.3f} KS={d['ks']:.3f}; {state}")
-    noisy = [name.upper() for name in ("psi", "ks") if d.get(f"{name}_noise") is not None
-             and r.drift["limits"][name] < d[name] <= d[f"{name}_noise"]]
+    noisy = drift.within_noise(d, r.drift["limits"]["psi"], r.drift["limits"]["ks"])
     if noisy:  # above the limit, but two samples this small differ that much by chance
         line += (f"\n  {' and '.join(noisy)} above the limit but within sampling noise for "
                  f"{r.drift['row_count']} rows against the model's validation rows "

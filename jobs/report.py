@@ -11,7 +11,7 @@ import base64
 import html
 import json
 
-from aemodel.drift import anomaly_rate, finite_count
+from aemodel.drift import NOISE_LEVEL, anomaly_rate, finite_count, within_noise
 from jobs.report_plots import bar_chart, distribution, flagged_curve, loss_curves, sweep_plot, trend
 
 Table = tuple[str, list[str], list[list[str]]]  # caption, headers, rows
@@ -181,9 +181,9 @@ def nightly_report(report: dict, nights: list[dict]) -> bytes:
              ("rows", f"{report['row_count']:,}"), ("previous nights compared", str(len(report["previous_nights"])))]
     vs = report.get("vs_validation") or {}
     if vs.get("psi_noise") is not None:
-        facts.append(("sampling noise vs validation, PSI / KS (0.999 level for these row counts)",
+        facts.append((f"sampling noise vs validation, PSI / KS ({NOISE_LEVEL} level for these row counts)",
                       f"{vs['psi_noise']:.3f} / {vs['ks_noise']:.3f}"))
-        noisy = [k.upper() for k in ("psi", "ks") if lim[k] < vs[k] <= vs[f"{k}_noise"]]
+        noisy = within_noise(vs, lim["psi"], lim["ks"])
         if noisy:
             notes.append(("info", f"{' and '.join(noisy)} above the limit against the validation rows, but within "
                                   "the sampling noise of these row counts: not an alert"))
