@@ -25,7 +25,7 @@ import json
 import re
 import types
 import typing
-from argparse import ArgumentError
+from argparse import SUPPRESS, ArgumentError
 from typing import Any, TypeVar, get_args, get_origin
 
 from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
@@ -137,13 +137,22 @@ def option_groups(cls: type) -> list[tuple[type, set[str]]]:
 
 
 def build_parser(cls: type, prog: str, description: str | None = None) -> ArgumentParser:
-    """A jsonargparse parser for ``cls``: one help group per option mixin, ``--config``, ``--print_config``."""
+    """A jsonargparse parser for ``cls``: one help group per option mixin, ``--config``, ``--print_config``.
+
+    Options named in ``cls.REFUSED_OPTIONS`` (dotted, e.g. ``train.latent_dim``: a composed
+    config's fields that this job decides itself) still parse, so the job's own check can
+    say why it refuses them, but are left out of ``--help``.
+    """
     parser = ArgumentParser(prog=prog, description=description, exit_on_error=False, epilog=_EPILOG)
     parser.add_argument("--config", action=ActionConfigFile,
                         help="YAML file (any fsspec URI) with any of the options below; flags after it win")
     for klass, own in option_groups(cls):
         skip = {f.name for f in dataclasses.fields(klass)} - own
         parser.add_class_arguments(klass, None, as_group=True, skip=skip)
+    refused = dict(getattr(cls, "REFUSED_OPTIONS", {}))
+    for action in parser._actions:  # argparse keeps no public list of a parser's actions
+        if action.dest in refused:
+            action.help = SUPPRESS
     return parser
 
 

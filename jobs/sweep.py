@@ -21,6 +21,7 @@ import io
 import json
 import sys
 from dataclasses import asdict, dataclass, field, replace
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -61,6 +62,15 @@ class SweepConfig:
     train: TrainOptions = field(default_factory=lambda: TrainOptions(cpus_per_worker=0.5))
     """Training options of every trial, as --train.<option> (0.5 CPUs per worker: trials run side by side)"""
 
+    REFUSED_OPTIONS: ClassVar[dict[str, str]] = {
+        "train.in_process": "trials train in Train workers, several at once",
+        "train.local_data": "trials train in Train workers, several at once",
+        "train.latent_dim": "each trial's comes from --latent",
+        "train.run_name": "each trial has its own",
+        "train.publish_latest": "a sweep recommends a model; publish it with aescore train",
+    }
+    """``--train.<option>`` a sweep decides itself: refused with the reason, and left out of ``--help``."""
+
     def __post_init__(self) -> None:
         if not self.data or not self.out:
             raise ValueError("--data and --out are required")
@@ -72,13 +82,9 @@ class SweepConfig:
             raise ValueError("--label-data and --label-column go together")
         if self.max_concurrent < 1:
             raise ValueError(f"max_concurrent must be >= 1, got {self.max_concurrent}")
-        for name, why in (("in_process", "trials train in Train workers, several at once"),
-                          ("local_data", "trials train in Train workers, several at once"),
-                          ("latent_dim", "each trial's comes from --latent"),
-                          ("run_name", "each trial has its own"),
-                          ("publish_latest", "a sweep recommends a model; publish it with aescore train")):
-            if getattr(self.train, name):
-                raise ValueError(f"train.{name} cannot be set in a sweep: {why}")
+        for name, why in self.REFUSED_OPTIONS.items():
+            if getattr(self.train, name.removeprefix("train.")):
+                raise ValueError(f"{name} cannot be set in a sweep: {why}")
 
     def train_config(self, latent_dim: int) -> TrainConfig:
         """The trial's ``aescore train`` config: the template with this latent size and output."""

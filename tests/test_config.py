@@ -61,6 +61,17 @@ def test_nightly_holds_a_score_config_and_sweep_a_train_template(tmp_path):
         parse_config(SweepConfig, ["--data", "d", "--out", "o", "--train.latent_dim", "3"], "t")
 
 
+def test_sweep_help_leaves_out_the_options_it_refuses():
+    """A flag the sweep decides itself is refused with its reason, and --help does not offer it."""
+    text = build_parser(SweepConfig, "t").format_help()
+    assert "--train.epochs" in text and "--train.latent_weight" in text
+    for name, why in SweepConfig.REFUSED_OPTIONS.items():
+        assert f"--{name}" not in text
+        value = "x" if name == "train.run_name" else "3" if name == "train.latent_dim" else "true"
+        with pytest.raises(ConfigError, match=f"{name} cannot be set in a sweep: {why}"):
+            parse_config(SweepConfig, ["--data", "d", "--out", "o", f"--{name}", value], "t")
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--latent-dim", "-1"], "latent_dim must be >= 1"),
     (["--epochs", "two"], 'option "epochs": expected int'),
