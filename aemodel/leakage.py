@@ -140,13 +140,21 @@ class BloomFilter:
         return self.bits.tobytes()
 
 
+ID_REPEATS = 5.0
+"""Expected repeats by chance above which an integer column that never repeats is id-like: P(none) ~ exp(-5) < 1%."""
+
+
 def id_like_columns(specs: list[ColumnSpec], stats: dict, min_rows: int = 50) -> list[dict]:
     """Feature columns whose values look like row identifiers (near-unique).
 
     An id used as a feature lets the model memorise rows and makes every unseen id an
     "anomaly". Flagged: categorical columns whose values are nearly all distinct or seen
-    once, and integer columns that densely cover a range about as long as the row count
-    (sequential ids). Uses only the training statistics of ``partial_stats``.
+    once, integer columns that densely cover a range about as long as the row count
+    (sequential ids), and integer columns with no value repeated where values drawn at
+    random over their range would have repeated at least ``ID_REPEATS`` times (a sample of
+    ids, a unique timestamp). Uses only the training statistics of ``partial_stats``, whose
+    repeats are counted within each batch of rows (exact counts of distinct values would
+    not merge in bounded memory), so the expected count is over those same pairs of rows.
     """
     found = []
     for s in specs:
@@ -164,7 +172,13 @@ def id_like_columns(specs: list[ColumnSpec], stats: dict, min_rows: int = 50) ->
             span = st["max"] - st["min"] + 1
             std = math.sqrt(st["m2"] / n)
             uniform_std = span / math.sqrt(12)
+            # Uniform draws collide least for a given range, so the expected repeats are a lower bound.
+            expected = st.get("pairs", 0) / span
             if 0.9 * n <= span <= 1.5 * n and 0.8 <= std / max(uniform_std, 1e-12) <= 1.2:
                 found.append({"column": s.name, "reason": f"integers spread evenly over "
                                                           f"[{st['min']:.0f}, {st['max']:.0f}] for {n} rows"})
+            elif st.get("repeats") == 0 and expected >= ID_REPEATS:
+                found.append({"column": s.name, "reason": f"{n} integers over [{st['min']:.0f}, {st['max']:.0f}], "
+                                                          f"none repeated (random values over that range would "
+                                                          f"have repeated about {expected:.0f} times)"})
     return found

@@ -98,9 +98,12 @@ def partial_stats(table: pa.Table, specs: list[ColumnSpec], log_moments: bool = 
             v = numeric_values(col)
             ok = v[~np.isnan(v)]
             n = int(ok.size)
+            integral = bool(np.all(ok == np.round(ok)))
             out[s.name] = {**moments(ok), "min": float(ok.min()) if n else None,
                            "max": float(ok.max()) if n else None,
-                           "missing": int(v.size - n), "integral": bool(np.all(ok == np.round(ok)))}
+                           "missing": int(v.size - n), "integral": integral}
+            if integral:  # for aemodel.leakage.id_like_columns: integers that never repeat
+                out[s.name].update(repeats=n - pc.count_distinct(pa.array(ok)).as_py(), pairs=n * (n - 1) // 2)
             if log_moments:
                 out[s.name]["log"] = moments(signed_log(ok))
         elif s.kind == "binary":
@@ -138,6 +141,8 @@ def merge_stats(a: dict, b: dict) -> dict:
             out[name] = {**merge_moments(x, y), "min": min(mins), "max": max(maxs),
                          "missing": x["missing"] + y["missing"],
                          "integral": x.get("integral", True) and y.get("integral", True)}
+            if out[name]["integral"]:  # repeats within each batch, and the pairs of rows they were sought among
+                out[name].update({k: x.get(k, 0) + y.get(k, 0) for k in ("repeats", "pairs")})
             if "log" in x and "log" in y:
                 out[name]["log"] = merge_moments(x["log"], y["log"])
         elif "pos" in x:

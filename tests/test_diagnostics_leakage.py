@@ -116,12 +116,18 @@ def test_id_like_columns_are_found_and_ordinary_ones_are_not():
     n = 1000
     rng = np.random.default_rng(2)
     table = pa.table({"event_id": np.arange(5000, 5000 + n), "uuid": [f"u{i}" for i in range(n)],
+                      # a random fifth of a table's sequential ids: too sparse for the dense-range rule
+                      "row_id": rng.choice(5 * n, size=n, replace=False),
                       "amount": rng.lognormal(size=n), "count": rng.poisson(3, size=n),
+                      # integers as wide as row_id's, drawn at random: they repeat, so not an id
+                      "code": rng.integers(0, 5 * n, size=n),
                       "city": rng.choice(["a", "b", "c"], size=n)})
     specs = resolve_columns(table.schema)
     stats = merge_stats(partial_stats(table.slice(0, 400), specs), partial_stats(table.slice(400), specs))
-    found = {c["column"] for c in id_like_columns(specs, stats)}
-    assert found == {"event_id", "uuid"}
+    found = {c["column"]: c["reason"] for c in id_like_columns(specs, stats)}
+    assert set(found) == {"event_id", "uuid", "row_id"}
+    assert "none repeated" in found["row_id"] and stats["code"]["repeats"] > 0
+    assert stats["row_id"]["pairs"] == 400 * 399 // 2 + 600 * 599 // 2  # counted within each batch
 
 
 def test_top_features_rank_columns_with_shares_and_z_scores():
