@@ -68,6 +68,30 @@ def quality_line(prefix: str, s: Summary | None, subject: str = "aescore") -> st
             f"worst_gap={s.worst_gap:+.3f} {TARGET}")
 
 
+def meets_target(s: Summary, subject: str) -> bool:
+    """The issue's goal: the best mean rank, wins over IsolationForest on >= 75% of tables, worst gap <= 0.02."""
+    return s.ranks[subject] <= min(s.ranks.values()) and s.wins >= 0.75 * s.tables and s.worst_gap <= 0.02
+
+
+def reference_line(prefix: str, results: dict[str, dict[str, np.ndarray]], tables: list[str],
+                   detectors: list[str]) -> str:
+    """Every detector held to the same target against all the others: is the target reachable here at all?
+
+    ``<prefix>: knn rank=.. wins_vs_iforest=k/n worst_gap=.. (table); ...; met by: <names or none>``
+    """
+    if not tables:
+        return f"{prefix}: -"
+    parts, met = [], []
+    for d in detectors:
+        s = summarise(results, tables, d, [r for r in detectors if r != d])
+        wins = "-" if d == "iforest" else f"{s.wins}/{s.tables}"
+        parts.append(f"{d} rank={s.ranks[d]:.2f} wins_vs_iforest={wins} worst_gap={s.worst_gap:+.3f} "
+                     f"({s.worst_table})")
+        if d != "iforest" and meets_target(s, d):
+            met.append(d)
+    return f"{prefix}: " + "; ".join(parts) + f"; target met by: {', '.join(met) or 'none'}"
+
+
 def ranks_line(prefix: str, s: Summary | None) -> str:
     """Every compared detector's mean rank, best first, and where the worst gap is."""
     if s is None:
