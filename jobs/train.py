@@ -163,7 +163,7 @@ def _fit_and_save(cfg: TrainConfig, options: dict, t0: float, train_in: ParquetI
         # train_throughput).
         "torch_threads": max(1, int(cfg.cpus_per_worker)), "threshold_quantile": cfg.quantile,
         "latent_weight": cfg.resolved_latent_weight(len(specs)), "latent_components": cfg.latent_components,
-        "marginal_weight": cfg.resolved_marginal_weight(len(specs)), "clip_sigma": cfg.clip_sigma,
+        "marginal_weight": cfg.marginal_weight, "clip_sigma": cfg.clip_sigma,
         "constant_outputs": pp.constant_outputs(), "columns": names,
         "scale_floor": cfg.scale_floor if cfg.scale_by_validation else None,
         # Each worker would hold its training shard and the whole validation set.

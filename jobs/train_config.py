@@ -15,13 +15,7 @@ FEATURES_PER_LATENT = 5
 """The default latent size is one code per this many feature columns, between 2 and ``MAX_DEFAULT_LATENT``."""
 MAX_DEFAULT_LATENT = 8
 """The largest default latent size. Tables wider than it accounts for (45 feature columns or more)
-get no latent term and half the marginal term's weight by default (``TrainConfig.resolved_latent_weight``,
-``resolved_marginal_weight``)."""
-
-
-def is_wide(n_features: int) -> bool:
-    """45 feature columns or more: the default latent size has stopped growing (``MAX_DEFAULT_LATENT``)."""
-    return n_features // FEATURES_PER_LATENT > MAX_DEFAULT_LATENT
+get no latent term by default (``TrainConfig.resolved_latent_weight``)."""
 
 
 @dataclass(kw_only=True)
@@ -93,9 +87,9 @@ class ThresholdOptions:
     scale_floor: float = 0.05
     """Smallest per-column validation scale (fraction of the constant predictor's loss): caps the weight of near-perfect columns."""
     latent_weight: float | None = None
-    """Weight of the latent term in anomaly_score (recon_error + weight x the row code's Mahalanobis distance from the training codes, per latent dimension): catches rows that reconstruct well but sit where few training rows do; 0: no latent term. Default: 1 (each term then counts as much as recon_error), and 0 for 45 feature columns or more, where the default latent size is capped at 8 (bench/RESULTS.md, "latent term on wide tables", "equal weights on narrow tables"); 0.5 there with --latent-components above 1."""
-    marginal_weight: float | None = None
-    """Weight of the marginal term in anomaly_score: each observed value's -log rarity among the training rows' values of its column (a two-sided tail probability for numeric columns, the frequency for the others), averaged over the row and about 1.0 for a training row; catches a value far out in its tail that agrees with the rest of its row (bench/RESULTS.md, "marginal tail term"); 0: no marginal term. Default: 1, and 0.5 for 45 feature columns or more (bench/RESULTS.md, "equal weights on narrow tables")."""
+    """Weight of the latent term in anomaly_score (recon_error + weight x the row code's Mahalanobis distance from the training codes, per latent dimension): catches rows that reconstruct well but sit where few training rows do; 0: no latent term. Default: 0.5, and 0 for 45 feature columns or more, where the default latent size is capped at 8 (bench/RESULTS.md, "latent term on wide tables"); 0.5 at any width with --latent-components above 1."""
+    marginal_weight: float = 0.5
+    """Weight of the marginal term in anomaly_score: each observed value's -log rarity among the training rows' values of its column (a two-sided tail probability for numeric columns, the frequency for the others), averaged over the row and about 1.0 for a training row; catches a value far out in its tail that agrees with the rest of its row (bench/RESULTS.md, "marginal tail term"); 0: no marginal term."""
     latent_components: int = 1
     """Most Gaussians in the latent term's density of the training codes; above 1, BIC picks 1, 2, 4 or 8 up to this, so codes in clusters get one each and a row between clusters scores high (against one Gaussian it helped image-like and some mixed tables and cost others: bench/RESULTS.md, "latent mixture"); 1 (default): one Gaussian."""
     threshold_quantile: float = 0.99
@@ -164,8 +158,7 @@ class TrainOptions(RunOptions, ThresholdOptions, FitOptions, ModelOptions, DataO
             (self.min_delta >= 0, f"min_delta must be >= 0, got {self.min_delta}"),
             (self.latent_weight is None or self.latent_weight >= 0,
              f"latent_weight must be >= 0, got {self.latent_weight}"),
-            (self.marginal_weight is None or self.marginal_weight >= 0,
-             f"marginal_weight must be >= 0, got {self.marginal_weight}"),
+            (self.marginal_weight >= 0, f"marginal_weight must be >= 0, got {self.marginal_weight}"),
             (self.latent_components >= 1, f"latent_components must be >= 1, got {self.latent_components}"),
             (0.0 < self.scale_floor <= 1.0, f"scale_floor must be in (0, 1], got {self.scale_floor}"),
             (0.5 <= self.threshold_quantile < 1.0, f"threshold_quantile must be in [0.5, 1), got {self.threshold_quantile}"),
@@ -242,32 +235,18 @@ class TrainOptions(RunOptions, ThresholdOptions, FitOptions, ModelOptions, DataO
         return int(min(MAX_DEFAULT_LATENT, max(2, n_features // FEATURES_PER_LATENT)))
 
     def resolved_latent_weight(self, n_features: int) -> float:
-        """The latent term's weight, or the default: 1, and 0 on wide tables (45 features or more).
+        """The latent term's weight, or the default: 0.5, and 0 on wide tables (45 features or more).
 
         On wide tables the default latent size has stopped growing (``MAX_DEFAULT_LATENT``
         codes for any width); on both wide development tables of the quality suite
         (image-like digits, high-dimensional ad_data) the latent term cost AUROC, while on
-        the narrow mixed ones it helped (bench/RESULTS.md, "latent term on wide tables"). On
-        narrow tables the latent and marginal terms count as much as ``recon_error``
-        (bench/RESULTS.md, "equal weights on narrow tables"). A mixture (``latent_components``
-        above 1) is asked for explicitly: 0.5 on wide tables, as measured there.
+        the narrow mixed ones it helped (bench/RESULTS.md, "latent term on wide tables").
+        A mixture (``latent_components`` above 1) is asked for explicitly: 0.5 at any width.
         """
         if self.latent_weight is not None:
             return self.latent_weight
-        if not is_wide(n_features):
-            return 1.0
-        return 0.5 if self.latent_components > 1 else 0.0
-
-    def resolved_marginal_weight(self, n_features: int) -> float:
-        """The marginal term's weight, or the default: 1, and 0.5 on wide tables (45 features or more).
-
-        On the wide development tables a weight of 1 cost digits (image-like) 0.010 AUROC;
-        on the narrow ones the three terms at equal weight beat 0.5 (bench/RESULTS.md,
-        "equal weights on narrow tables").
-        """
-        if self.marginal_weight is not None:
-            return self.marginal_weight
-        return 0.5 if is_wide(n_features) else 1.0
+        wide = n_features // FEATURES_PER_LATENT > MAX_DEFAULT_LATENT
+        return 0.5 if not wide or self.latent_components > 1 else 0.0
 
     @property
     def quantile(self) -> float:

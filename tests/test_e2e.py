@@ -80,7 +80,7 @@ def test_artefact_round_trips_with_reference_and_threshold(trained):
     assert [h["epoch"] for h in art.history] == list(range(len(art.history)))
     kinds = [s.kind for s in art.preprocessor.specs]
     assert kinds.count("numeric") == 8 and kinds.count("binary") == 3 and kinds.count("categorical") == 2
-    assert art.reference["marginal"]["weight"] == 1.0 and len(stored_counts(art.reference["marginal"])) == 13  # 13 columns: narrow
+    assert art.reference["marginal"]["weight"] == 0.5 and len(stored_counts(art.reference["marginal"])) == 13
 
 
 def test_scoring_output_is_complete_and_summary_matches_recomputation(scored, mixed_data):

@@ -112,9 +112,7 @@ def test_the_default_latent_weight_follows_the_table_width_and_an_explicit_one_w
     from jobs.train_config import TrainConfig
 
     cfg = TrainConfig(data="d", out="o")
-    assert [cfg.resolved_latent_weight(n) for n in (3, 44, 45, 130)] == [1.0, 1.0, 0.0, 0.0]
-    assert [cfg.resolved_marginal_weight(n) for n in (3, 44, 45, 130)] == [1.0, 1.0, 0.5, 0.5]
-    assert TrainConfig(data="d", out="o", marginal_weight=0.0).resolved_marginal_weight(3) == 0.0
+    assert [cfg.resolved_latent_weight(n) for n in (3, 44, 45, 130)] == [0.5, 0.5, 0.0, 0.0]
     assert cfg.resolved_latent_dim(44) == cfg.resolved_latent_dim(45) == 8  # the width where the code stops growing
     assert TrainConfig(data="d", out="o", latent_weight=0.2).resolved_latent_weight(130) == 0.2
     assert TrainConfig(data="d", out="o", latent_weight=0.0).resolved_latent_weight(3) == 0.0
@@ -140,7 +138,7 @@ def test_a_wide_table_trains_without_the_latent_term_and_training_says_so(tmp_pa
     scored = RowScorer(art).score_table(table)
     note = [line for line in format_result(result).splitlines() if line.startswith("latent term: off")]
     if width == 44:
-        assert art.reference["latent"]["weight"] == 1.0 and result.metrics["latent_weight"] == 1.0 and not note
+        assert art.reference["latent"]["weight"] == 0.5 and result.metrics["latent_weight"] == 0.5 and not note
         assert np.all(scored["anomaly_score"] > scored["recon_error"])
     else:
         assert "latent" not in art.reference and result.metrics["latent_weight"] == 0.0
