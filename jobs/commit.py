@@ -120,7 +120,8 @@ def check_model_prefix(uri: str, storage_options: dict | None = None) -> bool:
     committed = fs.exists(join(path, "_SUCCESS"))
     # claim_prefix first refuses a file or another kind's marker (a scores folder is named as
     # such, never loaded as a broken model); the marker is written later, with the artefact.
-    claim_prefix(uri, "model", storage_options, adopt=committed, write=False)
+    # An unmarked folder is adopted only if it holds a model (a Spark output has _SUCCESS too).
+    claim_prefix(uri, "model", storage_options, adopt=committed and fs.exists(join(path, "model.json")), write=False)
     return committed
 
 

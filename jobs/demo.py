@@ -19,8 +19,9 @@ import pyarrow.parquet as pq
 
 from aemodel import auroc
 from jobs import score, train
+from jobs.commit import check_model_prefix, claim_prefix
 from jobs.storage import join, url_to_fs
-from jobs.synthetic import LABEL, ROW_ID, make_mixed_table, write_shards
+from jobs.synthetic import LABEL, ROW_ID, check_shard_folder, make_mixed_table, write_shards
 
 
 @dataclass
@@ -65,10 +66,11 @@ def run(cfg: DemoConfig) -> DemoResult:
     """Generate, train, score and evaluate; prints each job's result."""
     t0 = time.perf_counter()
     train_uri, score_uri = join(cfg.out, "data", "train"), join(cfg.out, "data", "score")
+    model_uri, scores_uri = join(cfg.out, "model"), join(cfg.out, "scores")
+    check_out(cfg.out, train_uri, score_uri, model_uri, scores_uri)
     write_shards(make_mixed_table(cfg.rows, cfg.seed, cfg.anomaly_fraction), train_uri, cfg.shards)
     write_shards(make_mixed_table(cfg.rows // 2, cfg.seed + 1, cfg.anomaly_fraction, start_id=cfg.rows),
                  score_uri, cfg.shards)
-    model_uri, scores_uri = join(cfg.out, "model"), join(cfg.out, "scores")
     tr = train.run(train.TrainConfig(data=train_uri, out=model_uri, exclude_columns=[ROW_ID, LABEL],
                                      epochs=cfg.epochs, seed=cfg.seed, ray_address=cfg.ray_address,
                                      overwrite=True))
@@ -84,6 +86,35 @@ def run(cfg: DemoConfig) -> DemoResult:
     precision, recall = precision_recall(np.asarray(table["is_anomaly"]), label)
     return DemoResult(train=tr, score=sr, auroc=score_auc, precision=precision, recall=recall,
                       wall_seconds=time.perf_counter() - t0)
+
+
+DEMO_ENTRIES = {"data", "model", "scores"}
+"""What the demo writes at the top of --out (and, from an older aescore, without a marker)."""
+
+
+def check_out(out: str, train_uri: str, score_uri: str, model_uri: str, scores_uri: str) -> None:
+    """Claim --out for the demo and check every folder it writes, before anything is written or deleted.
+
+    A folder holding a user's files (at the top, in data/train or data/score, in model or
+    scores) is refused with nothing touched; a demo folder from an older aescore (only the
+    demo's own entries, no marker) is adopted.
+
+    Raises:
+        OutputError: --out or one of its folders holds files the demo did not write.
+    """
+    fs, path = url_to_fs(out)
+
+    def names(p: str) -> set[str]:
+        return {e.rstrip("/").rsplit("/", 1)[-1] for e in (fs.ls(p, detail=False) if fs.isdir(p) else [])}
+
+    entries = names(path)
+    old_demo = bool(entries) and entries <= DEMO_ENTRIES and names(join(path, "data")) <= {"train", "score"}
+    claim_prefix(out, "demo", adopt=old_demo, write=False)  # first: refuses a file, or a folder of the user's
+    for uri in (train_uri, score_uri):
+        check_shard_folder(uri)
+    check_model_prefix(model_uri)
+    claim_prefix(scores_uri, "scores", write=False)
+    claim_prefix(out, "demo", adopt=old_demo)
 
 
 def precision_recall(flagged: np.ndarray, label: np.ndarray) -> tuple[float, float]:

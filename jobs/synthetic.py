@@ -8,10 +8,13 @@ and some also get an out-of-range value. The label column is never a feature.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jobs.errors import OutputError
 from jobs.storage import url_to_fs
 
 LABEL = "is_injected_anomaly"
@@ -67,11 +70,38 @@ def make_mixed_table(n_rows: int, seed: int = 0, anomaly_fraction: float = 0.03,
     return pa.table(cols)
 
 
-def write_shards(table: pa.Table, uri: str, n_shards: int, storage_options: dict | None = None) -> list[str]:
-    """Write ``table`` as ``n_shards`` Parquet files under ``uri`` (replacing what is there)."""
+SHARD = re.compile(r"part-\d{5}\.parquet")
+"""The names ``write_shards`` gives its files: the only files it replaces."""
+
+
+def check_shard_folder(uri: str, storage_options: dict | None = None) -> None:
+    """Refuse a folder holding anything but ``write_shards``' own files (before anything is written).
+
+    Raises:
+        OutputError: ``uri`` is a file, or holds a file or folder ``write_shards`` did not write.
+    """
     fs, path = url_to_fs(uri, storage_options)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
+    if fs.isfile(path):
+        raise OutputError(f"{uri} is a file; the data is written as a folder of Parquet files there")
+    entries = [p.rstrip("/").rsplit("/", 1)[-1] for p in (fs.ls(path, detail=False) if fs.isdir(path) else [])]
+    foreign = sorted(e for e in entries if not SHARD.fullmatch(e))
+    if foreign:
+        raise OutputError(f"{uri} already holds files that aescore did not write ({', '.join(foreign[:5])}); "
+                          "choose another --out")
+
+
+def write_shards(table: pa.Table, uri: str, n_shards: int, storage_options: dict | None = None) -> list[str]:
+    """Write ``table`` as ``n_shards`` Parquet files under ``uri``, replacing only earlier ``part-NNNNN.parquet`` files.
+
+    Raises:
+        OutputError: The folder holds anything else (``check_shard_folder``); nothing is deleted then.
+    """
+    check_shard_folder(uri, storage_options)
+    fs, path = url_to_fs(uri, storage_options)
+    if fs.isdir(path):
+        for old in fs.ls(path, detail=False):
+            if SHARD.fullmatch(old.rstrip("/").rsplit("/", 1)[-1]):
+                fs.rm(old)
     fs.makedirs(path, exist_ok=True)
     bounds = np.linspace(0, table.num_rows, n_shards + 1).astype(int)
     out = []

@@ -161,6 +161,39 @@ def test_out_that_is_a_file_is_refused_and_left_alone(command, trained, mixed_da
     assert mine.read_bytes() == b"my own file"
 
 
+def test_train_out_holding_a_spark_output_is_refused_as_the_users(mixed_data, tmp_path):
+    """A _SUCCESS file alone does not make a folder an aescore model (Spark writes one too)."""
+    spark = tmp_path / "spark"
+    spark.mkdir()
+    (spark / "_SUCCESS").write_text("")
+    (spark / "part-00000.parquet").write_bytes(b"theirs")
+    result = _cli("train", "--data", mixed_data["train"], "--out", str(spark))
+    _assert_failed_cleanly(result, r"spark already holds files that aescore did not write \(_SUCCESS, part-00000",
+                           tmp_path / "none")
+    assert sorted(p.name for p in spark.iterdir()) == ["_SUCCESS", "part-00000.parquet"]
+
+
+DEMO_CASES = {  # where the user's file sits -> the folder the refusal names
+    "data/train/notes.txt": "data/train", "data/score/notes.txt": "data/score",
+    "model/mine.txt": "model", "scores/mine.txt": "scores", "mine.txt": "demo",
+}
+
+
+@pytest.mark.parametrize("where", sorted(DEMO_CASES))
+def test_demo_out_holding_a_users_files_is_refused_before_anything_is_written(where, tmp_path):
+    """The demo deletes its own earlier data only: a user's file anywhere it writes stops it, untouched."""
+    out = tmp_path / "demo"
+    mine = out / where
+    mine.parent.mkdir(parents=True)
+    mine.write_text("keep")
+    result = _cli("demo", "--out", str(out), "--rows", "500", "--epochs", "1")
+    named = str(out if DEMO_CASES[where] == "demo" else out / DEMO_CASES[where])
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {named} already holds files that aescore did not")
+    assert mine.read_text() == "keep"
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [where]
+
+
 def _labelled(d: Path, change) -> str:
     return _write(d, {"l.parquet": change(_table(300))})
 
