@@ -105,22 +105,29 @@ def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact,
         cfg = replace(cfg, precision="fp32")
     threshold = cfg.threshold if cfg.threshold is not None else art.threshold_value
     data = open_scoring_input(cfg, art)
-    run_id = cfg.run_id or compute_run_id(cfg, art, data)
+    content_id = compute_run_id(cfg, art, data)
+    run_id = cfg.run_id or content_id
     out = OutputCommit(cfg.out, options)
     out.begin()  # refuses a prefix aescore does not own, before anything is written or Ray starts
     committed = read_committed_json(cfg.out, MANIFEST, options)
     if committed and committed.get("run_id") == run_id and not cfg.force:
-        out.abort()
-        print(f"{cfg.out} already holds committed run {run_id}; reusing it "
-              "(--force recomputes; --score.force in nightly)", flush=True)
-        return ScoreResult(out=cfg.out, summary=read_committed_json(cfg.out, "summary.json", options),
-                           manifest=committed, reused=True, run_uri=committed.get("run_uri", cfg.out))
+        # A run id names a run; it is reused only if it was scored with this model, these input
+        # files and these options (an explicit --run-id could name anything).
+        if committed.get("content_id", committed.get("run_id")) == content_id:
+            out.abort()
+            print(f"{cfg.out} already holds committed run {run_id}; reusing it "
+                  "(--force recomputes; --score.force in nightly)", flush=True)
+            return ScoreResult(out=cfg.out, summary=read_committed_json(cfg.out, "summary.json", options),
+                               manifest=committed, reused=True, run_uri=committed.get("run_uri", cfg.out))
+        print(f"note: {cfg.out} holds committed run {run_id} scored with another model, other input files or "
+              "other options; scoring anew", flush=True)
 
     compute = cfg.resolved_compute()
     try:
         resolved = replace(cfg, compute=compute, batch_size=cfg.batch_size or rows_per_call(art.preprocessor))
         summary, manifest = _score_and_summarize(resolved, art, data, out, loader, threshold,
                                                  run_id, t0, started)
+        manifest["content_id"] = content_id
         files = {"summary.json": json.dumps(summary, indent=2).encode(),
                  "report.html": scoring_report(summary, art.reference),
                  MANIFEST: json.dumps(manifest, indent=2).encode()}

@@ -261,6 +261,24 @@ def test_rerun_with_same_run_id_reuses_the_committed_output(trained, mixed_data,
     assert any(name.startswith("err_") for name in rows.column_names)
 
 
+def test_an_explicit_run_id_is_reused_only_for_the_same_model_inputs_and_options(trained, mixed_data, tmp_path,
+                                                                                  capsys):
+    """--run-id names a run; other data under the same name is scored anew, never answered with the old rows."""
+    cfg = score.ScoreConfig(model=trained.model_uri, data=mixed_data["score"], out=str(tmp_path / "o"),
+                            id_columns=[ROW_ID], run_id="nightly")
+    first = score.run(cfg)
+    assert score.run(cfg).reused
+    other = tmp_path / "other"
+    other.mkdir()
+    pq.write_table(mixed_data["score_table"].slice(0, 50), other / "part.parquet")
+    capsys.readouterr()
+    second = score.run(score.ScoreConfig(**{**cfg.__dict__, "data": str(other)}))
+    assert not second.reused and second.summary["row_count"] == 50 != first.summary["row_count"]
+    assert "scored with another model, other input files or other options; scoring anew" in capsys.readouterr().out
+    assert second.manifest["run_id"] == "nightly" and second.manifest["content_id"] != first.manifest["content_id"]
+    assert _rows(str(tmp_path / "o")).num_rows == 50
+
+
 def test_actor_pool_that_would_reserve_every_cpu_is_refused(trained, mixed_data, tmp_path):
     """2 actors x 1 CPU on a 2-CPU Ray would starve the reads and hang: refused up front."""
     from jobs.errors import InputError
