@@ -10,7 +10,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from jobs.ray_runtime import on_one_machine
-from jobs.score_summary import ROW_HASH
+from jobs.score_summary import COLUMN_ERROR_PREFIX, ROW_HASH
+
+
+OUTPUT_COLUMNS = ("anomaly_score", "score_percentile", "recon_error", "is_anomaly", "missing_cells", "unseen_cells",
+                  "top_features", "seen_in_training")
+"""Columns of the rows file besides the id columns (``jobs.score_rows``) and ``err_<column>``."""
 
 
 @dataclass(kw_only=True)
@@ -67,6 +72,12 @@ class ScoreOptions:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         if ROW_HASH in self.id_columns:
             raise ValueError(f"{ROW_HASH!r} is reserved for the synthetic row id")
+        clash = [c for c in self.id_columns
+                 if c in OUTPUT_COLUMNS or (self.column_errors and c.startswith(COLUMN_ERROR_PREFIX))]
+        if clash:  # the computed column would silently replace the user's ids in the rows file
+            written = ", ".join([*OUTPUT_COLUMNS, *([f"{COLUMN_ERROR_PREFIX}<column>"] if self.column_errors else [])])
+            raise ValueError(f"id column {clash[0]!r} has the name of a column aescore writes ({written}); "
+                             "rename it in the input")
 
     @property
     def use_actors(self) -> bool:

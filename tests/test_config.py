@@ -181,3 +181,14 @@ def test_print_config_never_shows_storage_option_values(tmp_path, capsys):
     with pytest.raises(SystemExit) as done:  # a template needs none of the required options
         parse_config(ScoreConfig, ["--print-config"], "t")
     assert done.value.code == 0 and "model: null" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("ids, extra, clash", [(["event_id", "anomaly_score"], [], "anomaly_score"),
+                                                (["err_amount"], ["--column-errors"], "err_amount")])
+def test_an_id_column_named_like_an_output_column_is_refused(ids, extra, clash):
+    """Otherwise the computed column silently replaces the user's ids in the rows file."""
+    with pytest.raises(ConfigError, match=f"id column '{clash}' has the name of a column aescore writes"):
+        parse_config(ScoreConfig, ["--model", "m", "--data", "d", "--out", "o", "--id-columns", ",".join(ids), *extra],
+                     "t")
+    assert parse_config(ScoreConfig, ["--model", "m", "--data", "d", "--out", "o", "--id-columns", "err_amount"],
+                        "t").id_columns == ["err_amount"]  # no err_ columns are written without --column-errors
