@@ -133,14 +133,43 @@ def resolve_columns(
     return sorted(specs, key=lambda s: order[s.kind])  # stable: schema order within a kind
 
 
+def _family(arrow_type: pa.DataType | str) -> str:
+    """``bool``, ``string`` or ``number``: the types a column may change between without changing meaning."""
+    name = str(arrow_type)
+    if name == "bool":
+        return "bool"
+    return "string" if name in ("string", "large_string") or name.startswith("dictionary") else "number"
+
+
+def _changed_meaning(spec: ColumnSpec, arrow_type: pa.DataType) -> bool:
+    """True if data of ``arrow_type`` would be read, without error, as something else than what was trained on.
+
+    A numeric column trained on numbers and given booleans scores them as 0/1; a categorical
+    column trained on strings and given integers sees only unseen values. Integers and
+    floats stay interchangeable, as do the string encodings; an all-null shard is missing cells.
+    """
+    if pat.is_null(arrow_type):
+        return False
+    trained, given = _family(spec.arrow_type), _family(arrow_type)
+    if spec.kind == "numeric":
+        return given == "bool" and trained != "bool"
+    if spec.kind == "categorical":
+        return trained == "string" and given != "string"
+    return False
+
+
 def check_schema(schema: pa.Schema, specs: list[ColumnSpec], source: str) -> None:
-    """Raise a SchemaError naming ``source`` if it lacks a feature or has an incompatible type."""
+    """Raise a SchemaError naming ``source`` if it lacks a feature or has an incompatible type.
+
+    Incompatible: a type the column's kind cannot take, or one it would take with another
+    meaning than at training (``_changed_meaning``).
+    """
     missing = [s.name for s in specs if s.name not in schema.names]
     if missing:
         raise SchemaError(f"{source}: missing feature column(s) {missing} (the model was trained on "
                           f"{[s.name for s in specs]})")
     for s in specs:
         t = schema.field(s.name).type
-        if not kind_accepts(s.kind, t):
+        if not kind_accepts(s.kind, t) or _changed_meaning(s, t):
             raise SchemaError(f"{source}: column {s.name!r} has type {t}, but the model treats it as "
                               f"{s.kind} (trained on {s.arrow_type})")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -48,6 +49,19 @@ def _case_type_changed(d):
     return _write(d, {"part.parquet": t}), r"part\.parquet: column 'num_0' has type string"
 
 
+def _case_numbers_became_booleans(d):
+    t = _table()
+    t = t.set_column(t.schema.get_field_index("num_0"), "num_0", pc.greater(t["num_0"], 0))
+    return _write(d, {"part.parquet": t}), r"part\.parquet: column 'num_0' has type bool, .* \(trained on double\)"
+
+
+def _case_categories_became_codes(d):
+    t = _table()
+    codes = pc.cast(pc.dictionary_encode(t["cat_0"]).combine_chunks().indices, pa.int64())
+    return _write(d, {"part.parquet": t.set_column(t.schema.get_field_index("cat_0"), "cat_0", codes)}), \
+        r"part\.parquet: column 'cat_0' has type int64, .* \(trained on string\)"
+
+
 def _case_zero_rows(d):
     return _write(d, {"a.parquet": _table().slice(0, 0), "b.parquet": _table().slice(0, 0)}), \
         "2 Parquet file\\(s\\) but zero rows in total"
@@ -79,6 +93,8 @@ def _case_other_models_schema(d):
 SCORE_INPUT_CASES = {
     "missing_feature_column": _case_missing_column,
     "column_type_changed": _case_type_changed,
+    "numbers_became_booleans": _case_numbers_became_booleans,
+    "categories_became_integer_codes": _case_categories_became_codes,
     "zero_rows_in_total": _case_zero_rows,
     "truncated_parquet": _case_corrupt_file,
     "not_parquet": _case_not_parquet,
