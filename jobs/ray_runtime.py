@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from jobs.aggregates import BlockAggregate, MergedAggregates
+from jobs.errors import InputError
 from jobs.progress import Progress, is_verbose
 
 if TYPE_CHECKING:
@@ -32,6 +33,23 @@ def on_one_machine(address: str | None = None) -> bool:
     """Nothing points at a Ray cluster: no ``address``, no ``RAY_ADDRESS``, no multi-node Ray already joined."""
     ray = sys.modules.get("ray")  # a Ray this process never imported is not running in it
     return cluster_address(address) is None and not (ray is not None and ray.is_initialized() and alive_nodes() > 1)
+
+
+def check_gpu(use_gpu: bool, address: str | None = None) -> None:
+    """Refuse ``--use-gpu`` up front where no GPU can ever come: one machine without CUDA.
+
+    Without this Ray waits forever for a GPU resource that no node has. A cluster is not
+    checked: its autoscaler may add GPU nodes when the job asks for one.
+
+    Raises:
+        InputError: ``use_gpu`` on a machine without a CUDA device and no Ray cluster given.
+    """
+    if use_gpu and on_one_machine(address):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InputError("--use-gpu: this machine has no CUDA GPU that torch can use and no Ray cluster was "
+                             "given (--ray-address or RAY_ADDRESS); drop --use-gpu to run on CPUs")
 
 
 def ensure_ray(address: str | None = None) -> None:

@@ -34,6 +34,7 @@ from jobs.datasets import ParquetInput, check_columns, explain_failure, open_par
 from jobs.errors import InputError
 from jobs.manifest import fingerprint, git_commit, library_versions
 from jobs.progress import Progress
+from jobs.ray_runtime import check_gpu
 from jobs.report import scoring_report
 from jobs.score_config import ScoreConfig
 from jobs.score_local import score_locally
@@ -95,6 +96,7 @@ def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact,
             committed with the run (nightly's drift.json).
     """
     t0, started = time.perf_counter(), datetime.now(timezone.utc)
+    check_gpu(cfg.use_gpu, cfg.ray_address)
     options = normalize_storage_options(cfg.storage_options)
     check_no_overlap(cfg.out, {"--data": cfg.data, "--model": cfg.model}, options)
     cfg = replace(cfg, model=resolve_model_uri(cfg.model, options))  # follow a LATEST pointer once

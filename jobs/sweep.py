@@ -36,7 +36,7 @@ from jobs.datasets import open_parquet_input
 from jobs.errors import InputError, TrainingError, find_user_error
 from jobs.aggregates import ErrorStatsAggregate
 from jobs.progress import is_verbose
-from jobs.ray_runtime import aggregate_blocks, ensure_ray, quiet_ray_console
+from jobs.ray_runtime import aggregate_blocks, check_gpu, ensure_ray, quiet_ray_console
 from jobs.storage import check_no_overlap, join, normalize_storage_options, url_to_fs
 from jobs.train_config import TrainConfig, TrainOptions
 
@@ -214,6 +214,7 @@ def check_inputs(cfg: SweepConfig, options: dict) -> tuple[SweepConfig, bool]:
 
 def run(cfg: SweepConfig) -> SweepResult:
     """Train one model per latent size as parallel Ray Train runs and write the comparison."""
+    check_gpu(cfg.train.use_gpu, cfg.train.ray_address)
     options = normalize_storage_options(cfg.train.storage_options)
     cfg, legacy = check_inputs(cfg, options)
     ensure_ray(cfg.train.ray_address)

@@ -36,7 +36,7 @@ from jobs.datasets import ParquetInput, encode, explain_failure, hash_split, ope
 from jobs.errors import InputError, TrainingError
 from jobs.manifest import fingerprint
 from jobs.progress import is_terminal, is_verbose
-from jobs.ray_runtime import alive_nodes, ensure_ray, on_one_machine, quiet_ray_console
+from jobs.ray_runtime import alive_nodes, check_gpu, ensure_ray, on_one_machine, quiet_ray_console
 from jobs.report import training_report
 from jobs.storage import (arrow_filesystem, check_no_overlap, check_shared_paths, normalize_storage_options,
                           check_pointer_target, publish_pointer, redact_config, url_to_fs)
@@ -68,6 +68,7 @@ def run(cfg: TrainConfig, report_links: list[tuple[str, str]] = ()) -> TrainResu
             (a sweep links its comparison page).
     """
     t0 = time.perf_counter()
+    check_gpu(cfg.use_gpu, cfg.ray_address)
     options = normalize_storage_options(cfg.storage_options)
     check_no_overlap(cfg.out, {"--data": cfg.data, "--val-data": cfg.val_data}, options)
     train_in = open_parquet_input(cfg.data, options)

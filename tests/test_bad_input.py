@@ -189,6 +189,21 @@ def test_train_out_holding_a_spark_output_is_refused_as_the_users(mixed_data, tm
     assert sorted(p.name for p in spark.iterdir()) == ["_SUCCESS", "part-00000.parquet"]
 
 
+@pytest.mark.parametrize("command", ["train", "score", "sweep"])
+def test_use_gpu_without_a_gpu_or_cluster_is_refused_instead_of_waiting_forever(command, trained, mixed_data,
+                                                                                 tmp_path, monkeypatch):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    data = mixed_data["score" if command == "score" else "train"]
+    flags = {"train": ["--use-gpu"], "score": ["--use-gpu", "--model", trained.model_uri], "sweep": ["--train.use-gpu"]}
+    result = _cli(command, "--data", data, "--out", str(tmp_path / "o"), *flags[command])
+    _assert_failed_cleanly(result, r"--use-gpu: this machine has no CUDA GPU", tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
 DEMO_CASES = {  # where the user's file sits -> the folder the refusal names
     "data/train/notes.txt": "data/train", "data/score/notes.txt": "data/score",
     "model/mine.txt": "model", "scores/mine.txt": "scores", "mine.txt": "demo",
