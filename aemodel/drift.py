@@ -101,11 +101,17 @@ def compare(current: dict, reference: dict) -> dict:
         # 0: with 0 no rate could ever alert. Half a row, as in the usual +0.5 correction.
         ref_rate = 0.5 / (finite_count(reference) + 1)
     z = None
-    if rate is not None and ref_rate is not None and 0 < ref_rate < 1 and finite_count(current):
-        # How many standard errors tonight's anomaly count lies above the baseline rate
-        # (binomial): a ratio on a handful of rows is noise, not drift.
-        n = finite_count(current)
-        z = (rate - ref_rate) * n / math.sqrt(n * ref_rate * (1 - ref_rate))
+    n, m = finite_count(current), finite_count(reference)
+    if rate is not None and ref_rate is not None and 0 < ref_rate < 1 and n:
+        # How many standard errors tonight's rate lies above the baseline's: a ratio on a
+        # handful of rows is noise, not drift. Both rates are samples (the baseline is a few
+        # dozen validation rows, or a few nights), so the two-proportion test with the pooled
+        # rate; a baseline of unknown size is taken as exact (the one-sample binomial).
+        if m:
+            pooled = (rate * n + ref_rate * m) / (n + m)
+            z = (rate - ref_rate) / math.sqrt(pooled * (1 - pooled) * (1 / n + 1 / m)) if 0 < pooled < 1 else None
+        else:
+            z = (rate - ref_rate) * n / math.sqrt(n * ref_rate * (1 - ref_rate))
     return {
         **noise_levels(current["histogram"], reference["histogram"], finite_count(current), finite_count(reference)),
         "psi": psi(current["histogram"], reference["histogram"]),

@@ -104,6 +104,8 @@ class NightResult:
     out: str
     reused: bool
     drift: dict
+    warnings: list[str] = field(default_factory=list)
+    """The scoring run's warnings (``summary.json``), printed under the night's line."""
 
 
 def run_night(cfg: NightlyConfig, night: date) -> NightResult:
@@ -132,7 +134,8 @@ def run_night(cfg: NightlyConfig, night: date) -> NightResult:
         report = with_limits(cfg, report)
     else:
         report = reports[-1]
-    return NightResult(night=stamp, out=result.run_uri or out, reused=result.reused, drift=report)
+    return NightResult(night=stamp, out=result.run_uri or out, reused=result.reused, drift=report,
+                       warnings=list((result.summary or {}).get("warnings", [])))
 
 
 def limits(cfg: NightlyConfig) -> dict:
@@ -197,9 +200,16 @@ def drift_report(cfg: NightlyConfig, night: date, tonight: dict, reference: dict
                     "limits": limits(cfg), "vs_validation": drift.compare(tonight, reference), "alerts": []}
     # Only nights whose distribution is of the same score (older outputs hold recon_error),
     # newest first as before.
-    previous = [{**s, "date": day} for day, s in reversed(history)
+    # Nights scored by another model version are left out: a retrained model's scores have
+    # another distribution, and comparing them would alert on the retraining, not on the data.
+    version = (tonight.get("model") or {}).get("version")
+    same = [(day, s) for day, s in reversed(history) if (s.get("model") or {}).get("version") == version]
+    previous = [{**s, "date": day} for day, s in same
                 if s["histogram"]["edges"] == tonight["histogram"]["edges"] and s.get("score") == tonight.get("score")]
     report["previous_nights"] = [p["date"] for p in previous]
+    other = [day for day, s in reversed(history) if (s.get("model") or {}).get("version") != version]
+    if other:
+        report["previous_nights_other_model"] = other
     if previous:
         report["vs_previous_nights"] = drift.compare(tonight, drift.pool(previous))
         report["columns"] = column_shift(tonight, previous)
@@ -265,11 +275,16 @@ def format_night(r: NightResult) -> str:
         line += (f"\n  {' and '.join(noisy)} above the limit but within sampling noise for "
                  f"{r.drift['row_count']} rows against the model's validation rows "
                  f"(noise level PSI {d['psi_noise']:.3f}, KS {d['ks_noise']:.3f}): not alerted")
+    other = r.drift.get("previous_nights_other_model", [])
+    if other:
+        line += (f"\n  {len(other)} previous night(s) scored by another model version left out of "
+                 f"vs_previous_nights ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''})")
     if "committed_limits" in r.drift:
         line += (f"\n  alerts judged by this run's limits; the committed drift.json has "
                  f"{len(r.drift['committed_alerts'])} alert(s) under the limits it was written with"
                  + (f" {r.drift['committed_limits']}" if r.drift["committed_limits"] else ""))
-    return line
+    # A nightly log may be all anyone reads: the scoring warnings (skipped files, unseen values) too.
+    return line + "".join(f"\n  warning: {w}" for w in r.warnings)
 
 
 def main(argv: list[str] | None = None) -> int:

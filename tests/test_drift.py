@@ -47,3 +47,18 @@ def test_an_anomaly_rate_against_a_reference_with_none_above_the_threshold_can_a
     assert any(r.startswith("anomaly rate") for r in drift.alerts(many, 0.2, 0.15, 3.0))
     one = drift.compare({**_summary(rng, 100), "anomaly_rate": 0.01}, validation)
     assert not any(r.startswith("anomaly rate") for r in drift.alerts(one, 0.2, 0.15, 3.0))
+
+
+def test_the_anomaly_rate_test_counts_the_baselines_own_sampling_noise():
+    """1 of 181 validation rows above the threshold is a rough rate: 9 of 400 tonight is within its noise.
+
+    Taken as exact, 1/181 made 9/400 a z of 4.6 and paged on unchanged data; as a sample the
+    two-proportion z is about 1.5. A real jump (60 of 400) still alerts.
+    """
+    rng = np.random.default_rng(3)
+    validation = {**_summary(rng, 181), "above_threshold_fraction": 1 / 181}
+    same = drift.compare({**_summary(rng, 400), "anomaly_rate": 9 / 400}, validation)
+    assert same["anomaly_rate_ratio"] > 3 and 1.0 < same["anomaly_rate_z"] < 2.0
+    assert not any(r.startswith("anomaly rate") for r in drift.alerts(same, 0.2, 0.15, 3.0))
+    jump = drift.compare({**_summary(rng, 400), "anomaly_rate": 60 / 400}, validation)
+    assert any(r.startswith("anomaly rate") for r in drift.alerts(jump, 0.2, 0.15, 3.0))

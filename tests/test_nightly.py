@@ -118,6 +118,30 @@ def test_nightly_config_checks():
     assert [d.isoformat() for d in cfg.nights()] == ["2026-10-30", "2026-10-31", "2026-11-01", "2026-11-02"]
 
 
+def test_nights_scored_by_another_model_version_are_left_out_of_the_comparison():
+    """After retraining, the previous nights' scores come from another model: comparing them alerts on nothing."""
+    import numpy as np
+
+    from aemodel.metrics import ErrorStats, histogram_edges
+
+    rng = np.random.default_rng(0)
+
+    def night(version: str, scale: float) -> dict:
+        stats = ErrorStats(histogram_edges(), threshold=3.0).update(scale * rng.lognormal(0, 0.6, 2000)).summary()
+        return {**stats, "row_count": stats["count"], "model": {"uri": "m", "version": version}}
+
+    cfg = nightly.NightlyConfig(model="m", data="{date}", out="{date}")
+    history = [("2026-11-01", night("old", 3.0)), ("2026-11-02", night("old", 3.0)), ("2026-11-03", night("new", 1.0))]
+    tonight, reference = night("new", 1.0), night("new", 1.0)
+    report = nightly.drift_report(cfg, nightly.date(2026, 11, 4), tonight, reference, history)
+    assert report["previous_nights"] == ["2026-11-03"] and report["alerts"] == []
+    assert report["previous_nights_other_model"] == ["2026-11-02", "2026-11-01"]
+    line = nightly.format_night(nightly.NightResult(night="2026-11-04", out="o", reused=False, drift=report,
+                                                    warnings=["1 file(s) in the input lack the .parquet extension"]))
+    assert "2 previous night(s) scored by another model version left out of vs_previous_nights" in line
+    assert line.splitlines()[-1] == "  warning: 1 file(s) in the input lack the .parquet extension"
+
+
 def test_a_limit_crossed_within_sampling_noise_is_said_not_alerted():
     vs = {"psi": 0.95, "ks": 0.06, "psi_noise": 2.2, "ks_noise": 0.3, "anomaly_rate_ratio": None}
     report = {"row_count": 100, "limits": {"psi": 0.2, "ks": 0.15, "anomaly_rate_ratio": 3.0}, "vs_validation": vs}
