@@ -119,7 +119,8 @@ def summary_warnings(summary: dict) -> list[str]:
                    f"(e.g. {skipped[0]}); rename them or pass a glob that names them")
     rows = summary["row_count"] or 1
     if summary.get("unseen_cells", 0) > 0.05 * rows:
-        out.append(f"{summary['unseen_cells']} categorical cells hold values never seen in training")
+        out.append(f"{summary['unseen_cells']} categorical cells hold values the model does not know: never seen "
+                   "in training, or beyond the categories it kept (--max-categories, --min-category-count)")
     # Repeated here: a nightly job's log may be the only output anyone reads.
     out += [f"the model's training warned: {w}" for w in summary.get("model", {}).get("warnings", [])]
     return out

@@ -42,7 +42,7 @@ from jobs.storage import (arrow_filesystem, check_no_overlap, check_shared_paths
                           check_pointer_target, publish_pointer, redact_config, url_to_fs)
 from jobs.train_config import TrainConfig
 from jobs.train_loop import eval_step, train_loop_per_worker, train_step
-from jobs.train_eval import TrainResult, assess, final_checkpoint, format_result
+from jobs.train_eval import TrainResult, assess, final_checkpoint, format_result, input_warnings
 from jobs.train_local import LocalInput, input_bytes, local_shards
 from jobs.train_stats import RayInput, fit_statistics
 
@@ -176,7 +176,8 @@ def _fit_and_save(cfg: TrainConfig, options: dict, t0: float, train_in: ParquetI
     if cfg.contamination is not None:
         threshold = {**threshold, "method": "contamination", "contamination": cfg.contamination}
     history = state["history"]
-    metrics = assess(cfg, model_config, history, reference, threshold, leakage, pp)
+    noted = input_warnings(cfg, {"--data": train_in, "--val-data": val_in}, train_in.schema, specs, stats)
+    metrics = assess(cfg, model_config, history, reference, threshold, leakage, pp, noted)
     failed = [c for c in metrics["diagnostics"] if c["status"] == "fail"]
     if failed:  # checked before anything is written: a failed run leaves no artefact
         raise TrainingError("; ".join(f"{c['check']}: {c['message']}" for c in failed))

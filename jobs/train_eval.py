@@ -19,7 +19,7 @@ from aemodel.losses import anomaly_score, error_scales, latent_distance, latent_
 from aemodel.marginal import marginal_distance, marginal_tensors
 from aemodel.diagnostics import calibrate_threshold, diagnose, format_diagnostics, mean_reconstruction
 from aemodel.model import AutoencoderConfig
-from aemodel.preprocess import Preprocessor
+from aemodel.preprocess import MAX_TRACKED_VALUES, Preprocessor
 from aemodel.metrics import ErrorStats, histogram_edges
 
 
@@ -120,20 +120,56 @@ MIN_TAIL_ROWS = 5
 """Fewest validation rows above the threshold for its false-alarm rate to mean something."""
 
 
+def input_warnings(cfg, inputs: dict, schema, specs: list, stats: dict) -> list[str]:
+    """What training left out of its input without an error: files, columns, categories.
+
+    Args:
+        cfg: The ``TrainConfig``.
+        inputs: Option name (``--data``, ``--val-data``) -> its ``ParquetInput`` (or None).
+        schema: The training input's Arrow schema.
+        specs: The feature columns.
+        stats: The training statistics (``partial_stats`` merged): categorical value counts.
+    """
+    from aemodel.schema import infer_kind
+
+    out = []
+    for flag, data in inputs.items():
+        skipped = data.skipped_other if data is not None else []
+        if skipped:
+            out.append(f"{len(skipped)} file(s) in {flag} lack the .parquet extension and were not read "
+                       f"(e.g. {skipped[0]}); rename them or pass a glob that names them")
+    used = {s.name for s in specs} | set(cfg.exclude_columns or [])
+    if not cfg.feature_columns:
+        left = [f"{f.name} ({f.type})" for f in schema if f.name not in used and infer_kind(f.type) is None]
+        if left:
+            out.append(f"column(s) of types aescore does not model were left out: {', '.join(left)} "
+                       "(--exclude-columns names them to silence this)")
+    for s in specs:
+        counts = stats.get(s.name, {}).get("counts") if s.kind == "categorical" else None
+        if counts and len(counts) > cfg.max_categories:
+            rest = sorted(counts.values(), reverse=True)[cfg.max_categories:]
+            many = f"at least {len(counts)}" if len(counts) >= MAX_TRACKED_VALUES else str(len(counts))
+            out.append(f"column {s.name!r} has {many} distinct training values; the {cfg.max_categories} "
+                       f"most frequent are kept and the other {len(rest)} ({100 * sum(rest) / stats[s.name]['n']:.1f}% "
+                       "of its cells) all count as one value, <other> (--max-categories)")
+    return out
+
+
 def assess(cfg, model_config: AutoencoderConfig, history: list[dict], reference: dict, threshold: dict,
-           leakage: dict, pp: Preprocessor | None = None) -> dict:
+           leakage: dict, pp: Preprocessor | None = None, more_warnings: list[str] = ()) -> dict:
     """The run's ``metrics.json``: final losses, diagnostics with verdicts, leakage checks.
 
     Args:
         cfg: The ``TrainConfig``.
         leakage: From ``jobs.train_stats.fit_statistics``: overlap counts and id-like columns.
         pp: The fitted preprocessing, for warnings about columns (one training value, numbers as text).
+        more_warnings: Warnings found before training (``input_warnings``), listed first.
     """
     best = min(history, key=lambda h: h["val_loss"])
     checks = diagnose(history, n_features=model_config.n_columns, input_width=model_config.input_dim,
                       latent_dim=model_config.latent_dim, baseline_val_loss=reference.get("mean_baseline_loss"),
                       max_overfit_ratio=cfg.max_overfit_ratio, max_epochs=cfg.epochs, patience=cfg.patience)
-    warnings = [f"column {c['column']!r} looks like a row id ({c['reason']}); ids as features let the model "
+    warnings = list(more_warnings) + [f"column {c['column']!r} looks like a row id ({c['reason']}); ids as features let the model "
                 "memorise rows: exclude it (--exclude-columns)" for c in leakage["id_like_columns"]]
     if pp is not None:
         warnings += [f"column {name!r} holds one value in every training row ({value}): any other value will "

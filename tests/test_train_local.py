@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -228,3 +229,27 @@ def test_training_into_a_scores_folder_says_so(mixed_data, tmp_path):
     with pytest.raises(OutputError, match="holds aescore scores output, not model"):
         _train(mixed_data["train"], scores, epochs=1, local_data=True)
     assert sorted(p.name for p in scores.iterdir()) == ["_SUCCESS", "_aescore.json"]
+
+
+def test_training_says_what_it_left_out_of_its_input(tmp_path):
+    """A file without the .parquet extension, a timestamp column, categories past --max-categories: all warned."""
+    rng = np.random.default_rng(0)
+    n = 400
+    table = pa.table({"x": rng.normal(size=n), "y": rng.normal(size=n),
+                      "store": [f"s{int(v)}" for v in rng.zipf(1.5, n) % 90],
+                      "ts": pa.array(np.arange(n).astype("datetime64[s]"))})
+    data = tmp_path / "in"
+    data.mkdir()
+    pq.write_table(table, data / "part-0.parquet")
+    pq.write_table(table, data / "part-1")  # no extension: not read
+    result = train.run(train.TrainConfig(data=str(data), out=str(tmp_path / "m"), epochs=2, hidden_dims=[8],
+                                         cpus_per_worker=1, in_process=True, max_categories=8))
+    warned = result.metrics["warnings"]
+    assert any(w.startswith("1 file(s) in --data lack the .parquet extension and were not read (e.g. ")
+               and str(data / "part-1);") in w for w in warned), warned
+    assert "column(s) of types aescore does not model were left out: ts (timestamp[" in " ".join(warned)
+    store = [w for w in warned if w.startswith("column 'store' has ")]
+    distinct = len(set(table["store"].to_pylist()))  # the training rows' share of them is counted
+    assert store and re.match(r"column 'store' has (\d+) distinct training values; the 8 most frequent are kept",
+                              store[0]) and 8 < int(store[0].split()[3]) <= distinct, warned
+    assert result.train_rows + result.val_rows == n  # the second file was not read
