@@ -6,8 +6,10 @@ import json
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from aemodel import ModelArtifact
+from aemodel.marginal import stored_counts
 from aemodel.metrics import histogram_edges
 from jobs.aggregates import BlockAggregate, ErrorStatsAggregate, Mean, Sum, TopFeaturesAggregate
 
@@ -15,6 +17,7 @@ COLUMN_ERROR_PREFIX = "err_"
 SEEN = "seen_in_training"
 ROW_HASH = "row_hash"
 TOP_ROWS = 20
+ALL_MISSING = "rows_all_missing"
 """Rows with the highest anomaly_score kept in summary.json and the report."""
 
 
@@ -47,6 +50,31 @@ class TopRowsAggregate(BlockAggregate):
         return sorted(rows, key=lambda r: -(r["anomaly_score"] if r["anomaly_score"] is not None else -np.inf))
 
 
+class CountEqual(BlockAggregate):
+    """Rows whose ``on`` column equals ``value``."""
+
+    def __init__(self, name: str, on: str, value: int):
+        self.name, self._on, self._value = name, on, value
+
+    def aggregate_block(self, table: pa.Table) -> int:
+        return int(pc.sum(pc.equal(table.column(self._on), self._value)).as_py() or 0)
+
+    def combine(self, current, new):
+        return new if current is None else current if new is None else current + new
+
+    def finalize(self, accumulator):
+        return int(accumulator or 0)
+
+
+def training_missing_fraction(art: ModelArtifact) -> float | None:
+    """Share of the training rows' feature cells that were missing (from the marginal term's counts; None without)."""
+    marginal = (art.reference or {}).get("marginal")
+    rows, cells = art.preprocessor.train_rows, len(art.preprocessor.specs)
+    if not marginal or not rows or not cells:
+        return None
+    return max(0.0, 1.0 - sum(float(c.sum()) for c in stored_counts(marginal)) / (rows * cells))
+
+
 def summary_aggregations(art: ModelArtifact, cfg, threshold: float) -> list[BlockAggregate]:
     """The mergeable accumulators of the scoring summary, taken from each block as it is written.
 
@@ -57,7 +85,7 @@ def summary_aggregations(art: ModelArtifact, cfg, threshold: float) -> list[Bloc
     """
     names = [s.name for s in art.preprocessor.specs]
     aggs = [ErrorStatsAggregate("anomaly_score", histogram_edges(), threshold),
-            Sum("missing_cells"), Sum("unseen_cells"),
+            Sum("missing_cells"), Sum("unseen_cells"), CountEqual(ALL_MISSING, "missing_cells", len(names)),
             TopRowsAggregate(list(cfg.id_columns) or [ROW_HASH], TOP_ROWS)]
     if cfg.column_errors:
         aggs += [Mean(COLUMN_ERROR_PREFIX + n) for n in names]
@@ -80,7 +108,12 @@ def summary_from(agg: dict, art: ModelArtifact, cfg) -> dict:
     rate = stats.pop("above_threshold_fraction")
     row_count = finite + stats["nonfinite"]
     summary = {"score": "anomaly_score", "row_count": row_count, "anomaly_count": above, "anomaly_rate": rate,
-               **stats, "missing_cells": int(agg["missing_cells"] or 0),
+               **stats, "missing_cells": int(agg["missing_cells"] or 0), "rows_all_missing": agg[ALL_MISSING],
+               "missing_cell_fraction": int(agg["missing_cells"] or 0) / (row_count * len(names)) if row_count else 0.0,
+               "training_missing_cell_fraction": training_missing_fraction(art),
+               # The validation rows' rate at the model's own threshold (unknown at a --threshold of the user's).
+               "reference_anomaly_rate": (art.reference or {}).get("above_threshold_fraction")
+               if cfg.threshold is None else None,
                "unseen_cells": int(agg["unseen_cells"] or 0), "top_rows": agg["top_rows"]}
     per_column: dict = {}
     if cfg.column_errors:
@@ -118,6 +151,21 @@ def summary_warnings(summary: dict) -> list[str]:
         out.append(f"{len(skipped)} file(s) in the input lack the .parquet extension and were not read "
                    f"(e.g. {skipped[0]}); rename them or pass a glob that names them")
     rows = summary["row_count"] or 1
+    if summary.get("rows_all_missing"):
+        out.append(f"{summary['rows_all_missing']} rows have every feature missing: missing cells are filled with "
+                   "training values, so these rows score as typical and are never flagged")
+    share, trained = summary.get("missing_cell_fraction", 0.0), summary.get("training_missing_cell_fraction")
+    if share > (trained or 0.0) + 0.05:
+        out.append(f"{100 * share:.1f}% of the feature cells are missing"
+                   + (f" (training: {100 * trained:.1f}%)" if trained is not None else "")
+                   + ": missing cells are filled with training values and make rows look typical; a column may "
+                   "have gone missing upstream")
+    reference_rate = summary.get("reference_anomaly_rate")
+    if (summary.get("anomaly_rate") or 0) > 0.2 and reference_rate is not None \
+            and summary["anomaly_rate"] > 10 * max(reference_rate, 1e-3):
+        out.append(f"{100 * summary['anomaly_rate']:.1f}% of the rows are flagged, against "
+                   f"{100 * reference_rate:.2f}% of the model's validation rows: more likely the data changed "
+                   "(units, column order, another source) than that most rows are anomalies")
     if summary.get("unseen_cells", 0) > 0.05 * rows:
         out.append(f"{summary['unseen_cells']} categorical cells hold values the model does not know: never seen "
                    "in training, or beyond the categories it kept (--max-categories, --min-category-count)")

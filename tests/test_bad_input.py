@@ -310,6 +310,24 @@ def test_handled_inputs_are_scored_and_reported(trained, tmp_path):
     assert missing.tolist() == expected.tolist()
     assert s["missing_cells"] == int(expected.sum())
     assert np.all(np.isfinite(rows["recon_error"].to_numpy()))
+    # num_6 gone missing: more missing cells than in training, said (the rows still score, as documented)
+    assert s["training_missing_cell_fraction"] < s["missing_cell_fraction"] - 0.05
+    assert any(w.startswith(f"{100 * s['missing_cell_fraction']:.1f}% of the feature cells are missing (training: ")
+               for w in s["warnings"]), s["warnings"]
+
+
+def test_scoring_warns_about_rows_with_nothing_observed_and_about_most_rows_flagged():
+    from jobs.score_summary import summary_warnings
+
+    base = {"row_count": 500, "missing_cells": 0, "missing_cell_fraction": 0.0, "training_missing_cell_fraction": 0.0,
+            "anomaly_rate": 0.02, "reference_anomaly_rate": 0.0055, "rows_all_missing": 0}
+    assert summary_warnings(base) == []
+    empty = summary_warnings({**base, "rows_all_missing": 500, "missing_cell_fraction": 1.0})
+    assert empty[0].startswith("500 rows have every feature missing") and empty[1].startswith(
+        "100.0% of the feature cells are missing (training: 0.0%)")
+    assert summary_warnings({**base, "anomaly_rate": 0.982})[0].startswith(
+        "98.2% of the rows are flagged, against 0.55% of the model's validation rows")
+    assert summary_warnings({**base, "anomaly_rate": 0.982, "reference_anomaly_rate": None}) == []  # user's threshold
 
 
 def _case_model_json_list(model: Path, tmp: Path) -> tuple[list[str], str]:
