@@ -117,8 +117,8 @@ def diagnose(history: list[dict], *, n_features: int, input_width: int, latent_d
         status = "warning" if frac >= NO_BETTER_THAN_MEAN else "ok"
         msg = (f"model error is {100 * frac:.1f}% of the mean-reconstruction baseline "
                f"({baseline_val_loss:.4g}, predicting each column's training distribution)"
-               + ("; it barely beats predicting the mean: the model did not learn the data's structure"
-                  if status != "ok" else ""))
+               + (f"; it {'barely beats' if frac < 1 else 'does no better than'} predicting the mean: the model "
+                  "did not learn the data's structure" if status != "ok" else ""))
         out.append(_check("vs_mean_baseline", status, msg, baseline_val_loss=baseline_val_loss, fraction=frac))
 
     if len(val) >= 3:

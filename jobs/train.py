@@ -59,6 +59,10 @@ def _run_storage(storage_path: str | None, options: dict) -> dict:
     return {"storage_path": path, "storage_filesystem": arrow_filesystem(fs)}
 
 
+MIN_ROWS = 10
+"""Fewest training input rows: with fewer, the validation split may hold none."""
+
+
 def run(cfg: TrainConfig, report_links: list[tuple[str, str]] = ()) -> TrainResult:
     """Train on ``cfg.data`` and write the artefact to ``cfg.out``. CPU-only unless ``use_gpu``.
 
@@ -76,6 +80,9 @@ def run(cfg: TrainConfig, report_links: list[tuple[str, str]] = ()) -> TrainResu
     for f in train_in.files:
         check_schema(f.schema, specs, f.uri)
     val_in = open_parquet_input(cfg.val_data, options, specs=specs) if cfg.val_data else None
+    if train_in.num_rows < MIN_ROWS:  # bad input, said before Ray starts (the loop would find no rows to split)
+        raise InputError(f"--data {cfg.data}: {train_in.num_rows} row(s); training needs at least {MIN_ROWS}, "
+                         "part of them held out for validation")
     names = [s.name for s in specs]
     run_id = fingerprint({"config": _identity(cfg), "inputs": [(f.uri, f.size, f.etag) for f in train_in.files],
                           "val_inputs": [(f.uri, f.size, f.etag) for f in val_in.files] if val_in else None})

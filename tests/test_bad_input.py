@@ -204,6 +204,13 @@ def test_use_gpu_without_a_gpu_or_cluster_is_refused_instead_of_waiting_forever(
     assert not (tmp_path / "o").exists()
 
 
+def test_training_on_too_few_rows_names_the_input_before_ray(tmp_path):
+    data = _write(tmp_path / "in", {"one.parquet": _table().slice(0, 1)})
+    result = _cli("train", "--data", data, "--out", str(tmp_path / "m"))
+    _assert_failed_cleanly(result, r"--data .*in: 1 row\(s\); training needs at least 10", tmp_path / "m")
+    assert "Started a local Ray instance" not in result.stderr and not (tmp_path / "m").exists()
+
+
 DEMO_CASES = {  # where the user's file sits -> the folder the refusal names
     "data/train/notes.txt": "data/train", "data/score/notes.txt": "data/score",
     "model/mine.txt": "model", "scores/mine.txt": "scores", "mine.txt": "demo",
