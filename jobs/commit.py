@@ -246,6 +246,13 @@ class OutputCommit:
         """Claim the prefix, remember the pointer as it is now, and open this run's folder."""
         self.fs.invalidate_cache()
         self.new_prefix = not self.fs.exists(join(self.path, MARKER))
+        # Local folders this run creates (deepest first), removed again by abort if left empty.
+        self.created: list[str] = []
+        if isinstance(self.fs, LocalFileSystem):
+            p = self.path.rstrip("/")
+            while p and not self.fs.exists(p):
+                self.created.append(p)
+                p = os.path.dirname(p)
         self.legacy = claim_prefix(self.uri, self.kind, self.options)
         self.base, self.base_etag = _pointer_token(self.fs, self.path)
         base_run = json.loads(self.base).get("run") if self.base and self.base.strip() else None
@@ -280,6 +287,9 @@ class OutputCommit:
             remove(self.fs, runs)
             remove(self.fs, join(self.path, MARKER))
             remove(self.fs, join(self.path, "_commit.lock"))
+        for folder in getattr(self, "created", []):
+            with contextlib.suppress(OSError):  # not empty (another writer), or already gone
+                os.rmdir(folder)
 
     def lost_race(self) -> bool:
         """Whether another run has committed to the prefix since this one began."""

@@ -116,9 +116,10 @@ def _assert_failed_cleanly(out: subprocess.CompletedProcess, pattern: str, out_d
 @pytest.mark.parametrize("case", sorted(SCORE_INPUT_CASES))
 def test_bad_scoring_input(case, trained, tmp_path):
     data, pattern = SCORE_INPUT_CASES[case](tmp_path / "in")
-    out_dir = tmp_path / "out"
+    out_dir = tmp_path / "new" / "out"
     result = _cli("score", "--model", trained.model_uri, "--data", data, "--out", str(out_dir))
     _assert_failed_cleanly(result, pattern, out_dir)
+    assert not (tmp_path / "new").exists()  # the folders it created are gone again
 
 
 def test_nonexistent_bucket(trained, tmp_path, s3_server):

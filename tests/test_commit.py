@@ -139,11 +139,13 @@ def test_only_empty_or_own_prefixes_are_written_and_nothing_else_is_deleted(tmp_
     with pytest.raises(OutputError, match="holds aescore scores output, not model"):
         claim_prefix(own, "model")
 
-    # A failed first run leaves the prefix as it found it.
-    fresh = OutputCommit(str(tmp_path / "fresh"))
-    fresh.begin()
-    fresh.abort()
-    assert list((tmp_path / "fresh").iterdir()) == []
+    # A failed first run leaves the prefix as it found it: an empty folder empty, a new path absent.
+    (tmp_path / "empty").mkdir()
+    for prefix in (tmp_path / "empty", tmp_path / "new" / "deeper"):
+        fresh = OutputCommit(str(prefix))
+        fresh.begin()
+        fresh.abort()
+    assert list((tmp_path / "empty").iterdir()) == [] and not (tmp_path / "new").exists()
 
 
 def test_an_output_of_the_previous_layout_is_replaced_file_by_file(tmp_path):
