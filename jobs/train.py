@@ -16,6 +16,8 @@ the validation error distribution and saves the artefact; ``main()`` parses the 
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 import shutil
 import sys
@@ -178,7 +180,7 @@ def _fit_and_save(cfg: TrainConfig, options: dict, t0: float, train_in: ParquetI
         "cache_shard": local or cfg.materialize and (train_enc.size_bytes() / cfg.num_workers
                                                      + val_enc.size_bytes() <= cfg.cache_shard_mb * 2**20),
     }
-    state, reference, threshold = _fit(cfg, options, loop_config, run_id, {"train": train_enc, "val": val_enc},
+    state, reference, threshold, run_folder = _fit(cfg, options, loop_config, run_id, {"train": train_enc, "val": val_enc},
                                        in_process=local or cfg.resolved_in_process(nodes == 1))
     if cfg.contamination is not None:
         threshold = {**threshold, "method": "contamination", "contamination": cfg.contamination}
@@ -198,12 +200,20 @@ def _fit_and_save(cfg: TrainConfig, options: dict, t0: float, train_in: ParquetI
     save_artifact(art, cfg.out, options)
     if cfg.publish_latest:
         publish_pointer(cfg.publish_latest, cfg.out, art.version, options)
+    if run_folder is not None:  # its checkpoints only served a resume; the artefact now holds the model
+        with contextlib.suppress(OSError):
+            run_folder[0].delete_dir(run_folder[1])
     return _result_from(art, cfg.out, time.perf_counter() - t0)
 
 
 def _fit(cfg: TrainConfig, options: dict, loop_config: dict, run_id: str, datasets: dict,
-         in_process: bool) -> tuple[dict, dict, dict]:
-    """One Ray Train run; returns the final checkpoint's (state, reference, threshold).
+         in_process: bool) -> tuple[dict, dict, dict, tuple | None]:
+    """One Ray Train run; returns the final checkpoint's (state, reference, threshold) and the run's folder.
+
+    The folder, (pyarrow filesystem, path), is the Ray Train run's checkpoints under
+    ``--storage-path``, for the caller to delete once the artefact is saved; None when the
+    run trained in this process (its temporary folder is gone already) or ``--run-name``
+    named it (a folder the user chose is left alone).
 
     ``in_process`` (decided by the caller, once): one CPU worker on a single node gains
     nothing from its own actor but start-up time (bench/train_wall.py), so it trains in
@@ -242,7 +252,9 @@ def _fit(cfg: TrainConfig, options: dict, loop_config: dict, run_id: str, datase
             # worker evaluates the whole validation set, so val_loss and the threshold are exact.
             dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
         )
-        return final_checkpoint(trainer.fit())
+        result = trainer.fit()
+        own_folder = not in_process and not cfg.run_name
+        return (*final_checkpoint(result), (result.filesystem, result.path) if own_folder else None)
     finally:
         torch.set_num_threads(threads)  # in local mode the loop set them in this process
         if local_dir:

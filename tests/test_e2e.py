@@ -71,6 +71,9 @@ def test_streaming_path_without_the_shard_cache_trains_on_the_same_rows(ray_star
 
 def test_artefact_round_trips_with_reference_and_threshold(trained):
     art = load_artifact(trained.model_uri)
+    storage = os.path.join(os.path.dirname(trained.model_uri.removeprefix("file://")), "ray")
+    # The Ray Train run's checkpoints served only a resume: deleted once the artefact is saved.
+    assert os.path.isdir(storage) and not [n for n in os.listdir(storage) if n.startswith("aescore-train-")]
     assert art.version == trained.version
     assert art.threshold["method"] == "validation_quantile" and art.threshold_value > 0
     assert art.reference["count"] == trained.val_rows
