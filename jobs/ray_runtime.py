@@ -52,8 +52,11 @@ def check_gpu(use_gpu: bool, address: str | None = None) -> None:
                              "given (--ray-address or RAY_ADDRESS); drop --use-gpu to run on CPUs")
 
 
-def ensure_ray(address: str | None = None) -> None:
+def ensure_ray(address: str | None = None, log_to_driver: bool = True) -> None:
     """Connect to Ray once per process.
+
+    ``log_to_driver`` False keeps the workers' output (Ray Train's and Ray Data's own
+    messages, and the epoch lines) out of this console: a sweep prints a line per trial instead.
 
     Under ``ray job submit`` (``RAY_ADDRESS`` set) this joins that cluster. Otherwise it
     starts a private local instance: ``ray.init()`` with no address would silently join
@@ -68,7 +71,7 @@ def ensure_ray(address: str | None = None) -> None:
     if not verbose:
         quiet_ray_console()
     # Workers' output still reaches the driver: a Train worker prints the epoch lines.
-    ray.init(address=target, log_to_driver=True, logging_level=logging.INFO if verbose else logging.WARNING)
+    ray.init(address=target, log_to_driver=log_to_driver, logging_level=logging.INFO if verbose else logging.WARNING)
     if not verbose:
         quiet_ray_console()  # ray.init replaces the "ray" logger's handlers
 

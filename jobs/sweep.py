@@ -217,7 +217,9 @@ def run(cfg: SweepConfig) -> SweepResult:
     check_gpu(cfg.train.use_gpu, cfg.train.ray_address)
     options = normalize_storage_options(cfg.train.storage_options)
     cfg, legacy = check_inputs(cfg, options)
-    ensure_ray(cfg.train.ray_address)
+    # Without -v the trials' own output (Ray Train's messages, epoch lines of trials side by
+    # side) stays in Ray's logs; a line per finished trial says how the sweep goes.
+    ensure_ray(cfg.train.ray_address, log_to_driver=is_verbose())
     cpus = ray.cluster_resources().get("CPU", 0)
     t = cfg.train
     reserved = min(cfg.max_concurrent, len(cfg.latent)) * t.num_workers * t.cpus_per_worker
@@ -233,15 +235,26 @@ def run(cfg: SweepConfig) -> SweepResult:
     for k in cfg.latent:
         if len(pending) >= cfg.max_concurrent:
             done, pending = ray.wait(pending, num_returns=1)
-            rows += _results(done)
+            rows += _finished(done, len(rows), len(cfg.latent))
         pending.append(remote.remote(sweep, k))
-    rows += _results(pending)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        rows += _finished(done, len(rows), len(cfg.latent))
     rows.sort(key=lambda m: m["latent_dim"])
     best = recommend(rows, cfg.tolerance)
     for r in rows:
         r["recommended"] = r["latent_dim"] == best
     _write_outputs(cfg, rows, best)
     return SweepResult(out=cfg.out, rows=rows, recommended=best)
+
+
+def _finished(refs: list, before: int, total: int) -> list[dict]:
+    """The finished trials' rows, each announced on the console."""
+    rows = _results(refs)
+    for i, r in enumerate(rows, before + 1):
+        print(f"sweep: trial {i}/{total} done: latent {r['latent_dim']}, val_loss {r['val_loss']:.4f}, "
+              f"train_loss {r['train_loss']:.4f}", flush=True)
+    return rows
 
 
 def _results(refs: list) -> list[dict]:
