@@ -166,7 +166,7 @@ def check_schema(schema: pa.Schema, specs: list[ColumnSpec], source: str) -> Non
     """
     missing = [s.name for s in specs if s.name not in schema.names]
     if missing:
-        raise SchemaError(f"{source}: missing feature column(s) {missing} (the model was trained on "
+        raise SchemaError(f"{source}: missing feature column(s) {missing} (the model's feature columns are "
                           f"{[s.name for s in specs]})")
     for s in specs:
         t = schema.field(s.name).type
