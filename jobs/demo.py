@@ -96,8 +96,8 @@ def check_out(out: str, train_uri: str, score_uri: str, model_uri: str, scores_u
     """Claim --out for the demo and check every folder it writes, before anything is written or deleted.
 
     A folder holding a user's files (at the top, in data/train or data/score, in model or
-    scores) is refused with nothing touched; a demo folder from an older aescore (only the
-    demo's own entries, no marker) is adopted.
+    scores) is refused with nothing touched; a complete demo folder from an older aescore
+    (exactly the demo's own entries, no marker) is adopted.
 
     Raises:
         OutputError: --out or one of its folders holds files the demo did not write.
@@ -108,7 +108,8 @@ def check_out(out: str, train_uri: str, score_uri: str, model_uri: str, scores_u
         return {e.rstrip("/").rsplit("/", 1)[-1] for e in (fs.ls(p, detail=False) if fs.isdir(p) else [])}
 
     entries = names(path)
-    old_demo = bool(entries) and entries <= DEMO_ENTRIES and names(join(path, "data")) <= {"train", "score"}
+    # Only a complete demo of an older aescore is adopted: a user's own data/train could hold part-00000.parquet.
+    old_demo = entries == DEMO_ENTRIES and names(join(path, "data")) == {"train", "score"}
     claim_prefix(out, "demo", adopt=old_demo, write=False)  # first: refuses a file, or a folder of the user's
     for uri in (train_uri, score_uri):
         check_shard_folder(uri)

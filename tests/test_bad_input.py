@@ -222,15 +222,22 @@ DEMO_CASES = {  # where the user's file sits -> the folder the refusal names
 def test_demo_out_holding_a_users_files_is_refused_before_anything_is_written(where, tmp_path):
     """The demo deletes its own earlier data only: a user's file anywhere it writes stops it, untouched."""
     out = tmp_path / "demo"
-    mine = out / where
-    mine.parent.mkdir(parents=True)
-    mine.write_text("keep")
-    result = _cli("demo", "--out", str(out), "--rows", "500", "--epochs", "1")
-    named = str(out if DEMO_CASES[where] == "demo" else out / DEMO_CASES[where])
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {named} already holds files that aescore did not")
-    assert mine.read_text() == "keep"
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [where]
+    # A new folder of the user's; a folder an earlier demo run marked as its own (where a file at
+    # the top is simply left alone: the demo writes only into its sub-folders).
+    for marked in (False, True) if "/" in where else (False,):
+        mine = out / where
+        mine.parent.mkdir(parents=True, exist_ok=True)
+        mine.write_text("keep")
+        if marked:
+            (out / "_aescore.json").write_text('{"format": "aescore-output", "kind": "demo"}')
+        result = _cli("demo", "--out", str(out), "--rows", "500", "--epochs", "1")
+        named = str(out if DEMO_CASES[where] == "demo" or not marked else out / DEMO_CASES[where])
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().splitlines()[-1].startswith(f"error: {named} already holds files that aescore "
+                                                                 "did not"), result.stderr
+        assert mine.read_text() == "keep"
+        assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == \
+            sorted([where, *(["_aescore.json"] if marked else [])])
 
 
 def _labelled(d: Path, change) -> str:
