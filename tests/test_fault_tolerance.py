@@ -17,15 +17,16 @@ from tests.s3_fault_proxy import FaultProxy
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 
-EPOCHS = 30
+EPOCHS = 150
 """Enough that training is still in its epochs when the first checkpoint (reported every 2 s)
 appears and the worker is killed: with 12, a fast machine finished first (seen in CI), and
-nothing was left to resume."""
+with 30 a faster one did (all 30 epochs inside the first 2 s), leaving nothing to resume.
+Patience is as long, so early stopping never ends the run first."""
 
 
 def _cfg(mixed_data, tmp_path, name, **kw):
     return train.TrainConfig(data=mixed_data["train"], out=str(tmp_path / name), exclude_columns=[ROW_ID, LABEL],
-                             epochs=EPOCHS, patience=50, hidden_dims=[32, 16], latent_dim=4, batch_size=64,
+                             epochs=EPOCHS, patience=EPOCHS, hidden_dims=[32, 16], latent_dim=4, batch_size=64,
                              cpus_per_worker=0.5, storage_path=str(tmp_path / "ray"), **kw)
 
 
