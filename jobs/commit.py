@@ -37,7 +37,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from jobs.errors import OutputError
-from jobs.storage import join, remove, url_to_fs, write_bytes
+from jobs.storage import entry_names, join, remove, url_to_fs, write_bytes
 
 MARKER = "_aescore.json"
 SUCCESS = "_SUCCESS"
@@ -149,7 +149,7 @@ def claim_prefix(uri: str, kind: str, storage_options: dict | None = None,
     fs.invalidate_cache()
     if _marked(fs, path, uri, kind):
         return None
-    entries = [p.rstrip("/").rsplit("/", 1)[-1] for p in (fs.ls(path, detail=False) if fs.isdir(path) else [])]
+    entries = entry_names(fs, path)
     legacy = _legacy_manifest(fs, path) if kind == "scores" else None
     if entries and not (legacy or adopt):
         shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")

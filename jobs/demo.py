@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from aemodel import auroc
 from jobs import score, train
 from jobs.commit import check_model_prefix, claim_prefix
-from jobs.storage import join, url_to_fs
+from jobs.storage import entry_names, join, url_to_fs
 from jobs.synthetic import LABEL, ROW_ID, check_shard_folder, make_mixed_table, write_shards
 
 
@@ -103,13 +103,8 @@ def check_out(out: str, train_uri: str, score_uri: str, model_uri: str, scores_u
         OutputError: --out or one of its folders holds files the demo did not write.
     """
     fs, path = url_to_fs(out)
-
-    def names(p: str) -> set[str]:
-        return {e.rstrip("/").rsplit("/", 1)[-1] for e in (fs.ls(p, detail=False) if fs.isdir(p) else [])}
-
-    entries = names(path)
     # Only a complete demo of an older aescore is adopted: a user's own data/train could hold part-00000.parquet.
-    old_demo = entries == DEMO_ENTRIES and names(join(path, "data")) == {"train", "score"}
+    old_demo = set(entry_names(fs, path)) == DEMO_ENTRIES and set(entry_names(fs, join(path, "data"))) == {"train", "score"}
     claim_prefix(out, "demo", adopt=old_demo, write=False)  # first: refuses a file, or a folder of the user's
     for uri in (train_uri, score_uri):
         check_shard_folder(uri)

@@ -194,6 +194,11 @@ def inspect_parquet_files(fs: fsspec.AbstractFileSystem, files: list[str]) -> li
     return infos
 
 
+def entry_names(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
+    """Names of the files and folders directly under ``path`` (none if it is not a folder)."""
+    return [p.rstrip("/").rsplit("/", 1)[-1] for p in (fs.ls(path, detail=False) if fs.isdir(path) else [])]
+
+
 def remove(fs: fsspec.AbstractFileSystem, path: str) -> None:
     """Delete a file or a whole prefix if it exists."""
     if fs.exists(path):

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs.errors import OutputError
-from jobs.storage import url_to_fs
+from jobs.storage import entry_names, url_to_fs
 
 LABEL = "is_injected_anomaly"
 ROW_ID = "row_id"
@@ -83,8 +83,7 @@ def check_shard_folder(uri: str, storage_options: dict | None = None) -> None:
     fs, path = url_to_fs(uri, storage_options)
     if fs.isfile(path):
         raise OutputError(f"{uri} is a file; the data is written as a folder of Parquet files there")
-    entries = [p.rstrip("/").rsplit("/", 1)[-1] for p in (fs.ls(path, detail=False) if fs.isdir(path) else [])]
-    foreign = sorted(e for e in entries if not SHARD.fullmatch(e))
+    foreign = sorted(e for e in entry_names(fs, path) if not SHARD.fullmatch(e))
     if foreign:
         raise OutputError(f"{uri} already holds files that aescore did not write ({', '.join(foreign[:5])}); "
                           "choose another --out")
@@ -98,10 +97,9 @@ def write_shards(table: pa.Table, uri: str, n_shards: int, storage_options: dict
     """
     check_shard_folder(uri, storage_options)
     fs, path = url_to_fs(uri, storage_options)
-    if fs.isdir(path):
-        for old in fs.ls(path, detail=False):
-            if SHARD.fullmatch(old.rstrip("/").rsplit("/", 1)[-1]):
-                fs.rm(old)
+    for name in entry_names(fs, path):
+        if SHARD.fullmatch(name):
+            fs.rm(f"{path.rstrip('/')}/{name}")
     fs.makedirs(path, exist_ok=True)
     bounds = np.linspace(0, table.num_rows, n_shards + 1).astype(int)
     out = []
