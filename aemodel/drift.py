@@ -113,7 +113,7 @@ def compare(current: dict, reference: dict) -> dict:
         else:
             z = (rate - ref_rate) * n / math.sqrt(n * ref_rate * (1 - ref_rate))
     return {
-        **noise_levels(current["histogram"], reference["histogram"], finite_count(current), finite_count(reference)),
+        **noise_levels(current["histogram"], reference["histogram"], n, m),
         "psi": psi(current["histogram"], reference["histogram"]),
         "ks": ks(current["histogram"], reference["histogram"]),
         "wasserstein": wasserstein(current["histogram"], reference["histogram"]),

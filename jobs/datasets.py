@@ -129,6 +129,14 @@ class ParquetInput:
         return None
 
 
+def skipped_files_warning(where: str, skipped: list[str]) -> str | None:
+    """The warning for input files left unread for lacking the .parquet extension (None if there are none)."""
+    if not skipped:
+        return None
+    return (f"{len(skipped)} file(s) in {where} lack the .parquet extension and were not read "
+            f"(e.g. {skipped[0]}); rename them or pass a glob that names them")
+
+
 def check_columns(f: ParquetFileInfo, needed: list[str]) -> None:
     """Refuse a file whose schema repeats a column that a run reads."""
     names = f.schema.names

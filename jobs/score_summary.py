@@ -12,6 +12,7 @@ from aemodel import ModelArtifact
 from aemodel.marginal import stored_counts
 from aemodel.metrics import histogram_edges
 from jobs.aggregates import BlockAggregate, ErrorStatsAggregate, Mean, Sum, TopFeaturesAggregate
+from jobs.datasets import skipped_files_warning
 
 COLUMN_ERROR_PREFIX = "err_"
 SEEN = "seen_in_training"
@@ -146,10 +147,9 @@ def summary_warnings(summary: dict) -> list[str]:
                    "validation data: their low error reflects memorisation, not normality (data leakage)")
     if summary.get("nonfinite"):
         out.append(f"{summary['nonfinite']} rows have a non-finite anomaly_score")
-    skipped = summary.get("input", {}).get("skipped_non_parquet_files") or []
+    skipped = skipped_files_warning("the input", summary.get("input", {}).get("skipped_non_parquet_files") or [])
     if skipped:
-        out.append(f"{len(skipped)} file(s) in the input lack the .parquet extension and were not read "
-                   f"(e.g. {skipped[0]}); rename them or pass a glob that names them")
+        out.append(skipped)
     rows = summary["row_count"] or 1
     if summary.get("rows_all_missing"):
         out.append(f"{summary['rows_all_missing']} rows have every feature missing: missing cells are filled with "

@@ -17,7 +17,6 @@ the validation error distribution and saves the artefact; ``main()`` parses the 
 from __future__ import annotations
 
 import contextlib
-
 import math
 import shutil
 import sys

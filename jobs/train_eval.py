@@ -21,6 +21,8 @@ from aemodel.diagnostics import calibrate_threshold, diagnose, format_diagnostic
 from aemodel.model import AutoencoderConfig
 from aemodel.preprocess import MAX_TRACKED_VALUES, Preprocessor
 from aemodel.metrics import ErrorStats, histogram_edges
+from aemodel.schema import infer_kind
+from jobs.datasets import skipped_files_warning
 
 
 def validation_reference(model: torch.nn.Module, val_data, device: torch.device, baselines: torch.Tensor,
@@ -130,14 +132,11 @@ def input_warnings(cfg, inputs: dict, schema, specs: list, stats: dict) -> list[
         specs: The feature columns.
         stats: The training statistics (``partial_stats`` merged): categorical value counts.
     """
-    from aemodel.schema import infer_kind
-
     out = []
     for flag, data in inputs.items():
-        skipped = data.skipped_other if data is not None else []
+        skipped = skipped_files_warning(flag, data.skipped_other) if data is not None else None
         if skipped:
-            out.append(f"{len(skipped)} file(s) in {flag} lack the .parquet extension and were not read "
-                       f"(e.g. {skipped[0]}); rename them or pass a glob that names them")
+            out.append(skipped)
     used = {s.name for s in specs} | set(cfg.exclude_columns or [])
     if not cfg.feature_columns:
         left = [f"{f.name} ({f.type})" for f in schema if f.name not in used and infer_kind(f.type) is None]
