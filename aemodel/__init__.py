@@ -1,16 +1,36 @@
-"""aemodel: a tabular autoencoder, its preprocessing, losses and metrics (torch only, no Ray)."""
+"""aemodel: a tabular autoencoder, its preprocessing, losses and metrics (torch only, no Ray).
 
-from aemodel.artifact import ArtifactError, ModelArtifact, load_artifact, save_artifact
-from aemodel.losses import batch_loss, column_losses, row_errors
-from aemodel.metrics import ErrorStats, auroc, histogram_edges
-from aemodel.model import AutoencoderConfig, TabularAutoencoder
-from aemodel.preprocess import Preprocessor, PreprocessConfig, merge_stats, partial_stats
-from aemodel.schema import ColumnSpec, SchemaError, check_schema, resolve_columns
-from aemodel.scoring import RowScorer
+Names are imported on first use (PEP 562): ``from aemodel import commit`` or
+``aemodel.store`` load fsspec alone, not torch, so the storage helpers start fast in a
+subprocess or a CLI that only checks its paths.
+"""
 
-__all__ = [
-    "ArtifactError", "AutoencoderConfig", "ColumnSpec", "ErrorStats", "ModelArtifact", "PreprocessConfig",
-    "Preprocessor", "RowScorer", "SchemaError", "TabularAutoencoder", "auroc", "batch_loss", "check_schema",
-    "column_losses", "histogram_edges", "load_artifact", "merge_stats", "partial_stats", "resolve_columns",
-    "row_errors", "save_artifact",
-]
+from __future__ import annotations
+
+import importlib
+
+_HOMES = {
+    "ArtifactError": "artifact", "ModelArtifact": "artifact", "load_artifact": "artifact", "save_artifact": "artifact",
+    "batch_loss": "losses", "column_losses": "losses", "row_errors": "losses",
+    "ErrorStats": "metrics", "auroc": "metrics", "histogram_edges": "metrics",
+    "AutoencoderConfig": "model", "TabularAutoencoder": "model",
+    "Preprocessor": "preprocess", "PreprocessConfig": "preprocess", "merge_stats": "preprocess",
+    "partial_stats": "preprocess",
+    "ColumnSpec": "schema", "SchemaError": "schema", "check_schema": "schema", "resolve_columns": "schema",
+    "RowScorer": "scoring",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'aemodel' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"aemodel.{home}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOMES])

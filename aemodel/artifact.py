@@ -1,23 +1,27 @@
 """The model artefact: everything scoring needs, under one directory or object prefix.
 
-Layout at ``MODEL_URI``::
+Layout at ``MODEL_URI`` (a prefix aescore owns, committed as scores are: ``aemodel.commit``)::
 
-    model.safetensors   weights (safetensors: loading never unpickles anything)
-    model.json          model config, column schema, preprocessing statistics, threshold,
-                        validation error distribution, training history, diagnostics, checksums
-    train_rows.bloom    Bloom filter of training/validation row hashes (leakage check)
-    metrics.json        training diagnostics, losses and threshold, for people (copy of model.json's)
-    report.html         training report: loss curves and validation error distribution
-    _SUCCESS            written last; an artefact without it is incomplete and refused
+    _SUCCESS                  the pointer: JSON naming the committed run folder
+    runs/<run>/model.safetensors  weights (safetensors: loading never unpickles anything)
+    runs/<run>/model.json     model config, column schema, preprocessing statistics, threshold,
+                              validation error distribution, training history, diagnostics, checksums
+    runs/<run>/train_rows.bloom   Bloom filter of training/validation row hashes (leakage check)
+    runs/<run>/metrics.json   training diagnostics, losses and threshold, for people (copy of model.json's)
+    runs/<run>/report.html    training report: loss curves and validation error distribution
+    runs/<run>/_SUCCESS       the version, written last: a folder without it is incomplete and refused
+
+A run folder loads on its own too, and so does the flat layout of older aescore versions
+(the same files at the top, ``_SUCCESS`` holding the version).
 
 Any fsspec URI works (local path, ``file://``, ``s3://``, ``gs://``, ``memory://``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -26,9 +30,11 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from aemodel.commit import OutputCommit, claim_prefix, parse_pointer
 from aemodel.leakage import BloomFilter
 from aemodel.model import AutoencoderConfig, TabularAutoencoder
 from aemodel.preprocess import Preprocessor
+from aemodel.store import read_bytes, url_to_fs, write_bytes
 
 FORMAT = "aescore-model"
 FORMAT_VERSION = 4
@@ -75,6 +81,7 @@ class ModelArtifact:
         extra_files: Files for people written beside the artefact (e.g. report.html);
             not read back by ``load_artifact``.
         version: Content hash of weights and metadata, set on save/load.
+        location: The committed folder it was read from or written to (its report.html is there).
     """
 
     model_config: AutoencoderConfig
@@ -91,6 +98,7 @@ class ModelArtifact:
     training_rows_info: dict = field(default_factory=dict)
     extra_files: dict[str, bytes] = field(default_factory=dict)
     version: str = ""
+    location: str = ""
 
     def build_model(self) -> TabularAutoencoder:
         """The network with its weights loaded, in eval mode."""
@@ -116,9 +124,8 @@ def format_version(reference: dict) -> int:
     return 2 if not latent or "whitening" in latent else 3
 
 
-def save_artifact(art: ModelArtifact, uri: str, storage_options: dict | None = None) -> str:
-    """Write the artefact to ``uri`` (replacing any artefact there) and return its version."""
-    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+def _artifact_files(art: ModelArtifact) -> dict[str, bytes]:
+    """Every file of the artefact, ``model.json`` with its checksums; sets ``art.version`` (its content hash)."""
     checked = {WEIGHTS_FILE: save_safetensors({k: v.detach().cpu().contiguous() for k, v in art.state_dict.items()})}
     if art.training_rows is not None:
         checked[BLOOM_FILE] = art.training_rows.to_bytes()
@@ -143,29 +150,85 @@ def save_artifact(art: ModelArtifact, uri: str, storage_options: dict | None = N
     body = json.dumps(meta, sort_keys=True).encode()
     art.version = hashlib.sha256(body).hexdigest()[:16]
     meta["version"] = art.version
-    files = {**checked, META_FILE: json.dumps(meta, indent=2, sort_keys=True).encode(),
-             METRICS_FILE: json.dumps({"version": art.version, **art.metrics, "threshold": art.threshold},
-                                      indent=2).encode(),
-             **art.extra_files}
-    # Stage every file, then swap them in behind the _SUCCESS marker: a crash at any
-    # point leaves either the old complete artefact, or none (no _SUCCESS), never a mix.
-    staging = _join(path, f"_staging/{uuid.uuid4().hex[:12]}")
-    fs.makedirs(staging, exist_ok=True)
-    for name, data in files.items():
-        with fs.open(_join(staging, name), "wb") as f:
-            f.write(data)
-    if fs.exists(_join(path, SUCCESS_FILE)):
-        fs.rm(_join(path, SUCCESS_FILE))
-    for name in dict.fromkeys([*files, BLOOM_FILE]):  # a stale filter from an older artefact must not survive
-        if fs.exists(_join(path, name)):
-            fs.rm(_join(path, name))
-        if name in files:
-            fs.mv(_join(staging, name), _join(path, name))
-    with fs.open(_join(path, SUCCESS_FILE), "wb") as f:
-        f.write(art.version.encode())
-    if fs.exists(_join(path, "_staging")):  # object stores have no empty folders left over
-        fs.rm(_join(path, "_staging"), recursive=True)
+    return {**checked, META_FILE: json.dumps(meta, indent=2, sort_keys=True).encode(),
+            METRICS_FILE: json.dumps({"version": art.version, **art.metrics, "threshold": art.threshold},
+                                     indent=2).encode(),
+            **art.extra_files}
+
+
+def flat_layout_files(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
+    """The files of an artefact of the flat layout (before run folders) at the top of ``path``; empty if none.
+
+    That layout kept the artefact's files at the top with ``_SUCCESS`` holding its
+    version; a commit into such a prefix deletes exactly these names after its pointer swap.
+    """
+    if parse_pointer(read_bytes(fs, _join(path, SUCCESS_FILE))) is not None or not fs.exists(_join(path, META_FILE)):
+        return []
+    return [WEIGHTS_FILE, BLOOM_FILE, META_FILE, METRICS_FILE, "report.html", "_staging"]
+
+
+def check_model_prefix(uri: str, storage_options: dict | None = None) -> bool:
+    """Check, before training, that a model may be committed at ``uri``; True if one is committed there.
+
+    Raises:
+        OutputError: ``uri`` is a file, holds another kind of aescore output, or holds
+            files aescore did not write (a model committed by an older aescore, without the
+            marker, is accepted).
+    """
+    fs, path = url_to_fs(uri, storage_options)
+    committed = fs.exists(_join(path, SUCCESS_FILE))
+    # claim_prefix first refuses a file or another kind's marker (a scores folder is named as
+    # such, never loaded as a broken model); the marker is written later, with the artefact.
+    # An unmarked folder is adopted only if it holds a model (a Spark output has _SUCCESS too).
+    claim_prefix(uri, "model", storage_options, adopt=committed and bool(flat_layout_files(fs, path)), write=False)
+    return committed
+
+
+def save_artifact(art: ModelArtifact, uri: str, storage_options: dict | None = None,
+                  commit: OutputCommit | None = None) -> str:
+    """Commit the artefact at ``uri`` and return its version (``aemodel.commit``'s protocol).
+
+    Every file goes into a new run folder, ``_SUCCESS`` (the version) last; then one swap of
+    ``uri/_SUCCESS`` makes it the committed artefact. A crash at any point leaves the old
+    artefact or the new one, never a mix; two writers at once: one wins, the other gets
+    an ``OutputError``. The clean-up's warnings are in ``commit.warnings``.
+
+    Args:
+        art: The artefact; ``version``, ``created_at`` and ``location`` are set.
+        uri: The model prefix (a folder aescore owns).
+        storage_options: fsspec options.
+        commit: A commit that observed the prefix earlier (training decides what it replaces
+            before it trains); default: a new one, replacing whatever is committed now.
+
+    Raises:
+        OutputError: The prefix is not aescore's, or another run committed there first.
+    """
+    out = commit or OutputCommit(uri, storage_options, kind="model")
+    try:
+        out.begin(adopt=bool(flat_layout_files(out.fs, out.path)))
+        files = _artifact_files(art)
+        for name, data in files.items():
+            write_bytes(out.fs, out.path_of(name), data)
+        write_bytes(out.fs, out.path_of(SUCCESS_FILE), art.version.encode())  # the folder alone loads too
+        out.replaces = flat_layout_files(out.fs, out.path)
+        out.commit({}, art.run_id, mark=False, version=art.version)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            out.abort()
+        raise
+    art.location = out.run_uri
     return art.version
+
+
+def artifact_folder(uri: str, storage_options: dict | None = None) -> str | None:
+    """Where the committed artefact at ``uri`` lives: the run folder its pointer names, ``uri``
+    itself for the flat layout (and for a run folder given directly), None if nothing is committed."""
+    fs, path = url_to_fs(uri, storage_options)
+    data = read_bytes(fs, _join(path, SUCCESS_FILE))
+    if data is None:
+        return None
+    pointer = parse_pointer(data)
+    return _join(uri, pointer["run"]) if pointer else uri
 
 
 def load_artifact(uri: str, storage_options: dict | None = None) -> ModelArtifact:
@@ -176,8 +239,9 @@ def load_artifact(uri: str, storage_options: dict | None = None) -> ModelArtifac
             unknown format.
     """
     try:
-        fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
-        if not fs.exists(_join(path, SUCCESS_FILE)):
+        folder = artifact_folder(uri, storage_options)
+        fs, path = url_to_fs(folder or uri, storage_options)
+        if folder is None or not fs.exists(_join(path, SUCCESS_FILE)):
             raise ArtifactError(f"no complete model artefact at {uri} (missing {SUCCESS_FILE}; "
                                 "was training interrupted, or is the path wrong?)")
         with fs.open(_join(path, META_FILE), "rb") as f:
@@ -195,8 +259,11 @@ def load_artifact(uri: str, storage_options: dict | None = None) -> ModelArtifac
         raise ArtifactError(f"model artefact at {uri} is incomplete: {e}") from e
     except json.JSONDecodeError as e:
         raise ArtifactError(f"model artefact at {uri}: {META_FILE} is not valid JSON ({e})") from e
-    except IsADirectoryError as e:
+    except (IsADirectoryError, NotADirectoryError) as e:
         raise ArtifactError(f"model artefact at {uri} is incomplete: {e}") from e
+    except PermissionError as e:  # S3's 403 names no path
+        raise ArtifactError(f"model artefact at {uri}: access denied ({e}); check the credentials for this "
+                            "location") from e
     if meta.get("format") != FORMAT or meta.get("format_version") not in READABLE_VERSIONS:
         raise ArtifactError(f"{uri} is not an {FORMAT} artefact of a version this aescore reads "
                             f"({', '.join(f'v{v}' for v in READABLE_VERSIONS)})")
@@ -228,4 +295,5 @@ def load_artifact(uri: str, storage_options: dict | None = None) -> ModelArtifac
         training_rows=training_rows,
         training_rows_info=info,
         version=meta["version"],
+        location=folder,
     )

@@ -104,14 +104,19 @@ def fused_loop(model_uri: str, data: Path, out: Path) -> float:
     import pyarrow.fs as pafs
     import torch
 
-    from jobs.score_rows import BatchScorer, write_block
+    import pyarrow as pa
 
-    scorer = BatchScorer(model_uri, ["id"], threads=os.cpu_count() or 1, top_k=3)
+    from jobs.score_local import synthetic_row_hashes
+    from jobs.score_rows import ROW_HASH, BatchScorer, write_block
+
+    scorer = BatchScorer(model_uri, ["id", ROW_HASH], threads=os.cpu_count() or 1, top_k=3)
     torch.set_num_threads(os.cpu_count() or 1)
     out.mkdir(parents=True)
     t0 = time.perf_counter()
     for path in sorted(data.glob("*.parquet")):
-        write_block(scorer(pq.read_table(path)), path=str(out), filesystem=pafs.LocalFileSystem(), id_columns=["id"])
+        table = pq.read_table(path)
+        table = table.append_column(ROW_HASH, pa.array(synthetic_row_hashes(str(path), 0, table.num_rows), pa.uint64()))
+        write_block(scorer(table), path=str(out), filesystem=pafs.LocalFileSystem(), keep_row_hash=False)
     return time.perf_counter() - t0
 
 

@@ -28,7 +28,8 @@ import typing
 from argparse import SUPPRESS, ArgumentError
 from typing import Any, TypeVar, get_args, get_origin
 
-from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
+import yaml
+from jsonargparse import ActionConfigFile, ArgumentParser, get_loader, set_loader, set_parsing_settings
 
 from jobs.storage import redact_config
 
@@ -36,6 +37,30 @@ T = TypeVar("T")
 
 # Help texts come from the attribute docstrings under each field; --config reads any fsspec URI.
 set_parsing_settings(docstring_parse_attribute_docstrings=True, config_read_mode_fsspec_enabled=True)
+
+MAX_YAML_BYTES = 1 << 20
+"""Largest config file or option value parsed (a config is a few hundred bytes)."""
+
+
+def _safe_yaml_load(stream: str):
+    """jsonargparse's YAML loader, refusing aliases and documents over ``MAX_YAML_BYTES``.
+
+    An alias repeats a node without copying it in the text, so a few hundred bytes of
+    nested aliases ("billion laughs") expand to gigabytes; configs never need them.
+    """
+    if len(stream) > MAX_YAML_BYTES:
+        raise yaml.YAMLError(f"the YAML is {len(stream):,} characters; at most {MAX_YAML_BYTES:,} are read")
+    if "*" in stream:  # the only way to write an alias; scanning events costs as much as the text is long
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        for event in yaml.parse(stream, Loader=loader):
+            if isinstance(event, yaml.AliasEvent):
+                raise yaml.YAMLError(f"YAML aliases (*{event.anchor}) are not accepted in aescore options; "
+                                     "write the value out")
+    return _default_yaml_load(stream)
+
+
+_default_yaml_load = get_loader("yaml")
+set_loader("yaml", _safe_yaml_load, exceptions=(yaml.YAMLError,))
 
 _TRUE = ("true", "false", "yes", "no", "on", "off", "1", "0", "null", "none")
 
@@ -168,7 +193,25 @@ def _one_line(e: BaseException) -> str:
         text = f"{union.group(1)}: expected {kinds}. Got value: {union.group(3)}"
     if text.startswith("unrecognized arguments:"):  # normalize_argv wrote --a_b; the user typed --a-b
         text = re.sub(r"(?<!\S)--([\w.]+)", lambda m: "--" + m.group(1).replace("_", "-"), text)
-    return re.sub(r"typing\.Literal\[(.*?)\]", r"one of [\1]", text)
+    text = re.sub(r"typing\.Literal\[(.*?)\]", r"one of [\1]", text)
+    return bounded(redact_secrets(text))
+
+
+MAX_ERROR_CHARS = 400
+"""An error line shows at most this much of a message (a value can be megabytes long)."""
+
+
+def bounded(text: str) -> str:
+    """``text`` cut to ``MAX_ERROR_CHARS`` characters."""
+    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + f"... ({len(text):,} characters)"
+
+
+def redact_secrets(text: str) -> str:
+    """A parser message about storage options without the value it quotes (the value may hold a key)."""
+    if "storage_options" not in text and "storage-options" not in text:
+        return text
+    return re.sub(r"\.?\s*(Got value|given value|value)\s*:.*$", ". The value is not shown: storage options may "
+                  "hold secrets", text, flags=re.IGNORECASE)
 
 
 def _print_config_redacted(parser: ArgumentParser, args: list[str]) -> None:

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     import ray.data
 
 
+ROW_HASH = "row_hash"
+"""The synthetic row id reading adds (file and position): the rows' id when no --id-columns
+are given, and what names each written row file."""
+
 # The Arrow type every file's column is read as, by feature kind: files that store one
 # logical type differently (string vs dictionary, bool vs 0/1 integers, int32 vs float)
 # are cast per file while reading, instead of failing when Ray Data merges their schemas.
@@ -46,14 +50,22 @@ class ParquetInput:
     def schema(self) -> pa.Schema:
         return self.files[0].schema
 
-    def read_schema(self, columns: list[str], specs: list[ColumnSpec] | None = None) -> pa.Schema:
+    def read_schema(self, columns: list[str], specs: list[ColumnSpec] | None = None,
+                    keep: tuple[str, ...] = ()) -> pa.Schema:
         """One Arrow type per column for every file: canonical for features, unified for the rest.
+
+        Args:
+            columns: The columns to read.
+            specs: The feature columns (read as float64 or string by kind).
+            keep: Columns read with their own (unified) type even if they are features: id
+                columns are written back as they came (an int64 id stays int64); the
+                preprocessing converts the feature's copy itself.
 
         Raises:
             InputError: A non-feature column (an id, a label) has types in two files that
                 do not unify; names both files.
         """
-        kinds = {s.name: s.kind for s in specs or []}
+        kinds = {s.name: s.kind for s in specs or [] if s.name not in keep}
         fields = []
         for name in columns:
             if name in kinds:
@@ -75,34 +87,39 @@ class ParquetInput:
         return pa.schema(fields)
 
     def read(self, columns: list[str], specs: list[ColumnSpec] | None = None,
-             include_row_hash: bool = False) -> ray.data.Dataset:
+             include_row_hash: bool = False, keep: tuple[str, ...] = ()) -> ray.data.Dataset:
         """The files as a Ray Dataset (lazy): only ``columns``, each with one type in every file.
 
         Folder names are never read as columns (no hive partitioning): the columns Ray
         reads are exactly the ones the footer checks saw, so a ``key=value`` folder can
-        neither replace a file's values nor become a feature by accident.
+        neither replace a file's values nor become a feature by accident. ``include_row_hash``
+        adds ``row_hash`` (file and position; ``jobs.score_local.synthetic_row_hashes``).
         """
         import ray.data  # here: the single-process paths read with pyarrow and never load Ray
 
         # select_columns is pushed down into the read (Ray 2.60 deprecates read_parquet's columns=).
         ds = ray.data.read_parquet([f.path for f in self.files], filesystem=arrow_filesystem(self.fs),
-                                   schema=self.read_schema(columns, specs), include_row_hash=include_row_hash,
+                                   schema=self.read_schema(columns, specs, keep), include_row_hash=include_row_hash,
                                    file_extensions=None, partitioning=None)
-        return ds.select_columns(columns + (["row_hash"] if include_row_hash else []))
+        return ds.select_columns(columns + ([ROW_HASH] if include_row_hash else []))
 
     def iter_tables(self, columns: list[str], specs: list[ColumnSpec] | None = None,
-                    rows: int = 100_000) -> Iterator[tuple[ParquetFileInfo, int, pa.Table]]:
+                    rows: int = 100_000, keep: tuple[str, ...] = ()) -> Iterator[tuple[ParquetFileInfo, int, pa.Table]]:
         """The files' ``columns`` in this process, in chunks of at most ``rows`` rows, typed as ``read`` types them.
+
+        Each file's reader is closed before the next opens, and when the caller stops early
+        (a failed batch): no Parquet decode is left running in pyarrow's threads.
 
         Yields:
             (file, index of the chunk's first row in that file, chunk), file by file in order.
         """
-        schema = self.read_schema(columns, specs)
+        schema = self.read_schema(columns, specs, keep)
         for f in self.files:
-            with self.fs.open(f.path, "rb") as fh:
+            with self.fs.open(f.path, "rb") as fh, pq.ParquetFile(fh) as pf:
                 start = 0
-                for batch in pq.ParquetFile(fh).iter_batches(batch_size=rows, columns=columns):
-                    table = pa.Table.from_batches([batch]).select(columns).cast(schema)
+                batches = pf.iter_batches(batch_size=rows, columns=columns, use_threads=False)
+                for batch in batches:
+                    table = cast_table(pa.Table.from_batches([batch]).select(columns), schema, f.uri)
                     yield f, start, table
                     start += table.num_rows
 
@@ -119,9 +136,9 @@ class ParquetInput:
             if time.monotonic() > deadline:
                 return None
             try:
-                with self.fs.open(f.path, "rb") as fh:
-                    table = pq.ParquetFile(fh).read(columns=columns).select(columns)
-                table = table.cast(schema)
+                with self.fs.open(f.path, "rb") as fh, pq.ParquetFile(fh) as pf:
+                    table = pf.read(columns=columns, use_threads=False).select(columns)
+                table = cast_table(table, schema, f.uri)
                 if check is not None:
                     check(table)
             except Exception as e:  # noqa: BLE001 - any failure on this file is the answer
@@ -130,11 +147,12 @@ class ParquetInput:
 
 
 def skipped_files_warning(where: str, skipped: list[str]) -> str | None:
-    """The warning for input files left unread for lacking the .parquet extension (None if there are none)."""
+    """The warning for entries of an input folder left unread: no .parquet extension, or not a regular
+    file (a FIFO, a socket); None if there are none."""
     if not skipped:
         return None
-    return (f"{len(skipped)} file(s) in {where} lack the .parquet extension and were not read "
-            f"(e.g. {skipped[0]}); rename them or pass a glob that names them")
+    return (f"{len(skipped)} file(s) in {where} lack the .parquet extension or are not regular files, and were not "
+            f"read (e.g. {skipped[0]}); rename them or pass a glob that names them")
 
 
 def check_columns(f: ParquetFileInfo, needed: list[str]) -> None:
@@ -143,6 +161,48 @@ def check_columns(f: ParquetFileInfo, needed: list[str]) -> None:
     dup = sorted({n for n in needed if names.count(n) > 1})
     if dup:
         raise InputError(f"{f.uri}: column(s) {dup} appear more than once in the file")
+
+
+def check_features(f: ParquetFileInfo, specs: list[ColumnSpec]) -> None:
+    """Refuse a file whose feature columns cannot be read as the model reads them.
+
+    Raises:
+        InputError: A repeated column; a feature named ``row_hash`` (the synthetic row id:
+            Ray Data's ``include_row_hash`` would silently replace its values); a numeric or
+            binary feature holding integers float64 cannot represent (beyond +/- 2**53,
+            from the footer statistics).
+        SchemaError: A missing feature column or an incompatible type.
+    """
+    check_columns(f, [s.name for s in specs])
+    if any(s.name == ROW_HASH for s in specs):
+        raise InputError(f"{f.uri}: column {ROW_HASH!r} is a feature, but aescore reserves that name for its "
+                         "synthetic row id (reading adds it, replacing a column of that name); rename the column, "
+                         f"or leave it out (--exclude-columns {ROW_HASH})")
+    check_schema(f.schema, specs, f.uri)
+    for s in specs:
+        if s.kind != "categorical" and s.name in f.wide_integers:
+            raise InputError(f"{f.uri}: column {s.name!r} holds integers up to {f.wide_integers[s.name]:.3g}, beyond "
+                             f"2**53, which a float64 cannot hold exactly; if it is an id or a hash, leave it out "
+                             f"(--exclude-columns {s.name}), if it is a quantity, store it as float64")
+
+
+def cast_table(table: pa.Table, schema: pa.Schema, uri: str) -> pa.Table:
+    """``table`` cast to ``schema`` column by column; a value that does not convert names its file and column.
+
+    Raises:
+        InputError: A cell does not convert (an integer beyond 2**53 in a file without
+            footer statistics, a string where a number is expected).
+    """
+    if table.schema.equals(schema):
+        return table
+    columns = []
+    for name, target in zip(schema.names, schema.types):
+        col = table.column(name)
+        try:
+            columns.append(col if col.type == target else col.cast(target))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise InputError(f"{uri}: column {name!r} ({col.type}) cannot be read as {target}: {e}") from e
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def open_parquet_input(uri: str, storage_options: dict | None = None,
@@ -163,9 +223,10 @@ def open_parquet_input(uri: str, storage_options: dict | None = None,
     if not files:
         raise InputError(f"{uri}: {len(infos)} Parquet file(s) but zero rows in total")
     for f in files:
-        check_columns(f, f.schema.names if specs is None else [s.name for s in specs])
-        if specs is not None:
-            check_schema(f.schema, specs, f.uri)
+        if specs is None:
+            check_columns(f, f.schema.names)
+        else:
+            check_features(f, specs)
     return ParquetInput(uri=uri, fs=fs, files=files, skipped_empty=skipped, skipped_other=other)
 
 

@@ -10,7 +10,6 @@ Locally, with nothing else: ``aescore demo`` (writes under ./aescore-demo).
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 
@@ -19,8 +18,9 @@ import pyarrow.parquet as pq
 
 from aemodel import auroc
 from jobs import score, train
-from jobs.commit import check_model_prefix, claim_prefix
-from jobs.storage import entry_names, join, url_to_fs
+from aemodel.artifact import check_model_prefix
+from aemodel.commit import claim_prefix
+from aemodel.store import entry_names, join, url_to_fs
 from jobs.synthetic import LABEL, ROW_ID, check_shard_folder, make_mixed_table, write_shards
 
 
@@ -126,12 +126,12 @@ def format_result(r: DemoResult) -> str:
             f"recall={r.recall:.3f} at threshold {s['threshold']:.4f}, "
             f"train_loss={best['train_loss']:.4f} val_loss={best['val_loss']:.4f} after {len(r.train.history)} epochs, "
             f"{s['anomaly_count']}/{s['row_count']} flagged, wall {r.wall_seconds:.1f}s\n"
-            f"reports: {join(r.train.model_uri, 'report.html')} and {join(r.score.run_uri, 'report.html')}")
+            f"reports: {join(r.train.artifact_uri, 'report.html')} and {join(r.score.run_uri, 'report.html')}")
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m jobs.demo``."""
-    from jobs.cli import job_main
+    from jobs.entry import job_main
 
     return job_main(DemoConfig, run, format_result, argv, "aescore demo", __doc__)
 
@@ -141,4 +141,6 @@ if __name__ == "__main__":
     # the training loop as references to jobs.demo, which every worker can import.
     from jobs.demo import main as module_main
 
-    sys.exit(module_main())
+    from jobs.entry import run_entry_point
+
+    run_entry_point(module_main)

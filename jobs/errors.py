@@ -2,21 +2,40 @@
 
 from __future__ import annotations
 
+from aemodel.commit import OutputError
+
 
 class InputError(ValueError):
     """Input data or paths are unusable (missing, empty, corrupt, wrong schema)."""
 
 
-class OutputError(ValueError):
-    """An output prefix cannot be written safely (not aescore's, overlaps the input, lost a race)."""
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM reached the job (``jobs.entry``); not an ``Exception``.
+
+    A ``KeyboardInterrupt`` because Ray's blocking calls (``ray.get``) turn exactly that
+    into an interrupted wait (they raise a new ``KeyboardInterrupt``; ``jobs.entry``
+    remembers which signal came); any other exception raised from a signal handler inside
+    them surfaces as a ``SystemError``. Code that knows what the interrupt left behind
+    adds a note (``add_note``), e.g. that a run committed before it; the CLI prints the
+    notes on its one error line.
+    """
+
+    def __init__(self, signum: int):
+        import signal
+
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 class TrainingError(RuntimeError):
     """Training ran but produced no usable model (NaN loss, no data reached the model)."""
 
 
+__all__ = ["InputError", "Interrupted", "OutputError", "TrainingError", "describe", "error_chain", "find_user_error"]
+
 # Errors whose message is written for the user and is shown as is.
-_USER_ERRORS = ("InputError", "SchemaError", "ArtifactError", "ConfigError", "TrainingError", "OutputError")
+_USER_ERRORS = ("InputError", "SchemaError", "ArtifactError", "ConfigError", "TrainingError", "OutputError",
+                "StorageError")
 
 
 def error_chain(exc: BaseException):

@@ -21,7 +21,6 @@ configuration (e.g. a missing input partition); 1 any other failure.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta, timezone
 
@@ -29,13 +28,41 @@ import numpy as np
 
 from aemodel import drift
 from jobs import score
-from jobs.commit import claim_prefix, read_committed_json
+from aemodel.commit import claim_prefix, read_committed_json
 from jobs.config import parse_config
 from jobs.report import nightly_report
 from jobs.score_config import ScoreOptions
-from jobs.storage import list_parquet_files, normalize_storage_options, resolve_model_uri
+from jobs.storage import check_uris, normalize_storage_options, resolve_model_uri
 
 DRIFT_EXIT_CODE = 3
+
+
+MAX_HISTORY_NIGHTS = 3660
+"""Most calendar days of history a night compares with (ten years; each day is one summary read)."""
+MAX_NIGHTS = 3660
+"""Most nights one backfill runs."""
+
+
+def check_template(flag: str, template: str) -> None:
+    """Refuse a URI template that does not have exactly the ``{date}`` placeholder to fill.
+
+    Raises:
+        ValueError: No ``{date}``, another placeholder (``{region}``, ``{}``), a format spec or
+            an unbalanced brace; the message says how to write a literal brace.
+    """
+    import string
+
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
+    except ValueError as e:
+        raise ValueError(f"{flag} {template}: {e} (write {{{{ and }}}} for a literal brace)") from None
+    other = ["{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+             for name, spec, conv in fields if name != "date" or spec or conv]
+    if other:
+        raise ValueError(f"{flag} {template}: placeholder {other[0]} is not filled in; only a plain {{date}} is "
+                         "(YYYY-MM-DD; write {{ and }} for a literal brace)")
+    if not fields:
+        raise ValueError(f"{flag} must contain {{date}} so each night has its own partition")
 
 
 @dataclass
@@ -67,15 +94,19 @@ class NightlyConfig:
 
     def __post_init__(self) -> None:
         for name in ("data", "out"):
-            if "{date}" not in getattr(self, name):
-                raise ValueError(f"--{name} must contain {{date}} so each night has its own partition")
+            check_template(f"--{name}", getattr(self, name))
         if (self.start is None) != (self.end is None):
             raise ValueError("--start and --end go together")
         if self.date and self.start:
             raise ValueError("give either --date or --start/--end")
-        self.nights()  # parses every date
-        if self.history_nights < 0:
-            raise ValueError(f"history_nights must be >= 0, got {self.history_nights}")
+        if not 0 <= self.history_nights <= MAX_HISTORY_NIGHTS:
+            raise ValueError(f"--history-nights must be between 0 and {MAX_HISTORY_NIGHTS}, got {self.history_nights}")
+        nights = self.nights()  # parses every date
+        if len(nights) > MAX_NIGHTS:
+            raise ValueError(f"--start {self.start} to --end {self.end} is {len(nights)} nights; a backfill runs at "
+                             f"most {MAX_NIGHTS}: split it")
+        if (nights[0] - date.min).days < self.history_nights:
+            raise ValueError(f"{nights[0]} minus --history-nights {self.history_nights} days is before the year 1")
         for name in ("psi_alert", "ks_alert", "anomaly_rate_alert"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -126,8 +157,7 @@ def run_night(cfg: NightlyConfig, night: date) -> NightResult:
         page = nightly_report(reports[-1], trend_rows(cfg, night, tonight, reports[-1], history, options))
         return {"drift.json": json.dumps(reports[-1], indent=2).encode(), "drift.html": page}
 
-    result = score.run(score.ScoreConfig(model=model_uri, data=cfg.data.format(date=stamp), out=out,
-                                         **asdict(cfg.score)), extra_files=drift_files)
+    result = score.run(night_config(cfg, night, model_uri), extra_files=drift_files)
     if result.reused:  # committed by an earlier run, with its drift report
         report = read_committed_json(out, "drift.json", options) or drift_report(
             cfg, night, result.summary, reference, committed_nights(cfg, night, options))
@@ -161,20 +191,37 @@ def with_limits(cfg: NightlyConfig, report: dict) -> dict:
             "committed_limits": report.get("limits"), "committed_alerts": report.get("alerts", [])}
 
 
+def night_config(cfg: NightlyConfig, night: date, model_uri: str) -> score.ScoreConfig:
+    """The scoring options of one night."""
+    stamp = night.isoformat()
+    return score.ScoreConfig(model=model_uri, data=cfg.data.format(date=stamp), out=cfg.out.format(date=stamp),
+                             **asdict(cfg.score))
+
+
 def check_nights(cfg: NightlyConfig, nights: list[date]) -> None:
-    """Refuse a backfill up front if any night's input is missing or its output prefix is not aescore's.
+    """Refuse a backfill up front if any night's input or output would fail it: checked from the
+    footers of every night's files before the first night runs.
 
     Checked night by night instead, a backfill would stop halfway, after committing the
     first nights.
 
     Raises:
-        InputError: A night's input path does not exist or holds no Parquet file.
+        InputError: A night's input path does not exist, holds no Parquet file, or lacks an
+            id column; a path with an empty segment.
+        SchemaError: A night's files lack a feature column or hold it with another type.
         OutputError: A night's output prefix holds files aescore did not write, or another kind of output.
+        ArtifactError: The model cannot be loaded.
     """
+    from aemodel import load_artifact
+
     options = normalize_storage_options(cfg.score.storage_options)
+    model_uri = resolve_model_uri(cfg.model, options)
+    art = load_artifact(model_uri, options)
     for night in nights:
-        list_parquet_files(cfg.data.format(date=night.isoformat()), options)
-        claim_prefix(cfg.out.format(date=night.isoformat()), "scores", options, write=False)
+        night_cfg = night_config(cfg, night, model_uri)
+        check_uris({"--data": night_cfg.data, "--out": night_cfg.out}, options)
+        score.open_scoring_input(night_cfg, art)
+        claim_prefix(night_cfg.out, "scores", options, write=False)
 
 
 def committed_nights(cfg: NightlyConfig, night: date, options: dict) -> list[tuple[str, dict]]:
@@ -289,7 +336,7 @@ def format_night(r: NightResult) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m jobs.nightly``: exit 3 when a night crossed an alert limit."""
-    from jobs.cli import run_cli, verbose_from
+    from jobs.entry import run_cli, verbose_from
 
     results: list[NightResult] = []
 
@@ -320,4 +367,6 @@ if __name__ == "__main__":
     # Run the importable module so Ray pickles references to jobs.* (see jobs/score.py).
     from jobs.nightly import main as module_main
 
-    sys.exit(module_main())
+    from jobs.entry import run_entry_point
+
+    run_entry_point(module_main)

@@ -13,6 +13,8 @@ import time
 from typing import TextIO
 
 _VERBOSE_ENV = "AESCORE_VERBOSE"
+EPOCH_LINE = "epoch "
+"""How a training progress line starts; the only worker output the driver's console shows without -v."""
 
 
 def set_verbose(verbose: bool) -> None:
@@ -63,7 +65,10 @@ class Progress:
                              leave=False, dynamic_ncols=True)
 
     def update(self, n: int) -> None:
-        """Add ``n`` to the count."""
+        """Add ``n`` to the count (and end the job if a signal came whose exception was swallowed)."""
+        from jobs.entry import raise_if_interrupted
+
+        raise_if_interrupted()
         self.count += n
         if self._bar is not None:
             self._bar.update(n)
@@ -107,8 +112,11 @@ class EpochProgress:
             return
         if h["epoch"] % self.every == 0 or (last and h["epoch"] != self._printed):
             self._printed = h["epoch"]
-            print(f"epoch {h['epoch']}: train_loss={h['train_loss']:.5f} val_loss={h['val_loss']:.5f} "
-                  f"best={best_val:.5f} ({h['seconds']:.2f}s)", flush=True)
+            # Not print(): in a Ray Train worker, Train's patched print logs the line and echoes it,
+            # so the driver showed every epoch twice.
+            sys.stdout.write(f"{EPOCH_LINE}{h['epoch']}: train_loss={h['train_loss']:.5f} "
+                             f"val_loss={h['val_loss']:.5f} best={best_val:.5f} ({h['seconds']:.2f}s)\n")
+            sys.stdout.flush()
 
     def close(self) -> None:
         """Remove the bar (the job prints its result and diagnostics next)."""

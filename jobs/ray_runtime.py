@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -17,8 +18,9 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from jobs.aggregates import BlockAggregate, MergedAggregates
+from jobs.entry import on_exit, reinstall_signal_handlers
 from jobs.errors import InputError
-from jobs.progress import Progress, is_verbose
+from jobs.progress import EPOCH_LINE, Progress, is_verbose
 
 if TYPE_CHECKING:
     import ray.data
@@ -72,8 +74,77 @@ def ensure_ray(address: str | None = None, log_to_driver: bool = True) -> None:
         quiet_ray_console()
     # Workers' output still reaches the driver: a Train worker prints the epoch lines.
     ray.init(address=target, log_to_driver=log_to_driver, logging_level=logging.INFO if verbose else logging.WARNING)
+    if log_to_driver and not verbose:
+        show_only_job_lines()
+    if not verbose:
+        filter_ray_stderr()
+    # A private local Ray's node installs a SIGTERM handler that exits from wherever the job is;
+    # the job's own handler (jobs.entry) lets its clean-up run first.
+    reinstall_signal_handlers()
     if not verbose:
         quiet_ray_console()  # ray.init replaces the "ray" logger's handlers
+
+
+def show_only_job_lines() -> None:
+    """Of the workers' output, the driver's console shows the job's own progress lines only.
+
+    With ``log_to_driver`` Ray prints every line its workers and actors write, prefixed with
+    their name: Ray Train's controller and workers log each report, Ray Data its plans,
+    Ray's core its warnings. Those stay in Ray's log files (``/tmp/ray/session_latest/logs``);
+    ``-v`` shows them here too. Ray 2.60 has no public switch for this, so the driver's
+    log handler (``ray_print_logs``) is replaced by one that keeps the epoch lines.
+    """
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher
+
+    def job_lines(batch: dict) -> None:
+        for line in batch.get("lines", []):
+            if line.startswith(EPOCH_LINE):
+                sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    global_worker_stdstream_dispatcher.remove_handler("ray_print_logs")
+    global_worker_stdstream_dispatcher.remove_handler("aescore_job_lines")
+    global_worker_stdstream_dispatcher.add_handler("aescore_job_lines", job_lines)
+
+
+_RAY_LOG_LINE = re.compile(r"^(?:\x1b\[[0-9;]*m)?(?:\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [DIWEF] \d+ \d+\] \S+:\d+: "
+                           r"|\((?:raylet|gcs_server|autoscaler|monitor)[^)]*\))")
+"""A line Ray itself writes to the driver's stderr: its C++ core's log format, or a message its
+raylet pushes to the driver ("(raylet) WARNING: ... worker processes have been started")."""
+
+
+def filter_ray_stderr() -> None:
+    """This process's stderr (fd 2) passes through a thread that drops Ray's own log lines.
+
+    The driver's C++ core worker logs errors straight to fd 2 (on the actors path, a warning
+    about actor constructor arguments each run) and the raylet's notices are printed by a
+    Ray thread; no Ray setting silences either without silencing the raylet's own log files.
+    Installed after ``ray.init`` (the processes it starts keep the real stderr); undone by
+    ``jobs.entry.exit_process``. Every other line, the job's ``error:`` line included, passes.
+    """
+    import threading
+
+    real = os.dup(2)
+    read_end, write_end = os.pipe()
+    sys.stderr.flush()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def pump() -> None:
+        with os.fdopen(read_end, "rb") as src:
+            for line in src:
+                if not _RAY_LOG_LINE.match(line.decode("utf-8", "replace")):
+                    os.write(real, line)
+
+    thread = threading.Thread(target=pump, name="aescore-stderr", daemon=True)
+    thread.start()
+
+    def restore() -> None:
+        sys.stderr.flush()
+        os.dup2(real, 2)  # closes the pipe's last write end: the pump drains it and ends
+        thread.join(timeout=5)
+
+    on_exit(restore)
 
 
 class _RayConsoleNoise(logging.Filter):

@@ -196,13 +196,12 @@ def sweep_report(rows: list[dict], recommended: int, tolerance: float, plot_png:
              [[str(r["latent_dim"]) + (" (recommended)" if r["latent_dim"] == recommended else ""),
                f"{r['val_loss']:.4g}", f"{r['train_loss']:.4g}",
                f"{r['auroc']:.3f}" if r.get("auroc") is not None else "-", str(r["epochs"]),
-               ", ".join(r["warnings"]) or "-", f"latent-{r['latent_dim']}/report.html"] for r in rows])
+               ", ".join(r["warnings"]) or "-", r["report"]] for r in rows])
     image = base64.b64encode(plot_png).decode()
     return render("aescore latent-size sweep", [("recommended latent_dim", str(recommended)),
                                                 ("tolerance", f"{100 * tolerance:g}% of the best validation loss")],
                   [], [("Validation loss (and AUROC when labels were given) by latent size", image)],
-                  tables=[table], links=[(f"latent {r['latent_dim']} report", f"latent-{r['latent_dim']}/report.html")
-                                         for r in rows])
+                  tables=[table], links=[(f"latent {r['latent_dim']} report", r["report"]) for r in rows])
 
 
 __all__ = ["nightly_report", "render", "scoring_report", "sweep_plot", "sweep_report", "training_report"]

@@ -12,7 +12,7 @@ Output at ``--out``: each run writes ``runs/<UTC time>-<id>/`` (``rows/*.parquet
 the id columns, anomaly_score, score_percentile, recon_error, is_anomaly, missing_cells, unseen_cells,
 top_features, seen_in_training and err_<column> with --column-errors; ``summary.json``,
 ``report.html``, ``manifest.json``), then commits by pointing ``OUT/_SUCCESS`` at it
-(``jobs.commit``; docs/reliability.md). A rerun with the same run id reuses the committed
+(``aemodel.commit``; docs/reliability.md). A rerun with the same run id reuses the committed
 output; any other run replaces it.
 """
 
@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from aemodel import ModelArtifact, load_artifact
 from aemodel.scoring import rows_per_call
-from jobs.commit import MANIFEST, OutputCommit, read_committed_json
+from aemodel.commit import MANIFEST, OutputCommit, read_committed_json
 from jobs.config import config_to_dict
 from jobs.datasets import ParquetInput, check_columns, explain_failure, open_parquet_input
 from jobs.errors import InputError
@@ -38,10 +37,10 @@ from jobs.ray_runtime import check_gpu
 from jobs.report import scoring_report
 from jobs.score_config import ScoreConfig
 from jobs.score_local import score_locally
-from jobs.score_rows import (OUTPUT_FORMAT_VERSION, ROW_HASH, ModelLoader, read_columns, row_file_metadata,
+from jobs.score_rows import (OUTPUT_FORMAT_VERSION, ModelLoader, read_columns, row_file_metadata,
                              score_on_ray, write_block)
 from jobs.score_summary import summary_aggregations, summary_from, summary_warnings
-from jobs.storage import (arrow_filesystem, check_no_overlap, inspect_parquet_files,
+from jobs.storage import (arrow_filesystem, check_no_overlap, check_uris, inspect_parquet_files,
                           normalize_storage_options, redact_config, resolve_model_uri)
 
 
@@ -55,6 +54,8 @@ class ScoreResult:
     reused: bool = False
     run_uri: str = ""
     """The committed run folder under ``out`` (rows/, summary.json, ...)."""
+    warnings: list[str] = field(default_factory=list)
+    """What the clean-up after the commit could not do (the run is committed regardless)."""
 
 
 def open_scoring_input(cfg: ScoreConfig, art: ModelArtifact) -> ParquetInput:
@@ -98,6 +99,7 @@ def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact,
     t0, started = time.perf_counter(), datetime.now(timezone.utc)
     check_gpu(cfg.use_gpu, cfg.ray_address)
     options = normalize_storage_options(cfg.storage_options)
+    check_uris({"--data": cfg.data, "--model": cfg.model, "--out": cfg.out}, options)
     check_no_overlap(cfg.out, {"--data": cfg.data, "--model": cfg.model}, options)
     cfg = replace(cfg, model=resolve_model_uri(cfg.model, options))  # follow a LATEST pointer once
     check_no_overlap(cfg.out, {"--model": cfg.model}, options)
@@ -134,9 +136,14 @@ def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact,
                  "report.html": scoring_report(summary, art.reference),
                  MANIFEST: json.dumps(manifest, indent=2).encode()}
         files.update(extra_files(summary) if extra_files else {})
-        out.commit(files, run_id)
+        cleanup_warnings = out.commit(files, run_id)
     except BaseException as e:
+        if _committed(out):  # only an interrupt gets here after the swap: the run is complete and stays
+            e.add_note(f"{cfg.out} committed this run ({out.run_uri}) before the interrupt")
+            raise
         _abort(out)
+        if not isinstance(e, Exception):
+            raise  # an interrupt: nothing to explain
         if _lost_race(out):
             raise out.conflict() from e
         explained = explain_failure(e, data, read_columns(cfg, art), art.preprocessor.specs,
@@ -144,7 +151,15 @@ def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact,
         if explained is not None:
             raise explained from e
         raise
-    return ScoreResult(out=cfg.out, summary=summary, manifest=manifest, run_uri=out.run_uri)
+    return ScoreResult(out=cfg.out, summary=summary, manifest=manifest, run_uri=out.run_uri,
+                       warnings=cleanup_warnings)
+
+
+def _committed(out: OutputCommit) -> bool:
+    try:
+        return out.names_this_run()
+    except Exception:  # noqa: BLE001 - storage unreachable: treat as not committed, delete nothing
+        return False
 
 
 def _abort(out: OutputCommit) -> None:
@@ -169,7 +184,7 @@ def _score_and_summarize(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInpu
     rows = out.path_of("rows")
     aggs = summary_aggregations(art, cfg, threshold)
     sink = functools.partial(write_block, path=rows, filesystem=arrow_filesystem(out.fs),
-                             id_columns=list(cfg.id_columns) or [ROW_HASH])
+                             keep_row_hash=not cfg.id_columns)
     t_pipeline = time.perf_counter()
     progress = Progress("scored", total=data.num_rows)
     try:
@@ -246,12 +261,12 @@ def format_result(r: ScoreResult) -> str:
         lines.append(f"  {'top rows' if i == 0 else '':<14} {score:<6}  {ids}"
                      + (f"  (largest errors: {led})" if led else ""))
     lines.append(f"  report         {run.rstrip('/')}/report.html")
-    return "\n".join(lines + [f"warning: {w}" for w in s.get("warnings", [])])
+    return "\n".join(lines + [f"warning: {w}" for w in [*s.get("warnings", []), *r.warnings]])
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m jobs.score``: parse flags, score, print a one-line result."""
-    from jobs.cli import job_main
+    from jobs.entry import job_main
 
     return job_main(ScoreConfig, run, format_result, argv, "aescore score", __doc__)
 
@@ -261,4 +276,6 @@ if __name__ == "__main__":
     # ships as references to importable modules (the UDFs live in jobs.score_rows).
     from jobs.score import main as module_main
 
-    sys.exit(module_main())
+    from jobs.entry import run_entry_point
+
+    run_entry_point(module_main)

@@ -30,7 +30,7 @@ from aemodel.schema import ColumnSpec
 from jobs.datasets import ParquetInput
 from jobs.progress import Progress
 from jobs.aggregates import MergedAggregates
-from jobs.score_rows import ROW_HASH, ROWS_PER_FILE, BatchScorer, read_columns
+from jobs.score_rows import ROW_HASH, ROWS_PER_FILE, BatchScorer, passthrough_columns, read_columns
 
 if TYPE_CHECKING:
     from aemodel import ModelArtifact
@@ -63,14 +63,13 @@ def synthetic_row_hashes(path: str, start_row: int, num_rows: int) -> np.ndarray
     return keys
 
 
-def iter_chunks(data: ParquetInput, columns: list[str], specs: list[ColumnSpec], include_row_hash: bool,
-                rows: int) -> Iterator[pa.Table]:
-    """The input's ``columns`` in chunks of at most ``rows`` rows, file by file, typed as the Ray path reads them."""
-    for f, start, table in data.iter_tables(columns, specs, rows):
-        if include_row_hash:
-            table = table.append_column(ROW_HASH, pa.array(synthetic_row_hashes(f.path, start, table.num_rows),
-                                                           type=pa.uint64()))
-        yield table
+def iter_chunks(data: ParquetInput, columns: list[str], specs: list[ColumnSpec], rows: int,
+                keep: tuple[str, ...] = ()) -> Iterator[pa.Table]:
+    """The input's ``columns`` plus ``row_hash``, in chunks of at most ``rows`` rows, file by file, typed
+    as the Ray path reads them (``keep``: the id columns, read with their own type)."""
+    for f, start, table in data.iter_tables(columns, specs, rows, keep):
+        yield table.append_column(ROW_HASH, pa.array(synthetic_row_hashes(f.path, start, table.num_rows),
+                                                     type=pa.uint64()))
 
 
 def score_in_process(chunks: Iterator[pa.Table], scorer: BatchScorer, batch_size: int, merged: MergedAggregates,
@@ -132,13 +131,16 @@ def score_locally(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput, meta
     """
     def go() -> dict:
         # A copy: BatchScorer sets a --threshold override on the artefact it gets.
-        scorer = BatchScorer(cfg.model, list(cfg.id_columns) or [ROW_HASH], cfg.threshold, cfg.use_gpu, threads,
+        scorer = BatchScorer(cfg.model, passthrough_columns(cfg), cfg.threshold, cfg.use_gpu, threads,
                              lambda _uri, _options: copy.copy(art), None, cfg.top_k, cfg.column_errors,
                              cfg.precision, metadata)
         merged = MergedAggregates(tuple(aggs))
-        chunks = iter_chunks(data, read_columns(cfg, art), art.preprocessor.specs,
-                             include_row_hash=not cfg.id_columns, rows=ROWS_PER_FILE)
-        score_in_process(chunks, scorer, cfg.batch_size, merged, sink, progress)
+        chunks = iter_chunks(data, read_columns(cfg, art), art.preprocessor.specs, ROWS_PER_FILE,
+                             keep=tuple(cfg.id_columns))
+        try:
+            score_in_process(chunks, scorer, cfg.batch_size, merged, sink, progress)
+        finally:
+            chunks.close()  # a failed batch: close the open file's reader now, not at exit
         return merged.result()
 
     threads = usable_cpus()

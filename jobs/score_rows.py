@@ -127,6 +127,12 @@ def read_columns(cfg: ScoreConfig, art: ModelArtifact) -> list[str]:
     return list(dict.fromkeys([*cfg.id_columns, *(s.name for s in art.preprocessor.specs)]))
 
 
+def passthrough_columns(cfg: ScoreConfig) -> list[str]:
+    """Input columns the scorer copies to its output: the ids, and ``row_hash`` (which names the row
+    files, and is written as the id when no --id-columns are given; ``write_block``)."""
+    return [*cfg.id_columns, ROW_HASH]
+
+
 def build_scored_dataset(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput,
                          loader: ModelLoader = load_artifact, metadata: dict[str, str] | None = None
                          ) -> ray.data.Dataset:
@@ -137,8 +143,8 @@ def build_scored_dataset(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInpu
     import ray  # here, not at the top: the local path never loads Ray (jobs.ray_runtime)
     from ray.data import ActorPoolStrategy
 
-    passthrough = list(cfg.id_columns) or [ROW_HASH]
-    ds = data.read(read_columns(cfg, art), art.preprocessor.specs, include_row_hash=not cfg.id_columns)
+    passthrough = passthrough_columns(cfg)
+    ds = data.read(read_columns(cfg, art), art.preprocessor.specs, include_row_hash=True, keep=tuple(cfg.id_columns))
     threads = max(1, int(cfg.cpus_per_worker))
     args = {"model_uri": cfg.model, "passthrough": passthrough, "threshold": cfg.threshold,
             "use_gpu": cfg.use_gpu, "threads": threads, "loader": loader,
@@ -210,24 +216,28 @@ def row_file_metadata(cfg: ScoreConfig, art: ModelArtifact, run_id: str, thresho
             "aescore.model_version": str(art.version), "aescore.threshold": json.dumps(threshold)}
 
 
-def write_block(table: pa.Table, *, path: str, filesystem: pafs.FileSystem, id_columns: list[str]) -> None:
+def write_block(table: pa.Table, *, path: str, filesystem: pafs.FileSystem, keep_row_hash: bool) -> None:
     """Write one block of scored rows as one Parquet file under ``path`` (a ``aggregate_blocks`` sink).
 
     Why not ``Dataset.write_parquet``: its Datasink hands nothing back per block, so the
     summary needed a second read of the written rows; writing in the same pass that takes
     the summary accumulators saves that read (bench/score_throughput.py) and lets the
     driver count rows as blocks finish (progress). The file is named by a hash of the
-    block's row ids, so a retried task (same input, same block) replaces its own file
-    rather than adding a second copy; the row count is checked against the input before
+    block's ``row_hash`` values (input file and row position, unique per input row): a
+    retried task (same input, same block) replaces its own file rather than adding a
+    second copy, and blocks whose ids repeat (ids restarting in each input file, a
+    constant id) never share a name. The row count is checked against the input before
     anything is committed either way.
+
+    Args:
+        keep_row_hash: Write ``row_hash`` (it is the rows' id when no --id-columns are given).
     """
     if table.num_rows == 0:
         return
-    ids = table.select(id_columns).combine_chunks()
-    buf = pa.BufferOutputStream()
-    with pa.ipc.new_stream(buf, ids.schema) as writer:
-        writer.write_table(ids)
-    digest = hashlib.blake2b(buf.getvalue().to_pybytes(), digest_size=12).hexdigest()
+    hashes = table.column(ROW_HASH).combine_chunks()
+    digest = hashlib.blake2b(np.ascontiguousarray(hashes.to_numpy()).tobytes(), digest_size=12).hexdigest()
+    if not keep_row_hash:
+        table = table.drop_columns([ROW_HASH])
     filesystem.create_dir(path, recursive=True)
     # Dictionary pages only for the column names of top_features: Parquet's default tries a
     # dictionary for every column, and on unique floats and ids that costs about twice the

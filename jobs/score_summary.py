@@ -12,11 +12,10 @@ from aemodel import ModelArtifact
 from aemodel.marginal import stored_counts
 from aemodel.metrics import histogram_edges
 from jobs.aggregates import BlockAggregate, ErrorStatsAggregate, Mean, Sum, TopFeaturesAggregate
-from jobs.datasets import skipped_files_warning
+from jobs.datasets import ROW_HASH, skipped_files_warning
 
 COLUMN_ERROR_PREFIX = "err_"
 SEEN = "seen_in_training"
-ROW_HASH = "row_hash"
 TOP_ROWS = 20
 ALL_MISSING = "rows_all_missing"
 """Rows with the highest anomaly_score kept in summary.json and the report."""

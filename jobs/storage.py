@@ -9,22 +9,16 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import fsspec
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from aemodel.store import url_to_fs, write_bytes
 from jobs.errors import InputError, OutputError
-
-
-def url_to_fs(uri: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec filesystem and the path inside it for ``uri``."""
-    try:
-        return fsspec.core.url_to_fs(uri, **(storage_options or {}))
-    except (ImportError, ValueError) as e:
-        raise InputError(f"cannot open {uri}: {e}") from e
 
 
 def arrow_filesystem(fs: fsspec.AbstractFileSystem) -> pafs.FileSystem:
@@ -62,10 +56,6 @@ def native_s3(options: dict) -> pafs.S3FileSystem:
     return pafs.S3FileSystem(**kwargs)
 
 
-def join(uri: str, *parts: str) -> str:
-    return "/".join([uri.rstrip("/"), *parts])
-
-
 def _hidden(path: str, root: str) -> bool:
     """A file under ``root`` inside (or named) a ``_``/``.`` folder or file: markers, run metadata."""
     return any(part.startswith(("_", ".")) for part in path[len(root.rstrip("/")):].split("/") if part)
@@ -87,13 +77,18 @@ def list_parquet_files(uri: str, storage_options: dict | None = None
     skipped: list[str] = []
     try:
         if fsspec.core.has_magic(path):
-            files = sorted(p for p in fs.glob(path) if fs.isfile(p))
+            files = sorted(p for p in fs.glob(path) if fs.isfile(p))  # isfile: regular files only
         elif fs.isfile(path):
             files = [path]
         elif fs.isdir(path):
-            found = sorted(p for p in fs.find(path) if not _hidden(p, path))
-            files = [p for p in found if p.endswith(".parquet")]
-            skipped = [fs.unstrip_protocol(p) for p in found if not p.endswith(".parquet")]
+            # detail: a FIFO or socket named *.parquet is listed too ("other"), and opening one blocks forever
+            found = sorted((p, info.get("type")) for p, info in fs.find(path, detail=True).items()
+                           if not _hidden(p, path))
+            files = [p for p, kind in found if kind == "file" and p.endswith(".parquet")]
+            skipped = [fs.unstrip_protocol(p) for p, kind in found if not (kind == "file" and p.endswith(".parquet"))]
+        elif fs.exists(path):
+            raise InputError(f"{uri} is not a regular file or a folder ({fs.info(path).get('type')}); aescore reads "
+                             "Parquet files only")
         else:
             raise InputError(f"input path does not exist: {uri}")
     except InputError:
@@ -114,6 +109,24 @@ def _canonical(uri: str, storage_options: dict | None) -> str:
     if isinstance(fs, LocalFileSystem):
         return "file://" + os.path.realpath(path).rstrip("/")
     return fs.unstrip_protocol(path).rstrip("/")
+
+
+def check_uris(paths: dict[str, str | None], storage_options: dict | None = None) -> None:
+    """Refuse, before anything runs, an object-store URI with an empty path segment (``s3://b/out//x``).
+
+    Object stores keep ``a//b`` as a key of its own and pyarrow's S3 client refuses it, so
+    such a path would fail only after the scoring, at the first write.
+
+    Raises:
+        InputError: An empty segment in one of ``paths`` (flag -> URI).
+    """
+    for flag, uri in paths.items():
+        if not uri:
+            continue
+        fs, path = url_to_fs(uri, storage_options)
+        if not isinstance(fs, LocalFileSystem) and "//" in path.rstrip("/"):
+            raise InputError(f"{flag} {uri} has an empty path segment ('//'), which an object store keeps as a key "
+                             "of its own; remove the extra slash")
 
 
 def check_no_overlap(out: str, inputs: dict[str, str | None], storage_options: dict | None = None) -> None:
@@ -168,6 +181,30 @@ class ParquetFileInfo:
     schema: object  # pyarrow.Schema
     etag: str | None = None
     """ETag (object stores) or modification time (file systems): changes when the file does."""
+    wide_integers: dict[str, int] = field(default_factory=dict)
+    """64-bit integer columns whose footer statistics show a value float64 cannot hold exactly
+    (beyond +/- 2**53): name -> the largest absolute value."""
+
+
+SAFE_INTEGER = 2 ** 53
+"""Integers up to this size convert to float64 exactly."""
+
+
+def wide_integer_columns(pf: pq.ParquetFile) -> dict[str, int]:
+    """Top-level int64/uint64 columns whose row-group statistics reach beyond +/- 2**53 (name -> max |value|)."""
+    md, out = pf.metadata, {}
+    leaves = {md.schema.column(j).path: j for j in range(md.num_columns)}
+    for f in pf.schema_arrow:
+        if f.type not in (pa.int64(), pa.uint64()) or f.name not in leaves:
+            continue
+        j, widest = leaves[f.name], 0
+        for r in range(md.num_row_groups):
+            stats = md.row_group(r).column(j).statistics
+            if stats is not None and stats.has_min_max:
+                widest = max(widest, abs(int(stats.min)), abs(int(stats.max)))
+        if widest > SAFE_INTEGER:
+            out[f.name] = widest
+    return out
 
 
 def inspect_parquet_files(fs: fsspec.AbstractFileSystem, files: list[str]) -> list[ParquetFileInfo]:
@@ -186,30 +223,13 @@ def inspect_parquet_files(fs: fsspec.AbstractFileSystem, files: list[str]) -> li
                 version = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
                 infos.append(ParquetFileInfo(path=path, uri=uri, num_rows=pf.metadata.num_rows,
                                              size=int(info.get("size") or 0), schema=pf.schema_arrow,
-                                             etag=None if version is None else str(version).strip('"')))
+                                             etag=None if version is None else str(version).strip('"'),
+                                             wide_integers=wide_integer_columns(pf)))
         except FileNotFoundError as e:
             raise InputError(f"{uri}: file disappeared while reading ({e})") from e
         except Exception as e:  # pyarrow raises ArrowInvalid/OSError for corrupt footers
             raise InputError(f"{uri}: not a readable Parquet file ({type(e).__name__}: {e})") from e
     return infos
-
-
-def entry_names(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
-    """Names of the files and folders directly under ``path`` (none if it is not a folder)."""
-    return [p.rstrip("/").rsplit("/", 1)[-1] for p in (fs.ls(path, detail=False) if fs.isdir(path) else [])]
-
-
-def remove(fs: fsspec.AbstractFileSystem, path: str) -> None:
-    """Delete a file or a whole prefix if it exists."""
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
-
-
-def write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    parent = path.rsplit("/", 1)[0]
-    fs.makedirs(parent, exist_ok=True)
-    with fs.open(path, "wb") as f:
-        f.write(data)
 
 
 def normalize_storage_options(options: dict | None) -> dict:
@@ -269,8 +289,11 @@ def resolve_model_uri(uri: str, storage_options: dict | None = None) -> str:
     stores), after the artefact is committed, so readers never see a half-written model.
     """
     fs, path = url_to_fs(uri, storage_options)
-    if not fs.isfile(path):
-        return uri
+    try:
+        if not fs.isfile(path):
+            return uri
+    except PermissionError as e:  # S3's 403 names no path
+        raise InputError(f"--model {uri}: access denied ({e}); check the credentials for this location") from e
     try:
         target = _pointer_target(fs, path)
     except (ValueError, KeyError, TypeError) as e:

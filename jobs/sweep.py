@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sys
 from dataclasses import asdict, dataclass, field, replace
 from typing import ClassVar
 
@@ -30,14 +29,16 @@ import ray.data
 
 from aemodel import check_schema, load_artifact, resolve_columns
 from aemodel.metrics import auroc_from_sketches, histogram_edges
-from jobs.commit import check_model_prefix, claim_prefix
+from aemodel.artifact import check_model_prefix
+from aemodel.commit import claim_prefix
 from jobs.config import config_to_dict
 from jobs.datasets import open_parquet_input
 from jobs.errors import InputError, TrainingError, find_user_error
 from jobs.aggregates import ErrorStatsAggregate
 from jobs.progress import is_verbose
 from jobs.ray_runtime import aggregate_blocks, check_gpu, ensure_ray, quiet_ray_console
-from jobs.storage import check_no_overlap, join, normalize_storage_options, url_to_fs
+from aemodel.store import join, url_to_fs
+from jobs.storage import check_no_overlap, normalize_storage_options
 from jobs.train_config import TrainConfig, TrainOptions
 
 
@@ -149,6 +150,8 @@ def train_one(sweep: dict, latent_dim: int) -> dict:
     best = min(result.history, key=lambda h: h["val_loss"])
     metrics = {"latent_dim": latent_dim, "val_loss": best["val_loss"], "train_loss": best["train_loss"],
                "epochs": len(result.history), "model": result.model_uri,
+               # Relative to the sweep's --out, for sweep.html's links.
+               "report": f"latent-{latent_dim}/{result.artifact_uri[len(result.model_uri.rstrip('/')) + 1:]}/report.html",
                "warnings": [c["check"] for c in result.metrics["diagnostics"] if c["status"] != "ok"]
                + ([f"{len(result.metrics['warnings'])} more in report.html"] if result.metrics.get("warnings") else []),
                "auroc": None}
@@ -298,7 +301,7 @@ def format_result(r: SweepResult) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m jobs.sweep``."""
-    from jobs.cli import job_main
+    from jobs.entry import job_main
 
     return job_main(SweepConfig, run, format_result, argv, "aescore sweep", __doc__)
 
@@ -308,4 +311,6 @@ __all__ = ["SweepConfig", "SweepResult", "main", "recommend", "run", "train_one"
 if __name__ == "__main__":
     from jobs.sweep import main as module_main  # pickle UDFs as jobs.sweep, importable on workers
 
-    sys.exit(module_main())
+    from jobs.entry import run_entry_point
+
+    run_entry_point(module_main)

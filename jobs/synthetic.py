@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs.errors import OutputError
-from jobs.storage import entry_names, url_to_fs
+from aemodel.store import entry_names, url_to_fs
 
 LABEL = "is_injected_anomaly"
 ROW_ID = "row_id"

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import shutil
-import sys
 import tempfile
 import time
 
@@ -28,18 +28,20 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 from ray.train.torch import TorchTrainer
 
-from aemodel import (AutoencoderConfig, ModelArtifact, Preprocessor, check_schema, load_artifact, resolve_columns,
-                     save_artifact)
+from aemodel import AutoencoderConfig, ModelArtifact, Preprocessor, load_artifact, resolve_columns, save_artifact
+from aemodel.artifact import check_model_prefix
+from aemodel.commit import OutputCommit
 from aemodel.preprocess import partial_stats
-from jobs.commit import check_model_prefix, claim_prefix
 from jobs.config import config_to_dict
-from jobs.datasets import ParquetInput, encode, explain_failure, hash_split, open_parquet_input, split_cut
+from jobs.datasets import (ParquetInput, check_features, encode, explain_failure, hash_split, open_parquet_input,
+                           split_cut)
+from jobs.entry import keep_signal_handlers
 from jobs.errors import InputError, TrainingError
 from jobs.manifest import fingerprint
 from jobs.progress import is_terminal, is_verbose
 from jobs.ray_runtime import alive_nodes, check_gpu, ensure_ray, on_one_machine, quiet_ray_console
 from jobs.report import training_report
-from jobs.storage import (arrow_filesystem, check_no_overlap, check_shared_paths, normalize_storage_options,
+from jobs.storage import (arrow_filesystem, check_no_overlap, check_shared_paths, check_uris, normalize_storage_options,
                           check_pointer_target, publish_pointer, redact_config, url_to_fs)
 from jobs.train_config import TrainConfig
 from jobs.train_loop import eval_step, train_loop_per_worker, train_step
@@ -75,11 +77,13 @@ def run(cfg: TrainConfig, report_links: list[tuple[str, str]] = ()) -> TrainResu
     t0 = time.perf_counter()
     check_gpu(cfg.use_gpu, cfg.ray_address)
     options = normalize_storage_options(cfg.storage_options)
+    check_uris({"--data": cfg.data, "--val-data": cfg.val_data, "--out": cfg.out,
+                "--publish-latest": cfg.publish_latest, "--storage-path": cfg.storage_path}, options)
     check_no_overlap(cfg.out, {"--data": cfg.data, "--val-data": cfg.val_data}, options)
     train_in = open_parquet_input(cfg.data, options)
     specs = resolve_columns(train_in.schema, cfg.feature_columns or None, cfg.exclude_columns, cfg.column_types)
     for f in train_in.files:
-        check_schema(f.schema, specs, f.uri)
+        check_features(f, specs)
     val_in = open_parquet_input(cfg.val_data, options, specs=specs) if cfg.val_data else None
     if train_in.num_rows < MIN_ROWS:  # bad input, said before Ray starts (the loop would find no rows to split)
         raise InputError(f"--data {cfg.data}: {train_in.num_rows} row(s); training needs at least {MIN_ROWS}, "
@@ -87,6 +91,10 @@ def run(cfg: TrainConfig, report_links: list[tuple[str, str]] = ()) -> TrainResu
     names = [s.name for s in specs]
     run_id = fingerprint({"config": _identity(cfg), "inputs": [(f.uri, f.size, f.etag) for f in train_in.files],
                           "val_inputs": [(f.uri, f.size, f.etag) for f in val_in.files] if val_in else None})
+    # The pointer as it is now: the model commits only if no other run commits here first,
+    # so two trainings into one --out cannot both report success (docs/reliability.md).
+    commit = OutputCommit(cfg.out, options, kind="model")
+    commit.observe()
     existing = load_artifact(cfg.out, options) if check_model_prefix(cfg.out, options) else None
     if cfg.publish_latest:
         check_pointer_target(cfg.publish_latest, options)
@@ -120,8 +128,13 @@ def run(cfg: TrainConfig, report_links: list[tuple[str, str]] = ()) -> TrainResu
     # Errors raised in our UDFs reach the driver as themselves (see jobs/score.py).
     raise_original, ctx.raise_original_map_exception = ctx.raise_original_map_exception, True
     try:
-        return _fit_and_save(cfg, options, t0, train_in, val_in, specs, run_id, existing, nodes, local, report_links)
+        return _fit_and_save(cfg, options, t0, train_in, val_in, specs, run_id, commit, nodes, local, report_links)
     except BaseException as e:
+        if commit.committed:  # only an interrupt gets here after the swap: the model is complete and stays
+            e.add_note(f"{cfg.out} committed this run's model ({commit.run_uri}) before the interrupt")
+            raise
+        if not isinstance(e, Exception):
+            raise  # an interrupt: no file to blame
         for data in (train_in, val_in):
             explained = data and explain_failure(e, data, names, specs, lambda t: partial_stats(t, specs))
             if explained:
@@ -132,7 +145,7 @@ def run(cfg: TrainConfig, report_links: list[tuple[str, str]] = ()) -> TrainResu
 
 
 def _fit_and_save(cfg: TrainConfig, options: dict, t0: float, train_in: ParquetInput, val_in: ParquetInput | None,
-                  specs: list, run_id: str, existing: ModelArtifact | None, nodes: int, local: bool,
+                  specs: list, run_id: str, commit: OutputCommit, nodes: int, local: bool,
                   report_links: list[tuple[str, str]] = ()) -> TrainResult:
     """Statistics, Ray Train fit, diagnostics, then the artefact (on a running Ray unless ``local``)."""
     names = [s.name for s in specs]
@@ -184,7 +197,7 @@ def _fit_and_save(cfg: TrainConfig, options: dict, t0: float, train_in: ParquetI
     if cfg.contamination is not None:
         threshold = {**threshold, "method": "contamination", "contamination": cfg.contamination}
     history = state["history"]
-    noted = input_warnings(cfg, {"--data": train_in, "--val-data": val_in}, train_in.schema, specs, stats)
+    noted = input_warnings(cfg, {"--data": train_in, "--val-data": val_in}, train_in.schema, specs, stats, pp)
     metrics = assess(cfg, model_config, history, reference, threshold, leakage, pp, noted)
     failed = [c for c in metrics["diagnostics"] if c["status"] == "fail"]
     if failed:  # checked before anything is written: a failed run leaves no artefact
@@ -193,16 +206,18 @@ def _fit_and_save(cfg: TrainConfig, options: dict, t0: float, train_in: ParquetI
                         threshold=threshold, reference=reference, history=history,
                         train_config=redact_config(config_to_dict(cfg)), run_id=run_id, metrics=metrics,
                         training_rows=seen_rows, training_rows_info=leakage["training_rows"])
+    # The report sits two folders below the prefix (runs/<run>/); the links are relative to the prefix.
     art.extra_files = {"report.html": training_report(cfg.out, history, reference, threshold, metrics,
-                                                         list(report_links))}
-    claim_prefix(cfg.out, "model", options, adopt=existing is not None)
-    save_artifact(art, cfg.out, options)
+                                                         [(text, f"../../{href}") for text, href in report_links])}
+    save_artifact(art, cfg.out, options, commit=commit)
     if cfg.publish_latest:
         publish_pointer(cfg.publish_latest, cfg.out, art.version, options)
     if run_folder is not None:  # its checkpoints only served a resume; the artefact now holds the model
         with contextlib.suppress(OSError):
             run_folder[0].delete_dir(run_folder[1])
-    return _result_from(art, cfg.out, time.perf_counter() - t0)
+        if cfg.storage_path is None:
+            _remove_empty_default_folder()
+    return _result_from(art, cfg.out, time.perf_counter() - t0, warnings=commit.warnings)
 
 
 def _fit(cfg: TrainConfig, options: dict, loop_config: dict, run_id: str, datasets: dict,
@@ -251,13 +266,40 @@ def _fit(cfg: TrainConfig, options: dict, loop_config: dict, run_id: str, datase
             # worker evaluates the whole validation set, so val_loss and the threshold are exact.
             dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
         )
-        result = trainer.fit()
+        try:
+            with keep_signal_handlers():  # Ray Train's own SIGINT handler ends the run without a word
+                result = trainer.fit()
+        except KeyboardInterrupt:  # Interrupted, or Ray's own after an interrupted wait
+            _remove_default_run_folder(cfg, run_name, in_process)
+            raise
         own_folder = not in_process and not cfg.run_name
         return (*final_checkpoint(result), (result.filesystem, result.path) if own_folder else None)
     finally:
         torch.set_num_threads(threads)  # in local mode the loop set them in this process
         if local_dir:
             shutil.rmtree(local_dir, ignore_errors=True)
+
+
+def _remove_default_run_folder(cfg: TrainConfig, run_name: str, in_process: bool) -> None:
+    """After an interrupt: delete the run's checkpoints if they sit in Ray's default folder (~/ray_results).
+
+    A run stopped on purpose leaves nothing behind there; with ``--storage-path`` or
+    ``--run-name`` the checkpoints stay, so that a rerun resumes from them (a preempted node).
+    """
+    if in_process or cfg.storage_path or cfg.run_name:
+        return
+    shutil.rmtree(os.path.join(RAY_DEFAULT_STORAGE, run_name), ignore_errors=True)
+    _remove_empty_default_folder()
+
+
+RAY_DEFAULT_STORAGE = os.path.expanduser("~/ray_results")
+"""Where Ray Train keeps a run's checkpoints without --storage-path."""
+
+
+def _remove_empty_default_folder() -> None:
+    """Ray creates ~/ray_results for a run; once the run's own folder is gone, an empty one goes too."""
+    with contextlib.suppress(OSError):  # not empty (other runs, the user's): stays
+        os.rmdir(RAY_DEFAULT_STORAGE)
 
 
 def _identity(cfg: TrainConfig) -> dict:
@@ -269,16 +311,18 @@ def _identity(cfg: TrainConfig) -> dict:
     return d
 
 
-def _result_from(art: ModelArtifact, uri: str, seconds: float, reused: bool = False) -> TrainResult:
+def _result_from(art: ModelArtifact, uri: str, seconds: float, reused: bool = False,
+                 warnings: list[str] = ()) -> TrainResult:
     best = min(art.history, key=lambda h: h["val_loss"])
     return TrainResult(model_uri=uri, version=art.version, history=art.history, threshold=art.threshold["value"],
                        reference=art.reference, train_rows=best["train_rows"], val_rows=best["val_rows"],
-                       wall_seconds=seconds, run_id=art.run_id, reused=reused, metrics=art.metrics)
+                       wall_seconds=seconds, run_id=art.run_id, reused=reused, metrics=art.metrics,
+                       artifact_uri=art.location or uri, warnings=list(warnings))
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m jobs.train``: parse flags, train, print a one-line result."""
-    from jobs.cli import job_main
+    from jobs.entry import job_main
 
     return job_main(TrainConfig, run, format_result, argv, "aescore train", __doc__)
 
@@ -290,4 +334,6 @@ if __name__ == "__main__":
     # the training loop as references to importable modules (jobs.train, jobs.train_loop).
     from jobs.train import main as module_main
 
-    sys.exit(module_main())
+    from jobs.entry import run_entry_point
+
+    run_entry_point(module_main)

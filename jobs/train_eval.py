@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +122,7 @@ MIN_TAIL_ROWS = 5
 """Fewest validation rows above the threshold for its false-alarm rate to mean something."""
 
 
-def input_warnings(cfg, inputs: dict, schema, specs: list, stats: dict) -> list[str]:
+def input_warnings(cfg, inputs: dict, schema, specs: list, stats: dict, pp: Preprocessor) -> list[str]:
     """What training left out of its input without an error: files, columns, categories.
 
     Args:
@@ -131,6 +131,7 @@ def input_warnings(cfg, inputs: dict, schema, specs: list, stats: dict) -> list[
         schema: The training input's Arrow schema.
         specs: The feature columns.
         stats: The training statistics (``partial_stats`` merged): categorical value counts.
+        pp: The preprocessing fitted on them (the kept categories).
     """
     out = []
     for flag, data in inputs.items():
@@ -146,11 +147,14 @@ def input_warnings(cfg, inputs: dict, schema, specs: list, stats: dict) -> list[
     for s in specs:
         counts = stats.get(s.name, {}).get("counts") if s.kind == "categorical" else None
         if counts and len(counts) > cfg.max_categories:
-            rest = sorted(counts.values(), reverse=True)[cfg.max_categories:]
             many = f"at least {len(counts)}" if len(counts) >= MAX_TRACKED_VALUES else str(len(counts))
-            out.append(f"column {s.name!r} has {many} distinct training values; the {cfg.max_categories} "
-                       f"most frequent are kept and the other {len(rest)} ({100 * sum(rest) / stats[s.name]['n']:.1f}% "
-                       "of its cells) all count as one value, <other> (--max-categories)")
+            # The <other> share from the fitted vocabulary: every observed cell not kept, including
+            # values past the tracked ones (an id-like column tracks only its most frequent values).
+            freq = pp.categorical[s.name]["freq"]
+            share = freq[-1] / max(sum(freq), 1)
+            out.append(f"column {s.name!r} has {many} distinct training values; the {len(freq) - 1} most frequent "
+                       f"are kept and the rest ({100 * share:.1f}% of its cells) all count as one value, <other> "
+                       "(--max-categories)")
     return out
 
 
@@ -216,6 +220,10 @@ class TrainResult:
     run_id: str = ""
     reused: bool = False
     metrics: dict | None = None
+    artifact_uri: str = ""
+    """The committed artefact's folder (``runs/<run>`` under ``model_uri``): report.html is there."""
+    warnings: list[str] = field(default_factory=list)
+    """What the clean-up after the commit could not do (the model is committed regardless)."""
 
 
 def format_result(r: TrainResult) -> str:
@@ -233,4 +241,6 @@ def format_result(r: TrainResult) -> str:
     lines.append(f"{verb} {r.model_uri} (version {r.version}): {len(r.history)} epochs, best: epoch {best['epoch']} "
                  f"train_loss={best['train_loss']:.4f} val_loss={best['val_loss']:.4f}, threshold={r.threshold:.4f}, "
                  f"rows train={r.train_rows} val={r.val_rows}, {r.wall_seconds:.1f}s")
-    return "\n".join(lines)
+    if r.artifact_uri:
+        lines.append(f"report: {r.artifact_uri.rstrip('/')}/report.html")
+    return "\n".join(lines + [f"warning: {w}" for w in r.warnings])

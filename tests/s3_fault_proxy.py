@@ -1,4 +1,4 @@
-"""An HTTP proxy on 127.0.0.1 that fails a set share of S3 requests with 503 SlowDown."""
+"""An HTTP proxy on 127.0.0.1 that fails a set share of S3 requests with 503 SlowDown, or denies a prefix."""
 
 from __future__ import annotations
 
@@ -9,6 +9,20 @@ from urllib.parse import urlparse
 
 _SLOWDOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
              b"<Message>Please reduce your request rate.</Message></Error>")
+_DENIED = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
+           b"<Message>Access Denied</Message></Error>")
+
+
+def _touches(request_path: str, denied: str) -> bool:
+    """Whether a path-style S3 request reads, writes or lists under ``denied`` (``bucket/prefix``)."""
+    from urllib.parse import parse_qs, unquote
+
+    url = urlparse(request_path)
+    key = unquote(url.path).lstrip("/")
+    bucket, prefix = denied.split("/", 1)
+    listed = parse_qs(url.query).get("prefix", [""])[0]
+    return key.startswith(denied) or (key.rstrip("/") == bucket and (listed.startswith(prefix) or
+                                                                      prefix.startswith(listed) and listed != ""))
 
 
 class FaultProxy:
@@ -16,12 +30,15 @@ class FaultProxy:
 
     Args:
         upstream: The real S3 endpoint, e.g. ``http://127.0.0.1:5000``.
-        fail_every: Fail one request in this many; 1 fails them all.
+        fail_every: Fail one request in this many; 1 fails them all; 0 none.
+        deny: ``bucket/prefix``: requests for keys under it (and listings of it) get 403
+            AccessDenied, as with credentials that do not reach that location.
     """
 
-    def __init__(self, upstream: str, fail_every: int):
+    def __init__(self, upstream: str, fail_every: int = 0, deny: str | None = None):
         self.upstream = urlparse(upstream)
         self.fail_every = fail_every
+        self.deny = deny
         self.requests = 0
         self.failed = 0
         self._lock = threading.Lock()
@@ -37,8 +54,16 @@ class FaultProxy:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with proxy._lock:
                     proxy.requests += 1
-                    fail = proxy.requests % proxy.fail_every == 0
+                    fail = bool(proxy.fail_every) and proxy.requests % proxy.fail_every == 0
                     proxy.failed += fail
+                if proxy.deny and _touches(self.path, proxy.deny):
+                    self.send_response(403)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(_DENIED)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(_DENIED)
+                    return
                 if fail:
                     self.send_response(503)
                     self.send_header("Content-Type", "application/xml")

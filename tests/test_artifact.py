@@ -1,6 +1,8 @@
 """The model artefact round-trips and refuses incomplete or tampered copies."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -36,18 +38,35 @@ def test_round_trip_scores_identically(tmp_path, scheme):
     assert np.array_equal(RowScorer(art).score_table(t)["recon_error"], RowScorer(loaded).score_table(t)["recon_error"])
 
 
-def test_missing_success_marker_is_refused(tmp_path):
+@pytest.mark.parametrize("which", ["pointer", "run folder"])
+def test_missing_success_marker_is_refused(tmp_path, which):
     art, _ = _artifact()
     save_artifact(art, str(tmp_path / "m"))
-    (tmp_path / "m" / "_SUCCESS").unlink()
+    (tmp_path / "m" / "_SUCCESS" if which == "pointer" else Path(art.location) / "_SUCCESS").unlink()
     with pytest.raises(ArtifactError, match="missing _SUCCESS"):
         load_artifact(str(tmp_path / "m"))
+
+
+def test_the_committed_folder_and_the_flat_layout_of_older_versions_load(tmp_path):
+    art, t = _artifact()
+    version = save_artifact(art, str(tmp_path / "m"))
+    assert load_artifact(art.location).version == version  # a run folder loads on its own
+    flat = tmp_path / "flat"  # the layout before run folders: the files at the top, _SUCCESS holds the version
+    shutil.copytree(art.location, flat)
+    (flat / "_attempt.json").unlink()
+    assert load_artifact(str(flat)).version == version
+    (flat / "notes.txt").write_text("a user's file beside an old artefact")
+    art.created_at = ""
+    save_artifact(art, str(flat))  # committed over it: the old files go, the user's stays
+    assert sorted(p.name for p in flat.iterdir()) == ["_SUCCESS", "_aescore.json", "_commit.lock", "notes.txt", "runs"]
+    assert np.array_equal(RowScorer(load_artifact(str(flat))).score_table(t)["recon_error"],
+                          RowScorer(art).score_table(t)["recon_error"])
 
 
 def test_tampered_weights_are_refused(tmp_path):
     art, _ = _artifact()
     save_artifact(art, str(tmp_path / "m"))
-    w = tmp_path / "m" / "model.safetensors"
+    w = Path(art.location) / "model.safetensors"
     data = bytearray(w.read_bytes())
     data[-1] ^= 0xFF
     w.write_bytes(bytes(data))
@@ -58,7 +77,7 @@ def test_tampered_weights_are_refused(tmp_path):
 def test_edited_metadata_is_refused(tmp_path):
     art, _ = _artifact()
     save_artifact(art, str(tmp_path / "m"))
-    meta_path = tmp_path / "m" / "model.json"
+    meta_path = Path(art.location) / "model.json"
     meta = json.loads(meta_path.read_text())
     meta["threshold"]["value"] = 99.0
     meta_path.write_text(json.dumps(meta))
@@ -70,6 +89,6 @@ def test_pickled_weights_are_never_loaded(tmp_path):
     """A pickle planted as the weights file fails the checksum and is never unpickled."""
     art, _ = _artifact()
     save_artifact(art, str(tmp_path / "m"))
-    torch.save({"x": torch.zeros(1)}, tmp_path / "m" / "model.safetensors")
+    torch.save({"x": torch.zeros(1)}, Path(art.location) / "model.safetensors")
     with pytest.raises(ArtifactError):
         load_artifact(str(tmp_path / "m"))

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from aemodel.artifact import artifact_folder
 from jobs import score
 from jobs.synthetic import LABEL, ROW_ID, make_mixed_table
 
@@ -138,16 +139,17 @@ def test_nonexistent_bucket(trained, tmp_path, s3_server):
 def test_damaged_model_artefact(damage, pattern, trained, mixed_data, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(trained.model_uri, model)
+    files = Path(artifact_folder(str(model)))  # the committed run folder
     if damage == "delete_weights":
-        (model / "model.safetensors").unlink()
+        (files / "model.safetensors").unlink()
     elif damage == "flip_weight_byte":
-        data = bytearray((model / "model.safetensors").read_bytes())
+        data = bytearray((files / "model.safetensors").read_bytes())
         data[len(data) // 2] ^= 0x01
-        (model / "model.safetensors").write_bytes(bytes(data))
+        (files / "model.safetensors").write_bytes(bytes(data))
     elif damage == "edit_metadata":
-        meta = json.loads((model / "model.json").read_text())
+        meta = json.loads((files / "model.json").read_text())
         meta["threshold"]["value"] *= 10
-        (model / "model.json").write_text(json.dumps(meta))
+        (files / "model.json").write_text(json.dumps(meta))
     else:
         (model / "_SUCCESS").unlink()
     out_dir = tmp_path / "out"
@@ -346,7 +348,7 @@ def test_scoring_warns_about_rows_with_nothing_observed_and_about_most_rows_flag
 
 
 def _case_model_json_list(model: Path, tmp: Path) -> tuple[list[str], str]:
-    (model / "model.json").write_text("[]")
+    (Path(artifact_folder(str(model))) / "model.json").write_text("[]")
     return ["--model", str(model)], "model.json holds a list, not an aescore model description"
 
 

@@ -15,13 +15,13 @@ import textwrap
 
 import pytest
 
-from jobs.commit import RUNS, OutputCommit, claim_prefix, committed_run, read_committed_json
+from aemodel.commit import RUNS, OutputCommit, claim_prefix, committed_run, read_committed_json
 from jobs.errors import OutputError
-from jobs.storage import url_to_fs, write_bytes
+from aemodel.store import url_to_fs, write_bytes
 
 _SCRIPT = textwrap.dedent("""
     import os, sys
-    from jobs import commit
+    from aemodel import commit
     uri, kill_at = sys.argv[1], int(sys.argv[2])
     ops = [0]
 

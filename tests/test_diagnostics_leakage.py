@@ -214,7 +214,7 @@ def test_reports_are_self_contained_with_valid_pngs():
     page3 = nightly_report(drift, [{**night, "date": "2026-11-01"}, {**night, "psi": 0.3, "alerts": drift["alerts"]}]
                            ).decode()
     rows = [{"latent_dim": k, "val_loss": 1.0 / k, "train_loss": 0.9 / k, "auroc": None, "epochs": 5,
-             "warnings": []} for k in (2, 4)]
+             "warnings": [], "report": f"latent-{k}/runs/r{k}/report.html"} for k in (2, 4)]
     page4 = sweep_report(rows, 4, 0.05, sweep_plot(rows, 4, 0.05)).decode()
     for html, n_images in ((page, 2), (page2, 4), (page3, 3), (page4, 1)):
         pngs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
@@ -223,7 +223,7 @@ def test_reports_are_self_contained_with_valid_pngs():
     assert "latent_size" in page and "class=alarm" not in page and 'href="../sweep.html"' in page
     assert "largest error of a flagged row" in page2 and "<td>7</td>" in page2 and "a (80%)" in page2
     assert "class=alarm" in page3 and "+40.0 pts" in page3
-    assert 'href="latent-4/report.html"' in page4 and "4 (recommended)" in page4
+    assert 'href="latent-4/runs/r4/report.html"' in page4 and "4 (recommended)" in page4
     capped = _history([1, .8, .6, .5], [1, .8, .6, .5])
     metrics["diagnostics"] = diagnose(capped, n_features=4, input_width=4, latent_dim=2, baseline_val_loss=1.0,
                                       max_epochs=4, patience=2)
@@ -382,7 +382,8 @@ def test_demo_reports_precision_and_recall_at_the_threshold():
 
     from jobs.demo import DemoResult, format_result
 
-    r = DemoResult(train=SimpleNamespace(history=[{"val_loss": 0.5, "train_loss": 0.4}], model_uri="m"),
+    r = DemoResult(train=SimpleNamespace(history=[{"val_loss": 0.5, "train_loss": 0.4}], model_uri="m",
+                                         artifact_uri="m/runs/r"),
                    score=SimpleNamespace(summary={"anomaly_count": 3, "row_count": 100, "threshold": 2.5},
                                          run_uri="s/runs/x"), auroc=0.99, precision=0.75, recall=0.5,
                    wall_seconds=1.0)

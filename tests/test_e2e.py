@@ -14,7 +14,7 @@ import pytest
 from aemodel import ArtifactError, RowScorer, SchemaError, auroc, load_artifact
 from aemodel.marginal import stored_counts
 from jobs import score
-from jobs.commit import committed_run
+from aemodel.commit import committed_run
 from jobs.synthetic import LABEL, ROW_ID
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import score, train
-from jobs.commit import committed_run
+from aemodel.commit import committed_run
 from jobs.synthetic import LABEL, ROW_ID, write_shards
 from tests.s3_fault_proxy import FaultProxy
 

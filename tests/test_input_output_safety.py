@@ -19,8 +19,8 @@ import pytest
 
 from aemodel import RowScorer, load_artifact
 from jobs import score, train
-from jobs.cli import run_cli
-from jobs.commit import OutputCommit, committed_run
+from jobs.entry import run_cli
+from aemodel.commit import OutputCommit, committed_run
 from jobs.synthetic import LABEL, ROW_ID, make_mixed_table
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -181,7 +181,7 @@ def test_files_without_the_parquet_extension_are_named_in_a_warning(trained, tmp
     code, _, stdout = _cli_run(capsys, score.ScoreConfig(model=trained.model_uri, data=str(tmp_path / "in"),
                                                           out=str(tmp_path / "o"), id_columns=[ROW_ID]))
     assert code == 0
-    assert "warning: 1 file(s) in the input lack the .parquet extension and were not read" in stdout
+    assert "warning: 1 file(s) in the input lack the .parquet extension or are not regular files, and were not read" in stdout
     assert "b.snappy" in stdout
 
 

@@ -19,7 +19,7 @@ import psutil
 import pytest
 import s3fs
 
-from jobs.commit import read_committed_json
+from aemodel.commit import read_committed_json
 from jobs.synthetic import LABEL, ROW_ID, write_shards
 from tests.conftest import free_port
 

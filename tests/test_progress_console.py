@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.progress import EpochProgress, Progress, split_verbose_flag
+from jobs.score_local import synthetic_row_hashes
 from jobs.score_rows import write_block
 
 
@@ -38,14 +39,19 @@ def test_epoch_lines_every_k_epochs_and_the_last(capsys):
         ["epoch 0", "epoch 10", "epoch 20", "epoch 22"]
 
 
-def test_a_retried_block_replaces_its_own_file(tmp_path):
-    table = pa.table({"id": [1, 2, 3], "anomaly_score": [0.1, 0.2, 0.3]})
+def test_a_retried_block_replaces_its_own_file_and_repeated_ids_do_not(tmp_path):
+    table = pa.table({"id": [1, 2, 3], "anomaly_score": [0.1, 0.2, 0.3],
+                      "row_hash": pa.array(synthetic_row_hashes("a.parquet", 0, 3), pa.uint64())})
     fs = pafs.LocalFileSystem()
     for _ in range(2):  # a task retried after a failure writes the same block again
-        write_block(table, path=str(tmp_path / "rows"), filesystem=fs, id_columns=["id"])
-    write_block(table.slice(0, 2), path=str(tmp_path / "rows"), filesystem=fs, id_columns=["id"])
+        write_block(table, path=str(tmp_path / "rows"), filesystem=fs, keep_row_hash=False)
+    write_block(table.slice(0, 2), path=str(tmp_path / "rows"), filesystem=fs, keep_row_hash=False)
+    # The same ids from another input file (ids restarting per file): another block, another file.
+    other = table.set_column(2, "row_hash", pa.array(synthetic_row_hashes("b.parquet", 0, 3), pa.uint64()))
+    write_block(other, path=str(tmp_path / "rows"), filesystem=fs, keep_row_hash=False)
     files = sorted((tmp_path / "rows").iterdir())
-    assert len(files) == 2 and sum(pq.read_metadata(f).num_rows for f in files) == 5
+    assert len(files) == 3 and sum(pq.read_metadata(f).num_rows for f in files) == 8
+    assert all(pq.read_schema(f).names == ["id", "anomaly_score"] for f in files)
 
 
 @pytest.mark.e2e

@@ -1,6 +1,7 @@
 """End to end: training diagnostics, leakage checks, per-column errors, reports and the latent sweep."""
 
 import json
+from pathlib import Path
 import tempfile
 import os
 
@@ -80,8 +81,8 @@ def test_scoring_output_has_top_features_column_errors_and_a_report(trained, mix
     assert sum(res.summary["columns"]["top1_rows"].values()) == rows.num_rows
     page = open(f"{res.run_uri}/report.html").read()
     assert page.count("data:image/png;base64,") == 4 and "Columns by mean error" in page
-    assert os.path.exists(os.path.join(trained.model_uri, "report.html"))
-    metrics = json.load(open(os.path.join(trained.model_uri, "metrics.json")))
+    assert os.path.exists(os.path.join(trained.artifact_uri, "report.html"))
+    metrics = json.load(open(os.path.join(trained.artifact_uri, "metrics.json")))
     assert {c["check"] for c in metrics["diagnostics"]} >= {"overfitting", "vs_mean_baseline", "latent_size"}
 
 
@@ -109,14 +110,16 @@ def test_latent_sweep_recommends_a_size_and_warns_when_latent_reaches_the_inputs
     assert set(by_k) == {2, 16} and res.recommended in by_k
     assert "latent_size" in by_k[16]["warnings"] and "latent_size" not in by_k[2]["warnings"]  # 13 features
     assert all(0.5 < r["auroc"] <= 1.0 for r in res.rows)
-    metrics = json.load(open(tmp_path / "sweep" / "latent-16" / "metrics.json"))
+    metrics = json.load(open(Path(by_k[16]["model"]) / by_k[16]["report"].split("/", 1)[1].replace("report.html",
+                                                                                                   "metrics.json")))
     assert any(c["check"] == "latent_size" and c["status"] == "warning" for c in metrics["diagnostics"])
     table = json.load(open(tmp_path / "sweep" / "sweep.json"))
     assert table["recommended_latent_dim"] == res.recommended
     assert (tmp_path / "sweep" / "sweep.png").read_bytes().startswith(b"\x89PNG")
     page = (tmp_path / "sweep" / "sweep.html").read_text()
-    assert 'href="latent-2/report.html"' in page and 'href="latent-16/report.html"' in page
-    assert 'href="../sweep.html"' in (tmp_path / "sweep" / "latent-2" / "report.html").read_text()
+    assert f'href="{by_k[2]["report"]}"' in page and f'href="{by_k[16]["report"]}"' in page
+    assert by_k[2]["report"].startswith("latent-2/runs/")  # the model's committed run folder
+    assert 'href="../../../sweep.html"' in (tmp_path / "sweep" / by_k[2]["report"]).read_text()
     assert "recommended" in sweep.format_result(res)
     assert json.load(open(tmp_path / "sweep" / "_aescore.json"))["kind"] == "sweep"  # the prefix is now aescore's
 
@@ -146,7 +149,7 @@ def test_contamination_sets_the_threshold_and_an_epoch_capped_run_is_not_converg
     assert 0.04 <= art.threshold["validation_fpr"] <= 0.05
     convergence = {c["check"]: c for c in res.metrics["diagnostics"]}["convergence"]
     assert convergence["status"] == "warning" and "has not converged" in convergence["message"], convergence
-    assert "not converged" in open(os.path.join(res.model_uri, "report.html")).read()
+    assert "not converged" in open(os.path.join(res.artifact_uri, "report.html")).read()
 
 
 def test_in_process_training_matches_a_train_worker_exactly(ray_start_2_cpus, tmp_path):

@@ -9,7 +9,7 @@ import s3fs
 
 from aemodel import load_artifact
 from jobs import score, train
-from jobs.commit import committed_run, read_committed_json
+from aemodel.commit import committed_run, read_committed_json
 from jobs.synthetic import LABEL, ROW_ID, write_shards
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -42,7 +42,8 @@ def test_train_and_score_on_s3_match_local(ray_start_2_cpus, mixed_data, bucket,
     assert s3_model.history[-1]["val_loss"] == pytest.approx(local_model.history[-1]["val_loss"], rel=0.05)
 
     fs = s3fs.S3FileSystem()
-    assert fs.exists(f"{bucket}/models/m/_SUCCESS") and fs.exists(f"{bucket}/models/m/model.safetensors")
+    assert fs.exists(f"{bucket}/models/m/_SUCCESS") and fs.exists(f"{s3_model.artifact_uri}/model.safetensors")
+    assert s3_model.artifact_uri.startswith(f"{bucket}/models/m/runs/")
     assert fs.find(f"{bucket}/ray"), "Ray Train checkpoints should be on S3"
     assert not fs.exists(f"{bucket}/models/m/_staging")
 

@@ -13,7 +13,7 @@ from aemodel import load_artifact
 from aemodel.scoring import rows_per_call
 from jobs.errors import InputError
 from jobs import score
-from jobs.commit import committed_run
+from aemodel.commit import committed_run
 from jobs.score_local import synthetic_row_hashes
 from jobs.synthetic import LABEL, ROW_ID
 

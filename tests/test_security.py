@@ -5,12 +5,14 @@ import json
 import os
 import pickle
 import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 from aemodel import ArtifactError, load_artifact
+from aemodel.artifact import artifact_folder
 
 
 class _Exploit:
@@ -34,13 +36,14 @@ def _retag(model_dir):
 
 
 def test_pickle_planted_as_weights_is_refused_and_never_runs(trained, tmp_path):
-    model = tmp_path / "model"
-    shutil.copytree(trained.model_uri, model)
+    copy = tmp_path / "model"
+    shutil.copytree(trained.model_uri, copy)
+    model = Path(artifact_folder(str(copy)))
     marker = tmp_path / "pwned"
     (model / "model.safetensors").write_bytes(pickle.dumps(_Exploit(str(marker))))
     _retag(model)
     with pytest.raises(ArtifactError, match="cannot read model.safetensors"):
-        load_artifact(str(model))
+        load_artifact(str(copy))
     assert not marker.exists()
 
 

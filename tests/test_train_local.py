@@ -234,9 +234,10 @@ def test_training_into_a_scores_folder_says_so(mixed_data, tmp_path):
 def test_training_says_what_it_left_out_of_its_input(tmp_path):
     """A file without the .parquet extension, a timestamp column, categories past --max-categories: all warned."""
     rng = np.random.default_rng(0)
-    n = 400
+    n = 14_000  # more distinct training uids than a partial summary tracks (MAX_TRACKED_VALUES)
     table = pa.table({"x": rng.normal(size=n), "y": rng.normal(size=n),
                       "store": [f"s{int(v)}" for v in rng.zipf(1.5, n) % 90],
+                      "uid": [f"u{i}" for i in range(n)],
                       "ts": pa.array(np.arange(n).astype("datetime64[s]"))})
     data = tmp_path / "in"
     data.mkdir()
@@ -245,11 +246,14 @@ def test_training_says_what_it_left_out_of_its_input(tmp_path):
     result = train.run(train.TrainConfig(data=str(data), out=str(tmp_path / "m"), epochs=2, hidden_dims=[8],
                                          cpus_per_worker=1, in_process=True, max_categories=8))
     warned = result.metrics["warnings"]
-    assert any(w.startswith("1 file(s) in --data lack the .parquet extension and were not read (e.g. ")
+    assert any(w.startswith("1 file(s) in --data lack the .parquet extension or are not regular files, and were not read (e.g. ")
                and str(data / "part-1);") in w for w in warned), warned
     assert "column(s) of types aescore does not model were left out: ts (timestamp[" in " ".join(warned)
     store = [w for w in warned if w.startswith("column 'store' has ")]
     distinct = len(set(table["store"].to_pylist()))  # the training rows' share of them is counted
     assert store and re.match(r"column 'store' has (\d+) distinct training values; the 8 most frequent are kept",
                               store[0]) and 8 < int(store[0].split()[3]) <= distinct, warned
+    # Nearly every uid cell is <other>: the share counts the untracked values too (it said 17% here).
+    uid = [w for w in warned if w.startswith("column 'uid' has at least 10000 distinct training values")]
+    assert uid and float(re.search(r"the rest \(([\d.]+)% of its cells\)", uid[0]).group(1)) > 99.8, warned
     assert result.train_rows + result.val_rows == n  # the second file was not read
