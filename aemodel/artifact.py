@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from aemodel.commit import OutputCommit, claim_prefix, parse_pointer
+from aemodel.commit import MARKER, OutputCommit, claim_prefix, parse_pointer
 from aemodel.leakage import BloomFilter
 from aemodel.model import AutoencoderConfig, TabularAutoencoder
 from aemodel.preprocess import Preprocessor
@@ -164,7 +164,7 @@ def flat_layout_files(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
     """
     if parse_pointer(read_bytes(fs, _join(path, SUCCESS_FILE))) is not None or not fs.exists(_join(path, META_FILE)):
         return []
-    return [WEIGHTS_FILE, BLOOM_FILE, META_FILE, METRICS_FILE, "report.html", "_staging"]
+    return [WEIGHTS_FILE, BLOOM_FILE, META_FILE, METRICS_FILE, "report.html"]
 
 
 def check_model_prefix(uri: str, storage_options: dict | None = None) -> bool:
@@ -220,6 +220,16 @@ def save_artifact(art: ModelArtifact, uri: str, storage_options: dict | None = N
     return art.version
 
 
+def _output_kind(uri: str, storage_options: dict | None) -> str | None:
+    """The kind in ``uri``'s ownership marker (``aemodel.commit``), or None without one."""
+    fs, path = url_to_fs(uri, storage_options)
+    try:
+        marker = json.loads(read_bytes(fs, _join(path, MARKER)) or b"null")
+    except (ValueError, OSError):
+        return None
+    return marker.get("kind") if isinstance(marker, dict) else None
+
+
 def artifact_folder(uri: str, storage_options: dict | None = None) -> str | None:
     """Where the committed artefact at ``uri`` lives: the run folder its pointer names, ``uri``
     itself for the flat layout (and for a run folder given directly), None if nothing is committed."""
@@ -241,6 +251,10 @@ def load_artifact(uri: str, storage_options: dict | None = None) -> ModelArtifac
     try:
         folder = artifact_folder(uri, storage_options)
         fs, path = url_to_fs(folder or uri, storage_options)
+        kind = _output_kind(uri, storage_options)
+        if kind not in (None, "model"):  # a scores output, a sweep: say so rather than "incomplete"
+            raise ArtifactError(f"{uri} holds aescore {kind} output, not a model artefact; --model takes the --out "
+                                "of aescore train (or a pointer file to one)")
         if folder is None or not fs.exists(_join(path, SUCCESS_FILE)):
             raise ArtifactError(f"no complete model artefact at {uri} (missing {SUCCESS_FILE}; "
                                 "was training interrupted, or is the path wrong?)")

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import uuid
 from datetime import datetime, timezone
@@ -59,15 +60,24 @@ class OutputError(ValueError):
 
 @contextlib.contextmanager
 def denied_as_output_error(uri: str):
-    """A ``PermissionError`` (S3's 403 Forbidden: no path in its message) as an ``OutputError`` naming ``uri``."""
+    """A ``PermissionError`` (S3's 403 Forbidden: no path in its message), or an entry of the prefix of another
+    kind than aescore's, as an ``OutputError`` naming ``uri``."""
     try:
         yield
     except PermissionError as e:
         raise OutputError(f"{uri}: access denied ({e}); check the credentials for this location") from e
+    except (IsADirectoryError, NotADirectoryError) as e:  # _SUCCESS made a folder, runs/ made a file
+        raise OutputError(f"{uri}: {type(e).__name__}: {e}; an entry aescore keeps there (_SUCCESS, _commit.lock, "
+                          "runs) is not what aescore wrote: restore it, or choose another --out") from e
 
 
 def _rename(src: str, dst: str) -> None:
     os.replace(src, dst)
+
+
+def _delete(fs: fsspec.AbstractFileSystem, paths: list[str]) -> None:
+    """Delete these files (one batch request on object stores)."""
+    fs.rm(paths)
 
 
 def _now() -> str:
@@ -111,9 +121,51 @@ def _legacy_manifest(fs: fsspec.AbstractFileSystem, path: str) -> dict | None:
 
 
 def _legacy_score_files(manifest: dict) -> list[str]:
-    """What an output of the layout before run folders holds of aescore's: the files its manifest lists."""
-    return [e["path"] for e in manifest.get("outputs", []) if isinstance(e, dict) and isinstance(e.get("path"), str)] \
-        + list(LEGACY_SCORE_FILES)
+    """What an output of the layout before run folders holds of aescore's: the row files its manifest lists
+    (``rows/*.parquet`` only, never a path that leaves the prefix) and its small files."""
+    listed = [e["path"] for e in manifest.get("outputs", []) if isinstance(e, dict) and isinstance(e.get("path"), str)]
+    return [p for p in listed if _OWN_ROWS.fullmatch(p) and ".." not in p.split("/")] + list(LEGACY_SCORE_FILES)
+
+
+RUN_NAME = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{8}")
+"""How aescore names a run folder (``OutputCommit.name``)."""
+_OWN_ROWS = re.compile(r"rows/[^/]+\.parquet")
+_OWN_FILES = frozenset({ATTEMPT, SUCCESS, MANIFEST, "summary.json", "report.html", "drift.json", "drift.html",
+                        "model.safetensors", "model.json", "train_rows.bloom", "metrics.json"})
+"""What a run folder of aescore's holds: these files and row files (``rows/*.parquet``), nothing else."""
+
+
+def remove_own_files(fs: fsspec.AbstractFileSystem, folder: str, names: list[str] | None = None) -> list[str]:
+    """Delete aescore's files in ``folder`` (or only ``names``, relative to it), then the folders left empty.
+
+    aescore's files are ``_OWN_FILES`` and row files; a listed name that is a folder, or
+    any other file, is never deleted.
+
+    Returns:
+        What stays in ``folder`` because aescore did not write it (relative paths, with
+        ``names`` None): a user's file put there.
+    """
+    fs.invalidate_cache()
+    base = folder.rstrip("/")
+    if names is None:
+        found = [p[len(base) + 1:] for p in fs.find(base)] if fs.isdir(base) else []
+    else:
+        found = [n for n in names if fs.isfile(join(base, n))]
+    own = [n for n in found if n in _OWN_FILES or _OWN_ROWS.fullmatch(n)]
+    if own:
+        _delete(fs, [join(base, n) for n in own])
+    for sub in sorted({n.rsplit("/", 1)[0] for n in own if "/" in n}, key=len, reverse=True):
+        _remove_if_empty(fs, join(base, sub))
+    if names is None:
+        _remove_if_empty(fs, base)
+    return [n for n in found if n not in own] if names is None else []
+
+
+def _remove_if_empty(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """A local folder left empty goes (``rmdir`` refuses a folder that is not); object stores have no folders."""
+    if isinstance(fs, LocalFileSystem):
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
 
 
 def _refuse_a_file(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> None:
@@ -283,6 +335,10 @@ class OutputCommit:
                     self.created.append(p)
                     p = os.path.dirname(p)
             self.base, self.base_etag = _pointer_token(self.fs, self.path)
+            if self.base and self.base.strip() and parse_pointer(self.base) is None and not (
+                    self.kind == "model" and self.fs.exists(join(self.path, "model.json"))):  # the flat artefact layout
+                raise OutputError(f"{self.uri}: {SUCCESS} is not an aescore commit pointer (edited?); aescore does not "
+                                  "replace it: restore it, or choose another --out")
         self.observed = True
 
     def begin(self, adopt: bool = False) -> None:
@@ -293,12 +349,17 @@ class OutputCommit:
         """
         if not self.observed:
             self.observe()
-        with denied_as_output_error(self.uri):
-            self.replaces = claim_prefix(self.uri, self.kind, self.options, adopt=adopt) or self.replaces
-            pointer = parse_pointer(self.base)
-            write_bytes(self.fs, self.path_of(ATTEMPT), json.dumps({
-                "run": f"{RUNS}/{self.name}", "base": pointer["run"] if pointer else None,
-                "host": socket.gethostname(), "pid": os.getpid(), "started_at": _now()}).encode())
+        try:
+            with denied_as_output_error(self.uri):
+                self.replaces = claim_prefix(self.uri, self.kind, self.options, adopt=adopt) or self.replaces
+                pointer = parse_pointer(self.base)
+                write_bytes(self.fs, self.path_of(ATTEMPT), json.dumps({
+                    "run": f"{RUNS}/{self.name}", "base": pointer["run"] if pointer else None,
+                    "host": socket.gethostname(), "pid": os.getpid(), "started_at": _now()}).encode())
+        except BaseException:  # a marker or folders written before the failure go again
+            with contextlib.suppress(Exception):
+                self.abort()
+            raise
         self.begun = True
 
     def commit(self, files: dict[str, bytes], run_id: str, mark: bool = True, **pointer_fields) -> list[str]:
@@ -345,7 +406,7 @@ class OutputCommit:
         self.fs.invalidate_cache()
         if self.names_this_run():
             return
-        remove(self.fs, self.run)
+        remove_own_files(self.fs, self.run)  # a file someone put into it meanwhile stays
         remove(self.fs, join(self.path, f"{SUCCESS}.{self.name}.tmp"))  # a local swap interrupted before its rename
         runs = join(self.path, RUNS)
         self.fs.invalidate_cache()
@@ -365,8 +426,8 @@ class OutputCommit:
 
     def conflict(self) -> OutputError:
         """The error of a run that lost the race to commit."""
-        return OutputError(f"another aescore run committed to {self.uri} while this one was running; this run "
-                           "committed nothing (one writer per output prefix at a time)")
+        return OutputError(f"another aescore run committed to {self.uri} while this one was running (or its {SUCCESS} "
+                           "was edited or removed); this run committed nothing (one writer per output prefix at a time)")
 
     def _swap_pointer(self, pointer: bytes) -> None:
         target = join(self.path, SUCCESS)
@@ -441,20 +502,21 @@ class OutputCommit:
         for name, is_folder in found:
             if is_folder and name != self.name:
                 self._try(f"remove the older run folder {RUNS}/{name}", self._remove_stale, join(runs, name), mine)
-        for name in self.replaces:  # an older layout's files: only those it listed
-            self._try(f"remove {name} of the older layout", remove, self.fs, join(self.path, name))
+        if self.replaces:  # an older layout's files: only those it listed, files only, inside the prefix
+            self._try("remove the older layout's files", remove_own_files, self.fs, self.path, self.replaces)
         if isinstance(self.fs, LocalFileSystem):  # pointer temp files of runs killed mid-swap
             self._try("remove pointer files of killed runs", self._remove_pointer_temps)
 
     def _remove_pointer_temps(self) -> None:
         for name, is_folder in entries(self.fs, self.path):
-            if not is_folder and name.startswith(f"{SUCCESS}.") and name.endswith(".tmp"):
+            if not is_folder and re.fullmatch(rf"{SUCCESS}\.{RUN_NAME.pattern}\.tmp", name):
                 remove(self.fs, join(self.path, name))
 
     def _remove_stale(self, folder: str, mine: str) -> None:
+        name = folder.rstrip("/").rsplit("/", 1)[-1]
         attempt = read_bytes(self.fs, join(folder, ATTEMPT))
         if attempt is None:
-            if not self.fs.find(folder):  # an empty folder left by a kill before _attempt.json
+            if RUN_NAME.fullmatch(name) and not self.fs.find(folder):  # an empty run folder left by a kill
                 remove(self.fs, folder)
             return
         try:
@@ -462,4 +524,7 @@ class OutputCommit:
         except (ValueError, AttributeError):
             return
         if base != mine:  # started before this commit: it can never commit now
-            remove(self.fs, folder)
+            kept = remove_own_files(self.fs, folder)
+            if kept:
+                self.warnings.append(f"{self.uri}: {RUNS}/{name} also holds files aescore did not write "
+                                     f"({', '.join(kept[:3])}{', ...' if len(kept) > 3 else ''}); they stay")

@@ -12,7 +12,9 @@ import math
 import numpy as np
 import torch
 
-from aemodel.model import Reconstruction
+from aemodel.model import AutoencoderConfig, Reconstruction
+from aemodel.preprocess import MAX_TRACKED_VALUES, Preprocessor
+from aemodel.schema import infer_kind
 
 OVERFIT_WARN_RATIO = 1.5
 """val/train loss ratio above which the overfitting check warns."""
@@ -181,3 +183,85 @@ def convergence(history: list[dict], max_epochs: int, patience: int) -> dict:
 def format_diagnostics(checks: list[dict]) -> str:
     """One line per check, e.g. ``[warning] overfitting: ...``."""
     return "\n".join(f"[{c['status']}] {c['check']}: {c['message']}" for c in checks)
+
+
+MIN_TAIL_ROWS = 5
+"""Fewest validation rows above the threshold for its false-alarm rate to mean something."""
+
+
+def assess(cfg, model_config: AutoencoderConfig, history: list[dict], reference: dict, threshold: dict,
+           leakage: dict, pp: Preprocessor | None = None, more_warnings: list[str] = ()) -> dict:
+    """The run's ``metrics.json``: final losses, diagnostics with verdicts, leakage checks.
+
+    Args:
+        cfg: The training options (``aemodel.options.TrainingOptions``; ``aescore train``'s).
+        leakage: The statistics pass's overlap counts and id-like columns (``aemodel.leakage``).
+        pp: The fitted preprocessing, for warnings about columns (one training value, numbers as text).
+        more_warnings: Warnings found before training (``input_warnings``), listed first.
+    """
+    best = min(history, key=lambda h: h["val_loss"])
+    checks = diagnose(history, n_features=model_config.n_columns, input_width=model_config.input_dim,
+                      latent_dim=model_config.latent_dim, baseline_val_loss=reference.get("mean_baseline_loss"),
+                      max_overfit_ratio=cfg.max_overfit_ratio, max_epochs=cfg.epochs, patience=cfg.patience)
+    warnings = list(more_warnings) + [f"column {c['column']!r} looks like a row id ({c['reason']}); ids as features let the model "
+                "memorise rows: exclude it (--exclude-columns)" for c in leakage["id_like_columns"]]
+    if pp is not None:
+        warnings += [f"column {name!r} holds one value in every training row ({value}): any other value will "
+                     "dominate its row's score; if it is a label or an outcome, exclude it (--exclude-columns)"
+                     for name, value in pp.constant_columns().items()]
+        warnings += [f"column {name!r} is text, but most of its values are numbers ({distinct} distinct): it is "
+                     f"modelled as categorical (its {len(pp.categorical[name]['vocab']) - 1} most frequent values "
+                     "kept, no notion of nearness); store it as a number to model it as one"
+                     for name, distinct in pp.numeric_like_categoricals().items()]
+    tail, n_val = threshold.get("tail_rows"), threshold.get("validation_rows")
+    if tail is not None and n_val and tail < MIN_TAIL_ROWS:  # the quantile is one of the last few rows
+        q = threshold["quantile"]
+        warnings.append(f"threshold: the {q:g} quantile of {n_val} validation rows has {tail} row(s) above it, "
+                        f"so the share of new normal rows flagged can be far from {1 - q:.1%}; about "
+                        f"{math.ceil(MIN_TAIL_ROWS / (1 - q))} validation rows would put {MIN_TAIL_ROWS} above it "
+                        "(--val-data, a larger --val-fraction, or a lower --threshold-quantile)")
+    if leakage.get("train_val_overlap_rows", 0) > max(1.0, 3 * leakage.get("expected_false_matches", 0.0)):
+        warnings.append(f"{leakage['train_val_overlap_rows']} validation rows also occur in the training data "
+                        "(leakage: validation loss and threshold look better than they are)")
+    latent = reference.get("latent")
+    notes = []
+    if cfg.latent_weight is None and not latent:  # the default turned the latent term off: say so, and how to add it
+        notes.append(f"latent term: off (the default for 45 or more feature columns; this table has "
+                     f"{model_config.n_columns}); --latent-weight 0.5 adds it")
+    return {"best_epoch": best["epoch"], "epochs_run": len(history), "train_loss": best["train_loss"],
+            "val_loss": best["val_loss"], "mean_baseline_val_loss": reference.get("mean_baseline_loss"),
+            "stopped_early": len(history) < cfg.epochs, "latent_dim": model_config.latent_dim,
+            "latent_components": latent.get("components", 1) if latent else None,
+            "latent_weight": float(latent["weight"]) if latent else 0.0, "notes": notes,
+            "n_features": model_config.n_columns, "diagnostics": checks, "warnings": warnings, "leakage": leakage}
+
+
+def column_warnings(cfg, schema, specs: list, stats: dict, pp: Preprocessor) -> list[str]:
+    """What training left out of its input's columns without an error: unmodelled types, categories.
+
+    Args:
+        cfg: The training options (``feature_columns``, ``exclude_columns``, ``max_categories``).
+        schema: The training input's Arrow schema.
+        specs: The feature columns.
+        stats: The training statistics (``partial_stats`` merged): categorical value counts.
+        pp: The preprocessing fitted on them (the kept categories).
+    """
+    out = []
+    used = {s.name for s in specs} | set(cfg.exclude_columns or [])
+    if not cfg.feature_columns:
+        left = [f"{f.name} ({f.type})" for f in schema if f.name not in used and infer_kind(f.type) is None]
+        if left:
+            out.append(f"column(s) of types aescore does not model were left out: {', '.join(left)} "
+                       "(--exclude-columns names them to silence this)")
+    for s in specs:
+        counts = stats.get(s.name, {}).get("counts") if s.kind == "categorical" else None
+        if counts and len(counts) > cfg.max_categories:
+            many = f"at least {len(counts)}" if len(counts) >= MAX_TRACKED_VALUES else str(len(counts))
+            # The <other> share from the fitted vocabulary: every observed cell not kept, including
+            # values past the tracked ones (an id-like column tracks only its most frequent values).
+            freq = pp.categorical[s.name]["freq"]
+            share = freq[-1] / max(sum(freq), 1)
+            out.append(f"column {s.name!r} has {many} distinct training values; the {len(freq) - 1} most frequent "
+                       f"are kept and the rest ({100 * share:.1f}% of its cells) all count as one value, <other> "
+                       "(--max-categories)")
+    return out

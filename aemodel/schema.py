@@ -173,3 +173,27 @@ def check_schema(schema: pa.Schema, specs: list[ColumnSpec], source: str) -> Non
         if not kind_accepts(s.kind, t) or _changed_meaning(s, t):
             raise SchemaError(f"{source}: column {s.name!r} has type {t}, but the model treats it as "
                               f"{s.kind} (trained on {s.arrow_type})")
+
+
+READ_TYPES = {"numeric": pa.float64(), "binary": pa.float64(), "categorical": pa.string()}
+"""The Arrow type every feature column is read as, by kind: inputs that store one logical type
+differently (string vs dictionary, bool vs 0/1 integers, int32 vs float) all become one."""
+
+
+def feature_table(table: pa.Table, specs: list[ColumnSpec]) -> pa.Table:
+    """``table``'s feature columns, in ``specs`` order, cast to ``READ_TYPES`` (as every reader reads them).
+
+    Raises:
+        SchemaError: A feature column is missing or holds a value that does not convert.
+    """
+    missing = [s.name for s in specs if s.name not in table.column_names]
+    if missing:
+        raise SchemaError(f"missing feature column(s) {missing}")
+    columns = []
+    for s in specs:
+        col = table.column(s.name)
+        try:
+            columns.append(col if col.type == READ_TYPES[s.kind] else col.cast(READ_TYPES[s.kind]))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise SchemaError(f"column {s.name!r} ({col.type}) cannot be read as {READ_TYPES[s.kind]}: {e}") from e
+    return pa.Table.from_arrays(columns, names=[s.name for s in specs])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import pickle
 import sys
 from typing import Literal
 
@@ -10,10 +12,26 @@ import pyarrow as pa
 import torch
 
 from aemodel.artifact import ModelArtifact
+from aemodel.columns import counter_for
+from aemodel.leakage import row_hashes
 from aemodel.losses import anomaly_score, column_losses, latent_distance, latent_tensors, row_errors
 from aemodel.marginal import marginal_distance, marginal_tensors
 from aemodel.metrics import histogram_percentile
 from aemodel.preprocess import Preprocessor
+
+TOP_ROWS = 20
+"""Rows with the highest anomaly_score kept, with their feature values, in summary.json and the report."""
+PARTIAL_PREFIX = "__aescore_"
+"""Columns of a scored table that carry a batch's part of the run's summary, never written."""
+COLUMN_COUNTS = PARTIAL_PREFIX + "column_counts"
+TOP_VALUES = PARTIAL_PREFIX + "top_values"
+COLUMN_ERROR_PREFIX = "err_"
+"""Prefix of the per-column error columns (``--column-errors``)."""
+SEEN = "seen_in_training"
+"""Whether the row's values occur in the model's training or validation rows (its Bloom filter)."""
+OUTPUT_COLUMNS = ("anomaly_score", "score_percentile", "recon_error", "is_anomaly", "missing_cells", "unseen_cells",
+                  "top_features", SEEN)
+"""Columns of a scored table besides the passthrough (id) columns and ``err_<column>`` (``RowScorer.output_table``)."""
 
 TOP_FEATURE_TYPE = pa.list_(pa.struct([("column", pa.dictionary(pa.int32(), pa.string())), ("share", pa.float32()),
                                        ("z", pa.float32())]))
@@ -195,7 +213,9 @@ class RowScorer:
                 cell in ``self.columns`` order, NaN where the cell was missing.
             raw: Passed to ``Preprocessor.transform`` (receives the numeric columns as read).
         """
-        enc = self.preprocessor.transform(table, raw)
+        return self._score(self.preprocessor.transform(table, raw), top_k, column_errors)
+
+    def _score(self, enc: dict[str, np.ndarray], top_k: int, column_errors: bool) -> dict[str, np.ndarray]:
         score, err, losses = self.errors_encoded(enc)
         thr = self.threshold
         out = {
@@ -213,3 +233,57 @@ class RowScorer:
         if column_errors:
             out["column_errors"] = np.where(enc["observed"] > 0, losses, np.nan).astype(np.float32)
         return out
+
+    def output_table(self, batch: pa.Table, passthrough: list[str] = (), top_k: int = 0,
+                     column_errors: bool = False, partials: bool = False) -> pa.Table:
+        """The rows file's columns for ``batch``: the ``passthrough`` input columns, then every score column.
+
+        ``anomaly_score``, ``score_percentile``, ``recon_error``, ``is_anomaly``, ``missing_cells``,
+        ``unseen_cells``; ``top_features`` with ``top_k``; ``seen_in_training`` when the artefact
+        holds a filter of its training rows; ``err_<column>`` with ``column_errors`` (null where
+        the cell was missing). ``aescore score`` and the Python API write exactly these.
+
+        ``partials`` adds two columns for the run's summary, never written (``PARTIAL_PREFIX``):
+        the batch's per-column distribution (``aemodel.columns``; one value, in the first row)
+        and the feature values of the batch's ``TOP_ROWS`` highest-scoring rows (JSON; null in
+        the others), counted here from the encoding the scoring made anyway.
+        """
+        seen = self.artifact.training_rows
+        raw = {} if seen is not None or partials else None  # the numeric columns as read
+        enc = self.preprocessor.transform(batch, raw)
+        res = self._score(enc, top_k, column_errors)
+        cols = {c: batch.column(c) for c in passthrough}
+        cols.update({
+            "anomaly_score": pa.array(res["anomaly_score"], type=pa.float32()),
+            "score_percentile": pa.array(res["score_percentile"], type=pa.float32()),
+            "recon_error": pa.array(res["recon_error"], type=pa.float32()),
+            "is_anomaly": pa.array(res["is_anomaly"], type=pa.bool_()),
+            "missing_cells": pa.array(res["missing_cells"], type=pa.int32()),
+            "unseen_cells": pa.array(res["unseen_cells"], type=pa.int32()),
+        })
+        if top_k:
+            cols["top_features"] = res["top_features"]
+        if seen is not None:
+            cols[SEEN] = pa.array(seen.contains(row_hashes(batch, self.preprocessor.specs, raw)), type=pa.bool_())
+        if column_errors:
+            for i, name in enumerate(self.columns):
+                v = res["column_errors"][:, i]
+                cols[f"{COLUMN_ERROR_PREFIX}{name}"] = pa.array(v, type=pa.float32(), mask=np.isnan(v))
+        if partials:
+            cols.update(self._partials(batch, enc, raw, res["anomaly_score"]))
+        return pa.table(cols)
+
+    def _partials(self, batch: pa.Table, enc: dict, raw: dict, score: np.ndarray) -> dict[str, pa.Array]:
+        counter = counter_for(self.preprocessor)
+        counter.add(enc)
+        first = [pickle.dumps(counter.state())] + [None] * (batch.num_rows - 1)
+        top = np.argsort(-np.nan_to_num(score, nan=-np.inf), kind="stable")[:TOP_ROWS]
+        values: list[str | None] = [None] * batch.num_rows
+        for i in top.tolist():
+            row = {}
+            for s in self.preprocessor.specs:
+                v = raw[s.name][i] if s.name in raw else batch.column(s.name)[i].as_py()
+                row[s.name] = None if v is None or (isinstance(v, float) and not np.isfinite(v)) else \
+                    (float(v) if isinstance(v, (float, np.floating)) else str(v) if s.kind == "categorical" else v)
+            values[i] = json.dumps(row)
+        return {COLUMN_COUNTS: pa.array(first, type=pa.binary()), TOP_VALUES: pa.array(values, type=pa.string())}

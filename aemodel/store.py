@@ -6,6 +6,8 @@ or ``memory://`` behave the same. Nothing here logs storage options (they may ho
 
 from __future__ import annotations
 
+import os
+
 import fsspec
 
 
@@ -24,6 +26,13 @@ def url_to_fs(uri: str, storage_options: dict | None = None) -> tuple[fsspec.Abs
     except (ImportError, ValueError, TypeError) as e:
         # The options' values are not echoed (they may hold a secret); fsspec's message names the protocol.
         raise StorageError(f"cannot open {uri}: {type(e).__name__}: {e}") from e
+
+
+def absolute_uri(uri: str) -> str:
+    """A local path as an absolute path (what summaries and manifests store); any other URI as it is."""
+    if "://" in uri and not uri.startswith("file://"):
+        return uri
+    return os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
 
 
 def join(uri: str, *parts: str) -> str:

@@ -118,7 +118,7 @@ def main() -> int:
         for seed in range(args.seeds):
             train, test, y_test = split(x, y, seed)
             with tempfile.TemporaryDirectory() as tmp:
-                ae, metrics = autoencoder_scores(train, test, seed, tmp)
+                ae, _, metrics = autoencoder_scores(train, test, seed, tmp)
             warnings += [f"{name} seed {seed}: {c['check']}: {c['message']}"
                          for c in metrics["diagnostics"] if c["status"] != "ok"]
             aucs["autoencoder"].append(auroc(ae, y_test))

@@ -44,7 +44,7 @@ def plain_loop(data: Path, art, epochs: int, batch_size: int, threads: int, seed
     batches come from tensors in memory instead of Ray Train's dataset shards.
     """
     from aemodel import TabularAutoencoder
-    from jobs.datasets import keep_split, split_cut
+    from aemodel.split import keep_split, split_cut
     from jobs.train_config import TrainConfig
     from jobs.train_loop import eval_step, train_step
 

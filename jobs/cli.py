@@ -6,6 +6,7 @@ bad configuration or input, 1 for any other failure, 130/143 when interrupted (`
 
 from __future__ import annotations
 
+import os
 import sys
 
 from jobs.entry import run_entry_point
@@ -25,6 +26,12 @@ _USAGE = """usage: aescore {train,score,nightly,sweep,demo,submit} [--help] [fla
 def main(argv: list[str] | None = None) -> int:
     """Dispatch ``aescore SUBCOMMAND ...`` to the job's ``main``."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        os.getcwd()
+    except FileNotFoundError:  # torch's libraries then fail to load with a message that names nothing
+        print("error: the current directory no longer exists (deleted while a shell was in it); cd to an existing "
+              "folder and run again", file=sys.stderr)
+        return 2
     if not argv or argv[0] in ("-h", "--help"):
         print(_USAGE)
         return 0 if argv else 2

@@ -29,7 +29,8 @@ from argparse import SUPPRESS, ArgumentError
 from typing import Any, TypeVar, get_args, get_origin
 
 import yaml
-from jsonargparse import ActionConfigFile, ArgumentParser, get_loader, set_loader, set_parsing_settings
+from jsonargparse import (ActionConfigFile, ArgumentParser, DefaultHelpFormatter, get_loader, set_loader,
+                          set_parsing_settings)
 
 from jobs.storage import redact_config
 
@@ -142,7 +143,7 @@ def normalize_argv(argv: list[str], kinds: dict[str, str]) -> list[str]:
                 try:
                     value = _as_json(kind, value)
                 except ConfigError as e:
-                    raise ConfigError(f"--{name}: {e}") from None
+                    raise ConfigError(f"--{name.replace('_', '-')}: {e}") from None
         out.append(f"--{name}{eq}{value}" if eq else f"--{name}")
     return out
 
@@ -161,23 +162,84 @@ def option_groups(cls: type) -> list[tuple[type, set[str]]]:
     return groups
 
 
-def build_parser(cls: type, prog: str, description: str | None = None) -> ArgumentParser:
-    """A jsonargparse parser for ``cls``: one help group per option mixin, ``--config``, ``--print_config``.
+def dashed(text: str) -> str:
+    """``--an_option`` as a person types it: ``--an-option`` (underscores are accepted too)."""
+    return re.sub(r"--([A-Za-z0-9_.]+)", lambda m: "--" + m.group(1).replace("_", "-"), text)
 
+
+class _Help(DefaultHelpFormatter):
+    """jsonargparse's help with dashed flags, a one-line usage, and each option's default (not its type)."""
+
+    def _get_help_string(self, action) -> str:
+        text = super()._get_help_string(action)
+        text = re.sub(r"(, )?type: %\(type\)s(, )?", lambda m: ", " if m.group(1) and m.group(2) else "", text)
+        if "default" in (action.help or "").lower():  # the help already says what the default does
+            text = re.sub(r"(, )?default: %\(default\)s", "", text)
+        return text.replace(" ()", "").replace("(, ", "(")
+
+    def _format_action_invocation(self, action) -> str:
+        return dashed(super()._format_action_invocation(action))
+
+    def _format_text(self, text: str) -> str:
+        return super()._format_text(dashed(text)) if text else text
+
+    def _format_usage(self, usage, actions, groups, prefix) -> str:
+        required = " ".join(f"{a.option_strings[0]} {a.dest.upper()}" for a in actions
+                            if a.required and a.option_strings)
+        return dashed(f"usage: {self._prog} {required} [options]\n\n")
+
+    def _expand_help(self, action) -> str:
+        return dashed(super()._expand_help(action))
+
+
+def advanced_options(cls: type, prefix: str = "") -> set[str]:
+    """Options (dotted for nested configs) that ``--help`` lists under the "advanced" groups.
+
+    Each options class names its own in ``ADVANCED``; a nested config's are its class's.
+    """
+    out: set[str] = set()
+    hints = typing.get_type_hints(cls)
+    for klass in cls.__mro__:
+        out |= {prefix + name for name in klass.__dict__.get("ADVANCED", ())}
+    for f in dataclasses.fields(cls):
+        tp = _strip_optional(hints.get(f.name))
+        if f.init and dataclasses.is_dataclass(tp):
+            out |= advanced_options(tp, f"{prefix}{f.name}.")
+    return out
+
+
+def build_parser(cls: type, prog: str, description: str | None = None) -> ArgumentParser:
+    """A jsonargparse parser for ``cls``: one help group per option mixin, ``--config``, ``--print-config``.
+
+    ``--help`` lists each group's common options first, and the options its class names in
+    ``ADVANCED`` after all of them, in an "Advanced: ..." group each; a nested config's
+    advanced options (``--train.*`` of a sweep) are left out, with a note that they work.
     Options named in ``cls.REFUSED_OPTIONS`` (dotted, e.g. ``train.latent_dim``: a composed
     config's fields that this job decides itself) still parse, so the job's own check can
     say why it refuses them, but are left out of ``--help``.
     """
-    parser = ArgumentParser(prog=prog, description=description, exit_on_error=False, epilog=_EPILOG)
+    parser = ArgumentParser(prog=prog, description=description, exit_on_error=False, epilog=_EPILOG,
+                            formatter_class=_Help)
     parser.add_argument("--config", action=ActionConfigFile,
                         help="YAML file (any fsspec URI) with any of the options below; flags after it win")
     for klass, own in option_groups(cls):
         skip = {f.name for f in dataclasses.fields(klass)} - own
         parser.add_class_arguments(klass, None, as_group=True, skip=skip)
     refused = dict(getattr(cls, "REFUSED_OPTIONS", {}))
+    advanced = advanced_options(cls)
     for action in parser._actions:  # argparse keeps no public list of a parser's actions
-        if action.dest in refused:
+        if action.dest in refused or ("." in action.dest and action.dest in advanced):
             action.help = SUPPRESS
+    for group in list(parser._action_groups):  # argparse's groups, likewise
+        moving = [a for a in group._group_actions if a.dest in advanced and "." not in a.dest]
+        if moving:
+            target = parser.add_argument_group(f"Advanced: {group.title}")
+            group._group_actions[:] = [a for a in group._group_actions if a not in moving]
+            target._group_actions.extend(moving)
+        if any(a.dest in advanced and "." in a.dest for a in group._group_actions):
+            nested = next(a.dest.split(".")[0] for a in group._group_actions if "." in a.dest)
+            group.description = (f"The common ones: every option of aescore {nested} works as --{nested}.<option> "
+                                 f"(aescore {nested} --help lists them all)")
     return parser
 
 
@@ -191,10 +253,30 @@ def _one_line(e: BaseException) -> str:
     if union:
         kinds = " or ".join("null" if k.strip() == "NoneType" else k.strip() for k in union.group(2).split(","))
         text = f"{union.group(1)}: expected {kinds}. Got value: {union.group(3)}"
-    if text.startswith("unrecognized arguments:"):  # normalize_argv wrote --a_b; the user typed --a-b
-        text = re.sub(r"(?<!\S)--([\w.]+)", lambda m: "--" + m.group(1).replace("_", "-"), text)
+    text = redact_secrets(text)  # before the option is renamed: it finds it by its name
+    required = re.match(r"(.*arguments are required: )(.*)$", text)
+    if required:
+        text = required.group(1) + ", ".join("--" + n.strip().replace("_", "-") for n in required.group(2).split(","))
+    text = re.sub(r'option "([\w.]+)"', lambda m: "--" + m.group(1).replace("_", "-"), text)
+    text = dashed(text)  # normalize_argv wrote --a_b; the user typed --a-b
     text = re.sub(r"typing\.Literal\[(.*?)\]", r"one of [\1]", text)
-    return bounded(redact_secrets(text))
+    return bounded(text)
+
+
+def flagged(text: str, names: dict[str, str]) -> str:
+    """A check's message with the options it names written as flags: ``latent_dim must ...`` -> ``--latent-dim must ...``.
+
+    ``names``: a name as a check writes it -> the option (a nested one dotted: ``top_k`` ->
+    ``score.top_k``). Names with an underscore anywhere; others (``epochs``) only where the
+    message starts with them.
+    """
+    for name in sorted(names, key=len, reverse=True):
+        dash = "--" + names[name].replace("_", "-")
+        if "_" in name:
+            text = re.sub(rf"(?<![-\w.]){re.escape(name)}(?![\w])", dash, text)
+        elif text.startswith(f"{name} "):
+            text = dash + text[len(name):]
+    return text
 
 
 MAX_ERROR_CHARS = 400
@@ -254,12 +336,22 @@ def parse_config(cls: type[T], argv: list[str] | None, prog: str, description: s
     except ArgumentError as e:
         raise ConfigError(_one_line(e)) from e
     except (TypeError, ValueError) as e:  # a nested dataclass's own check
-        raise ConfigError(_one_line(e)) from e
+        raise ConfigError(flagged(_one_line(e), _option_names(cls))) from e
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     try:
         return cls(**{name: values[name] for name in names})
     except (TypeError, ValueError) as e:
-        raise ConfigError(str(e)) from e
+        raise ConfigError(bounded(flagged(str(e), _option_names(cls)))) from e
+
+
+def _option_names(cls: type) -> dict[str, str]:
+    """Every option of ``cls`` by the names its checks use: its own, and a nested one's bare name (``top_k``
+    -> ``score.top_k``) where no option of its own has it."""
+    dotted = list(flag_kinds(cls))
+    names = {n: n for n in dotted}
+    for n in dotted:
+        names.setdefault(n.rsplit(".", 1)[-1], n)
+    return names
 
 
 def config_to_dict(cfg: Any) -> dict:

@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from aemodel.preprocess import Preprocessor
-from aemodel.schema import ColumnSpec, SchemaError, check_schema
+from aemodel.split import keep_split, split_cut
+from aemodel.schema import READ_TYPES, ColumnSpec, SchemaError, check_schema
 from jobs.errors import InputError, describe, error_chain, find_user_error
 from jobs.storage import ParquetFileInfo, arrow_filesystem, inspect_parquet_files, list_parquet_files
 
@@ -25,10 +25,6 @@ ROW_HASH = "row_hash"
 """The synthetic row id reading adds (file and position): the rows' id when no --id-columns
 are given, and what names each written row file."""
 
-# The Arrow type every file's column is read as, by feature kind: files that store one
-# logical type differently (string vs dictionary, bool vs 0/1 integers, int32 vs float)
-# are cast per file while reading, instead of failing when Ray Data merges their schemas.
-_READ_TYPES = {"numeric": pa.float64(), "binary": pa.float64(), "categorical": pa.string()}
 
 
 @dataclass
@@ -69,7 +65,9 @@ class ParquetInput:
         fields = []
         for name in columns:
             if name in kinds:
-                fields.append(pa.field(name, _READ_TYPES[kinds[name]]))
+                # One type per feature in every file (aemodel.schema.READ_TYPES): cast per file while
+                # reading, instead of failing when Ray Data merges the files' schemas.
+                fields.append(pa.field(name, READ_TYPES[kinds[name]]))
                 continue
             first, target = None, None
             for f in self.files:
@@ -147,12 +145,13 @@ class ParquetInput:
 
 
 def skipped_files_warning(where: str, skipped: list[str]) -> str | None:
-    """The warning for entries of an input folder left unread: no .parquet extension, or not a regular
-    file (a FIFO, a socket); None if there are none."""
+    """The warning for entries of an input folder left unread: no .parquet extension, not a regular
+    file (a FIFO, a socket), or a Parquet file under a ``_``/``.`` name; None if there are none."""
     if not skipped:
         return None
-    return (f"{len(skipped)} file(s) in {where} lack the .parquet extension or are not regular files, and were not "
-            f"read (e.g. {skipped[0]}); rename them or pass a glob that names them")
+    return (f"{len(skipped)} file(s) in {where} lack the .parquet extension, are not regular files, or sit under a "
+            f"name starting with _ or . (markers, temporary output), and were not read (e.g. {skipped[0]}); rename "
+            "them or pass a glob that names them")
 
 
 def check_columns(f: ParquetFileInfo, needed: list[str]) -> None:
@@ -228,26 +227,6 @@ def open_parquet_input(uri: str, storage_options: dict | None = None,
         else:
             check_features(f, specs)
     return ParquetInput(uri=uri, fs=fs, files=files, skipped_empty=skipped, skipped_other=other)
-
-
-def _row_buckets(table: pa.Table, columns: list[str]) -> np.ndarray:
-    """A stable bucket in [0, 10000) per row from a hash of its feature values.
-
-    pandas' hash is seeded with a fixed key, so the split is the same in every process,
-    run and machine; identical rows always land on the same side (no leakage).
-    """
-    h = pd.util.hash_pandas_object(table.select(columns).to_pandas(), index=False).to_numpy()
-    return (h % np.uint64(10_000)).astype(np.int64)
-
-
-def keep_split(table: pa.Table, columns: list[str], cut: int, validation: bool) -> pa.Table:
-    """The rows of ``table`` on one side of the row-hash split (bucket < cut: validation)."""
-    in_val = _row_buckets(table, columns) < cut
-    return table.filter(pa.array(in_val if validation else ~in_val))
-
-
-def split_cut(val_fraction: float) -> int:
-    return int(round(val_fraction * 10_000))
 
 
 def hash_split(ds: ray.data.Dataset, columns: list[str], val_fraction: float

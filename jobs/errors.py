@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+
 from aemodel.commit import OutputError
+from aemodel.errors import TrainingError
 
 
 class InputError(ValueError):
@@ -25,10 +28,6 @@ class Interrupted(KeyboardInterrupt):
 
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
-
-
-class TrainingError(RuntimeError):
-    """Training ran but produced no usable model (NaN loss, no data reached the model)."""
 
 
 __all__ = ["InputError", "Interrupted", "OutputError", "TrainingError", "describe", "error_chain", "find_user_error"]
@@ -60,21 +59,35 @@ def error_chain(exc: BaseException):
 
 
 def find_user_error(exc: BaseException) -> BaseException | None:
-    """The innermost error written for the user (bad input, config, artefact), if any."""
+    """The innermost error written for the user (bad input, config, artefact), if any.
+
+    A path the system refuses as too long (``ENAMETOOLONG``) is the user's too.
+    """
     for e in error_chain(exc):
         if type(e).__name__.startswith("RayTaskError"):
             continue  # its message is a remote traceback; its cause is the real error
         if any(cls.__name__ in _USER_ERRORS for cls in type(e).__mro__):
             return e
+        if isinstance(e, OSError) and e.errno == errno.ENAMETOOLONG:
+            return e
     return None
 
 
+MAX_LINE = 400
+"""Characters of a message an error line shows at most (a path or a value can be megabytes long)."""
+
+
+def _bounded(text: str) -> str:
+    return text if len(text) <= MAX_LINE else f"{text[:MAX_LINE]}... ({len(text):,} characters)"
+
+
 def describe(exc: BaseException) -> str:
-    """A one-line message for ``exc``: the user-facing error inside it if there is one."""
+    """A one-line message for ``exc``, at most ``MAX_LINE`` characters of it: the user-facing error inside it if
+    there is one."""
     user = find_user_error(exc)
-    if user is not None:
-        return " ".join(str(user).split())
-    first = " ".join(str(exc).split())
-    if len(first) > 500:
-        first = first[:500] + "..."
-    return f"{type(exc).__name__}: {first}"
+    if user is not None and not isinstance(user, OSError):
+        return _bounded(" ".join(str(user).split()))
+    shown = user if user is not None else exc
+    if isinstance(shown, OSError) and shown.errno == errno.ENAMETOOLONG:
+        return _bounded(f"a path is longer than this system allows: {' '.join(str(shown).split())}")
+    return _bounded(f"{type(shown).__name__}: {' '.join(str(shown).split())}")

@@ -20,13 +20,15 @@ configuration (e.g. a missing input partition); 1 any other failure.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
 
-from aemodel import drift
+from aemodel import columns, drift
+from aemodel.columns import drifted_columns
 from jobs import score
 from aemodel.commit import claim_prefix, read_committed_json
 from jobs.config import parse_config
@@ -89,6 +91,8 @@ class NightlyConfig:
     """Alert when the KS statistic against a baseline exceeds this."""
     anomaly_rate_alert: float = 3.0
     """Alert when the anomaly rate exceeds this multiple of the baseline's."""
+    column_drift_alert: float | None = None
+    """Alert when at least this share of the feature columns drifted from training (each column's PSI above --psi-alert and its noise level), e.g. 0.2; default: reported, never alerts."""
     score: ScoreOptions = field(default_factory=ScoreOptions)
     """Scoring options of every night, as --score.<option> (aescore score's)"""
 
@@ -110,6 +114,8 @@ class NightlyConfig:
         for name in ("psi_alert", "ks_alert", "anomaly_rate_alert"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.column_drift_alert is not None and not 0 < self.column_drift_alert <= 1:
+            raise ValueError(f"--column-drift-alert must be in (0, 1], got {self.column_drift_alert}")
 
     def nights(self) -> list[date]:
         """The dates to run, in order."""
@@ -148,19 +154,19 @@ def run_night(cfg: NightlyConfig, night: date) -> NightResult:
 
     from aemodel import load_artifact
 
-    reference = load_artifact(model_uri, options).reference
+    art = load_artifact(model_uri, options)
     reports: list[dict] = []
 
     def drift_files(tonight: dict) -> dict[str, bytes]:
         history = committed_nights(cfg, night, options)
-        reports.append(drift_report(cfg, night, tonight, reference, history))
+        reports.append(drift_report(cfg, night, tonight, art, history))
         page = nightly_report(reports[-1], trend_rows(cfg, night, tonight, reports[-1], history, options))
         return {"drift.json": json.dumps(reports[-1], indent=2).encode(), "drift.html": page}
 
     result = score.run(night_config(cfg, night, model_uri), extra_files=drift_files)
     if result.reused:  # committed by an earlier run, with its drift report
         report = read_committed_json(out, "drift.json", options) or drift_report(
-            cfg, night, result.summary, reference, committed_nights(cfg, night, options))
+            cfg, night, result.summary, art, committed_nights(cfg, night, options))
         report = with_limits(cfg, report)
     else:
         report = reports[-1]
@@ -169,13 +175,24 @@ def run_night(cfg: NightlyConfig, night: date) -> NightResult:
 
 
 def limits(cfg: NightlyConfig) -> dict:
-    return {"psi": cfg.psi_alert, "ks": cfg.ks_alert, "anomaly_rate_ratio": cfg.anomaly_rate_alert}
+    return {"psi": cfg.psi_alert, "ks": cfg.ks_alert, "anomaly_rate_ratio": cfg.anomaly_rate_alert,
+            "column_drift_share": cfg.column_drift_alert}
 
 
 def alerts_of(report: dict, limit: dict) -> list[str]:
     """The alerts of a drift report's comparisons under ``limit`` (``limits``)."""
-    return [f"{name}: {a}" for name in ("vs_validation", "vs_previous_nights") if name in report
-            for a in drift.alerts(report[name], limit["psi"], limit["ks"], limit["anomaly_rate_ratio"])]
+    out = [f"{name}: {a}" for name in ("vs_validation", "vs_previous_nights") if name in report
+           for a in drift.alerts(report[name], limit["psi"], limit["ks"], limit["anomaly_rate_ratio"])]
+    share_limit = limit.get("column_drift_share")
+    vs_training = (report.get("column_drift") or {}).get("vs_training")
+    if share_limit and vs_training:
+        moved = drifted_columns(vs_training, limit["psi"])
+        share = len(moved) / max(len(vs_training["columns"]), 1)
+        if share >= share_limit:
+            out.append(f"columns: {len(moved)} of {len(vs_training['columns'])} feature columns drifted from training "
+                       f"({100 * share:.0f}% >= {100 * share_limit:.0f}%): {', '.join(moved[:5])}"
+                       + (", ..." if len(moved) > 5 else ""))
+    return out
 
 
 def with_limits(cfg: NightlyConfig, report: dict) -> dict:
@@ -239,9 +256,11 @@ def committed_nights(cfg: NightlyConfig, night: date, options: dict) -> list[tup
     return out
 
 
-def drift_report(cfg: NightlyConfig, night: date, tonight: dict, reference: dict,
+def drift_report(cfg: NightlyConfig, night: date, tonight: dict, art,
                  history: list[tuple[str, dict]]) -> dict:
-    """One night's summary against the validation reference and the previous committed nights (``history``)."""
+    """One night's summary against the model (its validation score distribution, its training columns) and
+    the previous committed nights (``history``)."""
+    reference = art.reference
     stamp = night.isoformat()
     report: dict = {"date": stamp, "model": tonight["model"], "row_count": tonight["row_count"],
                     "limits": limits(cfg), "vs_validation": drift.compare(tonight, reference), "alerts": []}
@@ -260,6 +279,15 @@ def drift_report(cfg: NightlyConfig, night: date, tonight: dict, reference: dict
     if previous:
         report["vs_previous_nights"] = drift.compare(tonight, drift.pool(previous))
         report["columns"] = column_shift(tonight, previous)
+    # Which feature moved: each column against the training rows, and against the previous nights pooled.
+    current = tonight.get("columns_distribution")
+    vs_training = columns.compare_to_model(current, art, cfg.psi_alert)
+    if vs_training is not None:
+        report["column_drift"] = {"vs_training": vs_training}
+        pooled = functools.reduce(columns.merge, [p.get("columns_distribution") for p in previous], None)
+        if pooled:
+            report["column_drift"]["vs_previous_nights"] = columns.compare_to_model(current, art, cfg.psi_alert,
+                                                                                    reference=pooled)
     report["alerts"] = alerts_of(report, report["limits"])
     return report
 

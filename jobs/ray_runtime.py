@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from jobs.aggregates import BlockAggregate, MergedAggregates
+from aemodel.aggregates import BlockAggregate, MergedAggregates
 from jobs.entry import on_exit, reinstall_signal_handlers
 from jobs.errors import InputError
 from jobs.progress import EPOCH_LINE, Progress, is_verbose

@@ -12,7 +12,8 @@ import html
 import json
 
 from aemodel.drift import NOISE_LEVEL, anomaly_rate, finite_count, within_noise
-from jobs.report_plots import bar_chart, distribution, flagged_curve, loss_curves, sweep_plot, trend
+from jobs.report_plots import (bar_chart, column_histograms, distribution, flagged_curve, loss_curves, sweep_plot,
+                                trend)
 
 Table = tuple[str, list[str], list[list[str]]]  # caption, headers, rows
 _COLORS = {"ok": "#2e7d32", "warning": "#e65100", "fail": "#c62828", "info": "#455a64"}
@@ -36,7 +37,9 @@ def render(title: str, facts: list[tuple[str, str]], notes: list[tuple[str, str]
     banner = ("<div class=alarm>" + "".join(f"<p><b>{esc(s)}</b> {esc(t)}</p>" for s, t in alarms) + "</div>"
               if alarms else "")
     rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in facts)
-    items = "".join(f'<li><b style="color:{_COLORS.get(s, "#000")}">{esc(s)}</b> {esc(t)}</li>' for s, t in notes)
+    # Warnings and failures are in the box on top; the list holds the rest, so nothing is said twice.
+    items = "".join(f'<li><b style="color:{_COLORS.get(s, "#000")}">{esc(s)}</b> {esc(t)}</li>'
+                    for s, t in notes if s not in ("warning", "fail"))
     figs = "".join(f'<figure><img alt="{esc(c)}" src="data:image/png;base64,{b}"><figcaption>{esc(c)}'
                    f"</figcaption></figure>" for c, b in images)
     tabs = "".join(f"<h2>{esc(c)}</h2><table class=data><tr>{''.join(f'<th>{esc(h)}</th>' for h in hs)}</tr>"
@@ -77,18 +80,56 @@ def training_report(model_uri: str, history: list[dict], reference: dict, thresh
     return render(f"aescore training report: {model_uri}", facts, notes, images, raw=metrics, links=links)
 
 
+def _value(v) -> str:
+    return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def _top_rows_table(summary: dict) -> Table | None:
     rows = summary.get("top_rows") or []
     if not rows:
         return None
-    ids = [k for k in rows[0] if k not in ("anomaly_score", "score_percentile", "top_features")]
+    ids = [k for k in rows[0] if k not in ("anomaly_score", "score_percentile", "top_features", "values")]
     body = []
     for i, r in enumerate(rows, 1):
         feats = ", ".join(f"{f['column']} ({100 * f['share']:.0f}%)" for f in r.get("top_features") or [])
         pct = f"{r['score_percentile']:.2f}" if r.get("score_percentile") is not None else "-"
-        body.append([str(i), *(str(r[k]) for k in ids), f"{r['anomaly_score']:.4g}", pct, feats or "-"])
+        # The row's values, the columns that explain its error first.
+        values = r.get("values") or {}
+        led = [f["column"] for f in r.get("top_features") or [] if f["column"] in values]
+        shown = ", ".join(f"{c}={_value(values[c])}" for c in [*led, *(c for c in values if c not in led)])
+        body.append([str(i), *(str(r[k]) for k in ids), f"{r['anomaly_score']:.4g}", pct, feats or "-",
+                     shown or "-"])
     return (f"The {len(rows)} rows with the highest anomaly_score",
-            ["#", *ids, "anomaly_score", "score_percentile", "largest errors (share of the row's error)"], body)
+            ["#", *ids, "anomaly_score", "score_percentile", "largest errors (share of the row's error)",
+             "the row's values"], body)
+
+
+def _column_drift(comparison: dict | None, against: str, rows: int = 15) -> tuple[Table | None, tuple | None]:
+    """A table of the columns ranked by PSI, and before/after histograms of the top ones (those that drifted)."""
+    if not comparison:
+        return None, None
+    cols = list(comparison["columns"].items())
+    body = []
+    for name, c in cols[:rows]:
+        shift = (f"{c['mean_shift_sd']:+.2f} sd" if c.get("mean_shift_sd") is not None else
+                 f"JS {c['js']:.3f}" if "js" in c else "-")
+        values = (f"{_value(c.get('reference_mean_value', c.get('reference_mean')))} -> "
+                  f"{_value(c.get('mean_value', c.get('mean')))}" if c["kind"] == "numeric" else
+                  ", ".join(f"{lab}: {100 * q:.0f}%->{100 * p:.0f}%" for lab, p, q in
+                            sorted(zip(c["labels"], c["shares"], c["reference_shares"]),
+                                   key=lambda t: -abs(t[1] - t[2]))[:3]))
+        body.append([name, c["kind"], f"{c['psi']:.3f}", _value(c.get("psi_noise")),
+                     f"{c['ks']:.3f}" if "ks" in c else "-", shift, values,
+                     f"{100 * c['reference_missing_share']:.1f}% -> {100 * c['missing_share']:.1f}%",
+                     "yes" if c["drifted"] else "-"])
+    table = (f"Feature columns against {against}, by PSI ({len(comparison['drifted'])} of {len(cols)} drifted: "
+             f"PSI above {comparison['psi_limit']:g} and its noise level)",
+             ["column", "kind", "PSI", "PSI noise", "KS", "mean shift / JS", f"{against} -> now (mean, or top shares)",
+              "missing", "drifted"], body)
+    top = [(n, c) for n, c in cols[:4] if c["drifted"]] or cols[:2]
+    image = (f"The columns that moved most, against {against}: shares of rows per value or bin",
+             column_histograms(top, "now", against))
+    return table, image
 
 
 def scoring_report(summary: dict, reference: dict | None = None) -> bytes:
@@ -134,10 +175,13 @@ def scoring_report(summary: dict, reference: dict | None = None) -> bytes:
         images.append(("Columns by mean error (normalised loss per observed cell)",
                        bar_chart([k for k, _ in top], [v for _, v in top], "top columns by mean error",
                                  "mean normalised loss")))
-    table = _top_rows_table(summary)
-    raw = {k: v for k, v in summary.items() if k not in ("histogram", "top_rows")}
+    drift_table, drift_image = _column_drift(summary.get("column_drift"), "training")
+    if drift_image:
+        images.append(drift_image)
+    tables = [t for t in (_top_rows_table(summary), drift_table) if t]
+    raw = {k: v for k, v in summary.items() if k not in ("histogram", "top_rows", "columns_distribution")}
     return render(f"aescore scoring report: {summary['input']['uri']}", facts, notes, images, raw=raw,
-                  tables=[table] if table else [])
+                  tables=tables)
 
 
 def nightly_report(report: dict, nights: list[dict]) -> bytes:
@@ -155,8 +199,10 @@ def nightly_report(report: dict, nights: list[dict]) -> bytes:
         ("anomaly_score quantiles per night", trend(dates, [(k, [n["quantiles"].get(k) for n in nights])
                                                             for k in ("p50", "p90", "p99")], "anomaly_score",
                                                     log=True, alerts=alerted)),
-        ("Anomaly rate per night (fraction above the model's threshold)",
-         trend(dates, [("anomaly rate", [n["anomaly_rate"] for n in nights])], "fraction flagged", alerts=alerted)),
+        ("Anomaly rate per night (fraction above the model's threshold), with the model's validation rate and "
+         "the rate that alerts",
+         trend(dates, [("anomaly rate", [n["anomaly_rate"] for n in nights])], "fraction flagged",
+               limits=_rate_lines(report), alerts=alerted)),
         ("Drift of each night against the model's validation rows (shaded: nights with an alert; above a limit "
          "line, a night alerts only if it is also above the sampling noise of its row count)",
          trend(dates, [("PSI", [n["psi"] for n in nights]), ("KS", [n["ks"] for n in nights])], "statistic",
@@ -165,6 +211,12 @@ def nightly_report(report: dict, nights: list[dict]) -> bytes:
     ]
     moved = report.get("columns", {}).get("top1_share") or {}
     tables = []
+    column_drift = report.get("column_drift") or {}
+    for key, against in (("vs_training", "training"), ("vs_previous_nights", "the previous nights")):
+        table, image = _column_drift(column_drift.get(key), against)
+        if table:
+            tables.append(table)
+            images.append(image)
     if moved:
         top = sorted(moved.items(), key=lambda kv: -abs(kv[1]["change"]))[:10]
         tables.append(("Columns that moved: share of rows whose largest error is in the column, tonight vs the "
@@ -188,6 +240,15 @@ def nightly_report(report: dict, nights: list[dict]) -> bytes:
             notes.append(("info", f"{' and '.join(noisy)} above the limit against the validation rows, but within "
                                   "the sampling noise of these row counts: not an alert"))
     return render(f"aescore nightly drift: {report['date']}", facts, notes, images, raw=report, tables=tables)
+
+
+def _rate_lines(report: dict) -> list[tuple[str, float]]:
+    """The anomaly-rate plot's reference lines: the validation rows' rate and the alert's (ratio limit x it)."""
+    rate = (report.get("vs_validation") or {}).get("reference_anomaly_rate")
+    if rate is None:
+        return []
+    ratio = report["limits"]["anomaly_rate_ratio"]
+    return [(f"validation rate {100 * rate:.2f}%", rate), (f"alert: {ratio:g}x validation", ratio * rate)]
 
 
 def sweep_report(rows: list[dict], recommended: int, tolerance: float, plot_png: bytes) -> bytes:

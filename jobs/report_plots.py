@@ -184,6 +184,33 @@ def trend(dates: list[str], series: list[tuple[str, list[float | None]]], ylabel
     return png(fig)
 
 
+def column_histograms(columns: list[tuple[str, dict]], label: str = "scored", reference: str = "training") -> str:
+    """Before/after distributions of up to four columns (``aemodel.columns.compare`` figures), one panel each."""
+    plt = _plt()
+    n = len(columns)
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n + 0.4, 2.9), squeeze=False)
+    for ax, (name, col) in zip(axes[0], columns):
+        if "plot" in col:  # numeric: shares over bins of the column's range
+            p = col["plot"]
+            edges = np.asarray(p["edges"])
+            left, width = edges[:-1], np.diff(edges)
+            ax.bar(left, p["reference_shares"], width=width, align="edge", color=VALIDATION, alpha=0.5,
+                   label=reference)
+            ax.bar(left, p["shares"], width=width, align="edge", color=SCORED, alpha=0.5, label=label)
+            ax.set_xlabel("standardised value" if p.get("standardised") else "value", fontsize=8)
+        else:  # binary / categorical: shares of each value
+            labels = col.get("labels") or [str(i) for i in range(len(col["shares"]))]
+            x = np.arange(len(labels))
+            ax.bar(x - 0.2, col["reference_shares"], width=0.4, color=VALIDATION, label=reference)
+            ax.bar(x + 0.2, col["shares"], width=0.4, color=SCORED, label=label)
+            ax.set_xticks(x, [str(v)[:12] for v in labels], rotation=45, fontsize=7, ha="right")
+        ax.set_title(f"{name}: PSI {col['psi']:.2f}", fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("share of rows", fontsize=8)
+    return png(fig)
+
+
 def sweep_plot(rows: list[dict], recommended: int, tolerance: float) -> bytes:
     """PNG bytes: validation loss (and AUROC if present) against latent size, recommendation marked."""
     plt = _plt()

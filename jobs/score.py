@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from aemodel import ModelArtifact, load_artifact
 from aemodel.scoring import rows_per_call
 from aemodel.commit import MANIFEST, OutputCommit, read_committed_json
+from aemodel.store import absolute_uri
 from jobs.config import config_to_dict
 from jobs.datasets import ParquetInput, check_columns, explain_failure, open_parquet_input
 from jobs.errors import InputError
@@ -40,7 +41,7 @@ from jobs.score_local import score_locally
 from jobs.score_rows import (OUTPUT_FORMAT_VERSION, ModelLoader, read_columns, row_file_metadata,
                              score_on_ray, write_block)
 from jobs.score_summary import summary_aggregations, summary_from, summary_warnings
-from jobs.storage import (arrow_filesystem, check_no_overlap, check_uris, inspect_parquet_files,
+from jobs.storage import (arrow_filesystem, check_no_overlap, check_unchanged, check_uris, inspect_parquet_files,
                           normalize_storage_options, redact_config, resolve_model_uri)
 
 
@@ -113,7 +114,11 @@ def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact,
     run_id = cfg.run_id or content_id
     out = OutputCommit(cfg.out, options)
     out.begin()  # refuses a prefix aescore does not own, before anything is written or Ray starts
-    committed = read_committed_json(cfg.out, MANIFEST, options)
+    try:
+        committed = read_committed_json(cfg.out, MANIFEST, options)
+    except BaseException:
+        _abort(out)
+        raise
     if committed and committed.get("run_id") == run_id and not cfg.force:
         # A run id names a run; it is reused only if it was scored with this model, these input
         # files and these options (an explicit --run-id could name anything).
@@ -196,6 +201,7 @@ def _score_and_summarize(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInpu
             agg = score_on_ray(cfg, art, data, loader, metadata, aggs, sink, progress)
     finally:
         progress.close()
+    check_unchanged(data.fs, data.files)  # a file replaced while it was read: its rows are not what was checked
     t_summary = time.perf_counter()
     summary = summary_from(agg, art, cfg)
     if summary["row_count"] != data.num_rows:
@@ -207,14 +213,14 @@ def _score_and_summarize(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInpu
     summary.update({
         "threshold_source": "override" if cfg.threshold is not None else art.threshold.get("method"),
         "threshold_ci": None if cfg.threshold is not None else art.threshold.get("ci"),
-        "model": {"uri": cfg.model, "version": art.version, "created_at": art.created_at,
+        "model": {"uri": absolute_uri(cfg.model), "version": art.version, "created_at": art.created_at,
                   "warnings": list((art.metrics or {}).get("warnings", []))},
-        "input": {"uri": cfg.data, "files": [f.uri for f in data.files], "rows": data.num_rows,
+        "input": {"uri": absolute_uri(cfg.data), "files": [f.uri for f in data.files], "rows": data.num_rows,
                   "skipped_empty_files": data.skipped_empty, "skipped_non_parquet_files": data.skipped_other,
                   "ignored_columns": _ignored_columns(cfg, art, data)},
         "format_version": OUTPUT_FORMAT_VERSION,
         "run_id": run_id,
-        "run_uri": out.run_uri,
+        "run_uri": absolute_uri(out.run_uri),
         "wall_seconds": round(time.perf_counter() - t0, 3),
         "compute": cfg.compute,
         "timings": {"read_score_write_s": round(t_summary - t_pipeline, 3),
@@ -224,10 +230,10 @@ def _score_and_summarize(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInpu
         "format_version": OUTPUT_FORMAT_VERSION,
         "run_id": run_id,
         "kind": "aescore-score",
-        "run_uri": out.run_uri,
+        "run_uri": absolute_uri(out.run_uri),
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": {"uri": cfg.model, "version": art.version},
+        "model": {"uri": absolute_uri(cfg.model), "version": art.version},
         "inputs": [{"uri": f.uri, "size": f.size, "etag": f.etag, "rows": f.num_rows} for f in data.files],
         "skipped_empty_inputs": data.skipped_empty,
         "skipped_non_parquet_inputs": data.skipped_other,
@@ -255,7 +261,7 @@ def format_result(r: ScoreResult) -> str:
                  f"{s['anomaly_count']:,} rows flagged ({100 * (s['anomaly_rate'] or 0):.2f}%)")
     for i, row in enumerate(s.get("top_rows", [])[:3]):
         ids = ", ".join(f"{k}={v}" for k, v in row.items()
-                        if k not in ("anomaly_score", "score_percentile", "top_features"))
+                        if k not in ("anomaly_score", "score_percentile", "top_features", "values"))
         led = ", ".join(f["column"] for f in row.get("top_features") or [])
         score = f"{row['anomaly_score']:.4g}"
         lines.append(f"  {'top rows' if i == 0 else '':<14} {score:<6}  {ids}"

@@ -7,20 +7,19 @@ the template a nightly config holds (``jobs.nightly``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
+from aemodel.scoring import COLUMN_ERROR_PREFIX, OUTPUT_COLUMNS, PARTIAL_PREFIX
+from jobs.datasets import ROW_HASH
 from jobs.ray_runtime import on_one_machine
-from jobs.score_summary import COLUMN_ERROR_PREFIX, ROW_HASH
-
-
-OUTPUT_COLUMNS = ("anomaly_score", "score_percentile", "recon_error", "is_anomaly", "missing_cells", "unseen_cells",
-                  "top_features", "seen_in_training")
-"""Columns of the rows file besides the id columns (``jobs.score_rows``) and ``err_<column>``."""
 
 
 @dataclass(kw_only=True)
 class ScoreOptions:
     """Scoring: outputs, compute and storage"""
+
+    ADVANCED: ClassVar[tuple[str, ...]] = ('batch_size', 'concurrency', 'compute', 'precision', 'cpus_per_worker', 'object_store_limit_mb', 'storage_options', 'run_id', 'shared_local_paths', 'ray_address')
+    """Listed under "Advanced" in --help."""
 
     id_columns: list[str] = field(default_factory=list)
     """Input columns copied to the output to identify rows; empty adds row_hash (file + position)."""
@@ -62,8 +61,8 @@ class ScoreOptions:
             raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
         if self.cpus_per_worker <= 0:
             raise ValueError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker}")
-        if self.threshold is not None and not self.threshold >= 0:
-            raise ValueError(f"threshold must be >= 0, got {self.threshold}")
+        if self.threshold is not None and not 0 <= self.threshold < float("inf"):
+            raise ValueError(f"threshold must be a finite number >= 0, got {self.threshold}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
         if self.object_store_limit_mb is not None and self.object_store_limit_mb < 0:
@@ -72,6 +71,8 @@ class ScoreOptions:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         if ROW_HASH in self.id_columns:
             raise ValueError(f"{ROW_HASH!r} is reserved for the synthetic row id")
+        if any(c.startswith(PARTIAL_PREFIX) for c in self.id_columns):
+            raise ValueError(f"id columns may not start with {PARTIAL_PREFIX!r} (reserved for aescore's own columns)")
         clash = [c for c in self.id_columns
                  if c in OUTPUT_COLUMNS or (self.column_errors and c.startswith(COLUMN_ERROR_PREFIX))]
         if clash:  # the computed column would silently replace the user's ids in the rows file

@@ -29,7 +29,7 @@ import torch
 from aemodel.schema import ColumnSpec
 from jobs.datasets import ParquetInput
 from jobs.progress import Progress
-from jobs.aggregates import MergedAggregates
+from aemodel.aggregates import MergedAggregates
 from jobs.score_rows import ROW_HASH, ROWS_PER_FILE, BatchScorer, passthrough_columns, read_columns
 
 if TYPE_CHECKING:
@@ -133,7 +133,7 @@ def score_locally(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput, meta
         # A copy: BatchScorer sets a --threshold override on the artefact it gets.
         scorer = BatchScorer(cfg.model, passthrough_columns(cfg), cfg.threshold, cfg.use_gpu, threads,
                              lambda _uri, _options: copy.copy(art), None, cfg.top_k, cfg.column_errors,
-                             cfg.precision, metadata)
+                             cfg.precision, metadata, partials=True)
         merged = MergedAggregates(tuple(aggs))
         chunks = iter_chunks(data, read_columns(cfg, art), art.preprocessor.specs, ROWS_PER_FILE,
                              keep=tuple(cfg.id_columns))

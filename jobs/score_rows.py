@@ -20,13 +20,14 @@ import pyarrow.parquet as pq
 import torch
 
 from aemodel import ModelArtifact, RowScorer, load_artifact
-from aemodel.leakage import row_hashes
-from jobs.aggregates import BlockAggregate
+from aemodel.scoring import PARTIAL_PREFIX
+from aemodel.store import absolute_uri
+from aemodel.aggregates import BlockAggregate
 from jobs.datasets import ParquetInput
 from jobs.errors import InputError
 from jobs.progress import Progress
 from jobs.ray_runtime import aggregate_blocks, alive_nodes, ensure_ray
-from jobs.score_summary import COLUMN_ERROR_PREFIX, ROW_HASH
+from jobs.score_summary import ROW_HASH
 from jobs.storage import check_shared_paths, normalize_storage_options
 
 if TYPE_CHECKING:
@@ -59,51 +60,32 @@ class BatchScorer:
         column_errors: Add ``err_<column>`` per feature (null where the cell was missing).
         precision: fp32, or bf16/fp16 autocast on GPU.
         metadata: Parquet key-value metadata of every output batch (``row_file_metadata``).
+        partials: Add the batch's part of the summary (``RowScorer.output_table``; dropped by ``write_block``).
     """
 
     def __init__(self, model_uri: str, passthrough: list[str], threshold: float | None = None,
                  use_gpu: bool = False, threads: int = 1, loader: ModelLoader = load_artifact,
                  storage_options: dict | None = None, top_k: int = 0, column_errors: bool = False,
-                 precision: str = "fp32", metadata: dict[str, str] | None = None):
+                 precision: str = "fp32", metadata: dict[str, str] | None = None, partials: bool = False):
         torch.set_num_threads(threads)
         self.metadata = metadata
         art = loader(model_uri, storage_options)
         if threshold is not None:
             art.threshold = {**art.threshold, "value": threshold}
-        self.passthrough, self.top_k, self.column_errors = passthrough, top_k, column_errors
+        self.passthrough, self.top_k, self.column_errors, self.partials = passthrough, top_k, column_errors, partials
         self.scorer = RowScorer(art, "cuda" if use_gpu else "cpu", precision)
-        self.seen = art.training_rows  # None for artefacts without a row filter
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        raw = {} if self.seen is not None else None  # the numeric columns as read, reused by row_hashes
-        res = self.scorer.score_table(batch, top_k=self.top_k, column_errors=self.column_errors, raw=raw)
-        cols = {c: batch.column(c) for c in self.passthrough}
-        cols.update({
-            "anomaly_score": pa.array(res["anomaly_score"], type=pa.float32()),
-            "score_percentile": pa.array(res["score_percentile"], type=pa.float32()),
-            "recon_error": pa.array(res["recon_error"], type=pa.float32()),
-            "is_anomaly": pa.array(res["is_anomaly"], type=pa.bool_()),
-            "missing_cells": pa.array(res["missing_cells"], type=pa.int32()),
-            "unseen_cells": pa.array(res["unseen_cells"], type=pa.int32()),
-        })
-        if self.top_k:
-            cols["top_features"] = res["top_features"]
-        if self.seen is not None:
-            hashes = row_hashes(batch, self.scorer.preprocessor.specs, raw)
-            cols["seen_in_training"] = pa.array(self.seen.contains(hashes), type=pa.bool_())
-        if self.column_errors:
-            for i, name in enumerate(self.scorer.columns):
-                v = res["column_errors"][:, i]
-                cols[f"{COLUMN_ERROR_PREFIX}{name}"] = pa.array(v, type=pa.float32(), mask=np.isnan(v))
-        return with_metadata(pa.table(cols), self.metadata)
+        return with_metadata(self.scorer.output_table(batch, self.passthrough, self.top_k, self.column_errors,
+                                                      self.partials), self.metadata)
 
 
 @functools.lru_cache(maxsize=4)
 def cached_scorer(model_uri: str, passthrough: tuple[str, ...], threshold: float | None, use_gpu: bool,
                   threads: int, loader: ModelLoader, storage_options: str, top_k: int,
-                  column_errors: bool, precision: str) -> BatchScorer:
+                  column_errors: bool, precision: str, partials: bool = False) -> BatchScorer:
     return BatchScorer(model_uri, list(passthrough), threshold, use_gpu, threads, loader,
-                       json.loads(storage_options), top_k, column_errors, precision)
+                       json.loads(storage_options), top_k, column_errors, precision, partials=partials)
 
 
 def with_metadata(table: pa.Table, metadata: dict[str, str] | None) -> pa.Table:
@@ -114,11 +96,11 @@ def with_metadata(table: pa.Table, metadata: dict[str, str] | None) -> pa.Table:
 def score_batch(batch: pa.Table, *, model_uri: str, passthrough: list[str], threshold: float | None,
                 use_gpu: bool, threads: int, loader: ModelLoader, storage_options: dict | None,
                 top_k: int = 0, column_errors: bool = False, precision: str = "fp32",
-                metadata: dict[str, str] | None = None) -> pa.Table:
+                metadata: dict[str, str] | None = None, partials: bool = False) -> pa.Table:
     """Task-path UDF: the model is loaded once per worker process and reused across tasks."""
     scored = cached_scorer(model_uri, tuple(passthrough), threshold, use_gpu, threads, loader,
                            json.dumps(storage_options or {}, sort_keys=True), top_k, column_errors,
-                           precision)(batch)
+                           precision, partials)(batch)
     return with_metadata(scored, metadata)
 
 
@@ -149,7 +131,7 @@ def build_scored_dataset(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInpu
     args = {"model_uri": cfg.model, "passthrough": passthrough, "threshold": cfg.threshold,
             "use_gpu": cfg.use_gpu, "threads": threads, "loader": loader,
             "storage_options": normalize_storage_options(cfg.storage_options), "top_k": cfg.top_k,
-            "column_errors": cfg.column_errors, "precision": cfg.precision, "metadata": metadata}
+            "column_errors": cfg.column_errors, "precision": cfg.precision, "metadata": metadata, "partials": True}
     common = {"batch_format": "pyarrow", "batch_size": cfg.batch_size, "num_cpus": cfg.cpus_per_worker,
               "num_gpus": 1 if cfg.use_gpu else 0}
     # A dead scorer (OOM, preempted node) is restarted and its batches retried: Ray Data
@@ -212,7 +194,7 @@ def row_file_metadata(cfg: ScoreConfig, art: ModelArtifact, run_id: str, thresho
     except PackageNotFoundError:  # running from a source tree that is not installed
         ours = "unknown"
     return {"aescore.format_version": str(OUTPUT_FORMAT_VERSION), "aescore.version": ours,
-            "aescore.score": "anomaly_score", "aescore.run_id": run_id, "aescore.model_uri": cfg.model,
+            "aescore.score": "anomaly_score", "aescore.run_id": run_id, "aescore.model_uri": absolute_uri(cfg.model),
             "aescore.model_version": str(art.version), "aescore.threshold": json.dumps(threshold)}
 
 
@@ -236,8 +218,9 @@ def write_block(table: pa.Table, *, path: str, filesystem: pafs.FileSystem, keep
         return
     hashes = table.column(ROW_HASH).combine_chunks()
     digest = hashlib.blake2b(np.ascontiguousarray(hashes.to_numpy()).tobytes(), digest_size=12).hexdigest()
-    if not keep_row_hash:
-        table = table.drop_columns([ROW_HASH])
+    dropped = [c for c in table.column_names if c.startswith(PARTIAL_PREFIX) or (c == ROW_HASH and not keep_row_hash)]
+    if dropped:  # the summary's parts and a row_hash that only named the file
+        table = table.drop_columns(dropped)
     filesystem.create_dir(path, recursive=True)
     # Dictionary pages only for the column names of top_features: Parquet's default tries a
     # dictionary for every column, and on unique floats and ids that costs about twice the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import numpy as np
 import pyarrow as pa
@@ -10,15 +11,13 @@ import pyarrow.compute as pc
 
 from aemodel import ModelArtifact
 from aemodel.marginal import stored_counts
+from aemodel.columns import compare_to_model, counter_for
+from aemodel.scoring import COLUMN_COUNTS, COLUMN_ERROR_PREFIX, SEEN, TOP_ROWS, TOP_VALUES
 from aemodel.metrics import histogram_edges
-from jobs.aggregates import BlockAggregate, ErrorStatsAggregate, Mean, Sum, TopFeaturesAggregate
+from aemodel.aggregates import BlockAggregate, ErrorStatsAggregate, Mean, Sum, TopFeaturesAggregate
 from jobs.datasets import ROW_HASH, skipped_files_warning
 
-COLUMN_ERROR_PREFIX = "err_"
-SEEN = "seen_in_training"
-TOP_ROWS = 20
 ALL_MISSING = "rows_all_missing"
-"""Rows with the highest anomaly_score kept in summary.json and the report."""
 
 
 class TopRowsAggregate(BlockAggregate):
@@ -32,8 +31,13 @@ class TopRowsAggregate(BlockAggregate):
         keep = np.argsort(-score, kind="stable")[: self._n] if len(score) <= self._n else \
             np.argpartition(-score, self._n - 1)[: self._n]
         cols = [*self._ids, "anomaly_score", "score_percentile",
-                *(["top_features"] if "top_features" in table.column_names else [])]
+                *(["top_features"] if "top_features" in table.column_names else []),
+                *([TOP_VALUES] if TOP_VALUES in table.column_names else [])]
         rows = table.select(cols).take(pa.array(keep, type=pa.int64())).to_pylist()
+        for row in rows:  # the feature values the scorer kept for its batch's top rows
+            if TOP_VALUES in row:
+                values = row.pop(TOP_VALUES)
+                row["values"] = json.loads(values) if values else None
         return json.dumps(rows, default=str).encode()
 
     def combine(self, current: bytes, new: bytes) -> bytes:
@@ -48,6 +52,33 @@ class TopRowsAggregate(BlockAggregate):
     def finalize(self, accumulator: bytes) -> list[dict]:
         rows = json.loads(accumulator) if accumulator else []
         return sorted(rows, key=lambda r: -(r["anomaly_score"] if r["anomaly_score"] is not None else -np.inf))
+
+
+class ColumnDistributionAggregate(BlockAggregate):
+    """The scored rows' per-column distribution (``aemodel.columns``), summed from the scorer's batch parts."""
+
+    def __init__(self, art: ModelArtifact):
+        self.name, self._pp = "columns_distribution", art.preprocessor
+
+    def aggregate_block(self, table: pa.Table):
+        if COLUMN_COUNTS not in table.column_names:
+            return None
+        counter = counter_for(self._pp)
+        for part in table.column(COLUMN_COUNTS).drop_null().to_pylist():
+            counter.add_state(pickle.loads(part))  # our own scorer's bytes, in this run
+        return counter.state()
+
+    def combine(self, current, new):
+        if current is None or new is None:
+            return current if new is None else new
+        return tuple(a + b for a, b in zip(current, new))
+
+    def finalize(self, accumulator) -> dict | None:
+        if accumulator is None:
+            return None
+        counter = counter_for(self._pp)
+        counter.add_state(accumulator)
+        return counter.result()
 
 
 class CountEqual(BlockAggregate):
@@ -86,7 +117,7 @@ def summary_aggregations(art: ModelArtifact, cfg, threshold: float) -> list[Bloc
     names = [s.name for s in art.preprocessor.specs]
     aggs = [ErrorStatsAggregate("anomaly_score", histogram_edges(), threshold),
             Sum("missing_cells"), Sum("unseen_cells"), CountEqual(ALL_MISSING, "missing_cells", len(names)),
-            TopRowsAggregate(list(cfg.id_columns) or [ROW_HASH], TOP_ROWS)]
+            TopRowsAggregate(list(cfg.id_columns) or [ROW_HASH], TOP_ROWS), ColumnDistributionAggregate(art)]
     if cfg.column_errors:
         aggs += [Mean(COLUMN_ERROR_PREFIX + n) for n in names]
     if cfg.top_k:
@@ -128,6 +159,8 @@ def summary_from(agg: dict, art: ModelArtifact, cfg) -> dict:
             "topk_rows": top["topk_rows"],
             "mean_share_in_topk": {n: top["share_sum"][n] / top["topk_rows"][n] for n in top["topk_rows"]}})
     summary["columns"] = per_column
+    summary["columns_distribution"] = agg["columns_distribution"]
+    summary["column_drift"] = compare_to_model(agg["columns_distribution"], art)
     if art.training_rows is not None:
         hits = int(agg[SEEN] or 0)
         fpr = art.training_rows_info.get("false_positive_rate", 0.0)
@@ -157,7 +190,8 @@ def summary_warnings(summary: dict) -> list[str]:
     if share > (trained or 0.0) + 0.05:
         out.append(f"{100 * share:.1f}% of the feature cells are missing"
                    + (f" (training: {100 * trained:.1f}%)" if trained is not None else "")
-                   + ": missing cells are filled with training values and make rows look typical; a column may "
+                   + ": missing cells are filled with training values and left out of the error, so the scores "
+                   "rest on fewer columns (and a column missing in every row moves them either way); a column may "
                    "have gone missing upstream")
     reference_rate = summary.get("reference_anomaly_rate")
     if (summary.get("anomaly_rate") or 0) > 0.2 and reference_rate is not None \
@@ -168,6 +202,12 @@ def summary_warnings(summary: dict) -> list[str]:
     if summary.get("unseen_cells", 0) > 0.05 * rows:
         out.append(f"{summary['unseen_cells']} categorical cells hold values the model does not know: never seen "
                    "in training, or beyond the categories it kept (--max-categories, --min-category-count)")
+    drift = summary.get("column_drift")
+    if drift and drift["drifted"]:
+        top = ", ".join(f"{c} (PSI {drift['columns'][c]['psi']:.2f})" for c in drift["drifted"][:3])
+        out.append(f"{len(drift['drifted'])} of {len(drift['columns'])} feature columns moved away from their training "
+                   f"distribution (PSI above {drift['psi_limit']:g} and its noise level): {top}"
+                   + (", ..." if len(drift["drifted"]) > 3 else "") + "; report.html shows them")
     # Repeated here: a nightly job's log may be the only output anyone reads.
     out += [f"the model's training warned: {w}" for w in summary.get("model", {}).get("warnings", [])]
     return out

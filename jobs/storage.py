@@ -66,9 +66,11 @@ def list_parquet_files(uri: str, storage_options: dict | None = None
     """The Parquet files at ``uri``: a file, a directory/prefix (recursive) or a glob.
 
     In a directory, files and folders whose names start with ``_`` or ``.`` (markers,
-    staging) are skipped, and so are files without the ``.parquet`` extension: those are
-    returned as the third element so callers can report them (a Parquet file someone saved
-    without its extension is then named in the output, not lost without a word).
+    staging, caches) are skipped, and so are files without the ``.parquet`` extension and
+    entries that are not regular files: those (the hidden ones only if they end in
+    ``.parquet``) are returned as the third element so callers can report them (a Parquet
+    file someone saved without its extension, or under ``_late/``, is then named in the
+    output, not lost without a word).
 
     Raises:
         InputError: The path does not exist or holds no Parquet file.
@@ -82,10 +84,13 @@ def list_parquet_files(uri: str, storage_options: dict | None = None
             files = [path]
         elif fs.isdir(path):
             # detail: a FIFO or socket named *.parquet is listed too ("other"), and opening one blocks forever
-            found = sorted((p, info.get("type")) for p, info in fs.find(path, detail=True).items()
-                           if not _hidden(p, path))
+            listed = fs.find(path, detail=True).items()
+            found = sorted((p, info.get("type")) for p, info in listed if not _hidden(p, path))
             files = [p for p, kind in found if kind == "file" and p.endswith(".parquet")]
             skipped = [fs.unstrip_protocol(p) for p, kind in found if not (kind == "file" and p.endswith(".parquet"))]
+            # Parquet files under a _ or . name (Spark's _temporary/, a .cache/) are not read, but named: the
+            # markers there (_SUCCESS, .crc files) are not.
+            skipped += sorted(fs.unstrip_protocol(p) for p, _ in listed if _hidden(p, path) and p.endswith(".parquet"))
         elif fs.exists(path):
             raise InputError(f"{uri} is not a regular file or a folder ({fs.info(path).get('type')}); aescore reads "
                              "Parquet files only")
@@ -129,18 +134,22 @@ def check_uris(paths: dict[str, str | None], storage_options: dict | None = None
                              "of its own; remove the extra slash")
 
 
+def is_within(uri: str, folder: str, storage_options: dict | None = None) -> bool:
+    """Whether ``uri`` is ``folder`` or lies inside it (local paths compared resolved)."""
+    inner, outer = _canonical(uri, storage_options), _canonical(folder, storage_options)
+    return inner == outer or inner.startswith(outer + "/")
+
+
 def check_no_overlap(out: str, inputs: dict[str, str | None], storage_options: dict | None = None) -> None:
     """Refuse an output prefix that contains, or lies inside, one of the ``inputs`` (flag -> URI).
 
     Raises:
         OutputError: The paths overlap (the run could delete or re-read its own input).
     """
-    target = _canonical(out, storage_options)
     for flag, uri in inputs.items():
         if not uri:
             continue
-        other = _canonical(uri, storage_options)
-        if target == other or target.startswith(other + "/") or other.startswith(target + "/"):
+        if is_within(out, uri, storage_options) or is_within(uri, out, storage_options):
             raise OutputError(f"--out {out} overlaps {flag} {uri}; the output must be a separate prefix, "
                               "neither inside the input nor containing it")
 
@@ -207,6 +216,30 @@ def wide_integer_columns(pf: pq.ParquetFile) -> dict[str, int]:
     return out
 
 
+def file_version(info: dict) -> str | None:
+    """What changes when a file does: its ETag (object stores) or modification time (file systems)."""
+    version = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
+    return None if version is None else str(version).strip('"')
+
+
+def check_unchanged(fs: fsspec.AbstractFileSystem, files: list[ParquetFileInfo]) -> None:
+    """Refuse inputs that changed since their footers were checked (a file replaced while a run read it).
+
+    Raises:
+        InputError: A file is gone, or its size or version (ETag / mtime) changed; names it.
+    """
+    fs.invalidate_cache()
+    for f in files:
+        try:
+            info = fs.info(f.path)
+        except FileNotFoundError:
+            raise InputError(f"{f.uri} disappeared while this run read it; nothing was committed") from None
+        now = (int(info.get("size") or 0), file_version(info))
+        if now != (f.size, f.etag):
+            raise InputError(f"{f.uri} changed while this run read it (size {f.size} -> {now[0]}); what was read may "
+                             "mix both versions, so nothing was committed: rerun once the input is complete")
+
+
 def inspect_parquet_files(fs: fsspec.AbstractFileSystem, files: list[str]) -> list[ParquetFileInfo]:
     """Read each file's footer (not its data).
 
@@ -220,11 +253,9 @@ def inspect_parquet_files(fs: fsspec.AbstractFileSystem, files: list[str]) -> li
             info = fs.info(path)
             with fs.open(path, "rb") as f:
                 pf = pq.ParquetFile(f)
-                version = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
                 infos.append(ParquetFileInfo(path=path, uri=uri, num_rows=pf.metadata.num_rows,
                                              size=int(info.get("size") or 0), schema=pf.schema_arrow,
-                                             etag=None if version is None else str(version).strip('"'),
-                                             wide_integers=wide_integer_columns(pf)))
+                                             etag=file_version(info), wide_integers=wide_integer_columns(pf)))
         except FileNotFoundError as e:
             raise InputError(f"{uri}: file disappeared while reading ({e})") from e
         except Exception as e:  # pyarrow raises ArrowInvalid/OSError for corrupt footers

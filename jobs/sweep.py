@@ -34,7 +34,7 @@ from aemodel.commit import claim_prefix
 from jobs.config import config_to_dict
 from jobs.datasets import open_parquet_input
 from jobs.errors import InputError, TrainingError, find_user_error
-from jobs.aggregates import ErrorStatsAggregate
+from aemodel.aggregates import ErrorStatsAggregate
 from jobs.progress import is_verbose
 from jobs.ray_runtime import aggregate_blocks, check_gpu, ensure_ray, quiet_ray_console
 from aemodel.store import join, url_to_fs
@@ -50,6 +50,8 @@ class SweepConfig:
     """Training Parquet (any fsspec URI)."""
     out: str
     """Output prefix: latent-<k>/ model artefacts, sweep.csv, sweep.json, sweep.png, sweep.html."""
+    val_data: str | None = None
+    """Separate validation Parquet for every trial; if unset, each trial's deterministic row-hash split of --data."""
     latent: list[int] = field(default_factory=lambda: [2, 4, 8, 16, 32])
     """Latent sizes to train (comma-separated)."""
     tolerance: float = 0.05
@@ -93,7 +95,8 @@ class SweepConfig:
         # their CPUs (checked in run), never inside the task itself.
         template = {**asdict(self.train), "latent_dim": latent_dim, "in_process": False,
                     "local_data": False}
-        return TrainConfig(data=self.data, out=join(self.out, f"latent-{latent_dim}"), **template)
+        return TrainConfig(data=self.data, val_data=self.val_data, out=join(self.out, f"latent-{latent_dim}"),
+                           **template)
 
 
 def errors_by_class(batch: pa.Table, model_uri: str, label: str, options: dict) -> pa.Table:

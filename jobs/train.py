@@ -28,26 +28,28 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 from ray.train.torch import TorchTrainer
 
-from aemodel import AutoencoderConfig, ModelArtifact, Preprocessor, load_artifact, resolve_columns, save_artifact
+from aemodel import ModelArtifact, Preprocessor, load_artifact, resolve_columns, save_artifact
 from aemodel.artifact import check_model_prefix
 from aemodel.commit import OutputCommit
 from aemodel.preprocess import partial_stats
 from jobs.config import config_to_dict
-from jobs.datasets import (ParquetInput, check_features, encode, explain_failure, hash_split, open_parquet_input,
-                           split_cut)
+from aemodel.statistics import fit_statistics
+from jobs.datasets import ParquetInput, check_features, encode, explain_failure, hash_split, open_parquet_input
 from jobs.entry import keep_signal_handlers
-from jobs.errors import InputError, TrainingError
+from jobs.errors import InputError, OutputError, TrainingError, describe
 from jobs.manifest import fingerprint
 from jobs.progress import is_terminal, is_verbose
 from jobs.ray_runtime import alive_nodes, check_gpu, ensure_ray, on_one_machine, quiet_ray_console
 from jobs.report import training_report
-from jobs.storage import (arrow_filesystem, check_no_overlap, check_shared_paths, check_uris, normalize_storage_options,
-                          check_pointer_target, publish_pointer, redact_config, url_to_fs)
+from jobs.storage import (arrow_filesystem, check_no_overlap, check_pointer_target, check_shared_paths,
+                          check_unchanged, check_uris, is_within, normalize_storage_options, publish_pointer,
+                          redact_config, url_to_fs)
 from jobs.train_config import TrainConfig
 from jobs.train_loop import eval_step, train_loop_per_worker, train_step
-from jobs.train_eval import TrainResult, assess, final_checkpoint, format_result, input_warnings
+from aemodel.training import trained_artifact
+from jobs.train_eval import TrainResult, final_checkpoint, format_result, input_warnings
 from jobs.train_local import LocalInput, input_bytes, local_shards
-from jobs.train_stats import RayInput, fit_statistics
+from jobs.train_stats import RayInput
 
 
 # --- layer 3: the driver ----------------------------------------------------------------
@@ -98,6 +100,9 @@ def run(cfg: TrainConfig, report_links: list[tuple[str, str]] = ()) -> TrainResu
     existing = load_artifact(cfg.out, options) if check_model_prefix(cfg.out, options) else None
     if cfg.publish_latest:
         check_pointer_target(cfg.publish_latest, options)
+        if is_within(cfg.publish_latest, cfg.out, options):  # the commit would own (and clean up) that path
+            raise InputError(f"--publish-latest {cfg.publish_latest} lies inside --out {cfg.out}; the pointer file "
+                             "must be outside the model's folder (e.g. beside it: models/LATEST.json)")
     if existing is not None and existing.run_id == run_id and not cfg.overwrite:
         print(f"{cfg.out} already holds the model of run {run_id}; reusing it "
               "(--overwrite retrains; --train.overwrite in a sweep)", flush=True)
@@ -155,13 +160,9 @@ def _fit_and_save(cfg: TrainConfig, options: dict, t0: float, train_in: ParquetI
         train_src, val_src = RayInput(train_in, specs), val_in and RayInput(val_in, specs)
     stats, seen_rows, leakage = fit_statistics(cfg, specs, train_src, val_src)
     pp = Preprocessor.fit(specs, stats, cfg.preprocess_config())  # training rows only: no leakage
-    model_config = AutoencoderConfig(n_numeric=len(pp.numeric_names), n_binary=len(pp.binary_names),
-                                     category_sizes=pp.category_sizes,
-                                     hidden_dims=cfg.resolved_hidden_dims(),
-                                     latent_dim=cfg.resolved_latent_dim(len(specs)), activation=cfg.activation,
-                                     dropout=cfg.dropout)
+    model_config = cfg.model_config(pp)
     if local:
-        train_enc, val_enc = local_shards(pp, names, train_src, val_src, split_cut(cfg.val_fraction))
+        train_enc, val_enc = local_shards(pp, names, train_src, val_src, cfg.val_fraction)
         train_src = val_src = None  # the raw tables are not needed while training
     elif val_in is None:
         train_enc, val_enc = (encode(d, pp) for d in hash_split(train_in.read(names, specs), names, cfg.val_fraction))
@@ -177,7 +178,7 @@ def _fit_and_save(cfg: TrainConfig, options: dict, t0: float, train_in: ParquetI
 
     loop_config = {
         "model_config": model_config.to_dict(), "baselines": pp.baselines, "epochs": cfg.epochs,
-        "batch_size": cfg.resolved_batch_size(pp.train_rows), "learning_rate": cfg.learning_rate,
+        "batch_size": cfg.resolved_batch_size(pp.train_rows, cfg.num_workers), "learning_rate": cfg.learning_rate,
         "weight_decay": cfg.weight_decay, "patience": cfg.patience, "min_delta": cfg.min_delta, "seed": cfg.seed,
         # One thread per reserved CPU on every path. Not every core on the local path: small
         # models gain nothing from more intra-op threads, and two jobs sharing a machine
@@ -194,24 +195,24 @@ def _fit_and_save(cfg: TrainConfig, options: dict, t0: float, train_in: ParquetI
     }
     state, reference, threshold, run_folder = _fit(cfg, options, loop_config, run_id, {"train": train_enc, "val": val_enc},
                                        in_process=local or cfg.resolved_in_process(nodes == 1))
-    if cfg.contamination is not None:
-        threshold = {**threshold, "method": "contamination", "contamination": cfg.contamination}
-    history = state["history"]
+    for data in (train_in, val_in):  # a file replaced while training read it: not the data that was checked
+        if data is not None:
+            check_unchanged(data.fs, data.files)
     noted = input_warnings(cfg, {"--data": train_in, "--val-data": val_in}, train_in.schema, specs, stats, pp)
-    metrics = assess(cfg, model_config, history, reference, threshold, leakage, pp, noted)
-    failed = [c for c in metrics["diagnostics"] if c["status"] == "fail"]
-    if failed:  # checked before anything is written: a failed run leaves no artefact
-        raise TrainingError("; ".join(f"{c['check']}: {c['message']}" for c in failed))
-    art = ModelArtifact(model_config=model_config, preprocessor=pp, state_dict=state["best_model"],
-                        threshold=threshold, reference=reference, history=history,
-                        train_config=redact_config(config_to_dict(cfg)), run_id=run_id, metrics=metrics,
-                        training_rows=seen_rows, training_rows_info=leakage["training_rows"])
+    art = trained_artifact(cfg, model_config, pp, state["best_model"], state["history"], reference, threshold,
+                           leakage, seen_rows, warnings=noted, train_config=redact_config(config_to_dict(cfg)),
+                           run_id=run_id)
     # The report sits two folders below the prefix (runs/<run>/); the links are relative to the prefix.
-    art.extra_files = {"report.html": training_report(cfg.out, history, reference, threshold, metrics,
+    art.extra_files = {"report.html": training_report(cfg.out, art.history, reference, art.threshold, art.metrics,
                                                          [(text, f"../../{href}") for text, href in report_links])}
     save_artifact(art, cfg.out, options, commit=commit)
     if cfg.publish_latest:
-        publish_pointer(cfg.publish_latest, cfg.out, art.version, options)
+        try:
+            publish_pointer(cfg.publish_latest, cfg.out, art.version, options)
+        except Exception as e:  # noqa: BLE001 - the model is committed; the error says so
+            raise OutputError(f"the model was committed at {cfg.out} (version {art.version}), but --publish-latest "
+                              f"{cfg.publish_latest} was not written: {describe(e)}; rerun the same command to "
+                              "publish it") from e
     if run_folder is not None:  # its checkpoints only served a resume; the artefact now holds the model
         with contextlib.suppress(OSError):
             run_folder[0].delete_dir(run_folder[1])

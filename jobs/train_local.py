@@ -15,20 +15,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import numpy as np
 import pyarrow as pa
 import torch
 
 from aemodel.preprocess import Preprocessor
 from aemodel.schema import ColumnSpec
-from jobs.datasets import ParquetInput, keep_split
-from jobs.aggregates import MergedAggregates
-from jobs.train_loop import MODEL_INPUTS, epoch_batches
+from aemodel.statistics import CHUNK_ROWS, TableInput, encode_tables, split_tables
+from aemodel.training import tensor_batches
+from jobs.datasets import ParquetInput
 
 # Feature values are read as float64 or strings: about 8 bytes a value as read, and the
 # encoded tensors (float32 values plus an observed mask) are about the same again.
 _BYTES_PER_VALUE = 16
-_CHUNK_ROWS = 100_000
 
 
 def input_bytes(inputs: list[ParquetInput | None], n_features: int) -> int:
@@ -36,23 +34,12 @@ def input_bytes(inputs: list[ParquetInput | None], n_features: int) -> int:
     return sum(d.num_rows for d in inputs if d is not None) * n_features * _BYTES_PER_VALUE
 
 
-class LocalInput:
+class LocalInput(TableInput):
     """An input's feature columns read once into memory, typed as the Ray path reads them."""
 
     def __init__(self, data: ParquetInput, specs: list[ColumnSpec]):
         names = [s.name for s in specs]
-        self.tables = [t for _f, _start, t in data.iter_tables(names, specs, _CHUNK_ROWS)]
-        self.num_rows = sum(t.num_rows for t in self.tables)
-
-    def aggregate(self, *aggs) -> dict:
-        """What ``aggregate_blocks`` returns for the same aggregations over these rows."""
-        merged = MergedAggregates(aggs)
-        for table in self.tables:
-            merged.add(MergedAggregates.partial(table, aggs))
-        return merged.result()
-
-    def chunks(self) -> Iterator[pa.Table]:
-        return iter(self.tables)
+        super().__init__(t for _f, _start, t in data.iter_tables(names, specs, CHUNK_ROWS))
 
 
 class TensorShard:
@@ -68,14 +55,9 @@ class TensorShard:
 
     @classmethod
     def encode(cls, pp: Preprocessor, tables: Iterator[pa.Table]) -> TensorShard:
-        """The model inputs of ``tables`` (``Preprocessor.transform``), concatenated."""
-        parts: dict[str, list[np.ndarray]] = {k: [] for k in MODEL_INPUTS}
-        for table in tables:
-            enc = pp.transform(table)
-            for k in MODEL_INPUTS:
-                parts[k].append(enc[k])
+        """The model inputs of ``tables`` (``aemodel.statistics.encode_tables``)."""
         # Never empty: an input has at least one file with rows (open_parquet_input).
-        return cls({k: torch.from_numpy(np.concatenate(v)) for k, v in parts.items()})
+        return cls(encode_tables(pp, tables))
 
     def count(self) -> int:
         return int(self.tensors["x_num"].shape[0])
@@ -87,16 +69,15 @@ class TensorShard:
     def iter_torch_batches(self, *, batch_size: int, device: torch.device | str | None = None,
                            prefetch_batches: int = 0, local_shuffle_buffer_size: int | None = None,
                            local_shuffle_seed: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
-        """The training loop's own in-memory batching (``epoch_batches``) over these rows."""
+        """The training loop's own in-memory batching (``aemodel.training.tensor_batches``) over these rows."""
         del prefetch_batches, local_shuffle_buffer_size  # nothing to prefetch; shuffles fully
-        device = torch.device(device or "cpu")
-        return epoch_batches(None, self.on(device), batch_size, device, shuffle_seed=local_shuffle_seed)
+        return tensor_batches(self.on(torch.device(device or "cpu")), batch_size, local_shuffle_seed)
 
 
 def local_shards(pp: Preprocessor, names: list[str], train: LocalInput, val: LocalInput | None,
-                 cut: int) -> tuple[TensorShard, TensorShard]:
+                 val_fraction: float) -> tuple[TensorShard, TensorShard]:
     """The encoded training and validation rows: ``val``, or the row-hash split of ``train`` (``keep_split``)."""
     if val is not None:
         return TensorShard.encode(pp, train.chunks()), TensorShard.encode(pp, val.chunks())
-    return (TensorShard.encode(pp, (keep_split(t, names, cut, validation=False) for t in train.chunks())),
-            TensorShard.encode(pp, (keep_split(t, names, cut, validation=True) for t in train.chunks())))
+    return (TensorShard.encode(pp, split_tables(train.chunks(), names, val_fraction, validation=False)),
+            TensorShard.encode(pp, split_tables(train.chunks(), names, val_fraction, validation=True)))

@@ -1,13 +1,15 @@
-"""The training loop: pure torch steps (layer 1) and the per-worker Ray Train loop (layer 2).
+"""The per-worker Ray Train loop (layer 2): every ``ray.train`` call, around ``aemodel.training``.
 
-``jobs.train`` (layer 3, the driver) builds the datasets and passes ``train_loop_per_worker``
-to a ``TorchTrainer``; Ray pickles it by reference to this module, which every worker imports.
+The steps, the epoch loop with early stopping, the score's terms and the validation
+reference are pure torch in ``aemodel.training`` (layer 1); this module feeds them a
+worker's batches, all-reduces their sums, and reports checkpoints. ``jobs.train`` (layer 3,
+the driver) builds the datasets and passes ``train_loop_per_worker`` to a ``TorchTrainer``;
+Ray pickles it by reference to this module, which every worker imports.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -17,38 +19,13 @@ import ray.train
 import ray.train.torch
 import torch
 
-from aemodel import AutoencoderConfig, TabularAutoencoder, batch_loss, column_losses, row_errors
-from aemodel.latent import MAX_CODES
-from aemodel.marginal import MarginalCounter, marginal_fit
-from jobs.errors import TrainingError
+from aemodel import AutoencoderConfig, TabularAutoencoder
+from aemodel.training import (MODEL_INPUTS, FitState, eval_step, fit_epochs, fit_score_terms, tensor_batches,
+                              train_step, validation_reference)
 from jobs.progress import EpochProgress
-from jobs.train_eval import validation_reference
-from jobs.train_terms import LatentSample, LatentSums, latent_fit, latent_gaussian_fit, one_pass
 
-
-# --- layer 1: pure torch ---------------------------------------------------------------
-
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
-               baselines: torch.Tensor) -> float:
-    """One optimizer step on an encoded batch; returns the batch's mean row error."""
-    model.train()
-    recon = model(batch["x_num"], batch["x_bin"], batch["x_cat"])
-    loss = batch_loss(column_losses(recon, batch["x_num"], batch["x_bin"], batch["x_cat"], baselines),
-                      batch["observed"])
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return float(loss.detach())
-
-
-def eval_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], baselines: torch.Tensor) -> tuple[float, int]:
-    """Sum of row errors and row count of an encoded batch, without gradients."""
-    model.eval()
-    with torch.inference_mode():
-        recon = model(batch["x_num"], batch["x_bin"], batch["x_cat"])
-        err = row_errors(column_losses(recon, batch["x_num"], batch["x_bin"], batch["x_cat"], baselines),
-                         batch["observed"])
-    return float(err.sum()), int(err.shape[0])
+__all__ = ["MODEL_INPUTS", "epoch_batches", "eval_step", "load_shard", "load_state", "train_loop_per_worker",
+           "train_step"]
 
 
 # --- layer 2: everything that talks to ray.train ----------------------------------------
@@ -68,9 +45,6 @@ def _gather_codes(codes: np.ndarray) -> np.ndarray:
         torch.distributed.all_gather_object(parts, codes)
         return np.concatenate(parts)
     return codes
-
-
-MODEL_INPUTS = ("x_num", "x_bin", "x_cat", "observed")
 
 
 def load_shard(shard, device: torch.device) -> dict[str, torch.Tensor] | None:
@@ -104,12 +78,7 @@ def epoch_batches(source, cached: dict[str, torch.Tensor] | None, batch_size: in
                    {"local_shuffle_buffer_size": batch_size * 8, "local_shuffle_seed": shuffle_seed})
         yield from source.iter_torch_batches(batch_size=batch_size, device=device, prefetch_batches=2, **shuffle)
         return
-    n = cached["x_num"].shape[0]
-    order = (None if shuffle_seed is None else
-             torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed)).to(device))
-    for i in range(0, n, batch_size):
-        idx = slice(i, i + batch_size) if order is None else order[i:i + batch_size]
-        yield {k: v[idx] for k, v in cached.items()}
+    yield from tensor_batches(cached, batch_size, shuffle_seed)
 
 
 def load_state(checkpoint_dir: str, device: torch.device | str) -> dict:
@@ -141,7 +110,7 @@ def _report(metrics: dict, rank: int, state: dict, extra_files: dict[str, dict] 
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """Ray Train loop: epochs of train/validation, global metrics, early stopping, checkpoints.
+    """Ray Train loop: ``aemodel.training.fit_epochs`` on this worker's shard, then the score's terms and reference.
 
     Every worker computes the same global losses (all-reduced), so every worker takes the
     same stop decision and calls ``ray.train.report`` the same number of times. The last
@@ -160,108 +129,66 @@ def train_loop_per_worker(config: dict) -> None:
                                   weight_decay=config["weight_decay"])
     baselines = torch.tensor(config["baselines"], dtype=torch.float32, device=device)
 
-    # best_val: the last loss that counted as progress (patience); lowest: the lowest loss,
-    # whose weights are kept, so the artefact's best epoch is the epoch its weights come from.
-    start_epoch, best_val, lowest, bad_epochs, history, attempt = 0, math.inf, math.inf, 0, [], 0
-    best_state = {k: v.detach().clone() for k, v in raw_model.state_dict().items()}
+    state = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:  # resuming after a worker failure
         with checkpoint.as_directory() as d:
-            state = load_state(d, device)
-        raw_model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        best_state, history = state["best_model"], state["history"]
-        start_epoch, best_val, bad_epochs = state["epoch"] + 1, state["best_val"], state["bad_epochs"]
-        lowest = state.get("lowest", best_val)
-        attempt = state.get("attempt", 0) + 1
+            saved = load_state(d, device)
+        raw_model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state = FitState.from_checkpoint(saved)
 
-    def snapshot(epoch: int) -> dict:
-        return {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "best_model": best_state,
-                "history": history, "epoch": epoch, "best_val": best_val, "lowest": lowest, "bad_epochs": bad_epochs,
-                "attempt": attempt}
+    def snapshot(s: FitState) -> dict:
+        return {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), **s.to_dict()}
 
-    finished = False
-    if checkpoint and state.get("finished"):
-        finished = True  # a completed run restored by name: nothing left to train
     train_shard = ray.train.get_dataset_shard("train")
     val_data = ray.train.get_dataset_shard("val")
     rank = ray.train.get_context().get_world_rank()
-    last_report = time.monotonic()
-    epoch = start_epoch - 1
     # A shard that fits the budget is read once and shuffled in memory every epoch: Ray
     # Data's per-batch iterator costs more than a small model's step (bench/train_throughput.py).
-    cached = val_cached = None
-    load_cache = config["cache_shard"]
-    progress = EpochProgress(config["epochs"], config.get("print_every", 1), config.get("progress_bar", False))
-    for epoch in range(start_epoch, config["epochs"] if not finished else start_epoch):
-        t0 = time.perf_counter()
-        tr_sum, tr_n = 0.0, 0
-        if load_cache:
-            cached, val_cached, load_cache = load_shard(train_shard, device), load_shard(val_data, device), False
-        for batch in epoch_batches(train_shard, cached, config["batch_size"], device, shuffle_seed=config["seed"] + epoch):
-            n = batch["x_num"].shape[0]
-            tr_sum += train_step(model, optimizer, batch, baselines) * n
-            tr_n += n
-        va_sum, va_n = 0.0, 0  # every worker sees the whole validation set: no all-reduce
-        for batch in epoch_batches(val_data, val_cached, 8192, device):
-            s, n = eval_step(raw_model, batch, baselines)
-            va_sum, va_n = va_sum + s, va_n + n
-        # Ray Train V2 takes one report per controller poll (~2 s), so reporting after every
-        # short epoch would stall training: report when rank 0's clock says a poll is due
-        # (shared through the all-reduce, so every worker agrees), and at the end.
-        due = float(rank == 0 and time.monotonic() - last_report >= config["report_interval_s"])
-        tr_sum, tr_n, due = _global_sums([tr_sum, tr_n, due], device)
-        if tr_n == 0 or va_n == 0:
-            raise TrainingError(f"no rows reached training (train={tr_n:.0f}, validation={va_n:.0f})")
-        train_loss, val_loss = tr_sum / tr_n, va_sum / va_n
-        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-            raise TrainingError(f"loss became {train_loss} (train) / {val_loss} (validation) at epoch {epoch}; "
-                                "lower --learning-rate or check the data for extreme values")
-        if val_loss < lowest:
-            lowest = val_loss
-            best_state = {k: v.detach().clone() for k, v in raw_model.state_dict().items()}
-        if val_loss < best_val * (1.0 - config["min_delta"]):
-            best_val, bad_epochs = val_loss, 0
-        else:
-            bad_epochs += 1
-        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                        "seconds": time.perf_counter() - t0, "train_rows": int(tr_n), "val_rows": int(va_n),
-                        "attempt": attempt})  # > 0: resumed from a checkpoint after a failure
-        stop = bad_epochs >= config["patience"]
-        if rank == 0:
-            progress.epoch(history[-1], lowest, last=stop or epoch + 1 == config["epochs"])
-        if stop:
-            break
-        if due:
-            last_report = time.monotonic()
-            _report({**history[-1], "best_val_loss": lowest}, rank, snapshot(epoch), keep_dir=config["local_dir"])
+    cache: dict = {"train": None, "val": None}
+    if config["cache_shard"]:
+        cache = {"train": load_shard(train_shard, device), "val": load_shard(val_data, device)}
+    clock = {"last_report": time.monotonic(), "due": 0.0}
 
+    def reduce(values: list[float]) -> list[float]:
+        # Ray Train V2 takes one report per controller poll (~2 s), so reporting after every
+        # short epoch would stall training: report when rank 0's clock says a poll is due,
+        # shared through the same all-reduce as the losses, so every worker agrees.
+        due = float(rank == 0 and time.monotonic() - clock["last_report"] >= config["report_interval_s"])
+        *sums, clock["due"] = _global_sums([*values, due], device)
+        return sums
+
+    progress = EpochProgress(config["epochs"], config.get("print_every", 1), config.get("progress_bar", False))
+
+    def on_epoch(s: FitState, stop: bool) -> None:
+        if rank == 0:
+            progress.epoch(s.history[-1], s.lowest, last=stop or s.epoch + 1 == config["epochs"])
+        if clock["due"] and not stop:
+            clock["last_report"] = time.monotonic()
+            _report({**s.history[-1], "best_val_loss": s.lowest}, rank, snapshot(s), keep_dir=config["local_dir"])
+
+    state = fit_epochs(
+        model, optimizer, baselines, epochs=config["epochs"], patience=config["patience"],
+        min_delta=config["min_delta"], state=state, reduce=reduce, on_epoch=on_epoch,
+        train_batches=lambda epoch: epoch_batches(train_shard, cache["train"], config["batch_size"], device,
+                                                  shuffle_seed=config["seed"] + epoch),
+        val_batches=lambda: epoch_batches(val_data, cache["val"], 8192, device))
     progress.close()
-    raw_model.load_state_dict(best_state)
     # The latent and marginal terms need every training row once: one pass feeds both.
-    mc, max_components = raw_model.config, config.get("latent_components", 1)
-    latent_acc = marginal_acc = None
-    if config["latent_weight"] > 0 and max_components == 1:  # one Gaussian of every worker's codes (all-reduced)
-        latent_acc = LatentSums(raw_model, mc.latent_dim)
-    elif config["latent_weight"] > 0:  # a mixture fitted to a sample of every worker's training codes
-        world = ray.train.get_context().get_world_size()
-        latent_acc = LatentSample(raw_model, MAX_CODES // world, config["seed"] + rank)
-    if config.get("marginal_weight", 0) > 0:  # every worker's counts of its training values, summed
-        marginal_acc = MarginalCounter(mc.n_numeric, mc.n_binary, mc.category_sizes, config["clip_sigma"])
-    one_pass(epoch_batches(train_shard, cached, 8192, device), [a for a in (latent_acc, marginal_acc) if a])
-    latent = marginal = None
-    if isinstance(latent_acc, LatentSums):
-        latent = latent_gaussian_fit(_global_sums(latent_acc.result(), device), mc.latent_dim, config["latent_weight"])
-    elif latent_acc is not None:
-        # Every worker fits the same codes with the same seed, so all hold the same term.
-        latent = latent_fit(_gather_codes(latent_acc.result()), config["latent_weight"], config["seed"],
-                            max_components)
-    if marginal_acc is not None:
-        marginal = marginal_fit(_global_sums(marginal_acc.counts.tolist(), device), mc.n_numeric, mc.n_binary,
-                                mc.category_sizes, config["clip_sigma"], config["marginal_weight"])
-    reference, threshold = validation_reference(raw_model, val_data, device, baselines, config["threshold_quantile"],
-                                                config["constant_outputs"], config["columns"], config["scale_floor"],
-                                                latent, marginal)
-    final = {**history[-1], "best_val_loss": lowest, "finished": True} if history else {"finished": True}
-    _report(final, rank, {**snapshot(max(epoch, start_epoch - 1)), "finished": True},
-            {"reference.json": reference, "threshold.json": threshold}, keep_dir=config["local_dir"])
+    latent, marginal, distribution = fit_score_terms(
+        raw_model, epoch_batches(train_shard, cache["train"], 8192, device),
+        latent_weight=config["latent_weight"], latent_components=config.get("latent_components", 1),
+        marginal_weight=config.get("marginal_weight", 0), clip_sigma=config["clip_sigma"], seed=config["seed"],
+        reduce=lambda v: _global_sums(v, device), gather=_gather_codes,
+        workers=ray.train.get_context().get_world_size(), rank=rank)
+    reference, threshold = validation_reference(
+        raw_model, lambda: epoch_batches(val_data, cache["val"], 8192, device), device, baselines,
+        config["threshold_quantile"], config["constant_outputs"], config["columns"], config["scale_floor"],
+        latent, marginal)
+    reference["columns_distribution"] = distribution
+    final = {**state.history[-1], "best_val_loss": state.lowest, "finished": True} if state.history else \
+        {"finished": True}
+    state.finished = True
+    _report(final, rank, snapshot(state), {"reference.json": reference, "threshold.json": threshold},
+            keep_dir=config["local_dir"])

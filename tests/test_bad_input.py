@@ -158,9 +158,9 @@ def test_damaged_model_artefact(damage, pattern, trained, mixed_data, tmp_path):
 
 
 @pytest.mark.parametrize("flags, pattern", [
-    (["--latent-dim", "-4"], "latent_dim must be >= 1, got -4"),
+    (["--latent-dim", "-4"], "--latent-dim must be >= 1, got -4"),
     (["--column-types", "num_0=ordinal"], "num_0=ordinal: unknown column type"),
-    (["--epochs", "ten"], 'option "epochs": expected int. Got value: ten'),
+    (["--epochs", "ten"], "--epochs: expected int. Got value: ten"),
     (["--feature-columns", "num_0,nope"], r"feature column\(s\) \['nope'\] not in the data"),
 ])
 def test_invalid_training_config_rejected_before_ray(flags, pattern, mixed_data, tmp_path):
@@ -359,12 +359,12 @@ def _case_pointer_with_a_number(model: Path, tmp: Path) -> tuple[list[str], str]
 
 def _case_config_is_a_folder(model: Path, tmp: Path) -> tuple[list[str], str]:
     (tmp / "conf").mkdir()
-    return ["--model", str(model), "--config", str(tmp / "conf")], 'option "config": Path is not a file: .*conf'
+    return ["--model", str(model), "--config", str(tmp / "conf")], "--config: Path is not a file: .*conf"
 
 
 def _case_storage_options_malformed(model: Path, tmp: Path) -> tuple[list[str], str]:
     return ["--model", str(model), "--storage-options", "secret=hunter2-secret,anon"], \
-        "storage_options: expected comma-separated key=value pairs"
+        "--storage-options: expected comma-separated key=value pairs"
 
 
 @pytest.mark.parametrize("case", [_case_model_json_list, _case_pointer_with_a_number, _case_config_is_a_folder,

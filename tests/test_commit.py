@@ -33,8 +33,8 @@ _SCRIPT = textwrap.dedent("""
             return fn(*args, **kwargs)
         return wrapper
 
-    commit.write_bytes, commit.remove, commit._rename = (counted(commit.write_bytes), counted(commit.remove),
-                                                          counted(commit._rename))
+    commit.write_bytes, commit.remove, commit._rename, commit._delete = (
+        counted(commit.write_bytes), counted(commit.remove), counted(commit._rename), counted(commit._delete))
     out = commit.OutputCommit(uri)
     fs = out.fs
     if hasattr(fs, "call_s3"):
@@ -163,3 +163,32 @@ def test_an_output_of_the_previous_layout_is_replaced_file_by_file(tmp_path):
     assert _visible_version(str(old)) == "new"
     assert sorted(p.name for p in old.iterdir()) == ["_SUCCESS", "_aescore.json", "_commit.lock", "rows", "runs"]
     assert [p.name for p in (old / "rows").iterdir()] == ["keep.csv"]
+
+
+def test_the_clean_up_deletes_only_what_aescore_wrote(tmp_path):
+    """A fresh adversarial pass: an old manifest listing ../victim, a user's _SUCCESS.mine.tmp, a note in a run folder."""
+    old = tmp_path / "old"
+    (old / "rows").mkdir(parents=True)
+    (old / "rows" / "part-0.parquet").write_bytes(b"legacy")
+    (old / "rows" / "keep.csv").write_text("mine")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "thesis.txt").write_text("precious")
+    listed = [{"path": p} for p in ("../victim", "rows", "/etc/hostname", "rows/part-0.parquet")]
+    (old / "manifest.json").write_text(json.dumps({"kind": "aescore-score", "outputs": listed}))
+    (old / "_SUCCESS").write_bytes(b"")
+    first = _commit_version(str(old), "new")
+    assert (victim / "thesis.txt").read_text() == "precious" and (old / "rows" / "keep.csv").exists()
+    assert not (old / "rows" / "part-0.parquet").exists() and not (old / "manifest.json").exists()
+
+    (old / "_SUCCESS.mine.tmp").write_text("a user's file with a pointer-like name")
+    (old / "runs" / first.name / "notes.md").write_text("a note put into aescore's run folder")
+    (old / "runs" / "emptyuser").mkdir()
+    second = OutputCommit(str(old))
+    second.begin()
+    write_bytes(second.fs, second.path_of("rows/part-0.parquet"), b"next")
+    warnings = second.commit({"summary.json": b'{"v": "next"}'}, run_id="next")
+    assert _visible_version(str(old)) == "next"
+    assert (old / "_SUCCESS.mine.tmp").exists() and (old / "runs" / "emptyuser").is_dir()
+    assert sorted(p.name for p in (old / "runs" / first.name).iterdir()) == ["notes.md"]  # aescore's files gone
+    assert warnings == [f"{old}: runs/{first.name} also holds files aescore did not write (notes.md); they stay"]

@@ -52,10 +52,10 @@ def test_a_stray_file_in_runs_and_a_failing_clean_up_never_undo_a_commit(trained
     assert sorted(p.name for p in (out / "runs").iterdir()) == [".DS_Store", Path(again.run_uri).name]
     assert not Path(first.run_uri).exists()
 
-    def refuse(fs, path):  # the old run folder cannot be deleted (permissions, a flaky store)
-        raise PermissionError(f"denied: {path}")
+    def refuse(fs, paths):  # the old run folder cannot be deleted (permissions, a flaky store)
+        raise PermissionError(f"denied: {paths[0]}")
 
-    monkeypatch.setattr(commit, "remove", refuse)
+    monkeypatch.setattr(commit, "_delete", refuse)
     last = score.run(_score_cfg(trained, mixed_data["score"], out, top_k=3))
     assert committed_run(str(out)) == last.run_uri and _complete(out)["row_count"] == 2000
     assert last.warnings and "committed, but the clean-up could not remove the older run folder" in last.warnings[0]
@@ -79,7 +79,7 @@ def _signal_at(tmp_path: Path, target: str, match: str, sig: int, *cli: str, hom
 def test_a_signal_during_the_clean_up_keeps_the_run_it_committed(sig, trained, mixed_data, tmp_path):
     out = tmp_path / "o"
     before = score.run(_score_cfg(trained, mixed_data["score"], out))
-    code, _, err, _ = _signal_at(tmp_path, "aemodel.commit:remove", "/runs/", sig, "score", "--model",
+    code, _, err, _ = _signal_at(tmp_path, "aemodel.commit:_delete", "/runs/", sig, "score", "--model",
                                  trained.model_uri, "--data", mixed_data["score"], "--out", str(out),
                                  "--id-columns", ROW_ID, "--top-k", "1")
     assert code == 128 + sig and len(err.splitlines()) == 1, err
@@ -159,8 +159,8 @@ def test_two_trainings_into_one_new_out_one_commits_the_other_fails_clearly(mixe
     stdout, stderr = first.communicate(timeout=120)
     assert second.returncode == 0, second.stderr
     assert first.returncode == 2 and stderr == (f"error: another aescore run committed to {out} while this one was "
-                                                "running; this run committed nothing (one writer per output prefix "
-                                                "at a time)\n")
+                                                "running (or its _SUCCESS was edited or removed); this run committed "
+                                                "nothing (one writer per output prefix at a time)\n")
     version = second.stdout.split("(version ")[1].split(")")[0]
     assert load_artifact(str(out)).version == version == json.loads(latest.read_text())["version"]
     assert len(load_artifact(str(out)).history) == 4

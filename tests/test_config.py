@@ -57,29 +57,32 @@ def test_nightly_holds_a_score_config_and_sweep_a_train_template(tmp_path):
     trial = s.train_config(4)
     assert (trial.data, trial.latent_dim, trial.epochs, trial.latent_weight, trial.in_process) == ("d", 4, 3, 0.0, False)
     assert trial.out.endswith("latent-4")
-    with pytest.raises(ConfigError, match="train.latent_dim cannot be set in a sweep"):
+    with pytest.raises(ConfigError, match="--train.latent-dim cannot be set in a sweep"):
         parse_config(SweepConfig, ["--data", "d", "--out", "o", "--train.latent_dim", "3"], "t")
 
 
 def test_sweep_help_leaves_out_the_options_it_refuses():
     """A flag the sweep decides itself is refused with its reason, and --help does not offer it."""
     text = build_parser(SweepConfig, "t").format_help()
-    assert "--train.epochs" in text and "--train.latent_weight" in text
+    # Common training options are listed (dashed), the advanced ones left to aescore train --help; both parse.
+    assert "--train.epochs" in text and "--train.latent-weight" not in text and "aescore train --help" in text
+    assert parse_config(SweepConfig, ["--data", "d", "--out", "o", "--train.latent-weight", "0.2"],
+                        "t").train.latent_weight == 0.2
     for name, why in SweepConfig.REFUSED_OPTIONS.items():
-        assert f"--{name}" not in text
+        assert f"--{name.replace('_', '-')}" not in text
         value = "x" if name == "train.run_name" else "3" if name == "train.latent_dim" else "true"
-        with pytest.raises(ConfigError, match=f"{name} cannot be set in a sweep: {why}"):
+        with pytest.raises(ConfigError, match=f"--{name.replace('_', '-')} cannot be set in a sweep: {why}"):
             parse_config(SweepConfig, ["--data", "d", "--out", "o", f"--{name}", value], "t")
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--latent-dim", "-1"], "latent_dim must be >= 1"),
-    (["--epochs", "two"], 'option "epochs": expected int'),
+    (["--latent-dim", "-1"], "--latent-dim must be >= 1"),
+    (["--epochs", "two"], "--epochs: expected int"),
     (["--column-types", "a=ordinal"], "unknown column type"),
     (["--activation", "swish"], "one of"),
-    (["--val-fraction", "1.5"], "val_fraction"),
-    (["--marginal-weight", "-0.5"], "marginal_weight must be >= 0"),
-    (["--latent-weight", "-1"], "latent_weight must be >= 0"),
+    (["--val-fraction", "1.5"], "--val-fraction must be in"),
+    (["--marginal-weight", "-0.5"], "--marginal-weight must be >= 0"),
+    (["--latent-weight", "-1"], "--latent-weight must be >= 0"),
     (["--colour", "red"], "unrecognized arguments: --colour"),
     (["--bogus-flag", "1"], "unrecognized arguments: --bogus-flag 1"),
     (["--storage-options", "s3cr3t"], "key=value"),
@@ -91,7 +94,7 @@ def test_invalid_values_are_rejected(flags, message):
 
 
 def test_missing_required_option():
-    with pytest.raises(ConfigError, match="required: out"):
+    with pytest.raises(ConfigError, match="required: --out"):
         parse_config(TrainConfig, ["--data", "/d"], "t")
 
 
@@ -113,7 +116,7 @@ def test_cli_reports_one_error_line_and_exit_code_2(tmp_path):
     out = subprocess.run([sys.executable, "-m", "jobs.train", "--data", str(tmp_path), "--out", str(tmp_path / "m"),
                           "--latent-dim", "0"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
-    assert out.stderr.strip().splitlines() == ["error: latent_dim must be >= 1, got 0"]
+    assert out.stderr.strip().splitlines() == ["error: --latent-dim must be >= 1, got 0"]
 
 
 def test_cli_bad_paths_fail_before_ray_starts(tmp_path):

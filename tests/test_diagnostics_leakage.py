@@ -168,7 +168,7 @@ def test_top_features_match_a_full_sort(k):
 
 
 def test_top_features_summary_counts_by_column_on_a_slice():
-    from jobs.aggregates import TopFeaturesAggregate
+    from aemodel.aggregates import TopFeaturesAggregate
 
     losses = np.array([[0.1, 3.0, 0.9], [2.0, 0.0, 0.0], [0.5, 0.2, 0.4], [0.0, 0.0, 1.0]])
     observed = np.array([[1, 1, 1], [1, 1, 0], [0, 0, 0], [1, 1, 1]], dtype=np.float32)
@@ -231,7 +231,7 @@ def test_reports_are_self_contained_with_valid_pngs():
 
 
 class _BatchSource:
-    """Stands in for a Ray Data shard: ``iter_torch_batches`` over an encoded table."""
+    """Stands in for a Ray Data shard: ``iter_torch_batches`` over an encoded table; called, the same batches."""
 
     def __init__(self, enc: dict, rows_per_batch: int):
         self.enc, self.rows = enc, rows_per_batch
@@ -242,6 +242,10 @@ class _BatchSource:
         n = len(self.enc["x_num"])
         for i in range(0, n, self.rows):
             yield {k: torch.from_numpy(v[i:i + self.rows]) for k, v in self.enc.items()}
+
+    def __call__(self):
+        """The batches again (what ``validation_reference`` takes: a source it can read twice)."""
+        return self.iter_torch_batches(0, None, 0)
 
 
 def _tiny_model_and_data():
@@ -265,7 +269,7 @@ def test_validation_scales_make_a_typical_row_1_and_scoring_matches_calibration(
     import torch
 
     from aemodel import ModelArtifact, RowScorer
-    from jobs.train_eval import validation_reference
+    from aemodel.training import validation_reference
 
     pp, cfg, model, t = _tiny_model_and_data()
     names = [s.name for s in pp.specs]
@@ -297,8 +301,8 @@ def test_latent_term_is_fitted_on_training_codes_and_scored_as_calibrated():
 
     from aemodel import ModelArtifact, RowScorer
     from aemodel.latent import latent_gaussian, mixture_distance
-    from jobs.train_terms import latent_codes, latent_fit, latent_gaussian_fit, latent_sums
-    from jobs.train_eval import validation_reference
+    from aemodel.terms import latent_codes, latent_fit, latent_gaussian_fit, latent_sums
+    from aemodel.training import validation_reference
 
     pp, cfg, model, t = _tiny_model_and_data()
     names = [s.name for s in pp.specs]

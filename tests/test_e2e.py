@@ -96,7 +96,7 @@ def test_scoring_output_is_complete_and_summary_matches_recomputation(scored, mi
     assert set(rows.column_names) == {ROW_ID, LABEL, "anomaly_score", "score_percentile", "recon_error", "is_anomaly",
                                       "missing_cells", "unseen_cells",
                                       "top_features", "seen_in_training"}
-    from jobs.score_config import OUTPUT_COLUMNS  # the names an id column may not take: every one written here
+    from aemodel.scoring import OUTPUT_COLUMNS  # the names an id column may not take: every one written here
 
     assert set(rows.column_names) - {ROW_ID, LABEL} == set(OUTPUT_COLUMNS)
     summary = json.loads(open(f"{committed_run(out)}/summary.json").read())

@@ -181,7 +181,8 @@ def test_files_without_the_parquet_extension_are_named_in_a_warning(trained, tmp
     code, _, stdout = _cli_run(capsys, score.ScoreConfig(model=trained.model_uri, data=str(tmp_path / "in"),
                                                           out=str(tmp_path / "o"), id_columns=[ROW_ID]))
     assert code == 0
-    assert "warning: 1 file(s) in the input lack the .parquet extension or are not regular files, and were not read" in stdout
+    assert "warning: 1 file(s) in the input lack the .parquet extension, are not regular files, or sit under a " \
+           "name starting with _ or . (markers, temporary output), and were not read" in stdout
     assert "b.snappy" in stdout
 
 

@@ -61,7 +61,7 @@ def test_an_artefact_with_one_stored_gaussian_scores_as_before():
 
 
 def test_latent_codes_keep_a_seeded_uniform_sample_in_input_order():
-    from jobs.train_terms import latent_codes
+    from aemodel.terms import latent_codes
 
     class Encoder(torch.nn.Module):
         config = type("Config", (), {"latent_dim": 1})()
@@ -93,7 +93,7 @@ def test_training_says_what_mixture_bic_chose_only_when_a_mixture_was_asked_for(
 
 def test_one_gaussian_is_also_stored_for_format_2_readers_and_a_mixture_needs_format_3():
     from aemodel.artifact import FORMAT_VERSION, format_version
-    from jobs.train_terms import latent_gaussian_fit
+    from aemodel.terms import latent_gaussian_fit
 
     codes = np.random.default_rng(6).normal(size=(300, 2))
     single = fit_mixture(codes, seed=0, components=(1,))

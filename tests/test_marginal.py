@@ -90,7 +90,7 @@ def test_the_marginal_term_is_calibrated_and_scored_the_same_and_needs_format_4(
     """anomaly_score = recon_error + m * marginal_distance, in calibration and in scoring."""
     from aemodel import ModelArtifact, RowScorer
     from aemodel.artifact import format_version
-    from jobs.train_eval import validation_reference
+    from aemodel.training import validation_reference
     from tests.test_diagnostics_leakage import _BatchSource, _tiny_model_and_data
 
     pp, cfg, model, t = _tiny_model_and_data()
@@ -122,7 +122,7 @@ def test_the_marginal_term_is_calibrated_and_scored_the_same_and_needs_format_4(
 def test_one_read_of_the_training_rows_feeds_the_latent_and_marginal_sums():
     """After training, a streamed shard is read once for both terms, with the sums of separate passes."""
     from aemodel.marginal import MarginalCounter
-    from jobs.train_terms import LatentSample, LatentSums, latent_codes, latent_sums, one_pass
+    from aemodel.terms import LatentSample, LatentSums, latent_codes, latent_sums, one_pass
     from tests.test_diagnostics_leakage import _BatchSource, _tiny_model_and_data
 
     pp, cfg, model, t = _tiny_model_and_data()

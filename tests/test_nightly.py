@@ -138,7 +138,10 @@ def test_nights_scored_by_another_model_version_are_left_out_of_the_comparison()
     cfg = nightly.NightlyConfig(model="m", data="{date}", out="{date}")
     history = [("2026-11-01", night("old", 3.0)), ("2026-11-02", night("old", 3.0)), ("2026-11-03", night("new", 1.0))]
     tonight, reference = night("new", 1.0), night("new", 1.0)
-    report = nightly.drift_report(cfg, nightly.date(2026, 11, 4), tonight, reference, history)
+    from types import SimpleNamespace
+
+    report = nightly.drift_report(cfg, nightly.date(2026, 11, 4), tonight, SimpleNamespace(reference=reference),
+                                  history)
     assert report["previous_nights"] == ["2026-11-03"] and report["alerts"] == []
     assert report["previous_nights_other_model"] == ["2026-11-02", "2026-11-01"]
     line = nightly.format_night(nightly.NightResult(night="2026-11-04", out="o", reused=False, drift=report,

@@ -80,7 +80,7 @@ def test_scoring_output_has_top_features_column_errors_and_a_report(trained, mix
     assert means[names[0]] == pytest.approx(np.nanmean(err[:, 0]), rel=1e-4)
     assert sum(res.summary["columns"]["top1_rows"].values()) == rows.num_rows
     page = open(f"{res.run_uri}/report.html").read()
-    assert page.count("data:image/png;base64,") == 4 and "Columns by mean error" in page
+    assert page.count("data:image/png;base64,") == 5 and "Columns by mean error" in page  # + the columns' drift
     assert os.path.exists(os.path.join(trained.artifact_uri, "report.html"))
     metrics = json.load(open(os.path.join(trained.artifact_uri, "metrics.json")))
     assert {c["check"] for c in metrics["diagnostics"]} >= {"overfitting", "vs_mean_baseline", "latent_size"}

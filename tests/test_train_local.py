@@ -246,7 +246,8 @@ def test_training_says_what_it_left_out_of_its_input(tmp_path):
     result = train.run(train.TrainConfig(data=str(data), out=str(tmp_path / "m"), epochs=2, hidden_dims=[8],
                                          cpus_per_worker=1, in_process=True, max_categories=8))
     warned = result.metrics["warnings"]
-    assert any(w.startswith("1 file(s) in --data lack the .parquet extension or are not regular files, and were not read (e.g. ")
+    assert any(w.startswith("1 file(s) in --data lack the .parquet extension, are not regular files, or sit under a "
+                            "name starting with _ or . (markers, temporary output), and were not read (e.g. ")
                and str(data / "part-1);") in w for w in warned), warned
     assert "column(s) of types aescore does not model were left out: ts (timestamp[" in " ".join(warned)
     store = [w for w in warned if w.startswith("column 'store' has ")]

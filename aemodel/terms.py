@@ -1,4 +1,4 @@
-"""The score's reference terms gathered after training (layer 1: pure torch, no Ray).
+"""The score's reference terms gathered after training (pure torch, no Ray).
 
 Once the best weights are restored, the latent term (the training codes' Gaussian sums, or a
 sample of codes for a mixture) and the marginal term (counts of the training values) each
@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from aemodel import TabularAutoencoder
+from aemodel.model import TabularAutoencoder
 from aemodel.latent import COMPONENTS, fit_mixture, gaussian_from_moments
 
 

@@ -1,0 +1,84 @@
+"""Cases a fresh adversarial pass found after the commit rules were tightened; each failed before its fix."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from aemodel.commit import committed_run
+from jobs.synthetic import LABEL, ROW_ID, make_mixed_table, write_shards
+from tests import paused_cli
+from tests.test_adversarial_inputs import _cli, _one_error
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+
+def test_parquet_files_under_underscore_or_dot_names_are_named_not_skipped_silently(trained, mixed_data, tmp_path):
+    data = tmp_path / "in"
+    write_shards(mixed_data["score_table"], str(data), 4)
+    for sub, name in (("_late", "part-00001.parquet"), (".cache", "part-00002.parquet"), ("", "part-00003.parquet")):
+        (data / sub).mkdir(exist_ok=True)
+        shutil.move(data / name, data / sub / (name if sub else "_extra.parquet"))
+    (data / "_SUCCESS").write_text("")  # a marker: not worth a word
+    proc = _cli("score", "--model", trained.model_uri, "--data", str(data), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 0 and "scored 500 rows" in proc.stdout
+    assert "warning: 3 file(s) in the input lack the .parquet extension, are not regular files, or sit under a name " \
+           "starting with _ or ." in proc.stdout and "_SUCCESS" not in proc.stdout.split("warning:")[1]
+
+
+def test_an_input_file_replaced_while_it_is_read_is_never_committed(trained, tmp_path):
+    data = tmp_path / "in"
+    write_shards(make_mixed_table(3000, seed=8, start_id=0), str(data), 3)
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    proc = subprocess.Popen(paused_cli.command("jobs.progress:Progress.update", "", ready, go, "score", "--model",
+                                               trained.model_uri, "--data", str(data), "--out", str(tmp_path / "o"),
+                                               "--id-columns", ROW_ID), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    paused_cli.wait_for(ready, proc)  # the first file is scored; the others are about to be read
+    shutil.copy(data / "part-00000.parquet", data / "part-00002.parquet")  # the same rows again, 1000 of them
+    go.touch()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "part-00002.parquet changed while this run read it" in err, err
+    assert committed_run(str(tmp_path / "o")) is None and not (tmp_path / "o").exists()
+
+
+def test_bad_pointers_thresholds_paths_and_folders_are_one_line_and_leave_nothing(trained, mixed_data, tmp_path):
+    score = ["score", "--model", trained.model_uri, "--data", mixed_data["score"]]
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "_aescore.json").write_text('{"format": "aescore-output", "kind": "scores"}')
+    (out / "_SUCCESS").write_text("garbage")  # edited by hand
+    _one_error(_cli(*score, "--out", str(out)), r"_SUCCESS is not an aescore commit pointer \(edited\?\)")
+    assert sorted(p.name for p in out.iterdir()) == ["_SUCCESS", "_aescore.json"]  # no run folder left behind
+    _one_error(_cli(*score, "--out", str(tmp_path / "t"), "--threshold", "1e400"),
+               r"--threshold must be a finite number >= 0, got inf")
+    (tmp_path / "lock").mkdir()
+    (tmp_path / "lock" / "_commit.lock").mkdir()  # aescore's lock file made a folder
+    (tmp_path / "lock" / "_aescore.json").write_text('{"format": "aescore-output", "kind": "scores"}')
+    _one_error(_cli(*score, "--out", str(tmp_path / "lock")), r"an entry aescore keeps there .* is not what aescore wrote")
+    long_out = str(tmp_path / "/".join(["a" * 200] * 20))
+    _one_error(_cli(*score, "--out", long_out), r"a path is longer than this system allows")
+    assert not (tmp_path / ("a" * 200)).exists()
+    scores = tmp_path / "s"
+    assert _cli(*score, "--out", str(scores)).returncode == 0
+    _one_error(_cli("score", "--model", str(scores), "--data", mixed_data["score"], "--out", str(tmp_path / "x")),
+               r"holds aescore scores output, not a model artefact")
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    proc = subprocess.run(f"cd {gone} && rmdir {gone} && {sys.executable} -m jobs.cli --version", shell=True,
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    _one_error(proc, r"the current directory no longer exists")
+
+
+def test_publish_latest_inside_the_new_out_is_refused_before_training(mixed_data, tmp_path):
+    out = tmp_path / "m"
+    _one_error(_cli("train", "--data", mixed_data["train"], "--out", str(out), "--exclude-columns",
+                    f"{ROW_ID},{LABEL}", "--epochs", "1", "--publish-latest", str(out / "_SUCCESS")),
+               r"--publish-latest .*/m/_SUCCESS lies inside --out .*/m; the pointer file must be outside")
+    assert not out.exists()
