@@ -251,16 +251,16 @@ def _rate_lines(report: dict) -> list[tuple[str, float]]:
     return [(f"validation rate {100 * rate:.2f}%", rate), (f"alert: {ratio:g}x validation", ratio * rate)]
 
 
-def sweep_report(rows: list[dict], recommended: int, tolerance: float, plot_png: bytes) -> bytes:
+def sweep_report(rows: list[dict], recommended: int, rule: str, plot_png: bytes) -> bytes:
     """sweep.html: the sweep plot (``sweep_plot``'s PNG) and a table linking every trial's own report."""
     table = ("Trials", ["latent_dim", "validation loss", "training loss", "AUROC", "epochs", "warnings", "report"],
              [[str(r["latent_dim"]) + (" (recommended)" if r["latent_dim"] == recommended else ""),
                f"{r['val_loss']:.4g}", f"{r['train_loss']:.4g}",
                f"{r['auroc']:.3f}" if r.get("auroc") is not None else "-", str(r["epochs"]),
-               ", ".join(r["warnings"]) or "-", r["report"]] for r in rows])
+               ", ".join([*r["warnings"], *([f"likely copying: {r['copying']}"] if r.get("copying") else [])]) or "-",
+               r["report"]] for r in rows])
     image = base64.b64encode(plot_png).decode()
-    return render("aescore latent-size sweep", [("recommended latent_dim", str(recommended)),
-                                                ("tolerance", f"{100 * tolerance:g}% of the best validation loss")],
+    return render("aescore latent-size sweep", [("recommended latent_dim", str(recommended)), ("rule", rule)],
                   [], [("Validation loss (and AUROC when labels were given) by latent size", image)],
                   tables=[table], links=[(f"latent {r['latent_dim']} report", r["report"]) for r in rows])
 

@@ -211,28 +211,45 @@ def column_histograms(columns: list[tuple[str, dict]], label: str = "scored", re
     return png(fig)
 
 
-def sweep_plot(rows: list[dict], recommended: int, tolerance: float) -> bytes:
-    """PNG bytes: validation loss (and AUROC if present) against latent size, recommendation marked."""
+def sweep_plot(rows: list[dict], recommended: int, knee_share: float, auroc_tolerance: float) -> bytes:
+    """PNG bytes: validation loss (and AUROC if present) against latent size, the rule and its choice marked.
+
+    Without labels the line marks the knee (``knee_share`` of the loss reduction, ``jobs.sweep.recommend``);
+    with labels, the AUROC within ``auroc_tolerance`` of the best. Latents that likely copy the
+    input are crossed out.
+    """
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 3.8))
+    fig, ax = plt.subplots(figsize=(7, 4.8), layout="constrained")
     k = [r["latent_dim"] for r in rows]
     ax.plot(k, [r["val_loss"] for r in rows], marker="o", color="steelblue", label="validation loss")
     ax.plot(k, [r["train_loss"] for r in rows], marker=".", linestyle=":", color="grey", label="training loss")
-    best = min(r["val_loss"] for r in rows)
-    ax.axhline(best * (1 + tolerance), color="steelblue", alpha=0.3, linestyle="--",
-               label=f"best + {100 * tolerance:g}%")
+    copies = [r for r in rows if r.get("copying")]
+    if copies:
+        ax.scatter([r["latent_dim"] for r in copies], [r["val_loss"] for r in copies], marker="x", s=90,
+                   color=THRESHOLD, zorder=3, label="likely copying the input")
+    labelled = all(r.get("auroc") is not None for r in rows)
+    if not labelled:
+        kept = [r for r in rows if not r.get("copying")] or rows
+        first, lowest = kept[0]["val_loss"], min(r["val_loss"] for r in kept)
+        ax.axhline(first - knee_share * (first - lowest), color="steelblue", alpha=0.4, linestyle="--",
+                   label=f"knee: {knee_share:.0%} of the loss reduction")
     ax.axvline(recommended, color="crimson", linestyle="--", label=f"recommended latent {recommended}")
     _log_scale(ax, "x", base=2)
     ax.set_xticks(k, [str(x) for x in k])
     ax.set_xlabel("latent_dim")
-    ax.set_ylabel("training loss per row (best epoch)")
+    ax.set_ylabel("loss per row (best epoch)")
     handles, labels = ax.get_legend_handles_labels()
     if any(r.get("auroc") is not None for r in rows):
         ax2 = ax.twinx()
         ax2.plot(k, [r["auroc"] for r in rows], marker="s", color="darkorange", label="AUROC (labelled data)")
+        if labelled:
+            best = max(r["auroc"] for r in rows)
+            ax2.axhline(best - auroc_tolerance, color="darkorange", alpha=0.4, linestyle="--",
+                        label=f"best AUROC - {auroc_tolerance:g}")
         ax2.set_ylabel("AUROC")
         h2, l2 = ax2.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
-    ax.legend(handles, labels, fontsize=8, loc="best")
+    # Below the axes: over the plot it hides the points at the largest latents, where the AUROC peaks.
+    ax.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     ax.set_title("latent-size sweep")
     return base64.b64decode(png(fig))

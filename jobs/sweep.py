@@ -10,8 +10,10 @@ Locally: ``aescore sweep --data ./data/train --out ./sweep --latent 2,4,8,16``.
 
 Each trial is a Ray task that runs the whole ``jobs.train.run`` (its own Ray Train run,
 up to ``--max-concurrent`` at a time), writing the model to ``OUT/latent-<k>``. The sweep then writes ``sweep.csv``, ``sweep.json`` and ``sweep.png``
-(validation loss, and AUROC when labels are given, against latent size), and marks the
-smallest latent within ``--tolerance`` of the best validation loss as the recommendation.
+(validation loss, and AUROC when labels are given, against latent size), and recommends a
+latent (``recommend``): with labels, the smallest within ``--auroc-tolerance`` of the best
+AUROC; without, the knee of the loss curve among latents that do not look like a copy of
+the input (``copying``: a bottleneck near the feature count, a loss near zero).
 """
 
 from __future__ import annotations
@@ -54,8 +56,10 @@ class SweepConfig:
     """Separate validation Parquet for every trial; if unset, each trial's deterministic row-hash split of --data."""
     latent: list[int] = field(default_factory=lambda: [2, 4, 8, 16, 32])
     """Latent sizes to train (comma-separated)."""
-    tolerance: float = 0.05
-    """Recommend the smallest latent whose validation loss is within this fraction of the best."""
+    knee_share: float = 0.8
+    """Without labels: recommend the smallest latent that reaches this share of the largest validation-loss reduction over the smallest latent, among latents that do not look like copying (the loss keeps falling as the latent grows, towards a copy of the input)."""
+    auroc_tolerance: float = 0.005
+    """With --label-data: AUROCs within this of the best count as tied; the smallest latent among them is recommended."""
     label_data: str | None = None
     """Labelled Parquet (anomaly = 1) to compute each model's AUROC on; never used for training."""
     label_column: str | None = None
@@ -79,8 +83,10 @@ class SweepConfig:
             raise ValueError("--data and --out are required")
         if not self.latent or any(k < 1 for k in self.latent) or len(set(self.latent)) != len(self.latent):
             raise ValueError(f"latent must be distinct sizes >= 1, got {self.latent}")
-        if not 0 <= self.tolerance < 1:
-            raise ValueError(f"tolerance must be in [0, 1), got {self.tolerance}")
+        if not 0 < self.knee_share <= 1:
+            raise ValueError(f"knee_share must be in (0, 1], got {self.knee_share}")
+        if not 0 <= self.auroc_tolerance < 1:
+            raise ValueError(f"auroc_tolerance must be in [0, 1), got {self.auroc_tolerance}")
         if bool(self.label_data) != bool(self.label_column):
             raise ValueError("--label-data and --label-column go together")
         if self.max_concurrent < 1:
@@ -157,7 +163,8 @@ def train_one(sweep: dict, latent_dim: int) -> dict:
                "report": f"latent-{latent_dim}/{result.artifact_uri[len(result.model_uri.rstrip('/')) + 1:]}/report.html",
                "warnings": [c["check"] for c in result.metrics["diagnostics"] if c["status"] != "ok"]
                + ([f"{len(result.metrics['warnings'])} more in report.html"] if result.metrics.get("warnings") else []),
-               "auroc": None}
+               "n_features": result.metrics["n_features"],
+               "baseline_val_loss": result.metrics.get("mean_baseline_val_loss"), "auroc": None}
     if cfg.label_data:
         metrics["auroc"] = labelled_auroc(result.model_uri, cfg.label_data, cfg.label_column,
                                           normalize_storage_options(cfg.train.storage_options))
@@ -169,12 +176,53 @@ class SweepResult:
     out: str
     rows: list[dict]
     recommended: int
+    rule: str = ""
+    """Why that latent: the rule and the figures it used."""
 
 
-def recommend(rows: list[dict], tolerance: float) -> int:
-    """The smallest latent whose validation loss is within ``tolerance`` of the best."""
-    best = min(r["val_loss"] for r in rows)
-    return min(r["latent_dim"] for r in rows if r["val_loss"] <= best * (1 + tolerance))
+COPY_LATENT_SHARE = 0.75
+"""A latent of at least this share of the feature columns can nearly copy the input."""
+COPY_LOSS_SHARE = 0.02
+"""A validation loss below this share of the mean-prediction baseline is near zero: likely a copy."""
+
+
+def copying(row: dict) -> str | None:
+    """Why a trial's latent likely copies its input (a bottleneck too wide, a loss near zero), or None."""
+    k, n = row["latent_dim"], row.get("n_features")
+    if n and k >= COPY_LATENT_SHARE * n:
+        return f"latent {k} is {k / n:.0%} of the {n} feature columns"
+    base = row.get("baseline_val_loss")
+    if base and row["val_loss"] < COPY_LOSS_SHARE * base:
+        return f"validation loss {row['val_loss']:.3g} is {row['val_loss'] / base:.1%} of the mean-prediction baseline"
+    return None
+
+
+def recommend(rows: list[dict], knee_share: float = 0.8, auroc_tolerance: float = 0.005) -> tuple[int, str]:
+    """The latent to use, and the rule's words (``rows`` sorted by latent size).
+
+    With labels (every row has ``auroc``): the smallest latent whose AUROC is within
+    ``auroc_tolerance`` of the best. Without: the knee of the validation-loss curve, among
+    latents that do not look like copying (``copying``): the smallest latent whose loss
+    reduction over the smallest latent reaches ``knee_share`` of the largest one. Validation
+    loss keeps falling as the latent grows towards a copy of the input, so "the lowest loss"
+    would always pick the widest bottleneck.
+    """
+    if all(r.get("auroc") is not None for r in rows):
+        best = max(r["auroc"] for r in rows)
+        pick = min(r["latent_dim"] for r in rows if r["auroc"] >= best - auroc_tolerance)
+        return pick, (f"the smallest latent whose AUROC on the labelled data is within {auroc_tolerance:g} of the "
+                      f"best ({best:.3f})")
+    candidates = [r for r in rows if not copying(r)] or rows
+    first, lowest = candidates[0]["val_loss"], min(r["val_loss"] for r in candidates)
+    reduction = first - lowest
+    if reduction <= 0:
+        pick = candidates[0]["latent_dim"]
+    else:
+        pick = min(r["latent_dim"] for r in candidates if first - r["val_loss"] >= knee_share * reduction)
+    left_out = [r["latent_dim"] for r in rows if r not in candidates]
+    return pick, (f"the knee: the smallest latent reaching {knee_share:.0%} of the largest validation-loss reduction "
+                  f"({first:.4g} -> {lowest:.4g})" + (f", leaving out latents that likely copy the input "
+                                                      f"({', '.join(map(str, left_out))})" if left_out else ""))
 
 
 def _legacy_sweep(out: str, options: dict) -> bool:
@@ -247,11 +295,12 @@ def run(cfg: SweepConfig) -> SweepResult:
         done, pending = ray.wait(pending, num_returns=1)
         rows += _finished(done, len(rows), len(cfg.latent))
     rows.sort(key=lambda m: m["latent_dim"])
-    best = recommend(rows, cfg.tolerance)
+    best, rule = recommend(rows, cfg.knee_share, cfg.auroc_tolerance)
     for r in rows:
         r["recommended"] = r["latent_dim"] == best
-    _write_outputs(cfg, rows, best)
-    return SweepResult(out=cfg.out, rows=rows, recommended=best)
+        r["copying"] = copying(r)
+    _write_outputs(cfg, rows, best, rule)
+    return SweepResult(out=cfg.out, rows=rows, recommended=best, rule=rule)
 
 
 def _finished(refs: list, before: int, total: int) -> list[dict]:
@@ -273,7 +322,7 @@ def _results(refs: list) -> list[dict]:
         raise TrainingError(f"a sweep trial failed: {e.cause if e.cause is not None else e}") from e
 
 
-def _write_outputs(cfg: SweepConfig, rows: list[dict], best: int) -> None:
+def _write_outputs(cfg: SweepConfig, rows: list[dict], best: int, rule: str) -> None:
     from jobs.report import sweep_plot, sweep_report
 
     fs, path = url_to_fs(cfg.out, normalize_storage_options(cfg.train.storage_options))
@@ -282,10 +331,10 @@ def _write_outputs(cfg: SweepConfig, rows: list[dict], best: int) -> None:
     writer.writeheader()
     writer.writerows([{**r, "warnings": ";".join(r["warnings"])} for r in rows])
     files = {"sweep.csv": buf.getvalue().encode(),
-             "sweep.json": json.dumps({"recommended_latent_dim": best, "tolerance": cfg.tolerance, "rows": rows},
-                                      indent=2).encode(),
-             "sweep.png": sweep_plot(rows, best, cfg.tolerance)}
-    files["sweep.html"] = sweep_report(rows, best, cfg.tolerance, files["sweep.png"])
+             "sweep.json": json.dumps({"recommended_latent_dim": best, "rule": rule, "knee_share": cfg.knee_share,
+                                       "auroc_tolerance": cfg.auroc_tolerance, "rows": rows}, indent=2).encode(),
+             "sweep.png": sweep_plot(rows, best, cfg.knee_share, cfg.auroc_tolerance)}
+    files["sweep.html"] = sweep_report(rows, best, rule, files["sweep.png"])
     for name, data in files.items():
         with fs.open(path.rstrip("/") + "/" + name, "wb") as f:
             f.write(data)
@@ -296,9 +345,10 @@ def format_result(r: SweepResult) -> str:
     for row in r.rows:
         auc = f"{row['auroc']:.3f}" if row["auroc"] is not None else "-"
         mark = "  <- recommended" if row["recommended"] else ""
+        warned = row["warnings"] + (["likely copying"] if row.get("copying") else [])
         lines.append(f"{row['latent_dim']:>6} {row['val_loss']:>9.4f} {row['train_loss']:>10.4f} {auc:>6}  "
-                     f"{','.join(row['warnings']) or '-'}{mark}")
-    lines.append(f"sweep -> {r.out}: recommended latent_dim={r.recommended}")
+                     f"{','.join(warned) or '-'}{mark}")
+    lines.append(f"sweep -> {r.out}: recommended latent_dim={r.recommended}: {r.rule}")
     return "\n".join(lines)
 
 

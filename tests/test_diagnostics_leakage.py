@@ -215,7 +215,8 @@ def test_reports_are_self_contained_with_valid_pngs():
                            ).decode()
     rows = [{"latent_dim": k, "val_loss": 1.0 / k, "train_loss": 0.9 / k, "auroc": None, "epochs": 5,
              "warnings": [], "report": f"latent-{k}/runs/r{k}/report.html"} for k in (2, 4)]
-    page4 = sweep_report(rows, 4, 0.05, sweep_plot(rows, 4, 0.05)).decode()
+    page4 = sweep_report(rows, 4, "knee: the smallest latent with 80% of the loss reduction",
+                         sweep_plot(rows, 4, 0.8, 0.005)).decode()
     for html, n_images in ((page, 2), (page2, 4), (page3, 3), (page4, 1)):
         pngs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
         assert len(pngs) == n_images and "http" not in html.replace("http-equiv", "")

@@ -122,6 +122,28 @@ def test_latent_sweep_recommends_a_size_and_warns_when_latent_reaches_the_inputs
     assert 'href="../../../sweep.html"' in (tmp_path / "sweep" / by_k[2]["report"]).read_text()
     assert "recommended" in sweep.format_result(res)
     assert json.load(open(tmp_path / "sweep" / "_aescore.json"))["kind"] == "sweep"  # the prefix is now aescore's
+    # 16 of 13 features: flagged as likely copying, in the console, sweep.json and the page.
+    assert by_k[16]["copying"] == "latent 16 is 123% of the 13 feature columns" and by_k[2]["copying"] is None
+    assert "likely copying" in sweep.format_result(res) and table["rule"].startswith("the smallest latent whose AUROC")
+    assert "likely copying: latent 16" in page
+
+
+ROWS = [{"latent_dim": k, "val_loss": v, "n_features": 9, "baseline_val_loss": 0.9, "auroc": None}
+        for k, v in ((2, 0.20), (4, 0.0431), (8, 0.0032))]
+
+
+def test_the_sweep_recommends_by_labels_else_by_the_knee_and_never_a_copying_latent():
+    """A 9-feature table: validation loss keeps falling to latent 8, which nearly copies the input."""
+    assert sweep.copying(ROWS[2]) == "latent 8 is 89% of the 9 feature columns"
+    k, rule = sweep.recommend(ROWS)
+    assert k == 4 and "leaving out latents that likely copy the input (8)" in rule  # was 8: the lowest loss
+    labelled = [{**r, "auroc": a} for r, a in zip(ROWS, (0.93, 0.998, 1.000))]
+    assert sweep.recommend(labelled)[0] == 4  # within 0.005 of the best AUROC: ties go to the smaller latent
+    assert sweep.recommend(labelled, auroc_tolerance=0.001)[0] == 8  # the labels decide
+    flat = [{**r, "val_loss": v} for r, v in zip(ROWS, (0.2, 0.19, 0.0001))]
+    assert sweep.recommend(flat[:2])[0] == 4 and sweep.recommend([flat[0], {**flat[1], "val_loss": 0.21}])[0] == 2
+    near_zero = {**ROWS[1], "latent_dim": 3, "n_features": 40, "val_loss": 0.01}
+    assert sweep.copying(near_zero) == "validation loss 0.01 is 1.1% of the mean-prediction baseline"
 
 
 def test_sweep_label_values_other_than_0_1_name_the_column(trained, mixed_data):
