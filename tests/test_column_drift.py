@@ -102,3 +102,36 @@ def test_a_night_with_one_column_shifted_says_which_and_can_alert(trained, tmp_p
     assert page.count("data:image/png;base64,") == 5  # the three trends and two column panels
     summary = json.loads(open(f"{run}/summary.json").read())
     assert summary["column_drift"]["drifted"] == ["num_2"] and summary["top_rows"][0]["values"]["num_2"] is not None
+
+
+def test_noise_levels_match_a_direct_bootstrap_of_the_fine_bins():
+    """PSI's noise drawn over its groups and KS's from the Brownian bridge agree with drawing every fine bin."""
+    rng = np.random.default_rng(11)
+    ref = np.histogram(np.clip(rng.lognormal(size=100_000), -10, 10), bins=512, range=(-10, 10))[0].astype(float)
+    pool = ref / ref.sum()
+    for n, m in ((400, 1600), (20_000, 50_000)):
+        a = rng.multinomial(n, pool, size=4000) / n
+        b = rng.multinomial(m, pool, size=4000) / m
+        group = columns._groups(ref)
+        fold = lambda x: np.stack([x[:, group == j].sum(1) for j in range(columns.PSI_BINS)], 1)  # noqa: E731
+        direct = {"psi": np.quantile(columns._psi(fold(a), fold(b)), columns.NOISE_LEVEL),
+                  "ks": np.quantile(columns._ks(a, b), columns.NOISE_LEVEL)}
+        got = columns._noise(pool, n, m, {"psi": columns._psi, "ks": columns._ks}, ref)
+        for k in direct:  # a 0.999 quantile of a few thousand draws moves by about this much
+            assert got[f"{k}_noise"] == pytest.approx(direct[k], rel=0.3), (n, m, k)
+
+
+def test_batch_sums_and_top_rows_keep_their_exact_meaning():
+    from aemodel.scoring import top_indices
+
+    batch = _encoded(5000, seed=12)
+    d = _distribution(batch)
+    x, obs = batch["x_num"].double().numpy(), batch["observed"][:, :2].double().numpy()
+    assert np.allclose(d["sum"], (x * obs).sum(0), rtol=1e-5) and np.allclose(d["sumsq"], (x * x * obs).sum(0), rtol=1e-5)
+    assert d["missing"][1] == (obs[:, 1] == 0).sum() and d["missing"][0] == 0
+    rng = np.random.default_rng(13)
+    for _ in range(500):
+        s = rng.integers(0, 4, rng.integers(1, 60)).astype(float)
+        s[rng.random(len(s)) < 0.2] = np.nan
+        expected = np.argsort(-np.nan_to_num(s, nan=-np.inf), kind="stable")[:20]
+        assert sorted(top_indices(s, 20).tolist()) == sorted(expected.tolist())
