@@ -1,19 +1,17 @@
 """Pieces shared by ``bench/quality.py`` and the suite: splits, aescore runs, classic baselines, cells.
 
-The autoencoder is trained exactly as a user would: ``jobs.train.run`` with its defaults
-(only ``seed`` set, plus any explicit variant overrides), scored with the same
-``RowScorer`` that ``aescore score`` uses. A benchmark must call the code it measures.
+The autoencoder is trained exactly as a user would: the Python API (``AnomalyAutoencoder``,
+which trains as ``aescore train`` does) with its defaults (only ``seed`` set, plus any
+explicit variant overrides), scored with the same ``RowScorer`` that ``aescore score``
+uses. A benchmark must call the code it measures.
 """
 
 from __future__ import annotations
 
-import os
 import re
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 
 def split(x: pd.DataFrame, y: np.ndarray, seed: int,
@@ -68,27 +66,26 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 
 def autoencoder_scores(train: pd.DataFrame, test: pd.DataFrame, seed: int, workdir: str,
-                       options: dict | None = None) -> tuple[np.ndarray, dict]:
-    """Train aescore on ``train`` (defaults + ``options``) and return test anomaly scores and metrics.
+                       options: dict | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Train aescore on ``train`` (defaults + ``options``); the test rows' anomaly_score and recon_error, and
+    the training metrics.
+
+    Through the Python API (``aemodel.AnomalyAutoencoder``), which trains as ``aescore train``
+    does on one Parquet file of ``train`` (the same weights; tests/test_python_api.py).
 
     Args:
         train: Normal training rows (aescore holds out its own validation rows from them).
         test: Rows to score.
-        seed: ``TrainConfig.seed``.
-        workdir: Scratch directory for the Parquet input and the model artefact.
-        options: Extra ``TrainConfig`` fields (variants); None means the defaults.
+        seed: The ``seed`` option.
+        workdir: Unused (the API writes nothing); kept for the callers' signature.
+        options: Extra training options (variants); None means the defaults.
     """
-    from aemodel import RowScorer, load_artifact
-    from jobs import train as train_job
+    from aemodel import AnomalyAutoencoder
 
-    data = os.path.join(workdir, "train")
-    os.makedirs(data, exist_ok=True)
-    pq.write_table(pa.Table.from_pandas(train, preserve_index=False), os.path.join(data, "part-0.parquet"))
-    result = train_job.run(train_job.TrainConfig(data=data, out=os.path.join(workdir, "model"), seed=seed,
-                                                 overwrite=True, **(options or {})))
-    scorer = RowScorer(load_artifact(result.model_uri))
-    errors = scorer.score_table(pa.Table.from_pandas(test, preserve_index=False))["anomaly_score"]
-    return errors, result.metrics
+    del workdir
+    det = AnomalyAutoencoder(seed=seed, **(options or {})).fit(train)
+    scored = det.score_samples(test, top_k=0)
+    return scored["anomaly_score"].to_numpy(), scored["recon_error"].to_numpy(), det.metrics_
 
 
 def auroc_cell(aucs: np.ndarray) -> str:
