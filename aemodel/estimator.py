@@ -30,6 +30,7 @@ import torch
 
 from aemodel.artifact import ModelArtifact, check_model_prefix, load_artifact, save_artifact
 from aemodel.commit import OutputCommit, OutputError
+from aemodel.denoise import input_noise
 from aemodel.diagnostics import column_warnings
 from aemodel.model import TabularAutoencoder
 from aemodel.options import TrainingOptions
@@ -156,8 +157,10 @@ class AnomalyAutoencoder(TrainingOptions):
         optimizer = torch.optim.AdamW(model.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
         baselines = torch.tensor(pp.baselines, dtype=torch.float32, device=device)
         batch_size = self.resolved_batch_size(pp.train_rows)
+        noise = (torch.tensor(input_noise(pp, self.input_noise), dtype=torch.float32, device=device)
+                 if self.input_noise else None)
         state = fit_epochs(model, optimizer, baselines, epochs=self.epochs, patience=self.patience,
-                           min_delta=self.min_delta,
+                           min_delta=self.min_delta, input_noise=noise,
                            train_batches=lambda epoch: tensor_batches(train_t, batch_size, self.seed + epoch),
                            val_batches=lambda: tensor_batches(val_t, 8192))
         latent, marginal, distribution = fit_score_terms(model, tensor_batches(train_t, 8192),
@@ -167,7 +170,8 @@ class AnomalyAutoencoder(TrainingOptions):
                                            seed=self.seed)
         reference, threshold = validation_reference(
             model, lambda: tensor_batches(val_t, 8192), device, baselines, self.quantile, pp.constant_outputs(),
-            [s.name for s in pp.specs], self.scale_floor if self.scale_by_validation else None, latent, marginal)
+            [s.name for s in pp.specs], self.scale_floor if self.scale_by_validation else None, latent, marginal,
+            pp.shared_unit_indices)
         reference["columns_distribution"] = distribution
         params = self.get_params()
         run_id = hashlib.sha256(json.dumps({"params": params, "rows": pp.train_rows}, sort_keys=True,

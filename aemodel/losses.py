@@ -91,19 +91,24 @@ def batch_loss(col_losses: torch.Tensor, observed: torch.Tensor) -> torch.Tensor
     return row_errors(col_losses, observed).mean()
 
 
-def error_scales(validation_means: np.ndarray, floor: float) -> np.ndarray:
+def error_scales(validation_means: np.ndarray, floor: float, shared: list[int] | tuple[int, ...] = ()) -> np.ndarray:
     """Per-column divisors ``s_c`` for ``recon_error``: mean validation loss, at least ``floor``.
 
     The floor (in units of the constant predictor's loss) caps how much a column the model
     reconstructs almost perfectly can be amplified; a column never observed in validation
-    gets 1.0.
+    gets 1.0. Columns measured in one unit (``aemodel.units``) share one divisor, their
+    mean, so the scaling keeps what the shared unit gives: each counts by how much it varies.
 
     Args:
         validation_means: [n_columns] mean normalised loss of each column on validation rows
             (NaN where a column had no observed validation cell).
         floor: Smallest divisor, > 0.
+        shared: Positions of the columns in one unit (``Preprocessor.shared_unit_indices``).
     """
-    m = np.asarray(validation_means, dtype=np.float64)
+    m = np.array(validation_means, dtype=np.float64)
+    idx = np.asarray(shared, dtype=np.int64)
+    if idx.size and np.isfinite(m[idx]).any():
+        m[idx] = np.nanmean(m[idx])
     return np.where(np.isfinite(m), np.maximum(m, floor), 1.0)
 
 

@@ -102,12 +102,18 @@ class TabularAutoencoder(nn.Module):
         parts += [F.one_hot(x_cat[:, i], k).to(x_num.dtype) for i, k in enumerate(self.config.category_sizes)]
         return torch.cat(parts, dim=1)
 
-    def encode(self, x_num: torch.Tensor, x_bin: torch.Tensor, x_cat: torch.Tensor) -> torch.Tensor:
-        """[B, latent_dim] codes of encoded rows."""
-        return self.encoder(self.encode_inputs(x_num, x_bin, x_cat))
+    def encode(self, x_num: torch.Tensor, x_bin: torch.Tensor, x_cat: torch.Tensor,
+               input_noise: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, latent_dim] codes of encoded rows; with ``input_noise`` ([input_dim] standard deviations),
+        of a noisy copy of them (denoising training, ``aemodel.denoise``)."""
+        inputs = self.encode_inputs(x_num, x_bin, x_cat)
+        if input_noise is not None:
+            inputs = inputs + torch.randn_like(inputs) * input_noise
+        return self.encoder(inputs)
 
-    def forward(self, x_num: torch.Tensor, x_bin: torch.Tensor, x_cat: torch.Tensor) -> Reconstruction:
-        z = self.encode(x_num, x_bin, x_cat)
+    def forward(self, x_num: torch.Tensor, x_bin: torch.Tensor, x_cat: torch.Tensor,
+                input_noise: torch.Tensor | None = None) -> Reconstruction:
+        z = self.encode(x_num, x_bin, x_cat, input_noise)
         out = self.head(self.decoder(z))
         c = self.config
         num, rest = out.split([c.n_numeric, out.shape[1] - c.n_numeric], dim=1)

@@ -26,7 +26,8 @@ get no latent term by default (``TrainingOptions.resolved_latent_weight``)."""
 class DataOptions:
     """Data: validation split, feature columns, preprocessing"""
 
-    ADVANCED: ClassVar[tuple[str, ...]] = ('val_fraction', 'clip_sigma', 'max_categories', 'min_category_count', 'log_skewness')
+    ADVANCED: ClassVar[tuple[str, ...]] = ('val_fraction', 'clip_sigma', 'max_categories', 'min_category_count', 'log_skewness',
+                                           'shared_units')
     """Listed under "Advanced" in --help."""
 
     val_fraction: float = 0.2
@@ -45,6 +46,8 @@ class DataOptions:
     """Values seen fewer times in training become <other> (1: every value seen in training keeps its own category; bench/RESULTS.md)."""
     log_skewness: float | None = None
     """Model numeric columns whose training skewness exceeds this (absolute) as sign(x)*log1p(|x|), e.g. 1 for amounts and counts; null (default): never. Off by default: it helps some tables a lot and costs others (bench/RESULTS.md, "skewed columns")."""
+    shared_units: bool = True
+    """Numeric columns measured in one unit (at least half of them share one training range, e.g. pixels or questionnaire items) share one scale instead of each its own, so a column that rarely moves does not count as much as one that always does (aemodel/units.py; bench/RESULTS.md, "shared units"); tables without such a group are unaffected. false: every numeric column its own scale."""
 
 
 @dataclass(kw_only=True)
@@ -68,7 +71,8 @@ class ModelOptions:
 class FitOptions:
     """Training: optimiser, epochs, early stopping"""
 
-    ADVANCED: ClassVar[tuple[str, ...]] = ('batch_size', 'learning_rate', 'weight_decay', 'min_delta', 'max_overfit_ratio')
+    ADVANCED: ClassVar[tuple[str, ...]] = ('batch_size', 'learning_rate', 'weight_decay', 'min_delta', 'max_overfit_ratio',
+                                           'input_noise')
     """Listed under "Advanced" in --help."""
 
     epochs: int = 200
@@ -87,6 +91,8 @@ class FitOptions:
     """Fail the run (no artefact) if best-epoch validation loss exceeds this many times the training loss."""
     seed: int = 0
     """Random seed for weights and shuffling."""
+    input_noise: float | None = None
+    """Denoising training: Gaussian noise added to each training row's inputs, the network rebuilds the clean row; this is the noise of a column with a normal's kurtosis (standardised units, e.g. 0.5), heavier-tailed columns get more, per K-DSM's rule (aemodel/denoise.py); scoring is unchanged. null (default): off (bench/RESULTS.md, "denoising")."""
 
 
 @dataclass(kw_only=True)
@@ -129,6 +135,8 @@ class TrainingOptions(ThresholdOptions, FitOptions, ModelOptions, DataOptions):
             (all(h >= 1 for h in self.hidden_dims or []), f"hidden_dims must be >= 1, got {self.hidden_dims}"),
             (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
             (self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
+            (self.input_noise is None or self.input_noise > 0,
+             f"input_noise must be > 0, or null to turn it off, got {self.input_noise}"),
             (self.min_delta >= 0, f"min_delta must be >= 0, got {self.min_delta}"),
             (self.latent_weight is None or self.latent_weight >= 0,
              f"latent_weight must be >= 0, got {self.latent_weight}"),
@@ -212,4 +220,5 @@ class TrainingOptions(ThresholdOptions, FitOptions, ModelOptions, DataOptions):
     def preprocess_config(self) -> PreprocessConfig:
         """The preprocessing options as ``aemodel.preprocess`` takes them."""
         return PreprocessConfig(clip_sigma=self.clip_sigma, max_categories=self.max_categories,
-                                min_category_count=self.min_category_count, log_skewness=self.log_skewness)
+                                min_category_count=self.min_category_count, log_skewness=self.log_skewness,
+                                shared_units=self.shared_units)

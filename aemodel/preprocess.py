@@ -20,8 +20,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from aemodel.moments import merge_moments, moments, signed_log, skewness
+from aemodel.moments import kurtosis, merge_moments, moments, signed_log, skewness
 from aemodel.schema import ColumnSpec, SchemaError
+from aemodel.units import share_units
 
 OTHER_CATEGORY = "<other>"
 # Keep at most this many distinct values per column in a partial summary, so an
@@ -46,6 +47,9 @@ class PreprocessConfig:
     log_skewness: float | None = None
     """A numeric column whose training skewness exceeds this in absolute value is modelled as
     sign(x) * log1p(|x|) (amounts, counts, heavy tails); None: never (the default)."""
+    shared_units: bool = False
+    """Scale numeric columns measured in one unit (``aemodel.units``) by their pooled standard
+    deviation instead of each column's own."""
 
     def __post_init__(self) -> None:
         for name in ("clip_sigma", "min_scale_ratio", "min_entropy"):
@@ -169,14 +173,16 @@ class Preprocessor:
 
     Attributes:
         specs: Feature columns in model order (numeric, binary, categorical).
-        numeric: Per numeric column: mean, scale (std with a floor) and training std of the
-            modelled values, raw min/max and skewness, and ``transform``: ``identity`` or
+        numeric: Per numeric column: mean, scale (std with a floor, or the pooled std of the
+            ``shared_unit`` columns), training std and kurtosis of the modelled values, raw
+            min/max and skewness, and ``transform``: ``identity`` or
             ``signed_log1p`` (``PreprocessConfig.log_skewness``).
         binary: Per binary column: training rate of 1s and the imputation value.
         categorical: Per categorical column: vocabulary (the last entry is <other>),
             training frequency of each entry, imputation index.
         baselines: Per column, in model order, the loss of the best constant predictor
-            fitted on training data; each column's loss is divided by it.
+            fitted on training data (for ``shared_unit`` columns their average, 1); each
+            column's loss is divided by it.
         config: The options used for fitting.
         train_rows: Rows seen when fitting.
     """
@@ -212,9 +218,9 @@ class Preprocessor:
                 std = math.sqrt(m["m2"] / m["n"])
                 floor = config.min_scale_ratio * max(abs(m["mean"]), 1.0)
                 pp.numeric[s.name] = {"mean": m["mean"], "scale": max(std, floor), "std": std,
-                                      "min": st["min"], "max": st["max"], "skewness": skew,
+                                      "min": st["min"], "max": st["max"], "skewness": skew, "kurtosis": kurtosis(m),
                                       "transform": "signed_log1p" if logged else "identity"}
-                pp.baselines.append(1.0)  # predicting the mean of a standardised column costs 1
+                pp.baselines.append(1.0)  # predicting the mean of a standardised column costs 1 (on average, shared)
             elif s.kind == "binary":
                 rate = st["pos"] / st["n"]
                 pp.binary[s.name] = {"rate": rate, "fill": 1.0 if rate >= 0.5 else 0.0}
@@ -231,11 +237,18 @@ class Preprocessor:
                 pp.categorical[s.name] = {"vocab": vocab + [OTHER_CATEGORY], "freq": freq.tolist(),
                                           "fill": 0, "distinct": len(st["counts"])}
                 pp.baselines.append(max(_entropy(freq), config.min_entropy))
+        if config.shared_units:
+            share_units(pp.numeric, pp.numeric_names, config.min_scale_ratio)
         return pp
 
     @property
     def numeric_names(self) -> list[str]:
         return [s.name for s in self.specs if s.kind == "numeric"]
+
+    @property
+    def shared_unit_indices(self) -> list[int]:
+        """Model-order positions of the numeric columns scaled in one shared unit (``aemodel.units``)."""
+        return [i for i, n in enumerate(self.numeric_names) if self.numeric[n].get("shared_unit")]
 
     @property
     def binary_names(self) -> list[str]:

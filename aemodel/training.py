@@ -38,10 +38,14 @@ Batches = Iterable[dict[str, torch.Tensor]]
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
-               baselines: torch.Tensor) -> float:
-    """One optimizer step on an encoded batch; returns the batch's mean row error."""
+               baselines: torch.Tensor, input_noise: torch.Tensor | None = None) -> float:
+    """One optimizer step on an encoded batch; returns the batch's mean row error.
+
+    With ``input_noise`` the network sees a noisy copy of each row and is scored on
+    rebuilding the clean one (``aemodel.denoise``).
+    """
     model.train()
-    recon = model(batch["x_num"], batch["x_bin"], batch["x_cat"])
+    recon = model(batch["x_num"], batch["x_bin"], batch["x_cat"], input_noise)
     loss = batch_loss(column_losses(recon, batch["x_num"], batch["x_bin"], batch["x_cat"], baselines),
                       batch["observed"])
     optimizer.zero_grad(set_to_none=True)
@@ -106,7 +110,8 @@ class FitState:
 
 def fit_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer, baselines: torch.Tensor, *,
                train_batches: Callable[[int], Batches], val_batches: Callable[[], Batches], epochs: int,
-               patience: int, min_delta: float, state: FitState | None = None,
+               patience: int, min_delta: float, input_noise: torch.Tensor | None = None,
+               state: FitState | None = None,
                reduce: Callable[[list[float]], list[float]] = lambda v: v,
                on_epoch: Callable[[FitState, bool], None] | None = None) -> FitState:
     """Epochs of training and validation until early stopping or ``epochs``; the lowest-loss weights kept.
@@ -115,6 +120,8 @@ def fit_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer, baselin
         model: The network (possibly DDP-wrapped; ``best_model`` holds the unwrapped weights).
         train_batches: Epoch -> that epoch's (shuffled) training batches.
         val_batches: The whole validation set, in batches (every worker sees all of it).
+        input_noise: Per model input, the standard deviation of the training inputs' noise
+            (``aemodel.denoise.input_noise``); None trains on the rows as they are.
         state: Where a resumed run left off; None starts from scratch.
         reduce: Sums of [training loss sum, training rows] over workers (identity on one).
         on_epoch: Called after every epoch with the state and whether training stops there.
@@ -129,7 +136,7 @@ def fit_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer, baselin
         tr_sum, tr_n = 0.0, 0
         for batch in train_batches(epoch):
             n = batch["x_num"].shape[0]
-            tr_sum += train_step(model, optimizer, batch, baselines) * n
+            tr_sum += train_step(model, optimizer, batch, baselines, input_noise) * n
             tr_n += n
         va_sum, va_n = 0.0, 0
         for batch in val_batches():
@@ -205,7 +212,7 @@ def fit_score_terms(model: TabularAutoencoder, train_batches: Batches, *, latent
 def validation_reference(model: torch.nn.Module, val_batches: Callable[[], Batches], device: torch.device,
                          baselines: torch.Tensor, quantile: float, constant_outputs: dict, columns: list[str],
                          scale_floor: float | None = 0.05, latent: dict | None = None,
-                         marginal: dict | None = None) -> tuple[dict, dict]:
+                         marginal: dict | None = None, shared: list[int] | tuple[int, ...] = ()) -> tuple[dict, dict]:
     """Validation error distribution, per-column reference, baseline loss and threshold.
 
     Two passes over the validation rows: the first measures each column's loss (its mean
@@ -222,6 +229,7 @@ def validation_reference(model: torch.nn.Module, val_batches: Callable[[], Batch
         latent: The training codes' Gaussian (``mean``, ``whitening``) and ``weight`` of
             the latent term in ``anomaly_score``; None: no latent term.
         marginal: ``aemodel.marginal.marginal_fit``'s stored term; None: no marginal term.
+        shared: Columns that share one scale (``Preprocessor.shared_unit_indices``).
 
     Returns:
         ``reference``: ``ErrorStats.summary()`` of validation ``anomaly_score`` plus
@@ -256,7 +264,7 @@ def validation_reference(model: torch.nn.Module, val_batches: Callable[[], Batch
     n, s1, s2 = col_sums
     mean = np.where(n > 0, s1 / np.maximum(n, 1), np.nan)
     std = np.sqrt(np.maximum(np.nan_to_num(s2 / np.maximum(n, 1) - mean * mean), 0.0))
-    scales = error_scales(mean, scale_floor) if scale_floor is not None else np.ones(len(columns))
+    scales = error_scales(mean, scale_floor, shared) if scale_floor is not None else np.ones(len(columns))
     scale_t = torch.tensor(scales, dtype=torch.float32, device=device)
     weight = latent["weight"] if latent is not None else 0.0
     marginal_weight = marginal["weight"] if marginal is not None else 0.0

@@ -31,6 +31,7 @@ from ray.train.torch import TorchTrainer
 from aemodel import ModelArtifact, Preprocessor, load_artifact, resolve_columns, save_artifact
 from aemodel.artifact import check_model_prefix
 from aemodel.commit import OutputCommit
+from aemodel.denoise import input_noise
 from aemodel.preprocess import partial_stats
 from jobs.config import config_to_dict
 from aemodel.statistics import fit_statistics
@@ -189,6 +190,8 @@ def _fit_and_save(cfg: TrainConfig, options: dict, t0: float, train_in: ParquetI
         "marginal_weight": cfg.marginal_weight, "clip_sigma": cfg.clip_sigma,
         "constant_outputs": pp.constant_outputs(), "columns": names,
         "scale_floor": cfg.scale_floor if cfg.scale_by_validation else None,
+        "input_noise": input_noise(pp, cfg.input_noise) if cfg.input_noise else None,
+        "shared_unit_indices": pp.shared_unit_indices,
         # Each worker would hold its training shard and the whole validation set.
         "cache_shard": local or cfg.materialize and (train_enc.size_bytes() / cfg.num_workers
                                                      + val_enc.size_bytes() <= cfg.cache_shard_mb * 2**20),

@@ -171,6 +171,8 @@ def train_loop_per_worker(config: dict) -> None:
     state = fit_epochs(
         model, optimizer, baselines, epochs=config["epochs"], patience=config["patience"],
         min_delta=config["min_delta"], state=state, reduce=reduce, on_epoch=on_epoch,
+        input_noise=(torch.tensor(config["input_noise"], dtype=torch.float32, device=device)
+                     if config.get("input_noise") else None),
         train_batches=lambda epoch: epoch_batches(train_shard, cache["train"], config["batch_size"], device,
                                                   shuffle_seed=config["seed"] + epoch),
         val_batches=lambda: epoch_batches(val_data, cache["val"], 8192, device))
@@ -185,7 +187,7 @@ def train_loop_per_worker(config: dict) -> None:
     reference, threshold = validation_reference(
         raw_model, lambda: epoch_batches(val_data, cache["val"], 8192, device), device, baselines,
         config["threshold_quantile"], config["constant_outputs"], config["columns"], config["scale_floor"],
-        latent, marginal)
+        latent, marginal, config.get("shared_unit_indices", ()))
     reference["columns_distribution"] = distribution
     final = {**state.history[-1], "best_val_loss": state.lowest, "finished": True} if state.history else \
         {"finished": True}

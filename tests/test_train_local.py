@@ -48,8 +48,9 @@ def test_local_and_ray_data_paths_fit_the_same_preprocessing_split_and_model(ray
         other = {**pb["numeric"], **pb["binary"]}[name]
         params, other = ({"transform": None, **p} for p in (params, other))
         assert params["transform"] == other["transform"]
-        # num_7 is 42 +/- 1e-9: its third moment is cancellation noise in either order.
+        # num_7 is 42 +/- 1e-9: its third and fourth moments are cancellation noise in either order.
         assert params.pop("skewness", 0.0) == pytest.approx(other.pop("skewness", 0.0), abs=1e-3), name
+        assert params.pop("kurtosis", 3.0) == pytest.approx(other.pop("kurtosis", 3.0), rel=1e-5), name
         assert {k: v for k, v in params.items() if k != "transform"} == pytest.approx(
             {k: v for k, v in other.items() if k != "transform"}, rel=1e-9, abs=1e-12), name
     np.testing.assert_allclose(a.preprocessor.baselines, b.preprocessor.baselines, rtol=1e-9)
