@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
@@ -32,9 +32,12 @@ from aemodel.columns import drifted_columns
 from jobs import score
 from aemodel.commit import claim_prefix, read_committed_json
 from jobs.config import parse_config
+from jobs.errors import OutputError, describe
 from jobs.report import nightly_report
 from jobs.score_config import ScoreOptions
-from jobs.storage import check_uris, normalize_storage_options, resolve_model_uri
+from jobs.storage import check_uris, normalize_storage_options, redact_config
+from jobs.registry import is_registry_uri, pin_version, resolve_model
+from jobs.tracking import TrackingOptions, check_tracking, log_scoring
 
 DRIFT_EXIT_CODE = 3
 
@@ -68,11 +71,11 @@ def check_template(flag: str, template: str) -> None:
 
 
 @dataclass
-class NightlyConfig:
+class NightlyConfig(TrackingOptions):
     """Model, nights and alert limits"""
 
     model: str
-    """Model artefact URI, or a pointer file written by aescore train --publish-latest."""
+    """Model artefact URI, a pointer file written by aescore train --publish-latest, or a registry version (models:/NAME/VERSION, models:/NAME@ALIAS: the alias is read once, before the first night)."""
     data: str
     """Input URI template with {date}, e.g. s3://bucket/events/dt={date}/."""
     out: str
@@ -143,17 +146,18 @@ class NightResult:
     drift: dict
     warnings: list[str] = field(default_factory=list)
     """The scoring run's warnings (``summary.json``), printed under the night's line."""
+    tracking: str | None = None
+    """The MLflow run the night was logged as, when tracked."""
 
 
-def run_night(cfg: NightlyConfig, night: date) -> NightResult:
-    """Score one night; its drift report is committed with it, beside its summary."""
+def run_night(cfg: NightlyConfig, night: date, tracking: str | None = None) -> NightResult:
+    """Score one night; its drift report is committed with it, beside its summary; log it to MLflow at ``tracking``."""
+    from aemodel import load_artifact
+
     options = normalize_storage_options(cfg.score.storage_options)
     stamp = night.isoformat()
     out = cfg.out.format(date=stamp)
-    model_uri = resolve_model_uri(cfg.model, options)
-
-    from aemodel import load_artifact
-
+    model_uri, _ = resolve_model(cfg.model, cfg.tracking_uri, options, load_artifact)
     art = load_artifact(model_uri, options)
     reports: list[dict] = []
 
@@ -163,15 +167,25 @@ def run_night(cfg: NightlyConfig, night: date) -> NightResult:
         page = nightly_report(reports[-1], trend_rows(cfg, night, tonight, reports[-1], history, options))
         return {"drift.json": json.dumps(reports[-1], indent=2).encode(), "drift.html": page}
 
-    result = score.run(night_config(cfg, night, model_uri), extra_files=drift_files)
+    # A registry version goes to the scoring run as such, so its summary names it.
+    result = score.run(night_config(cfg, night, cfg.model if is_registry_uri(cfg.model) else model_uri),
+                       extra_files=drift_files, track=False)
     if result.reused:  # committed by an earlier run, with its drift report
         report = read_committed_json(out, "drift.json", options) or drift_report(
             cfg, night, result.summary, art, committed_nights(cfg, night, options))
         report = with_limits(cfg, report)
     else:
         report = reports[-1]
+    logged = None
+    if tracking is not None:
+        try:
+            logged = log_scoring(tracking, cfg, "nightly", redact_config(asdict(cfg)), result.summary, report,
+                                 options)
+        except Exception as e:  # noqa: BLE001 - the night is committed; the error says so
+            raise OutputError(f"night {stamp} was committed at {out}, but MLflow at {tracking} did not take the run: "
+                              f"{describe(e)}; rerun the same command to log it") from e
     return NightResult(night=stamp, out=result.run_uri or out, reused=result.reused, drift=report,
-                       warnings=list((result.summary or {}).get("warnings", [])))
+                       warnings=list((result.summary or {}).get("warnings", [])), tracking=logged)
 
 
 def limits(cfg: NightlyConfig) -> dict:
@@ -212,7 +226,7 @@ def night_config(cfg: NightlyConfig, night: date, model_uri: str) -> score.Score
     """The scoring options of one night."""
     stamp = night.isoformat()
     return score.ScoreConfig(model=model_uri, data=cfg.data.format(date=stamp), out=cfg.out.format(date=stamp),
-                             **asdict(cfg.score))
+                             tracking_uri=cfg.tracking_uri, experiment=cfg.experiment, **asdict(cfg.score))
 
 
 def check_nights(cfg: NightlyConfig, nights: list[date]) -> None:
@@ -232,7 +246,7 @@ def check_nights(cfg: NightlyConfig, nights: list[date]) -> None:
     from aemodel import load_artifact
 
     options = normalize_storage_options(cfg.score.storage_options)
-    model_uri = resolve_model_uri(cfg.model, options)
+    model_uri, _ = resolve_model(cfg.model, cfg.tracking_uri, options, load_artifact)
     art = load_artifact(model_uri, options)
     for night in nights:
         night_cfg = night_config(cfg, night, model_uri)
@@ -336,8 +350,17 @@ def trend_rows(cfg: NightlyConfig, night: date, tonight: dict, report: dict, his
 
 def run(cfg: NightlyConfig) -> list[NightResult]:
     """Every night of ``cfg`` in date order."""
+    cfg, tracking = prepare(cfg)
+    return [run_night(cfg, night, tracking) for night in cfg.nights()]
+
+
+def prepare(cfg: NightlyConfig) -> tuple[NightlyConfig, str | None]:
+    """Before the first night: MLflow importable and answering (the tracking URI, or None), a registry
+    alias pinned to the version it names now (read once, for every night), every night's input and output."""
+    tracking = check_tracking(cfg)
+    cfg = replace(cfg, model=pin_version(cfg.model, cfg.tracking_uri))
     check_nights(cfg, cfg.nights())
-    return [run_night(cfg, night) for night in cfg.nights()]
+    return cfg, tracking
 
 
 def format_night(r: NightResult) -> str:
@@ -358,6 +381,8 @@ def format_night(r: NightResult) -> str:
         line += (f"\n  alerts judged by this run's limits; the committed drift.json has "
                  f"{len(r.drift['committed_alerts'])} alert(s) under the limits it was written with"
                  + (f" {r.drift['committed_limits']}" if r.drift["committed_limits"] else ""))
+    if r.tracking:
+        line += f"\n  mlflow: run {r.tracking}"
     # A nightly log may be all anyone reads: the scoring warnings (skipped files, unseen values) too.
     return line + "".join(f"\n  warning: {w}" for w in r.warnings)
 
@@ -371,11 +396,10 @@ def main(argv: list[str] | None = None) -> int:
     def job() -> str:
         cfg = parse_config(NightlyConfig, verbose_from(argv), prog="aescore nightly",
                            description=__doc__.split("\n")[0])
-        nights = cfg.nights()
-        check_nights(cfg, nights)
-        for night in nights:
+        cfg, tracking = prepare(cfg)
+        for night in cfg.nights():
             try:
-                results.append(run_night(cfg, night))
+                results.append(run_night(cfg, night, tracking))
             except BaseException:
                 if results:  # the error line follows; the nights already committed must not go unmentioned
                     print(f"nightly: stopped at {night} after {len(results)} committed night(s), alerts on "

@@ -31,7 +31,7 @@ from aemodel.commit import MANIFEST, OutputCommit, read_committed_json
 from aemodel.store import absolute_uri
 from jobs.config import config_to_dict
 from jobs.datasets import ParquetInput, check_columns, explain_failure, open_parquet_input
-from jobs.errors import InputError
+from jobs.errors import InputError, OutputError, describe
 from jobs.manifest import fingerprint, git_commit, library_versions
 from jobs.progress import Progress
 from jobs.ray_runtime import check_gpu
@@ -41,6 +41,8 @@ from jobs.score_local import score_locally
 from jobs.score_rows import (OUTPUT_FORMAT_VERSION, ModelLoader, read_columns, row_file_metadata,
                              score_on_ray, write_block)
 from jobs.score_summary import summary_aggregations, summary_from, summary_warnings
+from jobs.registry import is_registry_uri, resolve_model
+from jobs.tracking import check_tracking, log_scoring
 from jobs.storage import (arrow_filesystem, check_no_overlap, check_unchanged, check_uris, inspect_parquet_files,
                           normalize_storage_options, redact_config, resolve_model_uri)
 
@@ -57,6 +59,8 @@ class ScoreResult:
     """The committed run folder under ``out`` (rows/, summary.json, ...)."""
     warnings: list[str] = field(default_factory=list)
     """What the clean-up after the commit could not do (the run is committed regardless)."""
+    tracking: str | None = None
+    """The MLflow run this run was logged as, when tracked."""
 
 
 def open_scoring_input(cfg: ScoreConfig, art: ModelArtifact) -> ParquetInput:
@@ -88,7 +92,7 @@ def compute_run_id(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput) -> 
 
 
 def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact,
-        extra_files: Callable[[dict], dict[str, bytes]] | None = None) -> ScoreResult:
+        extra_files: Callable[[dict], dict[str, bytes]] | None = None, track: bool = True) -> ScoreResult:
     """Score ``cfg.data`` into a new run folder under ``cfg.out`` and commit it. CPU-only unless ``use_gpu``.
 
     Args:
@@ -96,10 +100,17 @@ def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact,
         loader: Loads the model artefact.
         extra_files: Called with the summary before the commit; the files it returns are
             committed with the run (nightly's drift.json).
+        track: Log the run to MLflow when a tracking URI is set (a nightly logs its own).
     """
     t0, started = time.perf_counter(), datetime.now(timezone.utc)
     check_gpu(cfg.use_gpu, cfg.ray_address)
     options = normalize_storage_options(cfg.storage_options)
+    tracking = check_tracking(cfg) if track else None
+    registry = None
+    if is_registry_uri(cfg.model):  # resolved once, here: the folder of that registry version
+        check_uris({"--data": cfg.data, "--out": cfg.out}, options)
+        resolved, registry = resolve_model(cfg.model, cfg.tracking_uri, options, loader)
+        cfg = replace(cfg, model=resolved)
     check_uris({"--data": cfg.data, "--model": cfg.model, "--out": cfg.out}, options)
     check_no_overlap(cfg.out, {"--data": cfg.data, "--model": cfg.model}, options)
     cfg = replace(cfg, model=resolve_model_uri(cfg.model, options))  # follow a LATEST pointer once
@@ -126,8 +137,9 @@ def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact,
             out.abort()
             print(f"{cfg.out} already holds committed run {run_id}; reusing it "
                   "(--force recomputes; --score.force in nightly)", flush=True)
-            return ScoreResult(out=cfg.out, summary=read_committed_json(cfg.out, "summary.json", options),
-                               manifest=committed, reused=True, run_uri=committed.get("run_uri", cfg.out))
+            return _tracked(ScoreResult(out=cfg.out, summary=read_committed_json(cfg.out, "summary.json", options),
+                                        manifest=committed, reused=True, run_uri=committed.get("run_uri", cfg.out)),
+                            cfg, tracking)
         print(f"note: {cfg.out} holds committed run {run_id} scored with another model, other input files or "
               "other options; scoring anew", flush=True)
 
@@ -137,6 +149,8 @@ def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact,
         summary, manifest = _score_and_summarize(resolved, art, data, out, loader, threshold,
                                                  run_id, t0, started)
         manifest["content_id"] = content_id
+        if registry:
+            summary["model"]["registry"] = manifest["model"]["registry"] = registry
         files = {"summary.json": json.dumps(summary, indent=2).encode(),
                  "report.html": scoring_report(summary, art.reference),
                  MANIFEST: json.dumps(manifest, indent=2).encode()}
@@ -156,8 +170,22 @@ def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact,
         if explained is not None:
             raise explained from e
         raise
-    return ScoreResult(out=cfg.out, summary=summary, manifest=manifest, run_uri=out.run_uri,
-                       warnings=cleanup_warnings)
+    result = ScoreResult(out=cfg.out, summary=summary, manifest=manifest, run_uri=out.run_uri,
+                         warnings=cleanup_warnings)
+    return _tracked(result, cfg, tracking)
+
+
+def _tracked(result: ScoreResult, cfg: ScoreConfig, tracking: str | None) -> ScoreResult:
+    """``result`` with its MLflow run, logged once (``jobs.tracking.log_scoring``); the scores are committed already."""
+    if tracking is None:
+        return result
+    try:
+        result.tracking = log_scoring(tracking, cfg, "score", redact_config(config_to_dict(cfg)), result.summary,
+                                      storage_options=normalize_storage_options(cfg.storage_options))
+    except Exception as e:  # noqa: BLE001 - the run is committed; the error says so
+        raise OutputError(f"the scores were committed at {cfg.out}, but MLflow at {tracking} did not take the "
+                          f"run: {describe(e)}; rerun the same command to log it") from e
+    return result
 
 
 def _committed(out: OutputCommit) -> bool:
@@ -267,6 +295,11 @@ def format_result(r: ScoreResult) -> str:
         lines.append(f"  {'top rows' if i == 0 else '':<14} {score:<6}  {ids}"
                      + (f"  (largest errors: {led})" if led else ""))
     lines.append(f"  report         {run.rstrip('/')}/report.html")
+    registry = (s.get("model") or {}).get("registry")
+    if registry:
+        lines.append(f"  model          {registry['registry_uri']} = version {registry['version']} of {registry['name']}")
+    if r.tracking:
+        lines.append(f"  mlflow         run {r.tracking}")
     return "\n".join(lines + [f"warning: {w}" for w in [*s.get("warnings", []), *r.warnings]])
 
 

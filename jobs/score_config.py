@@ -12,6 +12,7 @@ from typing import ClassVar, Literal
 from aemodel.scoring import COLUMN_ERROR_PREFIX, OUTPUT_COLUMNS, PARTIAL_PREFIX
 from jobs.datasets import ROW_HASH
 from jobs.ray_runtime import on_one_machine
+from jobs.tracking import TrackingOptions
 
 
 @dataclass(kw_only=True)
@@ -99,11 +100,11 @@ class ScoreOptions:
 
 
 @dataclass(kw_only=True)
-class ScoreConfig(ScoreOptions):
+class ScoreConfig(ScoreOptions, TrackingOptions):
     """Input and output"""
 
     model: str
-    """Model artefact URI written by aescore train, or a pointer file from --publish-latest."""
+    """Model artefact URI written by aescore train, a pointer file from --publish-latest, or a registry version: models:/NAME/VERSION or models:/NAME@ALIAS (with --tracking-uri)."""
     data: str
     """Parquet to score: a file, a directory/prefix of shards, or a glob (any fsspec URI)."""
     out: str

@@ -75,6 +75,7 @@ class SweepConfig:
         "train.latent_dim": "each trial's comes from --latent",
         "train.run_name": "each trial has its own",
         "train.publish_latest": "a sweep recommends a model; publish it with aescore train",
+        "train.register": "a sweep recommends a model; register it with aescore train --register",
     }
     """``--train.<option>`` a sweep decides itself: refused with the reason, and left out of ``--help``."""
 

@@ -34,6 +34,7 @@ from aemodel.commit import OutputCommit
 from aemodel.denoise import input_noise
 from aemodel.preprocess import partial_stats
 from jobs.config import config_to_dict
+from jobs.tracking import check_tracking, track_training
 from aemodel.statistics import fit_statistics
 from jobs.datasets import ParquetInput, check_features, encode, explain_failure, hash_split, open_parquet_input
 from jobs.entry import keep_signal_handlers
@@ -83,6 +84,9 @@ def run(cfg: TrainConfig, report_links: list[tuple[str, str]] = ()) -> TrainResu
     check_uris({"--data": cfg.data, "--val-data": cfg.val_data, "--out": cfg.out,
                 "--publish-latest": cfg.publish_latest, "--storage-path": cfg.storage_path}, options)
     check_no_overlap(cfg.out, {"--data": cfg.data, "--val-data": cfg.val_data}, options)
+    tracking = check_tracking(cfg)  # the extra installed, the server answering: before any training
+    if cfg.register and tracking is None:
+        raise InputError(f"--register {cfg.register} needs an MLflow server: --tracking-uri or MLFLOW_TRACKING_URI")
     train_in = open_parquet_input(cfg.data, options)
     specs = resolve_columns(train_in.schema, cfg.feature_columns or None, cfg.exclude_columns, cfg.column_types)
     for f in train_in.files:
@@ -109,7 +113,8 @@ def run(cfg: TrainConfig, report_links: list[tuple[str, str]] = ()) -> TrainResu
               "(--overwrite retrains; --train.overwrite in a sweep)", flush=True)
         if cfg.publish_latest:  # a run that died after saving, rerun: finish what it started
             publish_pointer(cfg.publish_latest, cfg.out, existing.version, options)
-        return _result_from(existing, cfg.out, time.perf_counter() - t0, reused=True)
+        return track_training(cfg, tracking, existing, _result_from(existing, cfg.out, time.perf_counter() - t0,
+                                                                    reused=True), options)
     if existing is not None and not cfg.overwrite:
         raise InputError(f"a model artefact from another run ({existing.run_id or 'unknown'}, version "
                          f"{existing.version}, created {existing.created_at}) is already at {cfg.out}; "
@@ -134,7 +139,8 @@ def run(cfg: TrainConfig, report_links: list[tuple[str, str]] = ()) -> TrainResu
     # Errors raised in our UDFs reach the driver as themselves (see jobs/score.py).
     raise_original, ctx.raise_original_map_exception = ctx.raise_original_map_exception, True
     try:
-        return _fit_and_save(cfg, options, t0, train_in, val_in, specs, run_id, commit, nodes, local, report_links)
+        art, result = _fit_and_save(cfg, options, t0, train_in, val_in, specs, run_id, commit, nodes, local,
+                                    report_links)
     except BaseException as e:
         if commit.committed:  # only an interrupt gets here after the swap: the model is complete and stays
             e.add_note(f"{cfg.out} committed this run's model ({commit.run_uri}) before the interrupt")
@@ -148,11 +154,12 @@ def run(cfg: TrainConfig, report_links: list[tuple[str, str]] = ()) -> TrainResu
         raise
     finally:
         ctx.raise_original_map_exception = raise_original
+    return track_training(cfg, tracking, art, result, options)
 
 
 def _fit_and_save(cfg: TrainConfig, options: dict, t0: float, train_in: ParquetInput, val_in: ParquetInput | None,
                   specs: list, run_id: str, commit: OutputCommit, nodes: int, local: bool,
-                  report_links: list[tuple[str, str]] = ()) -> TrainResult:
+                  report_links: list[tuple[str, str]] = ()) -> tuple[ModelArtifact, TrainResult]:
     """Statistics, Ray Train fit, diagnostics, then the artefact (on a running Ray unless ``local``)."""
     names = [s.name for s in specs]
     if local:  # each input read once into memory; every later step reads these tables
@@ -221,7 +228,7 @@ def _fit_and_save(cfg: TrainConfig, options: dict, t0: float, train_in: ParquetI
             run_folder[0].delete_dir(run_folder[1])
         if cfg.storage_path is None:
             _remove_empty_default_folder()
-    return _result_from(art, cfg.out, time.perf_counter() - t0, warnings=commit.warnings)
+    return art, _result_from(art, cfg.out, time.perf_counter() - t0, warnings=commit.warnings)
 
 
 def _fit(cfg: TrainConfig, options: dict, loop_config: dict, run_id: str, datasets: dict,
@@ -310,7 +317,8 @@ def _identity(cfg: TrainConfig) -> dict:
     """The options that define what is trained (not where or how it is launched)."""
     d = redact_config(config_to_dict(cfg))
     for key in ("out", "overwrite", "ray_address", "storage_path", "run_name", "max_failures", "storage_options",
-                "publish_latest", "in_process", "local_data", "shared_local_paths", "worker_resources"):
+                "publish_latest", "in_process", "local_data", "shared_local_paths", "worker_resources",
+                "tracking_uri", "experiment", "register"):
         d.pop(key, None)
     return d
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from aemodel.options import TrainingOptions
+from jobs.tracking import TrackingOptions
 
 
 @dataclass(kw_only=True)
@@ -56,7 +57,15 @@ class RunOptions:
 
 
 @dataclass(kw_only=True)
-class TrainOptions(RunOptions, TrainingOptions):
+class RegistryOptions(TrackingOptions):
+    """MLflow registry"""
+
+    register: str | None = None
+    """After a successful run, register the model in the MLflow registry under this name (needs --tracking-uri or MLFLOW_TRACKING_URI); score it as --model models:/NAME/VERSION or models:/NAME@ALIAS."""
+
+
+@dataclass(kw_only=True)
+class TrainOptions(RegistryOptions, RunOptions, TrainingOptions):
     """Every option of ``aescore train`` but its input and output: the template a sweep holds."""
 
     def __post_init__(self) -> None:

@@ -70,6 +70,8 @@ class TrainResult:
     """The committed artefact's folder (``runs/<run>`` under ``model_uri``): report.html is there."""
     warnings: list[str] = field(default_factory=list)
     """What the clean-up after the commit could not do (the model is committed regardless)."""
+    tracking: dict | None = None
+    """The MLflow run (``run_id``, ``experiment_id``) and registry version (``model_version``), when tracked."""
 
 
 def format_result(r: TrainResult) -> str:
@@ -89,4 +91,9 @@ def format_result(r: TrainResult) -> str:
                  f"rows train={r.train_rows} val={r.val_rows}, {r.wall_seconds:.1f}s")
     if r.artifact_uri:
         lines.append(f"report: {r.artifact_uri.rstrip('/')}/report.html")
+    if r.tracking:
+        t = r.tracking
+        lines.append(f"mlflow: run {t['run_id']} (experiment {t['experiment_id']})"
+                     + (f"; registered: models:/{t['registered_model']}/{t['model_version']}"
+                        if t.get("model_version") else ""))
     return "\n".join(lines + [f"warning: {w}" for w in r.warnings])
