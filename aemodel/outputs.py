@@ -27,10 +27,18 @@ class NothingCommittedError(FileNotFoundError):
     """The output prefix holds no committed run (nothing scored there yet, or a run still in progress)."""
 
 
+class NotScoresError(ValueError):
+    """The prefix holds a committed run of another kind (a model artefact, a sweep), not scores."""
+
+
 def _run(uri: str, storage_options: dict | None) -> str:
     run = committed_run(uri, storage_options)
     if run is None:
         raise NothingCommittedError(f"{uri} holds no committed scoring run (no {uri.rstrip('/')}/_SUCCESS)")
+    fs, path = url_to_fs(run, storage_options)
+    if not fs.exists(join(path, "summary.json")):  # every scoring run commits one; a model does not
+        raise NotScoresError(f"{uri} holds a committed run that is not a scoring run (no summary.json there: a "
+                             "model artefact?); read the --out of aescore score or aescore nightly")
     return run
 
 
@@ -54,6 +62,7 @@ def read_scores(uri: str, storage_options: dict | None = None, *, columns: list[
 
     Raises:
         NothingCommittedError: Nothing is committed at ``uri``.
+        NotScoresError: ``uri`` holds a model artefact or another kind of output.
     """
     run = _run(uri, storage_options)
     fs, path = url_to_fs(join(run, "rows"), storage_options)
@@ -74,6 +83,7 @@ def read_summary(uri: str, storage_options: dict | None = None) -> dict:
 
     Raises:
         NothingCommittedError: Nothing is committed at ``uri``.
+        NotScoresError: ``uri`` holds a model artefact or another kind of output.
     """
     run = _run(uri, storage_options)
     return _json(run, "summary.json", storage_options) or {}
@@ -84,5 +94,6 @@ def read_drift(uri: str, storage_options: dict | None = None) -> dict | None:
 
     Raises:
         NothingCommittedError: Nothing is committed at ``uri``.
+        NotScoresError: ``uri`` holds a model artefact or another kind of output.
     """
     return _json(_run(uri, storage_options), "drift.json", storage_options)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from dataclasses import dataclass, field
 
 import fsspec
@@ -364,8 +365,13 @@ def publish_pointer(uri: str, model_uri: str, version: str, storage_options: dic
         model_uri = os.path.abspath(model_uri)
     body = json.dumps({"model_uri": model_uri, "version": version}).encode()
     if isinstance(fs, LocalFileSystem):
-        tmp = f"{path}.tmp"
+        # A name of aescore's own beside the pointer: a file of the user's (LATEST.json.tmp) is never touched.
+        tmp = f"{path}.aescore-{uuid.uuid4().hex[:12]}.tmp"
         write_bytes(fs, tmp, body)
-        fs.mv(tmp, path)
+        try:
+            fs.mv(tmp, path)
+        finally:
+            if fs.exists(tmp):
+                fs.rm(tmp)
     else:
         write_bytes(fs, path, body)

@@ -32,7 +32,7 @@ import ray.data
 from aemodel import check_schema, load_artifact, resolve_columns
 from aemodel.metrics import auroc_from_sketches, histogram_edges
 from aemodel.artifact import check_model_prefix
-from aemodel.commit import claim_prefix
+from aemodel.commit import OutputError, claim_prefix
 from jobs.config import config_to_dict
 from jobs.datasets import open_parquet_input
 from jobs.errors import InputError, TrainingError, find_user_error
@@ -226,13 +226,27 @@ def recommend(rows: list[dict], knee_share: float = 0.8, auroc_tolerance: float 
                                                       f"({', '.join(map(str, left_out))})" if left_out else ""))
 
 
+LEGACY_FILES = {"sweep.json", "sweep.csv", "sweep.png", "sweep.html"}
+"""What a sweep wrote at its prefix before sweeps marked it, besides its ``latent-<k>`` models."""
+
+
 def _legacy_sweep(out: str, options: dict) -> bool:
-    """Whether ``out`` holds a sweep written before sweeps marked their prefix (its sweep.json)."""
+    """Whether ``out`` holds a sweep written before sweeps marked their prefix, and nothing else.
+
+    Its sweep.json names the latents, each ``latent-<k>`` holds an aescore model, and the
+    prefix holds no other entry: a folder of the user's that merely has a sweep.json is
+    never adopted (its files would be replaced).
+    """
     fs, path = url_to_fs(out, options)
     try:
         with fs.open(join(path, "sweep.json"), "rb") as f:
-            return "recommended_latent_dim" in json.load(f)
-    except (OSError, ValueError, TypeError):
+            table = json.load(f)
+        latents = {f"latent-{int(r['latent_dim'])}" for r in table["rows"]}
+        if "recommended_latent_dim" not in table or not latents:
+            return False
+        names = {e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(path, detail=False)}
+        return names <= LEGACY_FILES | latents and all(check_model_prefix(join(path, k), options) for k in latents)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, OutputError):
         return False
 
 

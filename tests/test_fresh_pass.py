@@ -82,3 +82,40 @@ def test_publish_latest_inside_the_new_out_is_refused_before_training(mixed_data
                     f"{ROW_ID},{LABEL}", "--epochs", "1", "--publish-latest", str(out / "_SUCCESS")),
                r"--publish-latest .*/m/_SUCCESS lies inside --out .*/m; the pointer file must be outside")
     assert not out.exists()
+
+
+def test_a_users_pointer_temp_file_and_sweep_files_are_never_replaced(mixed_data, tmp_path):
+    """--publish-latest writes through a temporary name of its own; a folder is adopted as an older
+    sweep only if it holds nothing but that sweep."""
+    import json as _json
+
+    from aemodel import AnomalyAutoencoder, read_scores, read_summary
+    from aemodel.outputs import NotScoresError
+    from jobs import sweep
+
+    pub = tmp_path / "pub"
+    pub.mkdir()
+    (pub / "LATEST.json.tmp").write_text("mine")
+    proc = _cli("train", "--data", mixed_data["train"], "--out", str(tmp_path / "m"), "--exclude-columns",
+                f"{ROW_ID},{LABEL}", "--epochs", "2", "--publish-latest", str(pub / "LATEST.json"))
+    assert proc.returncode == 0, proc.stderr
+    assert (pub / "LATEST.json.tmp").read_text() == "mine" and sorted(os.listdir(pub)) == ["LATEST.json",
+                                                                                             "LATEST.json.tmp"]
+    with pytest.raises(NotScoresError, match="not a scoring run"):
+        read_scores(str(tmp_path / "m"))
+    with pytest.raises(NotScoresError):
+        read_summary(str(tmp_path / "m"))
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "sweep.json").write_text(_json.dumps({"recommended_latent_dim": 2, "rows": [{"latent_dim": 2}]}))
+    (mine / "sweep.csv").write_text("my numbers")
+    assert not sweep._legacy_sweep(str(mine), {})  # a sweep.json alone is not a sweep's prefix
+    old = tmp_path / "old"
+    (old / "latent-2").parent.mkdir()
+    AnomalyAutoencoder(epochs=1, hidden_dims=[8], latent_dim=2).fit(
+        mixed_data["train_table"].drop_columns([ROW_ID, LABEL]).slice(0, 400)).save(str(old / "latent-2"))
+    (old / "sweep.json").write_text((mine / "sweep.json").read_text())
+    assert sweep._legacy_sweep(str(old), {})
+    (old / "notes.md").write_text("mine")
+    assert not sweep._legacy_sweep(str(old), {})
