@@ -24,6 +24,10 @@ shard, then times, side by side in this one run:
   seen_in_training); and per-column drift: the same with the summary's per-batch parts
   that ``aescore score`` adds (each column's distribution, the top rows' values).
 
+* ``aescore score --challenger`` as a whole process, alternated with the plain
+  ``aescore score`` process: the cost of scoring a second model in the same read
+  (``--challenger-only`` measures just this pair).
+
 ``--mixed`` uses the demo's mixed numeric/binary/categorical columns instead. The last line
 is ``score_throughput: ratio=<plain script process seconds / aescore score process seconds>
 target=<0.75 at 10M rows, 0.5 at 1M> loop_ratio=<plain loop alone / aescore process> ...``
@@ -150,12 +154,12 @@ def extras_cost(model_uri: str, data: Path, repeats: int = 9) -> tuple[float, fl
     return statistics.median(times[0]), statistics.median(times[1]), statistics.median(times[2])
 
 
-def whole_process(model_uri: str, data: Path, out: Path) -> float:
-    """``aescore score`` with default options as its own process; returns seconds."""
+def whole_process(model_uri: str, data: Path, out: Path, challenger: str | None = None) -> float:
+    """``aescore score`` with default options (and ``--challenger``) as its own process; returns seconds."""
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "jobs.cli", "score", "--model", model_uri, "--data", str(data),
-                    "--out", str(out), "--id-columns", "id"], check=True, stdout=subprocess.DEVNULL,
-                   env={**os.environ, "RAY_ADDRESS": ""})
+                    "--out", str(out), "--id-columns", "id", *(["--challenger", challenger] if challenger else [])],
+                   check=True, stdout=subprocess.DEVNULL, env={**os.environ, "RAY_ADDRESS": ""})
     return time.perf_counter() - t0
 
 
@@ -164,6 +168,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--shards", type=int, default=20)
     parser.add_argument("--mixed", action="store_true", help="mixed numeric/binary/categorical columns")
+    parser.add_argument("--challenger-only", action="store_true",
+                        help="only the whole process with and without --challenger (its cost, quickly at 10M rows)")
     parser.add_argument("--plain-script", nargs=3, metavar=("MODEL", "DATA", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.plain_script:  # the reference as its own process (plain_process)
@@ -184,13 +190,25 @@ def main() -> None:
         train.run(train.TrainConfig(data=str(data / "part-00000.parquet"), out=str(root / "model"),
                                     exclude_columns=["id"], epochs=2))
         model = str(root / "model")
-        # The two whole processes first, while no Ray runs on the machine; alternated and
+        # A challenger of another latent size (what a team would try beside the model in service).
+        train.run(train.TrainConfig(data=str(data / "part-00000.parquet"), out=str(root / "challenger"),
+                                    exclude_columns=["id"], epochs=2, latent_dim=4, seed=1))
+        # The whole processes first, while no Ray runs on the machine; alternated and
         # repeated (medians): one run of each moves by +-15% on a shared 2-CPU machine.
-        whole_runs, plain_runs = [], []
+        whole_runs, plain_runs, challenger_runs = [], [], []
         for i in range(PROCESS_REPEATS):
             whole_runs.append(whole_process(model, data, root / f"out-process-{i}"))
-            plain_runs.append(plain_process(model, data, root / f"plain-process-{i}"))
-        whole_s, plain_whole_s = statistics.median(whole_runs), statistics.median(plain_runs)
+            challenger_runs.append(whole_process(model, data, root / f"challenger-process-{i}",
+                                                 str(root / "challenger")))
+            if not args.challenger_only:
+                plain_runs.append(plain_process(model, data, root / f"plain-process-{i}"))
+        whole_s, challenger_s = statistics.median(whole_runs), statistics.median(challenger_runs)
+        print(f"aescore score --challenger (process): {challenger_s:8.2f}s  {challenger_s / whole_s:.2f}x scoring "
+              f"alone ({whole_s:.2f}s; medians of {PROCESS_REPEATS}, alternated; target <= 1.8x)")
+        if args.challenger_only:
+            print(f"score_throughput_challenger: ratio={challenger_s / whole_s:.2f} target=1.8 rows={args.rows}")
+            return
+        plain_whole_s = statistics.median(plain_runs)
 
         plain_s = plain_script(model, data, root / "plain")
         fused_s = fused_loop(model, data, root / "fused")
@@ -234,6 +252,7 @@ def main() -> None:
           f"pipeline_ratio={plain_s / parts['local']:.2f} "
           f"pipeline_target=0.9 extras=+{100 * (extras_s / recon_s - 1):.0f}% extras_target=25% "
           f"column_drift=+{100 * (drift_s / extras_s - 1):.1f}% column_drift_target=10% "
+          f"challenger={challenger_s / whole_s:.2f}x challenger_target=1.8x "
           f"rows/s={rows / whole_s:.0f} peak_rss_mb={peak:.0f}")
 
 

@@ -31,6 +31,7 @@ from aemodel import columns, drift
 from aemodel.columns import drifted_columns
 from jobs import score
 from aemodel.commit import claim_prefix, read_committed_json
+from jobs.comparison import challenger_lines
 from jobs.config import parse_config
 from jobs.errors import OutputError, describe
 from jobs.report import nightly_report
@@ -148,6 +149,8 @@ class NightResult:
     """The scoring run's warnings (``summary.json``), printed under the night's line."""
     tracking: str | None = None
     """The MLflow run the night was logged as, when tracked."""
+    challenger: dict | None = None
+    """The comparison's headline figures (``summary.json`` ``challenger``) with --score.challenger."""
 
 
 def run_night(cfg: NightlyConfig, night: date, tracking: str | None = None) -> NightResult:
@@ -185,7 +188,8 @@ def run_night(cfg: NightlyConfig, night: date, tracking: str | None = None) -> N
             raise OutputError(f"night {stamp} was committed at {out}, but MLflow at {tracking} did not take the run: "
                               f"{describe(e)}; rerun the same command to log it") from e
     return NightResult(night=stamp, out=result.run_uri or out, reused=result.reused, drift=report,
-                       warnings=list((result.summary or {}).get("warnings", [])), tracking=logged)
+                       warnings=list((result.summary or {}).get("warnings", [])), tracking=logged,
+                       challenger=(result.summary or {}).get("challenger"))
 
 
 def limits(cfg: NightlyConfig) -> dict:
@@ -359,6 +363,8 @@ def prepare(cfg: NightlyConfig) -> tuple[NightlyConfig, str | None]:
     alias pinned to the version it names now (read once, for every night), every night's input and output."""
     tracking = check_tracking(cfg)
     cfg = replace(cfg, model=pin_version(cfg.model, cfg.tracking_uri))
+    if cfg.score.challenger:
+        cfg = replace(cfg, score=replace(cfg.score, challenger=pin_version(cfg.score.challenger, cfg.tracking_uri)))
     check_nights(cfg, cfg.nights())
     return cfg, tracking
 
@@ -381,6 +387,8 @@ def format_night(r: NightResult) -> str:
         line += (f"\n  alerts judged by this run's limits; the committed drift.json has "
                  f"{len(r.drift['committed_alerts'])} alert(s) under the limits it was written with"
                  + (f" {r.drift['committed_limits']}" if r.drift["committed_limits"] else ""))
+    if r.challenger:
+        line += "\n" + "\n".join(challenger_lines({"challenger": r.challenger}))
     if r.tracking:
         line += f"\n  mlflow: run {r.tracking}"
     # A nightly log may be all anyone reads: the scoring warnings (skipped files, unseen values) too.

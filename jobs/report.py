@@ -132,7 +132,7 @@ def _column_drift(comparison: dict | None, against: str, rows: int = 15) -> tupl
     return table, image
 
 
-def scoring_report(summary: dict, reference: dict | None = None) -> bytes:
+def scoring_report(summary: dict, reference: dict | None = None, extra_tables: list | None = None) -> bytes:
     """report.html of a scoring run: distribution vs validation, flagged-vs-threshold, top rows and columns."""
     q = summary["quantiles"]
     finite = finite_count(summary)
@@ -178,7 +178,7 @@ def scoring_report(summary: dict, reference: dict | None = None) -> bytes:
     drift_table, drift_image = _column_drift(summary.get("column_drift"), "training")
     if drift_image:
         images.append(drift_image)
-    tables = [t for t in (_top_rows_table(summary), drift_table) if t]
+    tables = [t for t in (_top_rows_table(summary), drift_table) if t] + list(extra_tables or [])
     raw = {k: v for k, v in summary.items() if k not in ("histogram", "top_rows", "columns_distribution")}
     return render(f"aescore scoring report: {summary['input']['uri']}", facts, notes, images, raw=raw,
                   tables=tables)

@@ -30,7 +30,9 @@ from aemodel.scoring import rows_per_call
 from aemodel.commit import MANIFEST, OutputCommit, read_committed_json
 from aemodel.store import absolute_uri
 from jobs.config import config_to_dict
-from jobs.datasets import ParquetInput, check_columns, explain_failure, open_parquet_input
+from jobs.comparison import (ComparisonAggregate, challenger_lines, challenger_summary, committed_scores, comparison,
+                             comparison_tables, labelled_reference, model_figures, prepare_challenger)
+from jobs.datasets import ROW_HASH, ParquetInput, check_columns, explain_failure, open_parquet_input
 from jobs.errors import InputError, OutputError, describe
 from jobs.manifest import fingerprint, git_commit, library_versions
 from jobs.progress import Progress
@@ -80,15 +82,20 @@ def _ignored_columns(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput) -
     return sorted({n for f in data.files for n in f.schema.names} - used)
 
 
-def compute_run_id(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput) -> str:
+def compute_run_id(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput,
+                   challenger: ModelArtifact | None = None) -> str:
     """Same model, same input files (by size and ETag/mtime) and same options: same run.
 
     The options are those that change what is written (threshold, ids, the per-row extras,
-    precision), not those that change only how it is computed (compute path, batch size).
+    precision, a challenger and its reference set), not those that change only how it is
+    computed (compute path, batch size).
     """
+    extra = {"challenger": challenger.version, "reference": [cfg.reference_data, cfg.label_column]} \
+        if challenger is not None else {}
     return fingerprint({"model": art.version, "threshold": cfg.threshold, "id_columns": cfg.id_columns,
                         "top_k": cfg.top_k, "column_errors": cfg.column_errors, "precision": cfg.precision,
-                        "inputs": [(f.uri, f.size, f.etag) for f in data.files], "format": OUTPUT_FORMAT_VERSION})
+                        "inputs": [(f.uri, f.size, f.etag) for f in data.files], "format": OUTPUT_FORMAT_VERSION,
+                        **extra})
 
 
 def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact,
@@ -116,12 +123,13 @@ def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact,
     cfg = replace(cfg, model=resolve_model_uri(cfg.model, options))  # follow a LATEST pointer once
     check_no_overlap(cfg.out, {"--model": cfg.model}, options)
     art = loader(cfg.model, options)  # fail fast on a bad artefact, before Ray starts
+    cfg, challenger, challenger_registry = prepare_challenger(cfg, art, options, loader)
     if cfg.precision != "fp32" and not cfg.use_gpu:  # decided here, so the manifest says what ran
         print(f"note: --precision {cfg.precision} applies to GPU scoring only (--use-gpu); scoring in fp32", flush=True)
         cfg = replace(cfg, precision="fp32")
     threshold = cfg.threshold if cfg.threshold is not None else art.threshold_value
     data = open_scoring_input(cfg, art)
-    content_id = compute_run_id(cfg, art, data)
+    content_id = compute_run_id(cfg, art, data, challenger)
     run_id = cfg.run_id or content_id
     out = OutputCommit(cfg.out, options)
     out.begin()  # refuses a prefix aescore does not own, before anything is written or Ray starts
@@ -147,13 +155,20 @@ def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact,
     try:
         resolved = replace(cfg, compute=compute, batch_size=cfg.batch_size or rows_per_call(art.preprocessor))
         summary, manifest = _score_and_summarize(resolved, art, data, out, loader, threshold,
-                                                 run_id, t0, started)
+                                                 run_id, t0, started, challenger)
         manifest["content_id"] = content_id
+        compared = summary.pop("comparison", None)
+        if compared is not None:
+            compared["challenger"]["registry"] = challenger_registry
+            summary["challenger"] = challenger_summary(compared)
         if registry:
             summary["model"]["registry"] = manifest["model"]["registry"] = registry
         files = {"summary.json": json.dumps(summary, indent=2).encode(),
-                 "report.html": scoring_report(summary, art.reference),
+                 "report.html": scoring_report(summary, art.reference,
+                                               comparison_tables(compared, list(cfg.id_columns) or [ROW_HASH])),
                  MANIFEST: json.dumps(manifest, indent=2).encode()}
+        if compared is not None:
+            files["comparison.json"] = json.dumps(compared, indent=2, default=str).encode()
         files.update(extra_files(summary) if extra_files else {})
         cleanup_warnings = out.commit(files, run_id)
     except BaseException as e:
@@ -211,11 +226,13 @@ def _lost_race(out: OutputCommit) -> bool:
 
 def _score_and_summarize(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput, out: OutputCommit,
                          loader: ModelLoader, threshold: float, run_id: str, t0: float,
-                         started: datetime) -> tuple[dict, dict]:
+                         started: datetime, challenger: ModelArtifact | None = None) -> tuple[dict, dict]:
     """Read -> score -> write the rows into the run folder, then the summary and manifest of them."""
     metadata = row_file_metadata(cfg, art, run_id, threshold)
     rows = out.path_of("rows")
     aggs = summary_aggregations(art, cfg, threshold)
+    if challenger is not None:
+        aggs.append(ComparisonAggregate(list(cfg.id_columns) or [ROW_HASH]))
     sink = functools.partial(write_block, path=rows, filesystem=arrow_filesystem(out.fs),
                              keep_row_hash=not cfg.id_columns)
     t_pipeline = time.perf_counter()
@@ -224,7 +241,7 @@ def _score_and_summarize(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInpu
         # One file per ROWS_PER_FILE rows: a file (and a set of accumulators) per model
         # batch would cost more than the scoring (bench/score_throughput.py).
         if cfg.compute == "local":
-            agg = score_locally(cfg, art, data, metadata, aggs, sink, progress)
+            agg = score_locally(cfg, art, data, metadata, aggs, sink, progress, challenger)
         else:
             agg = score_on_ray(cfg, art, data, loader, metadata, aggs, sink, progress)
     finally:
@@ -238,6 +255,14 @@ def _score_and_summarize(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInpu
     if sum(f.num_rows for f in written) != summary["row_count"]:  # e.g. a stray file of a failed attempt
         raise RuntimeError(f"the row files hold {sum(f.num_rows for f in written)} rows, the scoring pass counted "
                            f"{summary['row_count']}; not committing")
+    if challenger is not None:  # the rank correlation needs every row: the written rows' two score columns
+        override = cfg.threshold is not None
+        summary["comparison"] = comparison(
+            agg["comparison"], list(cfg.id_columns) or [ROW_HASH],
+            committed_scores(arrow_filesystem(out.fs), [f.path for f in written]),
+            (model_figures(absolute_uri(cfg.model), art, threshold, override),
+             model_figures(absolute_uri(cfg.challenger), challenger, challenger.threshold_value, False)),
+            labelled_reference(cfg, art, challenger, normalize_storage_options(cfg.storage_options)))
     summary.update({
         "threshold_source": "override" if cfg.threshold is not None else art.threshold.get("method"),
         "threshold_ci": None if cfg.threshold is not None else art.threshold.get("ci"),
@@ -295,6 +320,7 @@ def format_result(r: ScoreResult) -> str:
         lines.append(f"  {'top rows' if i == 0 else '':<14} {score:<6}  {ids}"
                      + (f"  (largest errors: {led})" if led else ""))
     lines.append(f"  report         {run.rstrip('/')}/report.html")
+    lines += challenger_lines(s)
     registry = (s.get("model") or {}).get("registry")
     if registry:
         lines.append(f"  model          {registry['registry_uri']} = version {registry['version']} of {registry['name']}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
+from aemodel.challenger import CHALLENGER_COLUMNS
 from aemodel.scoring import COLUMN_ERROR_PREFIX, OUTPUT_COLUMNS, PARTIAL_PREFIX
 from jobs.datasets import ROW_HASH
 from jobs.ray_runtime import on_one_machine
@@ -19,7 +20,7 @@ from jobs.tracking import TrackingOptions
 class ScoreOptions:
     """Scoring: outputs, compute and storage"""
 
-    ADVANCED: ClassVar[tuple[str, ...]] = ('batch_size', 'concurrency', 'compute', 'precision', 'cpus_per_worker', 'object_store_limit_mb', 'storage_options', 'run_id', 'shared_local_paths', 'ray_address')
+    ADVANCED: ClassVar[tuple[str, ...]] = ('batch_size', 'concurrency', 'compute', 'precision', 'cpus_per_worker', 'object_store_limit_mb', 'storage_options', 'run_id', 'shared_local_paths', 'ray_address', 'reference_data', 'label_column')
     """Listed under "Advanced" in --help."""
 
     id_columns: list[str] = field(default_factory=list)
@@ -38,6 +39,12 @@ class ScoreOptions:
     """Ray paths: CPUs reserved per scoring actor/task; torch uses this many threads (at least 1). The local path uses every usable core."""
     object_store_limit_mb: int | None = 512
     """Object-store memory Ray Data may fill with in-flight blocks (keeps memory flat as inputs grow); 0: Ray's default."""
+    challenger: str | None = None
+    """Score the same rows with this model too, in the same read (an artefact, pointer file or models:/ URI with the same feature columns): the rows gain challenger_score and challenger_is_anomaly, the run comparison.json (rates, rank correlation, overlaps, rows only one model flags)."""
+    reference_data: str | None = None
+    """With --challenger: a labelled Parquet set (known anomalies and normals) on which comparison.json gives both models' AUROC, precision and recall; needs --label-column."""
+    label_column: str | None = None
+    """The --reference-data column that marks anomalies (1/true)."""
     threshold: float | None = None
     """Override the model's anomaly threshold on anomaly_score."""
     top_k: int = 3
@@ -74,10 +81,15 @@ class ScoreOptions:
             raise ValueError(f"{ROW_HASH!r} is reserved for the synthetic row id")
         if any(c.startswith(PARTIAL_PREFIX) for c in self.id_columns):
             raise ValueError(f"id columns may not start with {PARTIAL_PREFIX!r} (reserved for aescore's own columns)")
+        if (self.reference_data or self.label_column) and not (self.challenger and self.reference_data
+                                                                and self.label_column):
+            raise ValueError("--reference-data and --label-column go together, with --challenger")
         clash = [c for c in self.id_columns
-                 if c in OUTPUT_COLUMNS or (self.column_errors and c.startswith(COLUMN_ERROR_PREFIX))]
+                 if c in OUTPUT_COLUMNS or (self.column_errors and c.startswith(COLUMN_ERROR_PREFIX))
+                 or (self.challenger and c in CHALLENGER_COLUMNS)]
         if clash:  # the computed column would silently replace the user's ids in the rows file
-            written = ", ".join([*OUTPUT_COLUMNS, *([f"{COLUMN_ERROR_PREFIX}<column>"] if self.column_errors else [])])
+            written = ", ".join([*OUTPUT_COLUMNS, *([f"{COLUMN_ERROR_PREFIX}<column>"] if self.column_errors else []),
+                                 *(CHALLENGER_COLUMNS if self.challenger else [])])
             raise ValueError(f"id column {clash[0]!r} has the name of a column aescore writes ({written}); "
                              "rename it in the input")
 

@@ -114,13 +114,15 @@ def with_torch_threads(threads: int, fn: Callable[[], object]) -> object:
 
 
 def score_locally(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput, metadata: dict[str, str],
-                  aggs: tuple, sink: Callable[[pa.Table], None], progress: Progress) -> dict:
+                  aggs: tuple, sink: Callable[[pa.Table], None], progress: Progress,
+                  challenger: ModelArtifact | None = None) -> dict:
     """The ``local`` compute path: read -> score -> write ``data`` in this process with every usable core.
 
     Args:
         cfg: The run's options (``compute`` already resolved to ``local``).
         art: The loaded artefact: its schema decides the columns read, and the scorer uses
             a copy of it rather than loading the model from storage a second time.
+        challenger: The loaded ``cfg.challenger`` artefact, likewise (None without one).
         metadata: Parquet key-value metadata of every row file.
         aggs: The summary's mergeable aggregations.
         sink: Writes one chunk of scored rows (``write_block``).
@@ -132,8 +134,9 @@ def score_locally(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput, meta
     def go() -> dict:
         # A copy: BatchScorer sets a --threshold override on the artefact it gets.
         scorer = BatchScorer(cfg.model, passthrough_columns(cfg), cfg.threshold, cfg.use_gpu, threads,
-                             lambda _uri, _options: copy.copy(art), None, cfg.top_k, cfg.column_errors,
-                             cfg.precision, metadata, partials=True)
+                             lambda uri, _options: copy.copy(art if uri == cfg.model else challenger), None,
+                             cfg.top_k, cfg.column_errors, cfg.precision, metadata, partials=True,
+                             challenger_uri=cfg.challenger)
         merged = MergedAggregates(tuple(aggs))
         chunks = iter_chunks(data, read_columns(cfg, art), art.preprocessor.specs, ROWS_PER_FILE,
                              keep=tuple(cfg.id_columns))

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import torch
 
 from aemodel import ModelArtifact, RowScorer, load_artifact
+from aemodel.challenger import challenger_columns
 from aemodel.scoring import PARTIAL_PREFIX
 from aemodel.store import absolute_uri
 from aemodel.aggregates import BlockAggregate
@@ -61,31 +62,42 @@ class BatchScorer:
         precision: fp32, or bf16/fp16 autocast on GPU.
         metadata: Parquet key-value metadata of every output batch (``row_file_metadata``).
         partials: Add the batch's part of the summary (``RowScorer.output_table``; dropped by ``write_block``).
+        challenger_uri: A second model scored on the same batch (``aemodel.challenger``; its own threshold).
     """
 
     def __init__(self, model_uri: str, passthrough: list[str], threshold: float | None = None,
                  use_gpu: bool = False, threads: int = 1, loader: ModelLoader = load_artifact,
                  storage_options: dict | None = None, top_k: int = 0, column_errors: bool = False,
-                 precision: str = "fp32", metadata: dict[str, str] | None = None, partials: bool = False):
+                 precision: str = "fp32", metadata: dict[str, str] | None = None, partials: bool = False,
+                 challenger_uri: str | None = None):
         torch.set_num_threads(threads)
         self.metadata = metadata
         art = loader(model_uri, storage_options)
         if threshold is not None:
             art.threshold = {**art.threshold, "value": threshold}
         self.passthrough, self.top_k, self.column_errors, self.partials = passthrough, top_k, column_errors, partials
-        self.scorer = RowScorer(art, "cuda" if use_gpu else "cpu", precision)
+        device = "cuda" if use_gpu else "cpu"
+        self.scorer = RowScorer(art, device, precision)
+        self.challenger = (RowScorer(loader(challenger_uri, storage_options), device, precision)
+                           if challenger_uri else None)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return with_metadata(self.scorer.output_table(batch, self.passthrough, self.top_k, self.column_errors,
-                                                      self.partials), self.metadata)
+        out = self.scorer.output_table(batch, self.passthrough, self.top_k, self.column_errors, self.partials)
+        if self.challenger is not None:
+            for name, col in challenger_columns(self.challenger, batch, out.column("is_anomaly").to_numpy(),
+                                                self.top_k or 3).items():
+                out = out.append_column(name, col)
+        return with_metadata(out, self.metadata)
 
 
 @functools.lru_cache(maxsize=4)
 def cached_scorer(model_uri: str, passthrough: tuple[str, ...], threshold: float | None, use_gpu: bool,
                   threads: int, loader: ModelLoader, storage_options: str, top_k: int,
-                  column_errors: bool, precision: str, partials: bool = False) -> BatchScorer:
+                  column_errors: bool, precision: str, partials: bool = False,
+                  challenger_uri: str | None = None) -> BatchScorer:
     return BatchScorer(model_uri, list(passthrough), threshold, use_gpu, threads, loader,
-                       json.loads(storage_options), top_k, column_errors, precision, partials=partials)
+                       json.loads(storage_options), top_k, column_errors, precision, partials=partials,
+                       challenger_uri=challenger_uri)
 
 
 def with_metadata(table: pa.Table, metadata: dict[str, str] | None) -> pa.Table:
@@ -96,11 +108,12 @@ def with_metadata(table: pa.Table, metadata: dict[str, str] | None) -> pa.Table:
 def score_batch(batch: pa.Table, *, model_uri: str, passthrough: list[str], threshold: float | None,
                 use_gpu: bool, threads: int, loader: ModelLoader, storage_options: dict | None,
                 top_k: int = 0, column_errors: bool = False, precision: str = "fp32",
-                metadata: dict[str, str] | None = None, partials: bool = False) -> pa.Table:
+                metadata: dict[str, str] | None = None, partials: bool = False,
+                challenger_uri: str | None = None) -> pa.Table:
     """Task-path UDF: the model is loaded once per worker process and reused across tasks."""
     scored = cached_scorer(model_uri, tuple(passthrough), threshold, use_gpu, threads, loader,
                            json.dumps(storage_options or {}, sort_keys=True), top_k, column_errors,
-                           precision, partials)(batch)
+                           precision, partials, challenger_uri)(batch)
     return with_metadata(scored, metadata)
 
 
@@ -131,7 +144,8 @@ def build_scored_dataset(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInpu
     args = {"model_uri": cfg.model, "passthrough": passthrough, "threshold": cfg.threshold,
             "use_gpu": cfg.use_gpu, "threads": threads, "loader": loader,
             "storage_options": normalize_storage_options(cfg.storage_options), "top_k": cfg.top_k,
-            "column_errors": cfg.column_errors, "precision": cfg.precision, "metadata": metadata, "partials": True}
+            "column_errors": cfg.column_errors, "precision": cfg.precision, "metadata": metadata, "partials": True,
+            "challenger_uri": cfg.challenger}
     common = {"batch_format": "pyarrow", "batch_size": cfg.batch_size, "num_cpus": cfg.cpus_per_worker,
               "num_gpus": 1 if cfg.use_gpu else 0}
     # A dead scorer (OOM, preempted node) is restarted and its batches retried: Ray Data

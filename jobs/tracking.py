@@ -256,7 +256,7 @@ def _download_folder(uri: str, local: str, storage_options: dict | None) -> None
         fs.get_file(remote, target)
 
 
-REPORT_FILES = ("report.html", "summary.json", "drift.html", "drift.json")
+REPORT_FILES = ("report.html", "summary.json", "drift.html", "drift.json", "comparison.json")
 """A committed scoring run's (or night's) files that its MLflow run keeps as artefacts, where present."""
 
 
@@ -281,6 +281,13 @@ def log_scoring(uri: str, opts: TrackingOptions, kind: str, config: dict, summar
         metrics = [(k, summary.get(k), 0) for k in ("row_count", "anomaly_count", "anomaly_rate")]
         metrics += [(f"quantile.{q}", v, 0) for q, v in (summary.get("quantiles") or {}).items()]
         metrics.append(("column_drift.drifted_share", (summary.get("column_drift") or {}).get("drifted_share"), 0))
+        chal = summary.get("challenger") or {}
+        if chal:
+            metrics += [("challenger.anomaly_rate", chal.get("anomaly_rate"), 0),
+                        ("challenger.spearman", chal.get("spearman"), 0),
+                        ("challenger.top_rows_shared", chal.get("top_rows_shared"), 0),
+                        ("challenger.flagged_jaccard", (chal.get("flagged") or {}).get("jaccard"), 0)]
+            metrics += [(f"challenger.reference_auroc.{k}", v, 0) for k, v in (chal.get("reference_auroc") or {}).items()]
         model = summary.get("model") or {}
         tags = {"aescore.model_version": model.get("version", ""), "aescore.run_uri": summary.get("run_uri", ""),
                 "aescore.input": (summary.get("input") or {}).get("uri", "")}
