@@ -17,6 +17,7 @@ user's (cluster/README.md).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -191,7 +192,8 @@ def log_training(uri: str, opts: TrackingOptions, config: dict, art, artifact_ur
             _log(c, run_id, tags={VERSION_TAG: art.version})
             c.set_terminated(run_id, "FINISHED")
         except BaseException:
-            c.set_terminated(run_id, "FAILED")
+            with contextlib.suppress(Exception):  # the original error matters, not this one
+                c.set_terminated(run_id, "FAILED")
             raise
     version = register_version(c, register, run_id, art.version) if register else None
     return {"run_id": run_id, "experiment_id": exp, "registered_model": register, "model_version": version}
@@ -308,6 +310,7 @@ def log_scoring(uri: str, opts: TrackingOptions, kind: str, config: dict, summar
         _log(c, run_id, tags={"aescore.run_id": key})  # last: a run found by it holds everything above
         c.set_terminated(run_id, "FINISHED")
     except BaseException:
-        c.set_terminated(run_id, "FAILED")
+        with contextlib.suppress(Exception):  # the original error matters, not this one
+            c.set_terminated(run_id, "FAILED")
         raise
     return run_id
