@@ -22,10 +22,12 @@ def moments(v: np.ndarray) -> dict:
     n = int(v.size)
     if not n:
         return {"n": 0, "mean": 0.0, "m2": 0.0, "m3": 0.0, "m4": 0.0}
-    mean = float(v.mean())
-    d = v - mean
-    d2 = d * d
-    return {"n": n, "mean": mean, "m2": float(d2.sum()), "m3": float((d2 * d).sum()), "m4": float((d2 * d2).sum())}
+    with np.errstate(over="ignore", invalid="ignore"):  # values near float max: inf, refused by Preprocessor.fit
+        mean = float(v.mean())
+        d = v - mean
+        d2 = d * d
+        return {"n": n, "mean": mean, "m2": float(d2.sum()), "m3": float((d2 * d).sum()),
+                "m4": float((d2 * d2).sum())}
 
 
 def merge_moments(x: dict, y: dict) -> dict:
@@ -58,4 +60,6 @@ def kurtosis(moments: dict) -> float:
     n, m2 = moments["n"], moments["m2"]
     if n < 4 or m2 <= 0 or "m4" not in moments:
         return 3.0
-    return float(n * moments["m4"] / (m2 * m2))
+    with np.errstate(over="ignore", invalid="ignore"):
+        value = float(n * moments["m4"] / (m2 * m2))
+    return value if math.isfinite(value) else 3.0  # a fourth power past float max says nothing

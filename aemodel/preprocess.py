@@ -215,7 +215,11 @@ class Preprocessor:
                 logged = (config.log_skewness is not None and abs(skew) > config.log_skewness
                           and "log" in st)
                 m = st["log"] if logged else st
-                std = math.sqrt(m["m2"] / m["n"])
+                std = math.sqrt(m["m2"] / m["n"]) if math.isfinite(m["m2"]) else math.inf
+                if not (math.isfinite(m["mean"]) and math.isfinite(std)):
+                    raise SchemaError(f"column {s.name!r} holds values too large to standardise (up to "
+                                      f"{max(abs(st['min']), abs(st['max'])):.3g}: its variance overflows float64); "
+                                      "rescale it, or exclude it (--exclude-columns)")
                 floor = config.min_scale_ratio * max(abs(m["mean"]), 1.0)
                 pp.numeric[s.name] = {"mean": m["mean"], "scale": max(std, floor), "std": std,
                                       "min": st["min"], "max": st["max"], "skewness": skew, "kurtosis": kurtosis(m),

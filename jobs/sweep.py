@@ -278,7 +278,27 @@ def check_inputs(cfg: SweepConfig, options: dict) -> tuple[SweepConfig, bool]:
         labelled = open_parquet_input(cfg.label_data, options)
         check_label_column(labelled.schema, cfg.label_data, cfg.label_column)
         check_schema(labelled.schema, features, cfg.label_data)
+        check_label_values(labelled, cfg.label_data, cfg.label_column)
     return cfg, legacy
+
+
+def check_label_values(labelled, data: str, label: str) -> None:
+    """Refuse, before any trial trains, labels outside 0/1 or of one class only (AUROC needs both).
+
+    Reads the label column alone (one column of the labelled files).
+    """
+    positives = negatives = 0
+    for _, _, table in labelled.iter_tables([label], None, 1 << 20, (label,)):
+        values = np.asarray(table.column(label).to_numpy(zero_copy_only=False), dtype=np.float64)
+        values = values[~np.isnan(values)]
+        bad = values[(values != 0) & (values != 1)]
+        if len(bad):
+            raise InputError(f"{data}: label column {label!r} holds {bad[0]:g}; it must hold 0/1 or true/false")
+        positives += int((values == 1).sum())
+        negatives += int((values == 0).sum())
+    if not positives or not negatives:
+        raise InputError(f"{data}: label column {label!r} holds {positives} anomalies and {negatives} normal rows; "
+                         "AUROC needs both")
 
 
 def run(cfg: SweepConfig) -> SweepResult:

@@ -118,7 +118,7 @@ def run(cfg: TrainConfig, report_links: list[tuple[str, str]] = ()) -> TrainResu
     if existing is not None and not cfg.overwrite:
         raise InputError(f"a model artefact from another run ({existing.run_id or 'unknown'}, version "
                          f"{existing.version}, created {existing.created_at}) is already at {cfg.out}; "
-                         "pass --overwrite to replace it or choose another --out")
+                         "pass --overwrite (--train.overwrite in a sweep) to replace it or choose another --out")
 
     local = cfg.resolved_local_data(on_one_machine(cfg.ray_address), input_bytes([train_in, val_in], len(specs)))
     if local:

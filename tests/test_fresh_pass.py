@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from aemodel.commit import committed_run
@@ -119,3 +120,37 @@ def test_a_users_pointer_temp_file_and_sweep_files_are_never_replaced(mixed_data
     assert sweep._legacy_sweep(str(old), {})
     (old / "notes.md").write_text("mine")
     assert not sweep._legacy_sweep(str(old), {})
+
+
+def test_sweep_labels_of_one_class_or_not_0_1_are_refused_before_any_trial(mixed_data, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jobs import sweep
+    from jobs.errors import InputError
+
+    table = mixed_data["score_table"]
+    cases = {"one class": (np.zeros(table.num_rows, bool), "holds 0 anomalies and 2000 normal rows; AUROC needs both"),
+             "not binary": (np.full(table.num_rows, 2.5), "holds 2.5; it must hold 0/1")}
+    for name, (labels, message) in cases.items():
+        path = tmp_path / f"{name}.parquet"
+        pq.write_table(table.set_column(table.schema.get_field_index(LABEL), LABEL, pa.array(labels)), path)
+        cfg = sweep.SweepConfig(data=mixed_data["train"], out=str(tmp_path / "sw"), latent=[2], label_data=str(path),
+                                label_column=LABEL, train=sweep.TrainOptions(exclude_columns=[ROW_ID]))
+        with pytest.raises(InputError, match=message):
+            sweep.check_inputs(cfg, {})
+        assert not (tmp_path / "sw").exists()
+
+
+def test_values_near_float_max_are_one_error_line_naming_the_column(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    huge = rng.normal(size=500)
+    huge[:5] = 1.7e308
+    pq.write_table(pa.table({"id": np.arange(500), "a": huge, "b": rng.normal(size=500)}), tmp_path / "t.parquet")
+    proc = _cli("train", "--data", str(tmp_path / "t.parquet"), "--out", str(tmp_path / "m"), "--exclude-columns",
+                "id", "--epochs", "2")
+    _one_error(proc, r"column 'a' holds values too large to standardise \(up to 1\.7e\+308")
+    assert not (tmp_path / "m").exists()
