@@ -134,6 +134,12 @@ def run_cli(job: Callable[[], str]) -> int:
             return code
         except BaseException as e:  # noqa: BLE001 - every failure becomes one line
             logging.getLogger("aescore").debug("job failed", exc_info=True)
+            if _on_signal.signum is not None:  # type: ignore[attr-defined]
+                # The signal's exception was swallowed (a library's bare except) and this failure
+                # followed from it: the interrupt is what happened.
+                text, code = interrupted_line(e)
+                print(text, file=sys.stderr, flush=True)
+                return code
             print(f"error: {describe(e)}", file=sys.stderr, flush=True)
             user = find_user_error(e)
             return 2 if user is not None and type(user).__name__ != "TrainingError" else 1

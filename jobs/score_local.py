@@ -15,11 +15,12 @@ row keeps its id whichever path scored it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import os
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -95,12 +96,19 @@ def score_in_process(chunks: Iterator[pa.Table], scorer: BatchScorer, batch_size
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="aescore-io") as pool:
         ahead: Future = pool.submit(next, chunks, None)
         writing: tuple[Future, int] | None = None
-        while (table := ahead.result()) is not None:
-            ahead = pool.submit(next, chunks, None)
-            scored = score(table)
+        try:
+            while (table := ahead.result()) is not None:
+                ahead = pool.submit(next, chunks, None)
+                scored = score(table)
+                collect(writing)
+                writing = (pool.submit(finish, scored), scored.num_rows)
             collect(writing)
-            writing = (pool.submit(finish, scored), scored.num_rows)
-        collect(writing)
+        except BaseException:
+            # An error or an interrupt here: the prefetch thread may still be inside the chunk
+            # generator; wait for it, so the caller's close() of the generator does not fail
+            # with "generator already executing" in place of this error.
+            wait([ahead])
+            raise
 
 
 def with_torch_threads(threads: int, fn: Callable[[], object]) -> object:
@@ -143,7 +151,10 @@ def score_locally(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput, meta
         try:
             score_in_process(chunks, scorer, cfg.batch_size, merged, sink, progress)
         finally:
-            chunks.close()  # a failed batch: close the open file's reader now, not at exit
+            # A failed batch: close the open file's reader now, not at exit. "Generator already
+            # executing" (a reader thread still in it) must never replace the error that got here.
+            with contextlib.suppress(ValueError):
+                chunks.close()
         return merged.result()
 
     threads = usable_cpus()

@@ -154,3 +154,53 @@ def test_values_near_float_max_are_one_error_line_naming_the_column(tmp_path):
                 "id", "--epochs", "2")
     _one_error(proc, r"column 'a' holds values too large to standardise \(up to 1\.7e\+308")
     assert not (tmp_path / "m").exists()
+
+
+def test_an_error_while_the_next_chunk_is_read_stays_the_error(monkeypatch):
+    """The scorer fails while the prefetch thread is inside the chunk generator: the caller sees that failure,
+    never "generator already executing" from closing the generator."""
+    import threading
+    import time
+
+    from jobs import score_local
+
+    inside = threading.Event()
+
+    import pyarrow as pa
+
+    def chunks():
+        yield pa.table({"x": [1, 2]})
+        inside.set()
+        time.sleep(0.5)  # the prefetch thread is here when the scorer fails
+        yield pa.table({"x": [3]})
+
+    def scorer(_table):
+        inside.wait(5)
+        raise KeyboardInterrupt  # what the signal handler's Interrupted is
+
+    def interrupted_shutdown(self, wait=True, **kwargs):  # the signal lands while the pool joins its threads
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(score_local.ThreadPoolExecutor, "shutdown", interrupted_shutdown)
+    gen = chunks()
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            score_local.score_in_process(gen, scorer, 10, None, lambda t: None)
+        finally:
+            gen.close()  # as score_locally does: must not raise ValueError
+
+
+def test_a_failure_after_a_swallowed_signal_reports_the_signal():
+    """fsspec's bare except can swallow the handler's exception; the error that follows is not what happened."""
+    import signal as _signal
+
+    from jobs import entry
+
+    def job() -> str:
+        try:
+            _signal.raise_signal(_signal.SIGTERM)
+        except BaseException:  # noqa: BLE001 - a library that swallows everything
+            pass
+        raise FileNotFoundError("no complete model artefact at ../model")
+
+    assert entry.run_cli(job) == 143
