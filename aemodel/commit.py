@@ -131,7 +131,7 @@ RUN_NAME = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{8}")
 """How aescore names a run folder (``OutputCommit.name``)."""
 _OWN_ROWS = re.compile(r"rows/[^/]+\.parquet")
 _OWN_FILES = frozenset({ATTEMPT, SUCCESS, MANIFEST, "summary.json", "report.html", "drift.json", "drift.html",
-                        "model.safetensors", "model.json", "train_rows.bloom", "metrics.json"})
+                        "comparison.json", "model.safetensors", "model.json", "train_rows.bloom", "metrics.json"})
 """What a run folder of aescore's holds: these files and row files (``rows/*.parquet``), nothing else."""
 
 
@@ -152,11 +152,15 @@ def remove_own_files(fs: fsspec.AbstractFileSystem, folder: str, names: list[str
     else:
         found = [n for n in names if fs.isfile(join(base, n))]
     own = [n for n in found if n in _OWN_FILES or _OWN_ROWS.fullmatch(n)]
-    if own:
-        _delete(fs, [join(base, n) for n in own])
+    # The attempt marker last: a clean-up cut short leaves a folder the next run still knows
+    # as a stale attempt of aescore's and finishes.
+    for batch in ([n for n in own if n != ATTEMPT], [n for n in own if n == ATTEMPT]):
+        if batch:
+            _delete(fs, [join(base, n) for n in batch])
     for sub in sorted({n.rsplit("/", 1)[0] for n in own if "/" in n}, key=len, reverse=True):
         _remove_if_empty(fs, join(base, sub))
     if names is None:
+        _remove_if_empty(fs, join(base, "rows"))  # emptied by a clean-up that was cut short
         _remove_if_empty(fs, base)
     return [n for n in found if n not in own] if names is None else []
 

@@ -204,3 +204,28 @@ def test_a_failure_after_a_swallowed_signal_reports_the_signal():
         raise FileNotFoundError("no complete model artefact at ../model")
 
     assert entry.run_cli(job) == 143
+
+
+def test_a_clean_up_cut_short_keeps_its_attempt_marker_so_the_next_run_finishes_it(tmp_path, monkeypatch):
+    """The marker went first, so an interrupted clean-up left an orphan no later run would touch."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    from aemodel import commit
+
+    run = tmp_path / "runs" / "20261201T000000Z-0123abcd"
+    (run / "rows").mkdir(parents=True)
+    for name in ("_attempt.json", "comparison.json", "summary.json", "rows/part-0.parquet"):
+        (run / name).write_text("x")
+    real, calls = commit._delete, []
+
+    def cut_short(fs, paths):
+        calls.append(paths)
+        real(fs, paths[:1])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(commit, "_delete", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        commit.remove_own_files(LocalFileSystem(), str(run))
+    assert (run / "_attempt.json").exists() and not any(p.endswith("_attempt.json") for p in calls[0])
+    monkeypatch.setattr(commit, "_delete", real)
+    assert commit.remove_own_files(LocalFileSystem(), str(run)) == [] and not run.exists()  # all aescore's
