@@ -320,6 +320,11 @@ def run(cfg: SweepConfig) -> SweepResult:
     # group that captures its child tasks, so the trial's Ray Data tasks could not get CPUs.
     remote = ray.remote(num_cpus=0, max_retries=0)(train_one)
     claim_prefix(cfg.out, "sweep", options, adopt=legacy)  # checked above; now ours
+    if cfg.train.overwrite:  # trials replace models: a previous summary would describe models that are gone
+        fs, path = url_to_fs(cfg.out, options)
+        for name in sorted(LEGACY_FILES):  # a claimed sweep prefix: these names are the sweep's own
+            if fs.isfile(join(path, name)):
+                fs.rm(join(path, name))
     sweep, pending, rows = config_to_dict(cfg), [], []
     for k in cfg.latent:
         if len(pending) >= cfg.max_concurrent:

@@ -126,6 +126,14 @@ def test_latent_sweep_recommends_a_size_and_warns_when_latent_reaches_the_inputs
     assert by_k[16]["copying"] == "latent 16 is 123% of the 13 feature columns" and by_k[2]["copying"] is None
     assert "likely copying" in sweep.format_result(res) and table["rule"].startswith("the smallest latent whose AUROC")
     assert "likely copying: latent 16" in page
+    # A rerun that replaces the trials' models drops the summary of the models it replaces first: cut
+    # short (here, a trial that fails), no sweep.json describes a model that is gone.
+    from dataclasses import replace
+
+    failing = replace(cfg, latent=[2], train=replace(cfg.train, overwrite=True, learning_rate=1e30))  # nan loss
+    with pytest.raises(TrainingError):
+        sweep.run(failing)
+    assert not (tmp_path / "sweep" / "sweep.json").exists() and (tmp_path / "sweep" / "latent-2").exists()
 
 
 ROWS = [{"latent_dim": k, "val_loss": v, "n_features": 9, "baseline_val_loss": 0.9, "auroc": None}
