@@ -182,7 +182,7 @@ def prepare_challenger(cfg, art, options: dict, loader) -> tuple:
 
     if not cfg.challenger:
         return cfg, None, None
-    uri, registry = resolve_model(cfg.challenger, cfg.tracking_uri, options, loader)
+    uri, registry = resolve_model(cfg.challenger, cfg.tracking_uri, options, loader, "--challenger")
     check_uris({"--challenger": uri}, options)
     check_no_overlap(cfg.out, {"--challenger": uri}, options)
     challenger = loader(uri, options)

@@ -364,7 +364,8 @@ def prepare(cfg: NightlyConfig) -> tuple[NightlyConfig, str | None]:
     tracking = check_tracking(cfg)
     cfg = replace(cfg, model=pin_version(cfg.model, cfg.tracking_uri))
     if cfg.score.challenger:
-        cfg = replace(cfg, score=replace(cfg.score, challenger=pin_version(cfg.score.challenger, cfg.tracking_uri)))
+        cfg = replace(cfg, score=replace(cfg.score, challenger=pin_version(cfg.score.challenger, cfg.tracking_uri,
+                                                                           "--score.challenger")))
     check_nights(cfg, cfg.nights())
     return cfg, tracking
 

@@ -25,7 +25,7 @@ def is_registry_uri(uri: str) -> bool:
     return uri.startswith(REGISTRY_SCHEME)
 
 
-def _model_version(c, uri: str, tracking_uri: str):
+def _model_version(c, uri: str, tracking_uri: str, flag: str = "--model"):
     body = uri[len(REGISTRY_SCHEME):]
     try:
         if "@" in body:
@@ -33,36 +33,36 @@ def _model_version(c, uri: str, tracking_uri: str):
             return c.get_model_version_by_alias(name, alias)
         name, _, number = body.partition("/")
         if not name or not number.isdigit():
-            raise InputError(f"--model {uri}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
+            raise InputError(f"{flag} {uri}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
         return c.get_model_version(name, number)
     except InputError:
         raise
     except Exception as e:  # noqa: BLE001 - not found, no server: one line
-        raise InputError(f"--model {uri}: not found in the MLflow registry at {tracking_uri} "
+        raise InputError(f"{flag} {uri}: not found in the MLflow registry at {tracking_uri} "
                          f"({' '.join(str(e).split())[:300]})") from e
 
 
-def _registry_client(uri: str, tracking_flag: str | None):
+def _registry_client(uri: str, tracking_flag: str | None, flag: str = "--model"):
     tracking_uri = resolved_tracking_uri(tracking_flag)
     if tracking_uri is None:
-        raise InputError(f"--model {uri}: a registry model needs --tracking-uri or MLFLOW_TRACKING_URI")
+        raise InputError(f"{flag} {uri}: a registry model needs --tracking-uri or MLFLOW_TRACKING_URI")
     return client(tracking_uri), tracking_uri
 
 
-def pin_version(uri: str, tracking_flag: str | None) -> str:
+def pin_version(uri: str, tracking_flag: str | None, flag: str = "--model") -> str:
     """``models:/NAME@ALIAS`` as the ``models:/NAME/VERSION`` the alias names now; any other URI unchanged.
 
     A nightly backfill reads the alias once: a promotion during it does not change its model.
     """
     if not is_registry_uri(uri) or "@" not in uri:
         return uri
-    c, tracking_uri = _registry_client(uri, tracking_flag)
-    mv = _model_version(c, uri, tracking_uri)
+    c, tracking_uri = _registry_client(uri, tracking_flag, flag)
+    mv = _model_version(c, uri, tracking_uri, flag)
     return f"{REGISTRY_SCHEME}{mv.name}/{mv.version}"
 
 
 def resolve_model(uri: str, tracking_flag: str | None, storage_options: dict | None,
-                  loader: Any = None) -> tuple[str, dict | None]:
+                  loader: Any = None, flag: str = "--model") -> tuple[str, dict | None]:
     """A ``--model`` value as a URI that holds the artefact, and the registry version it came from (or None).
 
     Pointer files (``--publish-latest``) are followed once; ``models:/NAME/VERSION`` and
@@ -74,9 +74,12 @@ def resolve_model(uri: str, tracking_flag: str | None, storage_options: dict | N
         from jobs.storage import resolve_model_uri
 
         return resolve_model_uri(uri, storage_options), None
-    c, tracking_uri = _registry_client(uri, tracking_flag)
-    mv = _model_version(c, uri, tracking_uri)
+    c, tracking_uri = _registry_client(uri, tracking_flag, flag)
+    mv = _model_version(c, uri, tracking_uri, flag)
     version = (mv.tags or {}).get(VERSION_TAG)
+    if version is None:
+        raise InputError(f"{flag} {uri}: version {mv.version} of {mv.name} was not registered by aescore train "
+                         "--register (it has no aescore.version tag): not an aescore model")
     info = {"registry_uri": uri, "name": mv.name, "version": str(mv.version), "aescore_version": version}
     original = c.get_run(mv.run_id).data.tags.get(ARTIFACT_URI_TAG) if mv.run_id else None
     if original and loader is not None:
@@ -94,23 +97,35 @@ def cache_root() -> str:
 
 
 def _cached_copy(mv, tracking_uri: str, storage_options: dict | None, loader: Any) -> str:
-    """A local folder with MLflow's copy of a version (versions never change: downloaded once, then reused)."""
+    """A local folder with MLflow's copy of a version (versions never change: downloaded once, then reused).
+
+    Two processes may fetch the same version at once: each downloads into a folder of its
+    own and renames it into place; a copy already there and whole is kept (another process
+    may be reading it), a damaged one replaced.
+    """
     import mlflow.artifacts
 
     final = os.path.join(cache_root(), "registry", quote(mv.name, safe=""), str(mv.version))
-    if os.path.isdir(final):
+    expected = (mv.tags or {}).get(VERSION_TAG)
+
+    def whole() -> bool:
         try:
-            if loader is None or loader(final, storage_options).version == (mv.tags or {}).get(VERSION_TAG):
-                return final
-        except Exception:  # noqa: BLE001 - a damaged copy: fetched again below
-            pass
+            return os.path.isdir(final) and (loader is None or loader(final, storage_options).version == expected)
+        except Exception:  # noqa: BLE001 - a damaged copy
+            return False
+
+    if whole():
+        return final
     os.makedirs(os.path.dirname(final), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{mv.version}-", dir=os.path.dirname(final))
     try:
         path = mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=tmp, tracking_uri=tracking_uri)
-        if os.path.isdir(final):
-            shutil.rmtree(final)  # only ever a copy this cache made
-        os.replace(path, final)
+        try:
+            os.replace(path, final)  # atomic while nothing is there
+        except OSError:  # another process's copy (whole: keep it) or a damaged one in the way
+            if not whole():
+                shutil.rmtree(final)  # only ever a copy this cache made
+                os.replace(path, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final

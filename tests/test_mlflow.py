@@ -135,3 +135,30 @@ def test_without_the_extra_a_tracking_uri_is_one_error_line(mixed_data, tmp_path
                             str(tmp_path / "m"), "--exclude-columns", f"{ROW_ID},{LABEL}", "--epochs", "2"],
                            capture_output=True, text=True, env=env, timeout=300)
     assert plain.returncode == 0 and "trained" in plain.stdout and "mlflow" not in plain.stdout, plain.stderr
+
+
+def test_a_version_fetched_by_two_processes_at_once_keeps_the_first_whole_copy(registered, monkeypatch):
+    """The second download finds the first one's copy in place: it keeps it (it may be in use), never swaps it."""
+    import mlflow.artifacts
+
+    from aemodel import load_artifact
+    from jobs import registry
+
+    mv = registered["client"].get_model_version("ae", "1")
+    final = os.path.join(registry.cache_root(), "registry", "ae", "1")
+    real = mlflow.artifacts.download_artifacts
+
+    def racing(**kwargs):  # another process renames its copy into place while this one downloads
+        path = real(**kwargs)
+        shutil.copytree(path, final)
+        open(os.path.join(final, "in-use-by-the-other-process"), "w").close()
+        return path
+
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", racing)
+    got = registry._cached_copy(mv, registered["cfg"].tracking_uri, None, load_artifact)
+    assert got == final and os.path.exists(os.path.join(final, "in-use-by-the-other-process"))
+    assert load_artifact(final).version == registered["result"].version
+    assert os.listdir(os.path.dirname(final)) == ["1"]  # no temporary folder left beside it
+    foreign = registered["client"].create_model_version("ae", mv.source, run_id=mv.run_id)  # without aescore's tag
+    with pytest.raises(Exception, match="not registered by aescore train --register"):
+        registry.resolve_model(f"models:/ae/{foreign.version}", registered["cfg"].tracking_uri, None, load_artifact)
