@@ -112,7 +112,7 @@ class ScoreOptions:
 
 
 @dataclass(kw_only=True)
-class ScoreConfig(ScoreOptions, TrackingOptions):
+class ScoreConfig(TrackingOptions, ScoreOptions):
     """Input and output"""
 
     model: str
