@@ -1,9 +1,10 @@
 """A real MLflow tracking server for the tests: its own venv, SQLite backend, local artefact root, 127.0.0.1.
 
-The server runs from ``.venv-mlflow-server`` (made on first use, by ``server_python``):
-the full ``mlflow`` package pins pyarrow below the version aescore runs with, while the
-client aescore uses (``mlflow-skinny``, in the test extra) pins nothing of the kind. On a
-real deployment the server is a separate machine in any case (cluster/README.md).
+The server runs from its own venv (made on first use, by ``server_python``), outside the
+checkout (``AESCORE_MLFLOW_SERVER_VENV``, else the system's temporary folder): the full
+``mlflow`` package pins pyarrow below the version aescore runs with, while the client
+aescore uses (``mlflow-skinny``, in the test extra) pins nothing of the kind. On a real
+deployment the server is a separate machine in any case.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 SERVER_PACKAGE = "mlflow==3.17.2"
 """The tracking server's version (the client is mlflow-skinny of the same major version)."""
-VENV = Path(__file__).resolve().parents[1] / ".venv-mlflow-server"
+VENV = Path(os.environ.get("AESCORE_MLFLOW_SERVER_VENV")
+            or Path(tempfile.gettempdir()) / f"aescore-{SERVER_PACKAGE.replace('==', '-')}-server")
 
 
 def server_python() -> Path:
