@@ -113,12 +113,12 @@ def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact,
     check_gpu(cfg.use_gpu, cfg.ray_address)
     options = normalize_storage_options(cfg.storage_options)
     tracking = check_tracking(cfg) if track else None
+    check_uris({"--data": cfg.data, "--out": cfg.out}, options)
     registry = None
     if is_registry_uri(cfg.model):  # resolved once, here: the folder of that registry version
-        check_uris({"--data": cfg.data, "--out": cfg.out}, options)
         resolved, registry = resolve_model(cfg.model, cfg.tracking_uri, options, loader)
         cfg = replace(cfg, model=resolved)
-    check_uris({"--data": cfg.data, "--model": cfg.model, "--out": cfg.out}, options)
+    check_uris({"--model": cfg.model}, options)
     check_no_overlap(cfg.out, {"--data": cfg.data, "--model": cfg.model}, options)
     cfg = replace(cfg, model=resolve_model_uri(cfg.model, options))  # follow a LATEST pointer once
     check_no_overlap(cfg.out, {"--model": cfg.model}, options)

@@ -28,8 +28,9 @@ import time
 from dataclasses import dataclass
 from typing import ClassVar
 
-from aemodel.store import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
 
+from aemodel.store import url_to_fs
 from jobs.errors import InputError
 
 EXTRA_HINT = "pip install 'aescore[mlflow]'"
@@ -182,12 +183,14 @@ def log_training(uri: str, opts: TrackingOptions, config: dict, art, artifact_ur
             metrics, tags = training_metrics(art.history, art.metrics or {}, art.threshold)
             _log(c, run_id, flat_params(config), metrics,
                  {**tags, ARTIFACT_URI_TAG: artifact_uri, "aescore.model_uri": model_uri})
+            fs, path = url_to_fs(artifact_uri, storage_options)
             with tempfile.TemporaryDirectory(prefix="aescore-mlflow-") as tmp:
-                copy = os.path.join(tmp, ARTIFACT_PATH)
-                _download_folder(artifact_uri, copy, storage_options)
-                c.log_artifacts(run_id, copy, ARTIFACT_PATH)
-                if os.path.exists(os.path.join(copy, "report.html")):
-                    c.log_artifact(run_id, os.path.join(copy, "report.html"))
+                local = path if isinstance(fs, LocalFileSystem) else os.path.join(tmp, ARTIFACT_PATH)
+                if local != path:  # on object storage: a local copy to upload (a local artefact is read in place)
+                    _download_folder(fs, path, local)
+                c.log_artifacts(run_id, local, ARTIFACT_PATH)
+                if os.path.exists(os.path.join(local, "report.html")):
+                    c.log_artifact(run_id, os.path.join(local, "report.html"))
             # Tagged last: a run found by this tag holds everything above.
             _log(c, run_id, tags={VERSION_TAG: art.version})
             c.set_terminated(run_id, "FINISHED")
@@ -248,8 +251,7 @@ def _log_files(c, run_id: str, folder: str, names: tuple[str, ...], storage_opti
         c.log_artifacts(run_id, tmp)
 
 
-def _download_folder(uri: str, local: str, storage_options: dict | None) -> None:
-    fs, path = url_to_fs(uri, storage_options)
+def _download_folder(fs, path: str, local: str) -> None:
     os.makedirs(local, exist_ok=True)
     for remote in fs.find(path):
         rel = remote[len(path.rstrip("/")) + 1:]
