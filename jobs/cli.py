@@ -1,4 +1,4 @@
-"""The ``aescore`` command: ``aescore {train,score,nightly,sweep,demo,submit} [flags]``.
+"""The ``aescore`` command: ``aescore {train,score,nightly,sweep,promote,demo,submit} [flags]``.
 
 Exit code 0 on success; otherwise one ``error: ...`` line on stderr and exit code 2 for
 bad configuration or input, 1 for any other failure, 130/143 when interrupted (``jobs.entry``).
@@ -11,13 +11,14 @@ import sys
 
 from jobs.entry import run_entry_point
 
-_USAGE = """usage: aescore {train,score,nightly,sweep,demo,submit} [--help] [flags]
+_USAGE = """usage: aescore {train,score,nightly,sweep,promote,demo,submit} [--help] [flags]
        aescore --version
 
   train   fit the autoencoder with Ray Train and write a model artefact
   score   score Parquet shards with a model artefact (rows/ + summary.json)
   nightly score one date partition (or a range), commit it, report drift (exit 3 on alert)
   sweep   train one model per latent size (parallel Ray Train runs), compare, recommend one
+  promote move the model in service (MLflow alias or pointer file) with an audit record; --rollback
   demo    generate mixed-type data with injected anomalies, train, score, report AUROC
   submit  run one of these on a Ray cluster; exits with the job's exit code (3: drift alert)
 """
@@ -45,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         from jobs.train import main as job_main
     elif command == "score":
         from jobs.score import main as job_main
+    elif command == "promote":
+        from jobs.promote import main as job_main
     elif command == "demo":
         from jobs.demo import main as job_main
     elif command == "nightly":

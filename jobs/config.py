@@ -148,6 +148,18 @@ def normalize_argv(argv: list[str], kinds: dict[str, str]) -> list[str]:
     return out
 
 
+def with_aliases(argv: list[str], aliases: dict[str, str]) -> list[str]:
+    """Normalized ``argv`` with each alias flag (``--from``, a class's ``FLAG_ALIASES`` key) as the option it names.
+
+    Aliases name value options only (a bare boolean is rewritten before this).
+    """
+    out = []
+    for token in argv:
+        name, eq, value = token[2:].partition("=") if token.startswith("--") else ("", "", "")
+        out.append(f"--{aliases[name]}{eq}{value}" if name in aliases else token)
+    return out
+
+
 def option_groups(cls: type) -> list[tuple[type, set[str]]]:
     """``cls`` and then its dataclass bases in field order, each with the fields it declares itself.
 
@@ -186,7 +198,7 @@ class _Help(DefaultHelpFormatter):
     def _format_usage(self, usage, actions, groups, prefix) -> str:
         required = " ".join(f"{a.option_strings[0]} {a.dest.upper()}" for a in actions
                             if a.required and a.option_strings)
-        return dashed(f"usage: {self._prog} {required} [options]\n\n")
+        return dashed(f"usage: {' '.join(p for p in (self._prog, required) if p)} [options]\n\n")
 
     def _expand_help(self, action) -> str:
         return dashed(super()._expand_help(action))
@@ -214,9 +226,10 @@ def build_parser(cls: type, prog: str, description: str | None = None) -> Argume
     ``--help`` lists each group's common options first, and the options its class names in
     ``ADVANCED`` after all of them, in an "Advanced: ..." group each; a nested config's
     advanced options (``--train.*`` of a sweep) are left out, with a note that they work.
-    Options named in ``cls.REFUSED_OPTIONS`` (dotted, e.g. ``train.latent_dim``: a composed
-    config's fields that this job decides itself) still parse, so the job's own check can
-    say why it refuses them, but are left out of ``--help``.
+    A class's ``FLAG_ALIASES`` (``{"from": "candidate"}``) are other spellings of its
+    options, named in their help. Options named in ``cls.REFUSED_OPTIONS`` (dotted, e.g.
+    ``train.latent_dim``: a composed config's fields that this job decides itself) still
+    parse, so the job's own check can say why it refuses them, but are left out of ``--help``.
     """
     parser = ArgumentParser(prog=prog, description=description, exit_on_error=False, epilog=_EPILOG,
                             formatter_class=_Help)
@@ -227,7 +240,12 @@ def build_parser(cls: type, prog: str, description: str | None = None) -> Argume
         parser.add_class_arguments(klass, None, as_group=True, skip=skip)
     refused = dict(getattr(cls, "REFUSED_OPTIONS", {}))
     advanced = advanced_options(cls)
+    spellings: dict[str, list[str]] = {}
+    for alias, dest in getattr(cls, "FLAG_ALIASES", {}).items():
+        spellings.setdefault(dest, []).append(f"--{alias}")
     for action in parser._actions:  # argparse keeps no public list of a parser's actions
+        if action.dest in spellings and action.help:
+            action.help = f"{action.help.rstrip()} Also spelled {', '.join(spellings[action.dest])}."
         if action.dest in refused or ("." in action.dest and action.dest in advanced):
             action.help = SUPPRESS
     for group in list(parser._action_groups):  # argparse's groups, likewise
@@ -327,7 +345,8 @@ def parse_config(cls: type[T], argv: list[str] | None, prog: str, description: s
     import sys
 
     parser = build_parser(cls, prog, description)
-    args = normalize_argv(list(sys.argv[1:] if argv is None else argv), flag_kinds(cls))
+    args = with_aliases(normalize_argv(list(sys.argv[1:] if argv is None else argv), flag_kinds(cls)),
+                        getattr(cls, "FLAG_ALIASES", {}))
     try:
         if "--print_config" in args:
             _print_config_redacted(parser, args)

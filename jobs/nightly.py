@@ -24,6 +24,7 @@ import functools
 import json
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
+from typing import ClassVar
 
 import numpy as np
 
@@ -99,6 +100,11 @@ class NightlyConfig(TrackingOptions):
     """Alert when at least this share of the feature columns drifted from training (each column's PSI above --psi-alert and its noise level), e.g. 0.2; default: reported, never alerts."""
     score: ScoreOptions = field(default_factory=ScoreOptions)
     """Scoring options of every night, as --score.<option> (aescore score's)"""
+
+    FLAG_ALIASES: ClassVar[dict[str, str]] = {"challenger": "score.challenger",
+                                              "reference_data": "score.reference_data",
+                                              "label_column": "score.label_column"}
+    """The challenger's options as aescore score spells them (--challenger, --reference-data, --label-column)."""
 
     def __post_init__(self) -> None:
         for name in ("data", "out"):

@@ -72,6 +72,16 @@ def mixed_data(tmp_path_factory):
             "train_table": train, "score_table": score}
 
 
+@pytest.fixture(scope="session")
+def mlflow_uri(tmp_path_factory):
+    """A real MLflow tracking server (SQLite backend, local artefacts) on 127.0.0.1, stopped by its PID."""
+    from tests import mlflow_server
+
+    proc, uri = mlflow_server.start(tmp_path_factory.mktemp("mlflow"), free_port())
+    yield uri
+    mlflow_server.stop(proc)
+
+
 @pytest.fixture
 def bucket(s3_server, request):
     """A fresh S3 bucket on the local server, as an s3:// URI."""

@@ -13,8 +13,6 @@ from aemodel import read_scores
 from jobs import nightly, score, train
 from jobs.score_config import ScoreOptions
 from jobs.synthetic import LABEL, ROW_ID
-from tests import mlflow_server
-from tests.conftest import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -23,13 +21,6 @@ pytestmark = pytest.mark.e2e
 def _cache(tmp_path, monkeypatch):
     """Registry copies go to a test folder, not the user's ~/.cache/aescore."""
     monkeypatch.setenv("AESCORE_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def mlflow_uri(tmp_path_factory):
-    proc, uri = mlflow_server.start(tmp_path_factory.mktemp("mlflow"), free_port())
-    yield uri
-    mlflow_server.stop(proc)
 
 
 @pytest.fixture(scope="module")
