@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 from typing import ClassVar
@@ -38,7 +39,7 @@ from jobs.errors import OutputError, describe
 from jobs.report import nightly_report
 from jobs.score_config import ScoreOptions
 from jobs.storage import check_uris, normalize_storage_options, redact_config
-from jobs.registry import is_registry_uri, pin_version, resolve_model
+from jobs.registry import is_registry_uri, pin_challenger, pin_version, resolve_model
 from jobs.tracking import TrackingOptions, check_tracking, log_scoring
 
 DRIFT_EXIT_CODE = 3
@@ -370,8 +371,12 @@ def prepare(cfg: NightlyConfig) -> tuple[NightlyConfig, str | None]:
     tracking = check_tracking(cfg)
     cfg = replace(cfg, model=pin_version(cfg.model, cfg.tracking_uri))
     if cfg.score.challenger:
-        cfg = replace(cfg, score=replace(cfg.score, challenger=pin_version(cfg.score.challenger, cfg.tracking_uri,
-                                                                           "--score.challenger")))
+        challenger, why = pin_challenger(cfg.score.challenger, cfg.model, cfg.tracking_uri, "--challenger")
+        if challenger is None:
+            print(f"warning: {why}", file=sys.stderr, flush=True)
+            cfg = replace(cfg, score=replace(cfg.score, challenger=None, reference_data=None, label_column=None))
+        else:
+            cfg = replace(cfg, score=replace(cfg.score, challenger=challenger))
     check_nights(cfg, cfg.nights())
     return cfg, tracking
 

@@ -61,6 +61,34 @@ def pin_version(uri: str, tracking_flag: str | None, flag: str = "--model") -> s
     return f"{REGISTRY_SCHEME}{mv.name}/{mv.version}"
 
 
+def pin_challenger(uri: str, champion: str, tracking_flag: str | None,
+                   flag: str = "--challenger") -> tuple[str | None, str | None]:
+    """A nightly's challenger pinned as the model is, or (None, why) when there is nothing to compare this night.
+
+    A schedule keeps ``--challenger models:/NAME@challenger`` between trials: while that
+    alias names no version, or names the model in service itself (after its promotion),
+    nights score without a challenger (and without its cost) instead of failing.
+    """
+    if is_registry_uri(uri) and "@" in uri:
+        c, tracking_uri = _registry_client(uri, tracking_flag, flag)
+        name, alias = uri[len(REGISTRY_SCHEME):].split("@", 1)
+        try:
+            c.get_registered_model(name)
+        except Exception as e:  # noqa: BLE001 - no such model, no server: one line
+            raise InputError(f"{flag} {uri}: not found in the MLflow registry at {tracking_uri} "
+                             f"({' '.join(str(e).split())[:300]})") from e
+        try:
+            mv = c.get_model_version_by_alias(name, alias)
+        except Exception as e:  # noqa: BLE001 - the model exists: the alias is not set
+            if "not found" not in str(e).lower():
+                raise
+            return None, f"{flag} {uri}: the alias names no version; scoring without a challenger"
+        uri = f"{REGISTRY_SCHEME}{mv.name}/{mv.version}"
+    if uri == champion:
+        return None, f"{flag} {uri} is the model in service itself; scoring without a challenger"
+    return uri, None
+
+
 def resolve_model(uri: str, tracking_flag: str | None, storage_options: dict | None,
                   loader: Any = None, flag: str = "--model") -> tuple[str, dict | None]:
     """A ``--model`` value as a URI that holds the artefact, and the registry version it came from (or None).

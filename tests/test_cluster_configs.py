@@ -147,6 +147,21 @@ def test_nightly_cronjob_never_overlaps_cleans_up_and_tells_a_drift_alert_from_a
     assert job["template"]["spec"]["restartPolicy"] == "Never"  # required by podFailurePolicy
 
 
+def test_the_nightly_scores_the_registry_champion_beside_a_challenger():
+    """models:/NAME@champion, a challenger alias and a labelled reference set (promotion's evidence); the MLflow
+    credentials come to the Ray head from an optional Secret, never in the command."""
+    ((name, argv),) = [(n, a) for n, a in _entrypoints() if a[2] == "jobs.nightly"]
+    cfg = parse_config(NightlyConfig, argv[3:], prog="jobs.nightly")
+    assert cfg.model.startswith("models:/") and cfg.model.endswith("@champion"), name
+    assert cfg.score.challenger.startswith("models:/") and cfg.score.challenger.endswith("@challenger"), name
+    assert cfg.score.reference_data and cfg.score.label_column and cfg.tracking_uri.startswith("http"), name
+    assert not re.search(r"(PASSWORD|TOKEN|SECRET)", " ".join(argv), re.I), name
+    for cluster_name, cluster in _ray_cluster_specs():
+        if cluster_name.endswith("raycluster.yaml"):
+            (head,) = cluster["headGroupSpec"]["template"]["spec"]["containers"]
+            assert {"name": "aescore-mlflow", "optional": True} in [e.get("secretRef") for e in head["envFrom"]]
+
+
 def test_rayjobs_have_lifecycle_limits_and_clusters_a_gpu_worker_group():
     specs = list(_rayjob_specs())
     assert len(specs) >= 2  # train, score

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -107,6 +108,28 @@ def test_a_nightly_logs_its_drift_figures_and_alert(registered, mixed_data, tmp_
     assert "reused" in cli.stdout and f"mlflow: run {result.tracking}" in cli.stdout and "View run" not in cli.stdout
     nights = registered["client"].search_runs([run.info.experiment_id], "tags.`aescore.kind` = 'nightly'")
     assert [r.info.run_id for r in nights] == [result.tracking]
+
+
+def test_a_nightly_challenger_alias_between_trials_scores_without_a_challenger(registered, mixed_data, tmp_path,
+                                                                                capsys):
+    """A schedule keeps --challenger models:/NAME@challenger; unset, or the champion itself, it is left out."""
+    shutil.copytree(mixed_data["score"], tmp_path / "dt=2026-11-03")
+    client, uri = registered["client"], registered["cfg"].tracking_uri
+    cfg = nightly.NightlyConfig(model="models:/ae@champion", data=str(tmp_path / "dt={date}"),
+                                out=str(tmp_path / "out" / "dt={date}"), date="2026-11-03", tracking_uri=uri,
+                                score=ScoreOptions(challenger="models:/ae@challenger", reference_data="ref",
+                                                   label_column=LABEL))
+    pinned, _ = nightly.prepare(cfg)
+    assert pinned.model == "models:/ae/1" and pinned.score.challenger is None and pinned.score.reference_data is None
+    assert "warning: --challenger models:/ae@challenger: the alias names no version" in capsys.readouterr().err
+    client.set_registered_model_alias("ae", "challenger", "1")
+    try:
+        pinned, _ = nightly.prepare(cfg)
+        assert pinned.score.challenger is None and "is the model in service itself" in capsys.readouterr().err
+    finally:
+        client.delete_registered_model_alias("ae", "challenger")
+    with pytest.raises(Exception, match="not found in the MLflow registry"):
+        nightly.prepare(replace(cfg, score=ScoreOptions(challenger="models:/nope@challenger")))
 
 
 def test_without_the_extra_a_tracking_uri_is_one_error_line(mixed_data, tmp_path):
