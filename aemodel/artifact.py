@@ -37,7 +37,7 @@ from aemodel.preprocess import Preprocessor
 from aemodel.store import read_bytes, url_to_fs, write_bytes
 
 FORMAT = "aescore-model"
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 """2: ``reference.latent`` (the latent term of anomaly_score; threshold on anomaly_score). Readers
 of version 1 would ignore the latent term and mis-score, so an older aescore refuses these.
 3: the latent term is a Gaussian mixture of several components (``aemodel.latent``); version 2
@@ -45,8 +45,10 @@ readers know only one Gaussian, so they refuse these. An artefact whose term has
 component also stores it as version 2 did and, without a marginal term (``--marginal-weight 0``),
 is written as version 2, so an aescore one release older still scores it. 4: ``reference.marginal`` (the marginal term,
 ``aemodel.marginal``), which readers of versions 1-3 would ignore and mis-score, so they refuse
-these. Versions 1, 2 and 3 load and score as they did."""
-READABLE_VERSIONS = (1, 2, 3, 4)
+these. 5: a model bank (``bank``: one model per entity beside this global one, ``aemodel.bank``);
+readers of versions 1-4 would score every row with the global model, so they refuse these.
+Versions 1, 2, 3 and 4 load and score as they did."""
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 WEIGHTS_FILE = "model.safetensors"
 BLOOM_FILE = "train_rows.bloom"
 META_FILE = "model.json"
@@ -99,6 +101,8 @@ class ModelArtifact:
     extra_files: dict[str, bytes] = field(default_factory=dict)
     version: str = ""
     location: str = ""
+    bank: dict | None = None
+    """A model bank's entity columns and index checksum (``aemodel.bank``); None for one model."""
 
     def build_model(self) -> TabularAutoencoder:
         """The network with its weights loaded, in eval mode."""
@@ -115,9 +119,11 @@ def _join(uri: str, name: str) -> str:
     return uri.rstrip("/") + "/" + name
 
 
-def format_version(reference: dict) -> int:
-    """The oldest format whose readers score ``reference`` right: 4 with a marginal term; else 2
+def format_version(reference: dict, bank: dict | None = None) -> int:
+    """The oldest format whose readers score right: 5 for a bank; 4 with a marginal term; else 2
     when the latent term is (also) stored as one Gaussian (``mean`` / ``whitening``) or absent, else 3."""
+    if bank:
+        return 5
     if reference.get("marginal"):
         return 4
     latent = reference.get("latent")
@@ -132,7 +138,7 @@ def _artifact_files(art: ModelArtifact) -> dict[str, bytes]:
     art.created_at = art.created_at or datetime.now(timezone.utc).isoformat(timespec="seconds")
     meta = {
         "format": FORMAT,
-        "format_version": format_version(art.reference),
+        "format_version": format_version(art.reference, art.bank),
         "model_config": art.model_config.to_dict(),
         "preprocessor": art.preprocessor.to_dict(),
         "threshold": art.threshold,
@@ -147,6 +153,8 @@ def _artifact_files(art: ModelArtifact) -> dict[str, bytes]:
         "files": {name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
                   for name, data in checked.items()},
     }
+    if art.bank:
+        meta["bank"] = art.bank
     body = json.dumps(meta, sort_keys=True).encode()
     art.version = hashlib.sha256(body).hexdigest()[:16]
     meta["version"] = art.version
@@ -205,7 +213,8 @@ def save_artifact(art: ModelArtifact, uri: str, storage_options: dict | None = N
     """
     out = commit or OutputCommit(uri, storage_options, kind="model")
     try:
-        out.begin(adopt=bool(flat_layout_files(out.fs, out.path)))
+        if not out.begun:  # a bank's entity models were written into the run folder already
+            out.begin(adopt=bool(flat_layout_files(out.fs, out.path)))
         files = _artifact_files(art)
         for name, data in files.items():
             write_bytes(out.fs, out.path_of(name), data)
@@ -310,4 +319,5 @@ def load_artifact(uri: str, storage_options: dict | None = None) -> ModelArtifac
         training_rows_info=info,
         version=meta["version"],
         location=folder,
+        bank=meta.get("bank"),
     )

@@ -107,11 +107,16 @@ class AnomalyAutoencoder(TrainingOptions):
 
     # --- fitting ----------------------------------------------------------------------
 
-    def fit(self, X, y=None, X_val=None) -> AnomalyAutoencoder:  # noqa: ARG002 - y: scikit-learn's signature
+    def fit(self, X, y=None, X_val=None, *, preprocessor: Preprocessor | None = None  # noqa: ARG002 - y: sklearn's
+            ) -> AnomalyAutoencoder:
         """Train on ``X`` (mostly normal rows); ``X_val``, or a row-hash split of ``X``, calibrates the threshold.
 
         ``y`` is ignored (unsupervised, as in PyOD). Columns are picked and typed as
         ``aescore train`` does (``feature_columns``, ``exclude_columns``, ``column_types``).
+        ``preprocessor``: a fitted one to use instead of fitting one on ``X`` (its columns
+        are the features): an entity model of a bank shares its global model's
+        (``aemodel.bank``); the statistics of ``X`` still give the leakage filter and the
+        column warnings.
 
         Raises:
             SchemaError: A column of an unusable type, or ``X_val`` without ``X``'s features.
@@ -119,7 +124,12 @@ class AnomalyAutoencoder(TrainingOptions):
             ValueError: Fewer than ``MIN_ROWS`` rows.
         """
         table = as_table(X)
-        specs = resolve_columns(table.schema, self.feature_columns or None, self.exclude_columns, self.column_types)
+        if preprocessor is not None:
+            specs = preprocessor.specs
+            check_schema(table.schema, specs, "X")
+        else:
+            specs = resolve_columns(table.schema, self.feature_columns or None, self.exclude_columns,
+                                    self.column_types)
         names = [s.name for s in specs]
         if table.num_rows < MIN_ROWS:
             raise ValueError(f"X: {table.num_rows} row(s); training needs at least {MIN_ROWS}, part of them held out "
@@ -131,7 +141,7 @@ class AnomalyAutoencoder(TrainingOptions):
             check_schema(val_table.schema, specs, "X_val")
             val_in = TableInput.of(feature_table(val_table, specs))
         stats, seen_rows, leakage = fit_statistics(self, specs, train_in, val_in)
-        pp = Preprocessor.fit(specs, stats, self.preprocess_config())  # training rows only: no leakage
+        pp = preprocessor or Preprocessor.fit(specs, stats, self.preprocess_config())  # training rows only
         if val_in is None:
             train_t = encode_tables(pp, split_tables(train_in.chunks(), names, self.val_fraction, validation=False))
             val_t = encode_tables(pp, split_tables(train_in.chunks(), names, self.val_fraction, validation=True))
@@ -140,14 +150,15 @@ class AnomalyAutoencoder(TrainingOptions):
         threads = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
-            art = self._train(pp, train_t, val_t, stats, seen_rows, leakage, table.schema)
+            rows = pp.train_rows if preprocessor is None else len(train_t["observed"])  # a shared one counts others
+            art = self._train(pp, train_t, val_t, stats, seen_rows, leakage, table.schema, rows)
         finally:
             torch.set_num_threads(threads)
         self._fitted(art)
         return self
 
     def _train(self, pp: Preprocessor, train_t: dict, val_t: dict, stats: dict, seen_rows, leakage: dict,
-               schema: pa.Schema) -> ModelArtifact:
+               schema: pa.Schema, rows: int) -> ModelArtifact:
         """The loop of ``jobs.train_loop.train_loop_per_worker`` on one worker in this process."""
         device = torch.device(self.device)
         train_t, val_t = ({k: v.to(device) for k, v in t.items()} for t in (train_t, val_t))
@@ -156,7 +167,7 @@ class AnomalyAutoencoder(TrainingOptions):
         model = TabularAutoencoder(model_config).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
         baselines = torch.tensor(pp.baselines, dtype=torch.float32, device=device)
-        batch_size = self.resolved_batch_size(pp.train_rows)
+        batch_size = self.resolved_batch_size(rows)
         noise = (torch.tensor(input_noise(pp, self.input_noise), dtype=torch.float32, device=device)
                  if self.input_noise else None)
         state = fit_epochs(model, optimizer, baselines, epochs=self.epochs, patience=self.patience,
@@ -174,7 +185,7 @@ class AnomalyAutoencoder(TrainingOptions):
             pp.shared_unit_indices)
         reference["columns_distribution"] = distribution
         params = self.get_params()
-        run_id = hashlib.sha256(json.dumps({"params": params, "rows": pp.train_rows}, sort_keys=True,
+        run_id = hashlib.sha256(json.dumps({"params": params, "rows": rows}, sort_keys=True,
                                            default=str).encode()).hexdigest()[:16]
         return trained_artifact(self, model_config, pp, {k: v.cpu() for k, v in state.best_model.items()},
                                 state.history, reference, threshold, leakage, seen_rows,

@@ -272,6 +272,16 @@ class RowScorer:
         seen = self.artifact.training_rows
         raw = {} if seen is not None or partials else None  # the numeric columns as read
         enc = self.preprocessor.transform(batch, raw)
+        table = self.output_for(batch, enc, raw, passthrough, top_k, column_errors)
+        if partials:
+            for name, col in self.partial_columns(batch, enc, raw, table.column("anomaly_score").to_numpy()).items():
+                table = table.append_column(name, col)
+        return table
+
+    def output_for(self, batch: pa.Table, enc: dict[str, np.ndarray], raw: dict | None, passthrough: list[str] = (),
+                   top_k: int = 0, column_errors: bool = False) -> pa.Table:
+        """``output_table``'s rows for a batch already encoded (``enc``, ``raw``: ``Preprocessor.transform``'s)."""
+        seen = self.artifact.training_rows
         res = self._score(enc, top_k, column_errors)
         cols = {c: batch.column(c) for c in passthrough}
         cols.update({
@@ -290,11 +300,10 @@ class RowScorer:
             for i, name in enumerate(self.columns):
                 v = res["column_errors"][:, i]
                 cols[f"{COLUMN_ERROR_PREFIX}{name}"] = pa.array(v, type=pa.float32(), mask=np.isnan(v))
-        if partials:
-            cols.update(self._partials(batch, enc, raw, res["anomaly_score"]))
         return pa.table(cols)
 
-    def _partials(self, batch: pa.Table, enc: dict, raw: dict, score: np.ndarray) -> dict[str, pa.Array]:
+    def partial_columns(self, batch: pa.Table, enc: dict, raw: dict, score: np.ndarray) -> dict[str, pa.Array]:
+        """The batch's part of the run's summary (``output_table``'s ``partials``), from its encoding and scores."""
         counter = counter_for(self.preprocessor)
         counter.add(enc)
         first = [pickle.dumps(counter.state())] + [None] * (batch.num_rows - 1)

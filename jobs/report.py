@@ -59,9 +59,31 @@ img{{max-width:100%}}figure{{margin:1.5em 0}}figcaption{{color:#555;font-size:90
     return page.encode()
 
 
+def _bank_section(bank: dict) -> tuple[list[tuple[str, str]], list[Table]]:
+    """A model bank's facts and its table of entity verdicts."""
+    e, r = bank["entities"], bank["rows"]
+    facts = [("model bank", f"{e['models']:,} entity models ({', '.join(bank['entity_columns'])}) of {e['seen']:,} "
+                            f"entities; {e['too_few_rows']:,} below {bank['min_entity_rows']} rows and "
+                            f"{e['failed_count']:,} failed are scored by the global model"),
+             ("rows scored by the global model", f"{100 * r['global_only_share']:.1f}% of the training rows "
+                                                 f"({r['null_entity']:,} with no entity value)")]
+    what = {"overfitting": "overfits (training loss far below validation loss)",
+            "convergence": "stopped while still improving (not converged)",
+            "vs_mean_baseline": "no better than predicting each column's mean",
+            "learning": "flat or jumping loss (no learning)", "latent_size": "latent size as wide as the input"}
+    rows = [[what.get(c, c), f"{v['count']:,}", ", ".join(v["entities"]) + (" ..." if v["count"] > len(v["entities"])
+                                                                            else "")]
+            for c, v in bank["flagged"].items()]
+    if e["failed_count"]:
+        rows.append(["failed a diagnostic: no model", f"{e['failed_count']:,}", ", ".join(e["failed"])])
+    return facts, [("Entity models with a warning (entities/index.json lists every entity)",
+                    ["verdict", "entities", "which"], rows)] if rows else []
+
+
 def training_report(model_uri: str, history: list[dict], reference: dict, threshold: dict, metrics: dict,
-                    links: list[tuple[str, str]] = ()) -> bytes:
-    """report.html of a model artefact: losses against the baseline, verdicts, validation distribution."""
+                    links: list[tuple[str, str]] = (), bank: dict | None = None) -> bytes:
+    """report.html of a model artefact: losses against the baseline, verdicts, validation distribution
+    (and for a model bank, its entity models' verdicts)."""
     facts = [("model", model_uri), ("epochs run", str(len(history))), ("best epoch", str(metrics["best_epoch"])),
              ("training / validation loss", f"{metrics['train_loss']:.4g} / {metrics['val_loss']:.4g}"),
              ("mean-reconstruction baseline", f"{metrics['mean_baseline_val_loss']:.4g} (validation loss of "
@@ -77,7 +99,12 @@ def training_report(model_uri: str, history: list[dict], reference: dict, thresh
               ("Validation anomaly_score with the calibrated threshold (normal rows: the threshold should sit "
                "in the far tail)",
                distribution([("validation", reference["histogram"])], threshold["value"], threshold.get("ci")))]
-    return render(f"aescore training report: {model_uri}", facts, notes, images, raw=metrics, links=links)
+    tables: list[Table] = []
+    if bank:
+        more, tables = _bank_section(bank)
+        facts += more
+    return render(f"aescore training report: {model_uri}", facts, notes, images, raw=metrics, links=links,
+                  tables=tables)
 
 
 def _value(v) -> str:

@@ -30,6 +30,7 @@ from aemodel.scoring import rows_per_call
 from aemodel.commit import MANIFEST, OutputCommit, read_committed_json
 from aemodel.store import absolute_uri
 from jobs.config import config_to_dict
+from jobs.score_bank import bank_lines, check_bank_options
 from jobs.comparison import (ComparisonAggregate, challenger_lines, challenger_summary, committed_scores, comparison,
                              comparison_tables, labelled_reference, model_figures, prepare_challenger)
 from jobs.datasets import ROW_HASH, ParquetInput, check_columns, explain_failure, open_parquet_input
@@ -123,6 +124,7 @@ def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact,
     cfg = replace(cfg, model=resolve_model_uri(cfg.model, options))  # follow a LATEST pointer once
     check_no_overlap(cfg.out, {"--model": cfg.model}, options)
     art = loader(cfg.model, options)  # fail fast on a bad artefact, before Ray starts
+    check_bank_options(cfg, art)
     cfg, challenger, challenger_registry = prepare_challenger(cfg, art, options, loader)
     if cfg.precision != "fp32" and not cfg.use_gpu:  # decided here, so the manifest says what ran
         print(f"note: --precision {cfg.precision} applies to GPU scoring only (--use-gpu); scoring in fp32", flush=True)
@@ -320,7 +322,7 @@ def format_result(r: ScoreResult) -> str:
         lines.append(f"  {'top rows' if i == 0 else '':<14} {score:<6}  {ids}"
                      + (f"  (largest errors: {led})" if led else ""))
     lines.append(f"  report         {run.rstrip('/')}/report.html")
-    lines += challenger_lines(s)
+    lines += bank_lines(s.get("entities")) + challenger_lines(s)
     registry = (s.get("model") or {}).get("registry")
     if registry:
         lines.append(f"  model          {registry['registry_uri']} = version {registry['version']} of {registry['name']}")

@@ -30,8 +30,10 @@ import torch
 from aemodel.schema import ColumnSpec
 from jobs.datasets import ParquetInput
 from jobs.progress import Progress
+from jobs.storage import normalize_storage_options
 from aemodel.aggregates import MergedAggregates
-from jobs.score_rows import ROW_HASH, ROWS_PER_FILE, BatchScorer, passthrough_columns, read_columns
+from jobs.score_rows import (ROW_HASH, ROWS_PER_FILE, BatchScorer, kept_columns, passthrough_columns,
+                             read_columns)
 
 if TYPE_CHECKING:
     from aemodel import ModelArtifact
@@ -142,12 +144,13 @@ def score_locally(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput, meta
     def go() -> dict:
         # A copy: BatchScorer sets a --threshold override on the artefact it gets.
         scorer = BatchScorer(cfg.model, passthrough_columns(cfg), cfg.threshold, cfg.use_gpu, threads,
-                             lambda uri, _options: copy.copy(art if uri == cfg.model else challenger), None,
+                             lambda uri, _options: copy.copy(art if uri == cfg.model else challenger),
+                             normalize_storage_options(cfg.storage_options),
                              cfg.top_k, cfg.column_errors, cfg.precision, metadata, partials=True,
                              challenger_uri=cfg.challenger)
         merged = MergedAggregates(tuple(aggs))
         chunks = iter_chunks(data, read_columns(cfg, art), art.preprocessor.specs, ROWS_PER_FILE,
-                             keep=tuple(cfg.id_columns))
+                             keep=kept_columns(cfg, art))
         try:
             score_in_process(chunks, scorer, cfg.batch_size, merged, sink, progress)
         finally:

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import torch
 
 from aemodel import ModelArtifact, RowScorer, load_artifact
+from aemodel.bank import scorer_for
 from aemodel.challenger import challenger_columns
 from aemodel.scoring import PARTIAL_PREFIX
 from aemodel.store import absolute_uri
@@ -77,7 +78,9 @@ class BatchScorer:
             art.threshold = {**art.threshold, "value": threshold}
         self.passthrough, self.top_k, self.column_errors, self.partials = passthrough, top_k, column_errors, partials
         device = "cuda" if use_gpu else "cpu"
-        self.scorer = RowScorer(art, device, precision)
+        self.scorer = scorer_for(art, device, precision, storage_options)
+        if art.bank:  # each row keeps the entity it was routed by
+            self.passthrough = list(dict.fromkeys([*passthrough, *art.bank["entity_columns"]]))
         self.challenger = (RowScorer(loader(challenger_uri, storage_options), device, precision)
                            if challenger_uri else None)
 
@@ -117,9 +120,14 @@ def score_batch(batch: pa.Table, *, model_uri: str, passthrough: list[str], thre
     return with_metadata(scored, metadata)
 
 
+def kept_columns(cfg: ScoreConfig, art: ModelArtifact) -> tuple[str, ...]:
+    """The non-feature columns scoring reads with their own type: ids, and a bank's entity columns."""
+    return tuple(dict.fromkeys([*cfg.id_columns, *((art.bank or {}).get("entity_columns") or [])]))
+
+
 def read_columns(cfg: ScoreConfig, art: ModelArtifact) -> list[str]:
-    """The input columns scoring reads: ids, then features."""
-    return list(dict.fromkeys([*cfg.id_columns, *(s.name for s in art.preprocessor.specs)]))
+    """The input columns scoring reads: ids (and a bank's entity columns), then features."""
+    return list(dict.fromkeys([*kept_columns(cfg, art), *(s.name for s in art.preprocessor.specs)]))
 
 
 def passthrough_columns(cfg: ScoreConfig) -> list[str]:
@@ -139,7 +147,7 @@ def build_scored_dataset(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInpu
     from ray.data import ActorPoolStrategy
 
     passthrough = passthrough_columns(cfg)
-    ds = data.read(read_columns(cfg, art), art.preprocessor.specs, include_row_hash=True, keep=tuple(cfg.id_columns))
+    ds = data.read(read_columns(cfg, art), art.preprocessor.specs, include_row_hash=True, keep=kept_columns(cfg, art))
     threads = max(1, int(cfg.cpus_per_worker))
     args = {"model_uri": cfg.model, "passthrough": passthrough, "threshold": cfg.threshold,
             "use_gpu": cfg.use_gpu, "threads": threads, "loader": loader,

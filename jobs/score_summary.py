@@ -124,6 +124,10 @@ def summary_aggregations(art: ModelArtifact, cfg, threshold: float) -> list[Bloc
         aggs.append(TopFeaturesAggregate())
     if art.training_rows is not None:
         aggs.append(Sum(SEEN))
+    if art.bank:
+        from jobs.score_bank import EntityAggregate
+
+        aggs.append(EntityAggregate(art.bank["entity_columns"]))
     return aggs
 
 
@@ -158,6 +162,10 @@ def summary_from(agg: dict, art: ModelArtifact, cfg) -> dict:
             "top1_flagged_rows": dict(sorted(top["top1_flagged_rows"].items(), key=lambda kv: -kv[1])),
             "topk_rows": top["topk_rows"],
             "mean_share_in_topk": {n: top["share_sum"][n] / top["topk_rows"][n] for n in top["topk_rows"]}})
+    if art.bank:  # each row's own model's threshold decided is_anomaly
+        summary["entities"] = agg["entities"]
+        summary["anomaly_count"] = agg["entities"]["anomaly_count"]
+        summary["anomaly_rate"] = summary["anomaly_count"] / finite if finite else None
     summary["columns"] = per_column
     summary["columns_distribution"] = agg["columns_distribution"]
     summary["column_drift"] = compare_to_model(agg["columns_distribution"], art)

@@ -109,3 +109,53 @@ def write_shards(table: pa.Table, uri: str, n_shards: int, storage_options: dict
             pq.write_table(table.slice(bounds[i], bounds[i + 1] - bounds[i]), f)
         out.append(fs.unstrip_protocol(p))
     return out
+
+
+ENTITY = "entity_id"
+KIND = "anomaly_kind"
+
+
+def make_entity_table(n_entities: int, rows_per_entity: int, seed: int = 0, anomaly_fraction: float = 0.02,
+                      n_features: int = 8, start_id: int = 0, sample: int = 0) -> pa.Table:
+    """Rows of many entities, each with its own normal behaviour, and two kinds of anomalies.
+
+    Entity ``e``'s normal rows are ``mu_e + A_e z + noise`` (its own centre and its own
+    two-dimensional correlation structure; ``z`` standard normal). Anomalies (``LABEL``,
+    kind in ``KIND``): ``swap``, a row drawn from another entity's normal behaviour, so it
+    is normal in the data as a whole and anomalous only for its own entity; ``outlier``,
+    three features shifted by 6 to 9 of the data's standard deviations. Half of each.
+    The entity parameters depend only on ``seed`` and the entity's number; ``sample`` draws
+    other rows of the same entities (a training set and a scoring set).
+    """
+    rng = np.random.default_rng([seed, 1_000_003, sample])
+    params = []
+    for e in range(n_entities):
+        prng = np.random.default_rng([seed, e])
+        params.append((prng.normal(0.0, 2.0, n_features), prng.normal(0.0, 1.0, (2, n_features))))
+    ids = np.repeat(np.arange(n_entities), rows_per_entity)
+    n = len(ids)
+    source = ids.copy()
+    kinds = np.full(n, "", dtype=object)
+    hit = rng.random(n) < anomaly_fraction
+    swap = hit & (rng.random(n) < 0.5)
+    if n_entities > 1:
+        source[swap] = (ids[swap] + rng.integers(1, n_entities, swap.sum())) % n_entities
+    else:
+        swap[:] = False
+    kinds[swap] = "swap"
+    x = np.empty((n, n_features))
+    z = rng.normal(size=(n, 2))
+    for e in range(n_entities):
+        rows = source == e
+        mu, a = params[e]
+        x[rows] = mu + z[rows] @ a + rng.normal(0.0, 0.3, (rows.sum(), n_features))
+    outlier = hit & ~swap
+    kinds[outlier] = "outlier"
+    scale = x.std(axis=0)
+    for i in np.flatnonzero(outlier):
+        cols = rng.choice(n_features, 3, replace=False)
+        x[i, cols] += rng.choice([-1, 1], 3) * rng.uniform(6, 9, 3) * scale[cols]
+    cols = {ROW_ID: np.arange(start_id, start_id + n), ENTITY: [f"e{e:05d}" for e in ids]}
+    cols.update({f"x{j}": x[:, j] for j in range(n_features)})
+    cols.update({LABEL: hit, KIND: kinds.astype(str)})
+    return pa.table(cols)

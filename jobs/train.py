@@ -23,13 +23,14 @@ import shutil
 import tempfile
 import time
 
+import ray
 import ray.train
 import torch
 from fsspec.implementations.local import LocalFileSystem
 from ray.train.torch import TorchTrainer
 
 from aemodel import ModelArtifact, Preprocessor, load_artifact, resolve_columns, save_artifact
-from aemodel.artifact import check_model_prefix
+from aemodel.artifact import check_model_prefix, flat_layout_files
 from aemodel.commit import OutputCommit
 from aemodel.denoise import input_noise
 from aemodel.preprocess import partial_stats
@@ -46,6 +47,7 @@ from jobs.report import training_report
 from jobs.storage import (arrow_filesystem, check_no_overlap, check_pointer_target, check_shared_paths,
                           check_unchanged, check_uris, is_within, normalize_storage_options, publish_pointer,
                           redact_config, url_to_fs)
+from jobs.train_bank import check_entity_columns, train_bank
 from jobs.train_config import TrainConfig
 from jobs.train_loop import eval_step, train_loop_per_worker, train_step
 from aemodel.training import trained_artifact
@@ -88,10 +90,14 @@ def run(cfg: TrainConfig, report_links: list[tuple[str, str]] = ()) -> TrainResu
     if cfg.register and tracking is None:
         raise InputError(f"--register {cfg.register} needs an MLflow server: --tracking-uri or MLFLOW_TRACKING_URI")
     train_in = open_parquet_input(cfg.data, options)
-    specs = resolve_columns(train_in.schema, cfg.feature_columns or None, cfg.exclude_columns, cfg.column_types)
+    check_entity_columns(cfg.entity_columns, train_in)
+    specs = resolve_columns(train_in.schema, cfg.feature_columns or None, [*cfg.exclude_columns, *cfg.entity_columns],
+                            cfg.column_types)
     for f in train_in.files:
         check_features(f, specs)
     val_in = open_parquet_input(cfg.val_data, options, specs=specs) if cfg.val_data else None
+    if val_in is not None:
+        check_entity_columns(cfg.entity_columns, val_in, "--val-data")
     if train_in.num_rows < MIN_ROWS:  # bad input, said before Ray starts (the loop would find no rows to split)
         raise InputError(f"--data {cfg.data}: {train_in.num_rows} row(s); training needs at least {MIN_ROWS}, "
                          "part of them held out for validation")
@@ -212,9 +218,19 @@ def _fit_and_save(cfg: TrainConfig, options: dict, t0: float, train_in: ParquetI
     art = trained_artifact(cfg, model_config, pp, state["best_model"], state["history"], reference, threshold,
                            leakage, seen_rows, warnings=noted, train_config=redact_config(config_to_dict(cfg)),
                            run_id=run_id)
+    if cfg.entity_columns:  # the entity models go into the run folder before the global model commits it
+        commit.begin(adopt=bool(flat_layout_files(commit.fs, commit.path)))
+        try:
+            ensure_ray(cfg.ray_address)
+            art.bank = train_bank(cfg, art, train_in, val_in, commit, int(ray.cluster_resources().get("CPU", 1)))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                commit.abort()
+            raise
     # The report sits two folders below the prefix (runs/<run>/); the links are relative to the prefix.
     art.extra_files = {"report.html": training_report(cfg.out, art.history, reference, art.threshold, art.metrics,
-                                                         [(text, f"../../{href}") for text, href in report_links])}
+                                                         [(text, f"../../{href}") for text, href in report_links],
+                                                         art.bank)}
     save_artifact(art, cfg.out, options, commit=commit)
     if cfg.publish_latest:
         try:
@@ -329,7 +345,7 @@ def _result_from(art: ModelArtifact, uri: str, seconds: float, reused: bool = Fa
     return TrainResult(model_uri=uri, version=art.version, history=art.history, threshold=art.threshold["value"],
                        reference=art.reference, train_rows=best["train_rows"], val_rows=best["val_rows"],
                        wall_seconds=seconds, run_id=art.run_id, reused=reused, metrics=art.metrics,
-                       artifact_uri=art.location or uri, warnings=list(warnings))
+                       artifact_uri=art.location or uri, warnings=list(warnings), bank=art.bank)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -116,8 +116,18 @@ class TrainConfig(TrainOptions):
     """Separate validation Parquet; if unset, a deterministic row-hash split of --data."""
     out: str
     """Where to write the model artefact (a folder or object prefix aescore owns); a rerun with the same data and options reuses it, a different one needs --overwrite."""
+    entity_columns: list[str] = field(default_factory=list)
+    """Train a model bank: one model per value of these columns (user_id, device; never features) with at least --min-entity-rows rows, beside the global model on all rows (docs/how-it-works.md, "Model banks")."""
+    min_entity_rows: int = 500
+    """Fewest rows an entity needs for a model of its own (a fifth become its validation rows); its rows are scored by the global model otherwise."""
 
     def __post_init__(self) -> None:
         if not self.data or not self.out:
             raise ValueError("--data and --out are required")
         super().__post_init__()
+        both = [c for c in self.entity_columns if c in (self.feature_columns or [])]
+        if both:
+            raise ValueError(f"entity_columns: {both[0]!r} is also in --feature-columns; an entity column is never a "
+                             "feature (rows are routed by it): remove it from --feature-columns")
+        if self.entity_columns and self.min_entity_rows < 50:
+            raise ValueError(f"min_entity_rows must be >= 50 (a tenth of them validate), got {self.min_entity_rows}")

@@ -72,6 +72,8 @@ class TrainResult:
     """What the clean-up after the commit could not do (the model is committed regardless)."""
     tracking: dict | None = None
     """The MLflow run (``run_id``, ``experiment_id``) and registry version (``model_version``), when tracked."""
+    bank: dict | None = None
+    """A model bank's summary (``model.json``'s ``bank``; ``jobs.train_bank``), None for one model."""
 
 
 def format_result(r: TrainResult) -> str:
@@ -89,6 +91,12 @@ def format_result(r: TrainResult) -> str:
     lines.append(f"{verb} {r.model_uri} (version {r.version}): {len(r.history)} epochs, best: epoch {best['epoch']} "
                  f"train_loss={best['train_loss']:.4f} val_loss={best['val_loss']:.4f}, threshold={r.threshold:.4f}, "
                  f"rows train={r.train_rows} val={r.val_rows}, {r.wall_seconds:.1f}s")
+    if r.bank:
+        e, flagged = r.bank["entities"], r.bank["flagged"]
+        lines.append(f"bank: {e['models']:,} entity models of {e['seen']:,} entities ({e['too_few_rows']:,} below "
+                     f"{r.bank['min_entity_rows']} rows, {e['failed_count']:,} failed: scored by the global model; "
+                     f"{100 * r.bank['rows']['global_only_share']:.1f}% of rows)"
+                     + "".join(f"; {v['count']:,} {c}" for c, v in flagged.items()) + f", {r.bank['seconds']:.1f}s")
     if r.artifact_uri:
         lines.append(f"report: {r.artifact_uri.rstrip('/')}/report.html")
     if r.tracking:
