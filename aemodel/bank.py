@@ -32,15 +32,15 @@ from collections.abc import Iterable
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from aemodel.artifact import ArtifactError, ModelArtifact
-from aemodel.leakage import BloomFilter
 from aemodel.model import AutoencoderConfig
 from aemodel.preprocess import Preprocessor
-from aemodel.scoring import RowScorer
+from aemodel.leakage import BloomFilter, row_hashes
+from aemodel.metrics import histogram_percentile
+from aemodel.scoring import RowScorer, top_features
 from aemodel.store import join, read_bytes, url_to_fs
 
 ENTITY_SEP = "\x1f"
@@ -167,15 +167,13 @@ class ModelBank:
         return self.scorers[key]
 
 
-def _take(values: dict, idx: np.ndarray, rows: int) -> dict:
-    return {k: (v[idx] if isinstance(v, np.ndarray) and v.shape[:1] == (rows,) else v) for k, v in values.items()}
-
-
 class BankScorer(RowScorer):
     """``RowScorer``'s ``output_table`` for a bank: each row scored by its entity's model, or the global one.
 
-    The batch is encoded once (the preprocessor is shared); each model present in the batch
-    runs one forward pass on its rows. The rows keep their order and gain ``model_scope``.
+    The batch is encoded once (the preprocessor is shared) and its Bloom-filter hashes taken
+    once; each model present in the batch runs one forward pass on its rows, whose scores,
+    losses and references fill the batch's arrays; the rows file's table is assembled once.
+    The rows keep their order and gain ``model_scope``.
     """
 
     def __init__(self, art: ModelArtifact, device: str = "cpu", precision: str = "fp32",
@@ -187,28 +185,44 @@ class BankScorer(RowScorer):
                      column_errors: bool = False, partials: bool = False) -> pa.Table:
         raw: dict = {}
         enc = self.preprocessor.transform(batch, raw)
+        n, c = batch.num_rows, len(self.columns)
         keys = entity_keys(batch, self.bank.columns)
         null = keys == None  # noqa: E711 - elementwise on an object array
         uniq, inverse = np.unique(np.where(null, "", keys).astype(str), return_inverse=True)
-        rows_of = np.split(np.argsort(inverse, kind="stable"), np.cumsum(np.bincount(inverse))[:-1])
-        parts, order, scope = [], [], []
-        for key, idx in zip(uniq.tolist(), rows_of):  # each entity's rows, in batch order
+        bounds = np.cumsum(np.bincount(inverse, minlength=len(uniq)))[:-1]
+        rows_of = np.split(np.argsort(inverse, kind="stable"), bounds)
+        score, err, pct = (np.empty(n, np.float32) for _ in range(3))
+        losses, ref_mean, ref_std = np.empty((n, c), np.float32), np.full((n, c), np.nan), np.full((n, c), np.nan)
+        flagged, own, seen = np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool)
+        hashes = row_hashes(batch, self.preprocessor.specs, raw)
+        inputs = ("x_num", "x_bin", "x_cat", "observed")
+        for key, idx in zip(uniq.tolist(), rows_of):  # each entity's rows: one forward pass of its model
             if not len(idx):
                 continue
-            scorer = (None if null[idx[0]] else self.bank.scorer(key)) or self
-            sub = batch.take(pa.array(idx))
-            out = scorer.output_for(sub, _take(enc, idx, batch.num_rows), _take(raw, idx, batch.num_rows),
-                                    list(passthrough), top_k, column_errors)
-            parts.append(out)
-            order.append(idx)
-            scope += ["global" if scorer is self else "entity"] * len(idx)
-        table = pa.concat_tables(parts) if parts else self.output_for(batch, enc, raw, list(passthrough), top_k,
-                                                                       column_errors)
-        table = table.append_column(MODEL_SCOPE, pa.array(scope, type=pa.string()))
-        if parts:
-            table = table.take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
+            entity = None if null[idx[0]] else self.bank.scorer(key)
+            scorer = entity or self
+            score[idx], err[idx], losses[idx] = scorer.errors_encoded({k: enc[k][idx] for k in inputs})
+            pct[idx] = (histogram_percentile(scorer.validation_histogram, score[idx])
+                        if scorer.validation_histogram else np.nan)
+            if scorer.threshold is not None:
+                flagged[idx] = score[idx] > scorer.threshold
+            if scorer.ref_mean is not None:
+                ref_mean[idx], ref_std[idx] = scorer.ref_mean, scorer.ref_std
+            if scorer.artifact.training_rows is not None:
+                seen[idx] = scorer.artifact.training_rows.contains(hashes[idx])
+            own[idx] = entity is not None
+        res = {"anomaly_score": score, "score_percentile": pct, "recon_error": err, "is_anomaly": flagged,
+               "missing_cells": enc["missing_cells"], "unseen_cells": enc["unseen_cells"]}
+        if top_k:
+            res["top_features"] = top_features(losses, enc["observed"], self.columns, top_k, ref_mean, ref_std,
+                                               enc["missing_cells"], err)
+        if column_errors:
+            res["column_errors"] = np.where(enc["observed"] > 0, losses, np.nan).astype(np.float32)
+        table = self.assemble(batch, res, list(passthrough), top_k, column_errors,
+                              seen if self.artifact.training_rows is not None else None)
+        table = table.append_column(MODEL_SCOPE, pa.array(np.where(own, "entity", "global"), type=pa.string()))
         if partials:
-            for name, col in self.partial_columns(batch, enc, raw, table.column("anomaly_score").to_numpy()).items():
+            for name, col in self.partial_columns(batch, enc, raw, score).items():
                 table = table.append_column(name, col)
         return table
 

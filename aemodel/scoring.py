@@ -102,7 +102,10 @@ def top_features(col_losses: np.ndarray, observed: np.ndarray, names: list[str],
         total = (recon_error * (col_losses.shape[1] - missing_cells).astype(np.float32))[:, None]
     picked, top = _largest(contrib, k)
     share = np.where(total > 0, np.clip(picked, 0, None) / np.maximum(total, 1e-30), 0.0)
-    if ref_mean is not None and ref_std is not None:
+    if ref_mean is not None and ref_std is not None and ref_mean.ndim == 2:  # per row (a model bank's rows)
+        z = ((picked - np.take_along_axis(ref_mean, top, 1))
+             / np.maximum(np.take_along_axis(ref_std, top, 1), 1e-6))
+    elif ref_mean is not None and ref_std is not None:
         z = (picked - ref_mean[top]) / np.maximum(ref_std[top], 1e-6)
     else:
         z = np.full_like(picked, np.nan)
@@ -283,6 +286,12 @@ class RowScorer:
         """``output_table``'s rows for a batch already encoded (``enc``, ``raw``: ``Preprocessor.transform``'s)."""
         seen = self.artifact.training_rows
         res = self._score(enc, top_k, column_errors)
+        hits = seen.contains(row_hashes(batch, self.preprocessor.specs, raw)) if seen is not None else None
+        return self.assemble(batch, res, passthrough, top_k, column_errors, hits)
+
+    def assemble(self, batch: pa.Table, res: dict[str, np.ndarray], passthrough: list[str], top_k: int,
+                 column_errors: bool, seen: np.ndarray | None) -> pa.Table:
+        """The rows file's table from ``_score``'s results (and ``seen_in_training``, where known)."""
         cols = {c: batch.column(c) for c in passthrough}
         cols.update({
             "anomaly_score": pa.array(res["anomaly_score"], type=pa.float32()),
@@ -295,7 +304,7 @@ class RowScorer:
         if top_k:
             cols["top_features"] = res["top_features"]
         if seen is not None:
-            cols[SEEN] = pa.array(seen.contains(row_hashes(batch, self.preprocessor.specs, raw)), type=pa.bool_())
+            cols[SEEN] = pa.array(seen, type=pa.bool_())
         if column_errors:
             for i, name in enumerate(self.columns):
                 v = res["column_errors"][:, i]

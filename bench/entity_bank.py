@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/entity_bank.py auroc
     .venv/bin/python bench/entity_bank.py cost --entities 1000 --rows-per-entity 2000
+    .venv/bin/python bench/entity_bank.py scorer --entities 1000
 
 ``auroc``: (1) the generator (``jobs.synthetic.make_entity_table``: each entity its own
 normal behaviour; ``swap`` anomalies are another entity's normal rows, ``outlier`` ones
@@ -15,7 +16,13 @@ without (the global model alone: what a user has without banks), both scored by
 
 ``cost``: N entities of R rows: the bank's ``train.run`` and ``score.run`` against the global
 model's, the scoring rows/s ratio, and the peak memory (PSS of this process and every
-process it starts, Ray's included). Figures: bench/RESULTS.md.
+process it starts, Ray's included).
+
+``scorer``: one model call's cost alone. A bank of N entities (60 training rows each, two
+epochs: the weights do not change the cost) and its global model score the same 65,536-row
+batch with ``output_table`` as the scoring paths call it (top 3 features, summary partials):
+a batch grouped by entity (input files partitioned by entity: about 33 entities per batch at
+2,000 rows each) and one with the N entities interleaved. Figures: bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -138,15 +145,46 @@ def cost(args) -> None:
           f"global={g['peak_mb']:,.0f}")
 
 
+def scorer(args) -> None:
+    import pyarrow as pa
+    import torch
+
+    from aemodel import load_artifact
+    from aemodel.bank import scorer_for
+    from aemodel.scoring import RowScorer
+    from jobs import train
+    from jobs.synthetic import ENTITY, make_entity_table, write_shards
+
+    with tempfile.TemporaryDirectory(prefix="aescore-bank-") as root:
+        write_shards(make_entity_table(args.entities, 60, seed=2, anomaly_fraction=0.0), f"{root}/train", 4)
+        train.run(train.TrainConfig(data=f"{root}/train", out=f"{root}/bank", exclude_columns=EXCLUDE, epochs=2,
+                                    entity_columns=[ENTITY], min_entity_rows=50))
+        art = load_artifact(f"{root}/bank")
+        torch.set_num_threads(2)
+        full = make_entity_table(args.entities, 2000, seed=2, anomaly_fraction=0.01, sample=1)
+        pick = np.random.default_rng(0).choice(full.num_rows, 65536, replace=False)
+        for label, batch in (("grouped", full.slice(0, 65536)), ("interleaved", full.take(pa.array(pick)))):
+            rates = {}
+            for name, sc in (("global", RowScorer(art)), ("bank", scorer_for(art))):
+                sc.output_table(batch, ["row_id"], 3, False, True)  # every entity model read once
+                t0 = time.perf_counter()
+                for _ in range(3):
+                    sc.output_table(batch, ["row_id"], 3, False, True)
+                rates[name] = 3 * batch.num_rows / (time.perf_counter() - t0)
+            entities = len(set(batch.column(ENTITY).to_pylist()))
+            print(f"entity_bank scorer {label}: {entities} entities in the batch, rows/s bank={rates['bank']:,.0f} "
+                  f"global={rates['global']:,.0f} ratio={rates['bank'] / rates['global']:.2f} target=0.5")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("what", choices=["auroc", "cost"])
+    parser.add_argument("what", choices=["auroc", "cost", "scorer"])
     parser.add_argument("--entities", type=int, default=1000)
     parser.add_argument("--rows-per-entity", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=200, help="training's --epochs (early stopping ends most "
                                                                "entity models sooner)")
     args = parser.parse_args()
-    auroc(args) if args.what == "auroc" else cost(args)
+    {"auroc": auroc, "cost": cost, "scorer": scorer}[args.what](args)
 
 
 if __name__ == "__main__":

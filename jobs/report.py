@@ -159,6 +159,15 @@ def _column_drift(comparison: dict | None, against: str, rows: int = 15) -> tupl
     return table, image
 
 
+def _entities_table(entities: dict | None) -> Table | None:
+    if not entities or not entities["highest_rate"]:
+        return None
+    return (f"Entities with the highest anomaly rate (of those with at least 20 rows; {entities['entities']:,} "
+            "entities in all)", ["entity", "rows", "flagged", "rate", "scored by"],
+            [[e["entity"], f"{e['rows']:,}", f"{e['anomaly_count']:,}", f"{100 * e['anomaly_rate']:.1f}%",
+              f"{e['scope']} model"] for e in entities["highest_rate"]])
+
+
 def scoring_report(summary: dict, reference: dict | None = None, extra_tables: list | None = None) -> bytes:
     """report.html of a scoring run: distribution vs validation, flagged-vs-threshold, top rows and columns."""
     q = summary["quantiles"]
@@ -205,7 +214,14 @@ def scoring_report(summary: dict, reference: dict | None = None, extra_tables: l
     drift_table, drift_image = _column_drift(summary.get("column_drift"), "training")
     if drift_image:
         images.append(drift_image)
-    tables = [t for t in (_top_rows_table(summary), drift_table) if t] + list(extra_tables or [])
+    entities = summary.get("entities")
+    if entities:  # a model bank: each row's own model's threshold flagged it
+        facts[4] = ("threshold", f"each entity model's own; the global model's {summary['threshold']:.4g}")
+        facts.append(("entities", f"{entities['entities']:,}: {entities['entities_by_scope']['entity']:,} scored by "
+                                  f"their own model; {100 * entities['global_share']:.1f}% of rows "
+                                  f"({entities['rows_by_scope']['global']:,}) by the global model"))
+    tables = [t for t in (_top_rows_table(summary), drift_table, _entities_table(entities)) if t]
+    tables += list(extra_tables or [])
     raw = {k: v for k, v in summary.items() if k not in ("histogram", "top_rows", "columns_distribution")}
     return render(f"aescore scoring report: {summary['input']['uri']}", facts, notes, images, raw=raw,
                   tables=tables)

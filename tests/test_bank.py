@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import pytest
 
 from aemodel import AnomalyAutoencoder, load_artifact, read_scores, read_summary

@@ -152,3 +152,31 @@ def test_aescore_submit_returns_the_jobs_exit_code(ray_head, code):
     assert "ran" in out.stdout
     if code == 3:
         assert "drift alert (exit code 3)" in out.stderr
+
+
+def test_a_model_bank_trains_on_both_nodes_and_scores_there(ray_head, bucket, s3_server):
+    """The entity models' tasks run on both nodes; scoring on the cluster routes rows to them."""
+    from ray.util.state import list_tasks
+
+    from aemodel import read_scores
+    from jobs.synthetic import ENTITY, KIND, make_entity_table
+
+    address, env = ray_head
+    write_shards(make_entity_table(8, 250, seed=4, anomaly_fraction=0.0), f"{bucket}/train", 2)
+    write_shards(make_entity_table(9, 40, seed=4, anomaly_fraction=0.05, sample=1), f"{bucket}/score", 2)
+    train = _submit(address, env, ["python", "-m", "jobs.train", "--data", f"{bucket}/train", "--out",
+                                   f"{bucket}/bank", "--exclude-columns", f"{ROW_ID},{LABEL},{KIND}",
+                                   "--entity-columns", ENTITY, "--min-entity-rows", "200", "--epochs", "5",
+                                   "--cpus-per-worker", "0.5", "--storage-path", f"{bucket}/ray"])
+    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
+    assert "bank: 8 entity models of 8 entities" in train.stdout
+    tasks = list_tasks(address=address, filters=[("func_or_class_name", "=", "fit_entities")], detail=True)
+    assert len({t.node_id for t in tasks}) == 2  # many small models per task, on both nodes
+
+    score = _submit(address, env, ["python", "-m", "jobs.score", "--model", f"{bucket}/bank", "--data",
+                                   f"{bucket}/score", "--out", f"{bucket}/bank-scores", "--id-columns", ROW_ID])
+    assert score.returncode == 0, score.stdout[-3000:] + score.stderr[-3000:]
+    rows = read_scores(f"{bucket}/bank-scores")
+    assert len(rows) == 9 * 40
+    assert (rows["model_scope"] == "global").sum() == 40 and set(rows.loc[rows[ENTITY] == "e00008", "model_scope"]) \
+        == {"global"}
