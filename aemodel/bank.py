@@ -36,6 +36,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from aemodel.artifact import ArtifactError, ModelArtifact
+from aemodel.drift import pool
 from aemodel.model import AutoencoderConfig
 from aemodel.preprocess import Preprocessor
 from aemodel.leakage import BloomFilter, row_hashes
@@ -243,14 +244,15 @@ def fit_entities(params: dict, pp: Preprocessor, table: pa.Table, ranges: list[t
         quantile: The threshold's validation quantile.
 
     Returns:
-        The part file's bytes (``pack_entity`` blobs back to back) and each entity's index
+        The part file's bytes (``pack_entity`` blobs back to back); each entity's index
         entry: rows, status (``ok``, or ``failed`` with the reason: its rows are scored by the
-        global model), its verdicts, and for a model its offset, length and sha256 in the part.
+        global model), its verdicts, and for a model its offset, length and sha256 in the part;
+        and the models' validation summaries pooled (``aemodel.drift.pool``; None without a model).
     """
     from aemodel.errors import TrainingError
     from aemodel.estimator import AnomalyAutoencoder
 
-    buf, entries = bytearray(), {}
+    buf, entries, references = bytearray(), {}, []
     for key, start, stop in ranges:
         entry: dict = {"rows": stop - start}
         try:
@@ -263,6 +265,7 @@ def fit_entities(params: dict, pp: Preprocessor, table: pa.Table, ranges: list[t
         art.threshold = shrink_threshold(art.threshold, global_threshold,
                                          int(art.threshold.get("validation_rows") or art.reference.get("count", 0)),
                                          quantile)
+        references.append(at_threshold(art.reference, art.threshold["value"]))
         blob = pack_entity(art)
         m = art.metrics
         entries[key] = {**entry, "status": "ok", "offset": len(buf), "bytes": len(blob),
@@ -270,7 +273,39 @@ def fit_entities(params: dict, pp: Preprocessor, table: pa.Table, ranges: list[t
                         "val_loss": m.get("val_loss"), "train_loss": m.get("train_loss"),
                         "flags": sorted(c["check"] for c in m.get("diagnostics", []) if c["status"] != "ok")}
         buf += blob
-    return bytes(buf), entries
+    return bytes(buf), entries, pool(references) if references else None
+
+
+def at_threshold(reference: dict, threshold: float) -> dict:
+    """A model's validation summary with its share above ``threshold`` (a shrunk one) read off its histogram."""
+    above = 1.0 - float(histogram_percentile(reference["histogram"], np.array([threshold]))[0]) / 100.0
+    return {**reference, "above_threshold_fraction": above}
+
+
+def bank_reference(entity_pool: dict | None, global_reference: dict, global_rows: float) -> dict:
+    """The validation score distribution a bank's scored rows are compared with (nightly drift, rates).
+
+    The entity models' validation rows, each scored by its own model (``entity_pool``: their
+    summaries pooled), plus, for the rows the global model scores (entities below
+    ``min_entity_rows``, failed, null), the global model's validation distribution weighted
+    to ``global_rows`` rows.
+    """
+    parts = [entity_pool] if entity_pool else []
+    n = global_reference.get("count") or 0
+    if global_rows > 0 and n:
+        f = global_rows / n
+        h = global_reference["histogram"]
+        parts.append({**global_reference, "count": global_rows,
+                      "histogram": {**h, "counts": [c * f for c in h["counts"]], "underflow": h["underflow"] * f,
+                                    "overflow": h["overflow"] * f}})
+    pooled = pool(parts) if parts else dict(global_reference)
+    pooled["nonfinite"] = 0
+    return pooled
+
+
+def validation_reference(art: ModelArtifact) -> dict:
+    """What a model's scores are compared with: a bank's pooled reference, else the model's own."""
+    return ((art.bank or {}).get("reference") or art.reference) if art.bank else art.reference
 
 
 def scorer_for(art: ModelArtifact, device: str = "cpu", precision: str = "fp32",

@@ -30,6 +30,7 @@ from typing import ClassVar
 import numpy as np
 
 from aemodel import columns, drift
+from aemodel.bank import validation_reference
 from aemodel.columns import drifted_columns
 from jobs import score
 from aemodel.commit import claim_prefix, read_committed_json
@@ -285,7 +286,7 @@ def drift_report(cfg: NightlyConfig, night: date, tonight: dict, art,
                  history: list[tuple[str, dict]]) -> dict:
     """One night's summary against the model (its validation score distribution, its training columns) and
     the previous committed nights (``history``)."""
-    reference = art.reference
+    reference = validation_reference(art)
     stamp = night.isoformat()
     report: dict = {"date": stamp, "model": tonight["model"], "row_count": tonight["row_count"],
                     "limits": limits(cfg), "vs_validation": drift.compare(tonight, reference), "alerts": []}

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from aemodel import ModelArtifact, load_artifact
+from aemodel.bank import validation_reference
 from aemodel.scoring import rows_per_call
 from aemodel.commit import MANIFEST, OutputCommit, read_committed_json
 from aemodel.store import absolute_uri
@@ -166,7 +167,7 @@ def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact,
         if registry:
             summary["model"]["registry"] = manifest["model"]["registry"] = registry
         files = {"summary.json": json.dumps(summary, indent=2).encode(),
-                 "report.html": scoring_report(summary, art.reference,
+                 "report.html": scoring_report(summary, validation_reference(art),
                                                comparison_tables(compared, list(cfg.id_columns) or [ROW_HASH])),
                  MANIFEST: json.dumps(manifest, indent=2).encode()}
         if compared is not None:

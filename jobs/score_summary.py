@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aemodel import ModelArtifact
+from aemodel.bank import validation_reference
 from aemodel.marginal import stored_counts
 from aemodel.columns import compare_to_model, counter_for
 from aemodel.scoring import COLUMN_COUNTS, COLUMN_ERROR_PREFIX, SEEN, TOP_ROWS, TOP_VALUES
@@ -147,7 +148,7 @@ def summary_from(agg: dict, art: ModelArtifact, cfg) -> dict:
                "missing_cell_fraction": int(agg["missing_cells"] or 0) / (row_count * len(names)) if row_count else 0.0,
                "training_missing_cell_fraction": training_missing_fraction(art),
                # The validation rows' rate at the model's own threshold (unknown at a --threshold of the user's).
-               "reference_anomaly_rate": (art.reference or {}).get("above_threshold_fraction")
+               "reference_anomaly_rate": (validation_reference(art) or {}).get("above_threshold_fraction")
                if cfg.threshold is None else None,
                "unseen_cells": int(agg["unseen_cells"] or 0), "top_rows": agg["top_rows"]}
     per_column: dict = {}

@@ -19,7 +19,8 @@ import time
 
 import pyarrow as pa
 
-from aemodel.bank import INDEX_FILE, PRIOR_EXCEEDANCES, entity_ranges, fit_entities
+from aemodel.bank import INDEX_FILE, PRIOR_EXCEEDANCES, bank_reference, entity_ranges, fit_entities
+from aemodel.drift import pool
 from aemodel.commit import OutputCommit
 from aemodel.options import TrainingOptions
 from aemodel.store import write_bytes
@@ -97,10 +98,13 @@ def train_bank(cfg, art, train_in: ParquetInput, val_in: ParquetInput | None, co
         pending[fit.remote(params, art.preprocessor, chunk, local, part_val, threshold, quantile)] = i
     print(f"bank: fitting {len(big):,} entity models ({len(entries):,} entities below --min-entity-rows "
           f"{cfg.min_entity_rows}) in {len(pending)} Ray tasks", flush=True)
+    pooled = []
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         i = pending.pop(done[0])
-        blob, found = ray.get(done[0])
+        blob, found, references = ray.get(done[0])
+        if references:
+            pooled.append(references)
         part = f"entities/part-{i:05d}.bin"
         if blob:
             write_bytes(commit.fs, commit.path_of(part), blob)
@@ -108,8 +112,13 @@ def train_bank(cfg, art, train_in: ParquetInput, val_in: ParquetInput | None, co
     index = json.dumps({"format": "aescore-bank", "entity_columns": columns, "min_entity_rows": cfg.min_entity_rows,
                         "entities": entries}, sort_keys=True).encode()
     write_bytes(commit.fs, commit.path_of(INDEX_FILE), index)
-    return bank_summary(cfg, entries, table.num_rows, index, time.perf_counter() - t0,
-                        null_rows=_null_rows(train_in, table))
+    summary = bank_summary(cfg, entries, table.num_rows, index, time.perf_counter() - t0,
+                           null_rows=_null_rows(train_in, table))
+    # The rows the global model scores, at the global model's validation share of them.
+    global_rows = summary["rows"]["total"] * summary["rows"]["global_only_share"] * art.reference["count"] / max(
+        art.preprocessor.train_rows + art.reference["count"], 1)
+    summary["reference"] = bank_reference(pool(pooled) if pooled else None, art.reference, global_rows)
+    return summary
 
 
 def _null_rows(train_in: ParquetInput, table: pa.Table) -> int:

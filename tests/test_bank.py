@@ -156,3 +156,21 @@ def test_bad_entity_columns_are_one_error_line(bank, tmp_path, capsys, flags, me
                        ",".join(EXCLUDE), *flags])
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1 and not (tmp_path / "m").exists()
+
+
+def test_a_nightly_compares_a_bank_with_its_own_validation_rows(bank, tmp_path):
+    """Drift against the bank's pooled validation distribution, not the global model's (a false alarm otherwise)."""
+    from aemodel import drift
+    from jobs import nightly
+    from jobs.score_config import ScoreOptions
+
+    clean = make_entity_table(6, 300, seed=11, anomaly_fraction=0.0, sample=3, start_id=2 * 10**6)
+    write_shards(clean, str(tmp_path / "events" / "dt=2026-12-01"), 2)
+    [night] = nightly.run(nightly.NightlyConfig(model=bank["cfg"].out, data=str(tmp_path / "events" / "dt={date}"),
+                                                out=str(tmp_path / "out" / "dt={date}"), date="2026-12-01",
+                                                score=ScoreOptions(id_columns=[ROW_ID])))
+    reference = bank["art"].bank["reference"]
+    vs = night.drift["vs_validation"]
+    assert vs["reference_anomaly_rate"] == pytest.approx(reference["above_threshold_fraction"])
+    against_global = drift.compare(read_summary(night.out), bank["art"].reference)
+    assert vs["psi"] < against_global["psi"] and vs["psi"] < 0.2
