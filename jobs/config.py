@@ -189,6 +189,9 @@ class _Help(DefaultHelpFormatter):
             text = re.sub(r"(, )?default: %\(default\)s", "", text)
         return text.replace(" ()", "").replace("(, ", "(")
 
+    def add_arguments(self, actions) -> None:
+        super().add_arguments([a for a in actions if not getattr(a, "aescore_hidden", False)])
+
     def _format_action_invocation(self, action) -> str:
         return dashed(super()._format_action_invocation(action))
 
@@ -246,8 +249,10 @@ def build_parser(cls: type, prog: str, description: str | None = None) -> Argume
     for action in parser._actions:  # argparse keeps no public list of a parser's actions
         if action.dest in spellings and action.help:
             action.help = f"{action.help.rstrip()} Also spelled {', '.join(spellings[action.dest])}."
-        if action.dest in refused or ("." in action.dest and action.dest in advanced):
+        if action.dest in refused:
             action.help = SUPPRESS
+        elif "." in action.dest and action.dest in advanced and action.dest not in spellings:
+            action.aescore_hidden = True  # left out of --help, kept by --print-config (SUPPRESS would drop it)
     for group in list(parser._action_groups):  # argparse's groups, likewise
         moving = [a for a in group._group_actions if a.dest in advanced and "." not in a.dest]
         if moving:

@@ -37,8 +37,8 @@ class PromoteConfig:
 
     name: str | None = None
     """Registered model in the MLflow registry (also the first argument: aescore promote NAME ...); unset: --to is a pointer file."""
-    to: str = "champion"
-    """What moves: with NAME the registry alias scoring reads (models:/NAME@champion); without NAME the pointer file (a --publish-latest path, any fsspec URI)."""
+    to: str | None = None
+    """What moves: with NAME the registry alias scoring reads (default: champion, models:/NAME@champion); without NAME the pointer file, required (a --publish-latest path, any fsspec URI)."""
     candidate: str | None = None
     """The model to promote: with NAME a version number or an alias (default: challenger); without NAME a pointer file or model URI."""
     comparison: str | None = None
@@ -60,11 +60,17 @@ class PromoteConfig:
     wait: float = 60.0
     """Seconds to wait for another promotion of the same target to finish before giving up (exit 2)."""
     break_lock: bool = False
-    """Remove the lock a killed promotion left behind, then promote."""
+    """Remove the lock a killed promotion left behind (registry and object-store pointers; a local pointer's lock is released by the OS when its process dies), then go on."""
     storage_options: dict[str, str] = field(default_factory=dict)
     """fsspec options for pointer files, --comparison and --reference-data."""
 
     def __post_init__(self) -> None:
+        if self.history and (self.candidate or self.comparison or self.reference_data or self.force or self.rollback
+                             or self.reason):
+            raise ValueError("--history only prints the audit log: it takes no --from, --comparison, "
+                             "--reference-data, --force, --rollback or --reason")
+        if self.name is not None and self.to is None:
+            self.to = "champion"
         if (self.force or self.rollback) and not self.reason.strip():
             raise ValueError(f"--{'force' if self.force else 'rollback'} needs --reason TEXT (kept in the audit log)")
         if self.rollback and (self.candidate or self.comparison or self.reference_data or self.force):
@@ -73,10 +79,11 @@ class PromoteConfig:
             raise ValueError("--reference-data and --label-column go together")
         if self.comparison and self.reference_data:
             raise ValueError("give one kind of evidence: --comparison or --reference-data")
-        if self.name is None and self.to == "champion":
+        if self.name is None and self.to is None:
             raise ValueError("give NAME (a registered model) or --to POINTER_FILE (a pointer file to move)")
         if self.name is None and not (self.candidate or self.rollback or self.history):
-            raise ValueError("--from: the pointer file or model URI to promote")
+            raise ValueError(f"--to {self.to} is a pointer file: --from is required (the pointer file or model URI "
+                             "to promote)")
         if self.wait < 0:
             raise ValueError(f"--wait must be >= 0, got {self.wait}")
 
@@ -92,6 +99,8 @@ class PromoteResult:
     records: list[dict] = field(default_factory=list)
     completed: dict | None = None
     """An interrupted earlier promotion this one finished first (its record)."""
+    current: dict | None = None
+    """The model the target names (--history, and a promotion that changed nothing)."""
 
 
 def open_ledger(cfg: PromoteConfig, options: dict):
@@ -145,6 +154,18 @@ def rollback_target(records: list[dict]) -> tuple[dict | None, dict | None]:
     return stack[-1]["old"], stack[-1]
 
 
+def same_model(a: dict | None, b: dict | None) -> bool:
+    """The same model: the same registry version or URI, or the same artefact (its version) under another path."""
+    return a is not None and b is not None and (a["id"] == b["id"] or a["aescore_version"] == b["aescore_version"])
+
+
+def _outside_change(records: list[dict], current: dict | None) -> dict | None:
+    """The target as found when it is not what the log's last record moved it to (moved by other means)."""
+    if records and not same_model(records[-1]["new"], current):
+        return {"log": records[-1]["new"], "found": current}
+    return None
+
+
 def run(cfg: PromoteConfig) -> PromoteResult:
     """Promote, roll back, or list (``cfg.history``); every change is one audit record and one move, under the lock."""
     from jobs.storage import normalize_storage_options
@@ -152,8 +173,11 @@ def run(cfg: PromoteConfig) -> PromoteResult:
     options = normalize_storage_options(cfg.storage_options)
     ledger = open_ledger(cfg, options)
     if cfg.history:
-        return PromoteResult(ledger.target, "history", records=ledger.records())
+        records = ledger.records()
+        return PromoteResult(ledger.target, "history", records=records, current=ledger.current())
     if cfg.rollback:
+        if not ledger.records():  # said before the lock: a rollback with nothing to undo writes nothing
+            raise InputError(f"{ledger.target}: no promotion recorded, so none to roll back; nothing changed")
         with ledger.lock(cfg.wait, cfg.break_lock):
             records = ledger.records()
             current, completed = finish_interrupted(ledger, ledger.current(), records)
@@ -161,27 +185,29 @@ def run(cfg: PromoteConfig) -> PromoteResult:
             if target is None:
                 raise InputError(f"{ledger.target}: the audit log holds no earlier model to return to "
                                  f"({len(records)} record(s)); nothing changed")
-            record = _record(ledger, records, "rollback", current, target, cfg.reason, undoes=undone["seq"])
+            record = _record(ledger, records, "rollback", current, target, cfg.reason, undoes=undone["seq"],
+                             outside_change=_outside_change(records, current))
             ledger.append(record)
             ledger.move(target)
         return PromoteResult(ledger.target, "rollback", record, completed=completed)
     candidate = ledger.resolve(cfg.candidate or "challenger")
     champion = ledger.current()
-    if champion is not None and champion["id"] == candidate["id"]:
-        return PromoteResult(ledger.target, "unchanged", {"new": candidate})
-    evidence = gather_evidence(cfg, champion, candidate, options) if champion is not None else None
+    if same_model(champion, candidate):
+        return PromoteResult(ledger.target, "unchanged", {"new": champion}, records=ledger.records(),
+                             current=champion)
+    evidence = gather_evidence(cfg, champion, candidate, options) if champion or cfg.comparison else None
     verdict = judge(evidence, champion, candidate, cfg.force)
     with ledger.lock(cfg.wait, cfg.break_lock):
         records = ledger.records()
         current, completed = finish_interrupted(ledger, ledger.current(), records)
-        if (current or {}).get("id") == candidate["id"]:  # another promotion of the same model won
-            return PromoteResult(ledger.target, "unchanged", {"new": candidate}, completed=completed)
+        if same_model(current, candidate):  # another promotion of the same model won
+            return PromoteResult(ledger.target, "unchanged", {"new": current}, completed=completed)
         if (current or {}).get("id") != (champion or {}).get("id") and not cfg.force:
             raise InputError(f"{ledger.target} moved to {(current or {}).get('uri')} while this promotion was checked "
                              f"against {(champion or {}).get('uri')}; nothing changed: run again with evidence "
                              "against the model in service now")
         record = _record(ledger, records, "promote", current, candidate, cfg.reason, forced=cfg.force,
-                         verdict=verdict, evidence=evidence)
+                         verdict=verdict, evidence=evidence, outside_change=_outside_change(records, current))
         ledger.append(record)
         ledger.move(candidate)
     return PromoteResult(ledger.target, "promote", record, completed=completed)
@@ -193,23 +219,35 @@ def _model(m: dict | None) -> str:
     return m["id"] if m["uri"] == m["id"] else f"version {m['id']}"
 
 
+def _pending(r: PromoteResult) -> str:
+    """A note when the log's last record is not what the target names (interrupted, or moved by other means)."""
+    if r.records and not same_model(r.records[-1]["new"], r.current):
+        last = r.records[-1]
+        return (f"  note: record {last['seq']} moved it to {_model(last['new'])}, but it names {_model(r.current)}: "
+                "that promotion was interrupted (the next promotion or rollback finishes it) or the target was "
+                "changed outside aescore promote")
+    return ""
+
+
 def format_result(r: PromoteResult) -> str:
     """One line per change (and per audit record, for --history)."""
     if r.action == "history":
         if not r.records:
-            return f"{r.target}: no promotions recorded"
-        lines = [f"{r.target}: {len(r.records)} record(s)"]
+            return f"{r.target}: no promotions recorded" + ("" if r.current else " (and nothing there yet)")
+        lines = [f"{r.target}: {len(r.records)} record(s); it names {_model(r.current)}"]
         for x in r.records:
+            why = x["reason"] or "-"
             lines.append(f"  {x['seq']:>4} {x['time']} {x['action']:<8} {_model(x['old'])} -> {_model(x['new'])} "
-                         f"by {x['by']}{' (forced)' if x.get('forced') else ''}: {x['reason'] or '-'}")
-        return "\n".join(lines)
+                         f"by {x['by']}{' (forced)' if x.get('forced') else ''}: {why}"
+                         + (f" [{x['verdict']}]" if x.get("verdict") else ""))
+        return "\n".join(lines + [p for p in [_pending(r)] if p])
     lines = []
     if r.completed:
         lines.append(f"finished promotion {r.completed['seq']} first (it was interrupted before moving "
                      f"{r.target}): {_model(r.completed['old'])} -> {_model(r.completed['new'])}")
     if r.action == "unchanged":
         lines.append(f"{r.target} already names {_model(r.record['new'])}; nothing changed")
-        return "\n".join(lines)
+        return "\n".join(lines + [p for p in [_pending(r)] if p])
     x = r.record
     verb = "rolled back" if r.action == "rollback" else "promoted"
     lines.append(f"{verb}: {r.target} {_model(x['old'])} -> {_model(x['new'])} (audit record {x['seq']} by {x['by']})")
@@ -217,7 +255,14 @@ def format_result(r: PromoteResult) -> str:
         lines.append(f"  {x['verdict']}")
     if r.action == "rollback":
         lines.append(f"  undoes record {x['undoes']}")
+    if x.get("outside_change"):
+        lines.append(f"  warning: the log's last record left it at {_model(x['outside_change']['log'])}, but it named "
+                     f"{_model(x['outside_change']['found'])}: changed outside aescore promote (kept in this record)")
     return "\n".join(lines)
+
+
+_BOOLEAN_WORDS = ("true", "false", "yes", "no", "1", "0", "on", "off")
+"""Values a boolean flag may take as the next argument (anything else after it is NAME)."""
 
 
 def positional_name(argv: list[str]) -> list[str]:
@@ -234,7 +279,7 @@ def positional_name(argv: list[str]) -> list[str]:
             name = token.lstrip("-").split("=", 1)[0].replace("-", "_")
             takes_value = "=" not in token and name not in ("v", "verbose", "h", "help", "print_config")
             if name.startswith("no_") or kinds.get(name) == "bool":
-                takes_value = takes_value and i < len(argv) and argv[i].lower() in ("true", "false")
+                takes_value = takes_value and i < len(argv) and argv[i].lower() in _BOOLEAN_WORDS
             if takes_value and i < len(argv):
                 out.append(argv[i])
                 i += 1

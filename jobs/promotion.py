@@ -76,8 +76,11 @@ class RegistryLedger:
         try:
             client.get_registered_model(name)
         except Exception as e:  # noqa: BLE001 - not found, no server: one line
-            raise InputError(f"{name}: no such registered model in the MLflow registry at {tracking_uri} "
-                             f"({' '.join(str(e).split())[:200]})") from e
+            text = " ".join(str(e).split())
+            if "RESOURCE_DOES_NOT_EXIST" in str(getattr(e, "error_code", "")) + text or "not found" in text.lower():
+                raise InputError(f"{name}: no such registered model in the MLflow registry at {tracking_uri}") from e
+            raise InputError(f"the MLflow registry at {tracking_uri} did not answer for {name}: {type(e).__name__}: "
+                             f"{text[:300]}{'...' if len(text) > 300 else ''}") from e
 
     @property
     def target(self) -> str:
@@ -209,6 +212,9 @@ class PointerLedger:
         try:
             check_pointer_target(uri, storage_options)
         except InputError as e:
+            if "not an aescore model pointer" in str(e):
+                raise InputError(f"--to {uri} holds a file that is not an aescore model pointer (JSON with "
+                                 "model_uri): aescore neither moves nor overwrites it") from e
             raise InputError(str(e).replace("--publish-latest", "--to")) from e
         if self.fs.isfile(self.audit):
             raise InputError(f"--to {uri}: {self.audit} is a file, not aescore's audit folder; move it away")
@@ -271,13 +277,19 @@ class PointerLedger:
             def acquire() -> bool:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    return True
                 except BlockingIOError:
                     return False
+                os.ftruncate(fd, 0)  # who holds it, for a waiting promotion's message
+                os.pwrite(fd, json.dumps({"by": who(), "pid": os.getpid(), "since": now()}).encode(), 0)
+                return True
+
+            def held() -> InputError:
+                info = (read_bytes(self.fs, lock) or b"").decode(errors="replace") or "unknown holder"
+                return InputError(f"another promotion of {self.uri} holds its lock ({lock}: {info}) for more than "
+                                  f"{wait:g} s; the lock is released when that process ends")
 
             try:
-                _wait_for(acquire, wait, lambda: InputError(
-                    f"another promotion of {self.uri} holds its lock ({lock}) for more than {wait:g} s"))
+                _wait_for(acquire, wait, held)
                 yield
             finally:
                 os.close(fd)  # releases the flock

@@ -26,8 +26,11 @@ def read_comparison(uri: str, options: dict) -> dict:
         found = json.loads(data) if data is not None else read_committed_json(uri, "comparison.json", options)
     except (ValueError, OSError) as e:
         raise InputError(f"--comparison {uri}: not readable as comparison.json ({e})") from e
+    if found is None:
+        raise InputError(f"--comparison {uri}: no committed comparison.json there (aescore score with --challenger "
+                         "writes one)")
     if not isinstance(found, dict) or "champion" not in found or "challenger" not in found:
-        raise InputError(f"--comparison {uri}: no comparison.json there (score with --challenger writes one)")
+        raise InputError(f"--comparison {uri}: not a comparison.json (no champion and challenger figures)")
     return found
 
 
@@ -77,7 +80,9 @@ def judge(evidence: dict | None, champion: dict | None, candidate: dict, force: 
         if pair != (champion["aescore_version"], candidate["aescore_version"]):
             raise InputError(f"the evidence ({evidence['source']}) compares model {pair[0]} with {pair[1]}, not the "
                              f"champion ({champion['aescore_version']}) with the candidate "
-                             f"({candidate['aescore_version']}); nothing changed")
+                             f"({candidate['aescore_version']}); nothing changed: compare these two with aescore "
+                             f"score --model {champion['uri']} --challenger {candidate['uri']} --reference-data DATA "
+                             "--label-column COL, or pass --reference-data here")
     reference = (evidence or {}).get("reference")
     if not reference:
         if force:

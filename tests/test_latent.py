@@ -101,7 +101,8 @@ def test_one_gaussian_is_also_stored_for_format_2_readers_and_a_mixture_needs_fo
     exact = latent_gaussian_fit([len(codes), *codes.sum(0), *(codes.T @ codes).ravel()], 2, weight=0.5)
     assert format_version({"latent": single}) == format_version({"latent": exact}) == format_version({}) == 2
     assert format_version({"latent": mixture}) == 3
-    assert format_version({"marginal": {"weight": 0.5}}) == FORMAT_VERSION == 4  # aemodel.marginal
+    assert format_version({"marginal": {"weight": 0.5}}) == 4  # aemodel.marginal
+    assert format_version({"marginal": {"weight": 0.5}}, bank={"entity_columns": ["u"]}) == FORMAT_VERSION == 5
     # What a format 2 reader computes from mean / whitening is the distance this version computes.
     for latent in (single, exact):
         old_form = {"mean": latent["mean"], "whitening": latent["whitening"]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import threading
 import time
@@ -226,3 +227,27 @@ def test_a_registry_alias_is_promoted_refused_forced_rolled_back_and_locked(regi
     code, _, _ = _promote(capsys, "pm", "--tracking-uri", mlflow_uri, "--rollback", "--reason", "r", "--break-lock")
     assert code == 0 and champion() == records[4]["old"]["id"] != before
     assert not registry.search_registered_models("name = 'pm.promotion-lock'")
+
+
+def test_a_pointer_moved_outside_promote_is_recorded_and_reads_stay_read_only(models, tmp_path, capsys):
+    from jobs.storage import publish_pointer
+
+    pointer = tmp_path / "pub" / "CHAMPION.json"
+    code, _, err = _promote(capsys, "--to", str(pointer), "--rollback", "--reason", "nothing yet")
+    assert code == 2 and "none to roll back" in err and not (tmp_path / "pub").exists()  # nothing written
+    code, out, _ = _promote(capsys, "--to", str(pointer), "--history")
+    assert code == 0 and "no promotions recorded" in out and not (tmp_path / "pub").exists()
+    promote.run(promote.PromoteConfig(to=str(pointer), candidate=models["good"]))
+    # The same artefact under its run folder's path is the model in service, not a new one.
+    run_folder = glob.glob(f"{models['good']}/runs/*")[0]
+    code, out, _ = _promote(capsys, "--to", str(pointer), "--from", run_folder)
+    assert code == 0 and "nothing changed" in out
+    publish_pointer(str(pointer), models["other"], "x")  # as aescore train --publish-latest would
+    code, out, _ = _promote(capsys, "--to", str(pointer), "--history")
+    assert "changed outside aescore promote" in out
+    code, out, _ = _promote(capsys, "--to", str(pointer), "--from", models["poor"], "--force", "--reason", "r")
+    assert code == 0 and "warning: the log's last record left it at" in out
+    record = PointerLedger(str(pointer), None, None).records()[-1]
+    assert record["old"]["id"] == models["other"] and record["outside_change"]["log"]["id"] == models["good"]
+    code, _, err = _promote(capsys, "--to", str(pointer), "--history", "--from", models["good"])
+    assert code == 2 and "--history only prints" in err
