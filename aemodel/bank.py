@@ -161,8 +161,8 @@ class ModelBank:
             start = entry["offset"]
             blob = self.fs.cat_file(join(self.path, entry["part"]), start=start, end=start + entry["bytes"])
             if hashlib.sha256(blob).hexdigest() != entry["sha256"]:
-                raise ArtifactError(f"model bank at {self.art.location}: the model of entity {key!r} does not match "
-                                 "its checksum (corrupt or tampered)")
+                raise ArtifactError(f"model bank at {self.art.location}: the model of entity {key!r} does not "
+                                    "match its checksum (corrupt or tampered)")
             art = unpack_entity(blob, self.art.preprocessor, f"{self.art.version}/{entry['sha256'][:8]}")
             self.scorers[key] = RowScorer(art, self.device, self.precision)
         return self.scorers[key]
@@ -305,7 +305,7 @@ def bank_reference(entity_pool: dict | None, global_reference: dict, global_rows
 
 def validation_reference(art: ModelArtifact) -> dict:
     """What a model's scores are compared with: a bank's pooled reference, else the model's own."""
-    return ((art.bank or {}).get("reference") or art.reference) if art.bank else art.reference
+    return (getattr(art, "bank", None) or {}).get("reference") or art.reference
 
 
 def scorer_for(art: ModelArtifact, device: str = "cpu", precision: str = "fp32",
