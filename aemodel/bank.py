@@ -202,11 +202,8 @@ class BankScorer(RowScorer):
                 continue
             entity = None if null[idx[0]] else self.bank.scorer(key)
             scorer = entity or self
-            score[idx], err[idx], losses[idx] = scorer.errors_encoded({k: enc[k][idx] for k in inputs})
-            pct[idx] = (histogram_percentile(scorer.validation_histogram, score[idx])
-                        if scorer.validation_histogram else np.nan)
-            if scorer.threshold is not None:
-                flagged[idx] = score[idx] > scorer.threshold
+            score[idx], err[idx], losses[idx], pct[idx], flagged[idx] = scorer.row_figures(
+                {k: enc[k][idx] for k in inputs})
             if scorer.ref_mean is not None:
                 ref_mean[idx], ref_std[idx] = scorer.ref_mean, scorer.ref_std
             if scorer.artifact.training_rows is not None:

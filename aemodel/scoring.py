@@ -239,15 +239,22 @@ class RowScorer:
         """
         return self._score(self.preprocessor.transform(table, raw), top_k, column_errors)
 
-    def _score(self, enc: dict[str, np.ndarray], top_k: int, column_errors: bool) -> dict[str, np.ndarray]:
+    def row_figures(self, enc: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+        """Per row of an encoded batch under this model: ``anomaly_score``, ``recon_error``, the per-cell scaled
+        loss [B, n_columns], ``score_percentile`` and ``is_anomaly``."""
         score, err, losses = self.errors_encoded(enc)
-        thr = self.threshold
+        pct = (histogram_percentile(self.validation_histogram, score).astype(np.float32)
+               if self.validation_histogram else np.full(len(score), np.nan, np.float32))
+        flagged = score > self.threshold if self.threshold is not None else np.zeros(len(err), dtype=bool)
+        return score, err, losses, pct, flagged
+
+    def _score(self, enc: dict[str, np.ndarray], top_k: int, column_errors: bool) -> dict[str, np.ndarray]:
+        score, err, losses, pct, flagged = self.row_figures(enc)
         out = {
             "anomaly_score": score,
-            "score_percentile": (histogram_percentile(self.validation_histogram, score).astype(np.float32)
-                                 if self.validation_histogram else np.full(len(score), np.nan, np.float32)),
+            "score_percentile": pct,
             "recon_error": err,
-            "is_anomaly": score > thr if thr is not None else np.zeros(len(err), dtype=bool),
+            "is_anomaly": flagged,
             "missing_cells": enc["missing_cells"],
             "unseen_cells": enc["unseen_cells"],
         }
@@ -275,19 +282,13 @@ class RowScorer:
         seen = self.artifact.training_rows
         raw = {} if seen is not None or partials else None  # the numeric columns as read
         enc = self.preprocessor.transform(batch, raw)
-        table = self.output_for(batch, enc, raw, passthrough, top_k, column_errors)
-        if partials:
-            for name, col in self.partial_columns(batch, enc, raw, table.column("anomaly_score").to_numpy()).items():
-                table = table.append_column(name, col)
-        return table
-
-    def output_for(self, batch: pa.Table, enc: dict[str, np.ndarray], raw: dict | None, passthrough: list[str] = (),
-                   top_k: int = 0, column_errors: bool = False) -> pa.Table:
-        """``output_table``'s rows for a batch already encoded (``enc``, ``raw``: ``Preprocessor.transform``'s)."""
-        seen = self.artifact.training_rows
         res = self._score(enc, top_k, column_errors)
         hits = seen.contains(row_hashes(batch, self.preprocessor.specs, raw)) if seen is not None else None
-        return self.assemble(batch, res, passthrough, top_k, column_errors, hits)
+        table = self.assemble(batch, res, passthrough, top_k, column_errors, hits)
+        if partials:
+            for name, col in self.partial_columns(batch, enc, raw, res["anomaly_score"]).items():
+                table = table.append_column(name, col)
+        return table
 
     def assemble(self, batch: pa.Table, res: dict[str, np.ndarray], passthrough: list[str], top_k: int,
                  column_errors: bool, seen: np.ndarray | None) -> pa.Table:

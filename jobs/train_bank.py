@@ -113,16 +113,12 @@ def train_bank(cfg, art, train_in: ParquetInput, val_in: ParquetInput | None, co
                         "entities": entries}, sort_keys=True).encode()
     write_bytes(commit.fs, commit.path_of(INDEX_FILE), index)
     summary = bank_summary(cfg, entries, table.num_rows, index, time.perf_counter() - t0,
-                           null_rows=_null_rows(train_in, table))
+                           null_rows=train_in.num_rows - table.num_rows)
     # The rows the global model scores, at the global model's validation share of them.
     global_rows = summary["rows"]["total"] * summary["rows"]["global_only_share"] * art.reference["count"] / max(
         art.preprocessor.train_rows + art.reference["count"], 1)
     summary["reference"] = bank_reference(pool(pooled) if pooled else None, art.reference, global_rows)
     return summary
-
-
-def _null_rows(train_in: ParquetInput, table: pa.Table) -> int:
-    return train_in.num_rows - table.num_rows
 
 
 def bank_summary(cfg, entries: dict, entity_rows: int, index: bytes, seconds: float, null_rows: int) -> dict:
