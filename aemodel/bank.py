@@ -32,6 +32,7 @@ from collections.abc import Iterable
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
@@ -42,6 +43,7 @@ from aemodel.preprocess import Preprocessor
 from aemodel.leakage import BloomFilter, row_hashes
 from aemodel.metrics import histogram_percentile
 from aemodel.scoring import RowScorer, top_features
+from aemodel.stack import ModelTerms, stacked_figures
 from aemodel.store import join, read_bytes, url_to_fs
 
 ENTITY_SEP = "\x1f"
@@ -63,6 +65,20 @@ def entity_keys(table: pa.Table, columns: list[str]) -> np.ndarray:
                                                       for v in zip(*parts)], dtype=object)
     keys[null] = None
     return keys
+
+
+def entity_codes(table: pa.Table, columns: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Each row's entity as a code into the returned keys (as ``entity_keys``), -1 where any entity column is null.
+
+    A hash table (Arrow's dictionary encoding), not a sort of the batch's key strings.
+    """
+    keys = (pc.cast(table.column(columns[0]), pa.string()) if len(columns) == 1
+            else pa.chunked_array([pa.array(entity_keys(table, columns), type=pa.string())]))
+    encoded = pc.dictionary_encode(keys).combine_chunks() if keys.num_chunks else None
+    if encoded is None or not len(encoded):
+        return np.full(table.num_rows, -1, dtype=np.int64), []
+    codes = np.asarray(encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
+    return codes, encoded.dictionary.to_pylist()
 
 
 def shrink_threshold(threshold: dict, global_value: float, validation_rows: int, quantile: float) -> dict:
@@ -142,7 +158,11 @@ def read_index(location: str, bank: dict, storage_options: dict | None = None) -
 
 
 class ModelBank:
-    """The entity models of a bank, each read (one range read, checksum checked) the first time a row needs it."""
+    """The entity models of a bank, each read (one range read, checksum checked) the first time a row needs it.
+
+    What scoring needs of a model is kept (``aemodel.stack.ModelTerms``: weights, scales,
+    terms, histogram, filter), not its artefact: tens of kilobytes per entity met.
+    """
 
     def __init__(self, art: ModelArtifact, storage_options: dict | None = None, device: str = "cpu",
                  precision: str = "fp32"):
@@ -150,77 +170,81 @@ class ModelBank:
         self.columns: list[str] = art.bank["entity_columns"]
         self.fs, self.path = url_to_fs(art.location, storage_options)
         self.index: dict = read_index(art.location, art.bank, storage_options)["entities"]
-        self.scorers: dict[str, RowScorer] = {}
+        self.models: dict[str, ModelTerms] = {}
 
-    def scorer(self, key: str | None) -> RowScorer | None:
-        """The entity's scorer, or None where the global model scores its rows."""
+    def artifact(self, key: str) -> ModelArtifact | None:
+        """The entity's model as an artefact (the bank's preprocessor), or None where the global model scores its rows."""
         entry = self.index.get(key) if key is not None else None
         if entry is None or "part" not in entry:
             return None
-        if key not in self.scorers:
-            start = entry["offset"]
-            blob = self.fs.cat_file(join(self.path, entry["part"]), start=start, end=start + entry["bytes"])
-            if hashlib.sha256(blob).hexdigest() != entry["sha256"]:
-                raise ArtifactError(f"model bank at {self.art.location}: the model of entity {key!r} does not "
-                                    "match its checksum (corrupt or tampered)")
-            art = unpack_entity(blob, self.art.preprocessor, f"{self.art.version}/{entry['sha256'][:8]}")
-            self.scorers[key] = RowScorer(art, self.device, self.precision)
-        return self.scorers[key]
+        start = entry["offset"]
+        blob = self.fs.cat_file(join(self.path, entry["part"]), start=start, end=start + entry["bytes"])
+        if hashlib.sha256(blob).hexdigest() != entry["sha256"]:
+            raise ArtifactError(f"model bank at {self.art.location}: the model of entity {key!r} does not "
+                                "match its checksum (corrupt or tampered)")
+        return unpack_entity(blob, self.art.preprocessor, f"{self.art.version}/{entry['sha256'][:8]}")
+
+    def terms(self, key: str | None) -> ModelTerms | None:
+        """What scoring needs of the entity's model, or None where the global model scores its rows."""
+        if key not in self.models:
+            art = self.artifact(key)
+            if art is None:
+                return None
+            self.models[key] = ModelTerms.of(RowScorer(art, self.device, self.precision))
+        return self.models[key]
 
 
 class BankScorer(RowScorer):
     """``RowScorer``'s ``output_table`` for a bank: each row scored by its entity's model, or the global one.
 
     The batch is encoded once (the preprocessor is shared) and its Bloom-filter hashes taken
-    once; each model present in the batch runs one forward pass on its rows, whose scores,
-    losses and references fill the batch's arrays; the rows file's table is assembled once.
-    The rows keep their order and gain ``model_scope``.
+    once; the models present in the batch, the global one among them, run stacked
+    (``aemodel.stack``: one batched pass per layer over every model's rows), and the rows
+    file's table is assembled once. The rows keep their order and gain ``model_scope``.
     """
 
     def __init__(self, art: ModelArtifact, device: str = "cpu", precision: str = "fp32",
                  storage_options: dict | None = None):
         super().__init__(art, device, precision)
         self.bank = ModelBank(art, storage_options, device, precision)
+        self.global_terms = ModelTerms.of(self)
+        self.stores: dict = {}  # aemodel.stack.ShapeStore per shape, across batches
 
     def output_table(self, batch: pa.Table, passthrough: Iterable[str] = (), top_k: int = 0,
                      column_errors: bool = False, partials: bool = False) -> pa.Table:
         raw: dict = {}
         enc = self.preprocessor.transform(batch, raw)
-        n, c = batch.num_rows, len(self.columns)
-        keys = entity_keys(batch, self.bank.columns)
-        null = keys == None  # noqa: E711 - elementwise on an object array
-        uniq, inverse = np.unique(np.where(null, "", keys).astype(str), return_inverse=True)
-        bounds = np.cumsum(np.bincount(inverse, minlength=len(uniq)))[:-1]
-        rows_of = np.split(np.argsort(inverse, kind="stable"), bounds)
-        score, err, pct = (np.empty(n, np.float32) for _ in range(3))
-        losses, ref_mean, ref_std = np.empty((n, c), np.float32), np.full((n, c), np.nan), np.full((n, c), np.nan)
-        flagged, own, seen = np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool)
-        hashes = row_hashes(batch, self.preprocessor.specs, raw)
-        inputs = ("x_num", "x_bin", "x_cat", "observed")
-        for key, idx in zip(uniq.tolist(), rows_of):  # each entity's rows: one forward pass of its model
-            if not len(idx):
-                continue
-            entity = None if null[idx[0]] else self.bank.scorer(key)
-            scorer = entity or self
-            score[idx], err[idx], losses[idx], pct[idx], flagged[idx] = scorer.row_figures(
-                {k: enc[k][idx] for k in inputs})
-            if scorer.ref_mean is not None:
-                ref_mean[idx], ref_std[idx] = scorer.ref_mean, scorer.ref_std
-            if scorer.artifact.training_rows is not None:
-                seen[idx] = scorer.artifact.training_rows.contains(hashes[idx])
-            own[idx] = entity is not None
-        res = {"anomaly_score": score, "score_percentile": pct, "recon_error": err, "is_anomaly": flagged,
-               "missing_cells": enc["missing_cells"], "unseen_cells": enc["unseen_cells"]}
+        codes, keys = entity_codes(batch, self.bank.columns)
+        order = np.argsort(codes, kind="stable")  # null (-1) first, then each entity's rows in batch order
+        bounds = np.cumsum(np.bincount(codes + 1, minlength=len(keys) + 1))[:-1]
+        members, groups, global_rows = [], [], []
+        for key, idx in zip([None, *keys], np.split(order, bounds)):
+            terms = None if not len(idx) or key is None else self.bank.terms(key)
+            if terms is None:
+                global_rows.append(idx)
+            else:
+                members.append(terms)
+                groups.append(idx)
+        own = np.ones(batch.num_rows, dtype=bool)
+        if global_rows:
+            members.append(self.global_terms)
+            groups.append(np.sort(np.concatenate(global_rows)))
+            own[groups[-1]] = False
+        autocast = ({"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+                    if self.device.type == "cuda" else None)
+        hashes = row_hashes(batch, self.preprocessor.specs, raw) if self.artifact.training_rows is not None else None
+        fig = stacked_figures(members, groups, enc, self.device, hashes, autocast, self.stores)
+        res = {k: fig[k] for k in ("anomaly_score", "score_percentile", "recon_error", "is_anomaly")}
+        res.update(missing_cells=enc["missing_cells"], unseen_cells=enc["unseen_cells"])
         if top_k:
-            res["top_features"] = top_features(losses, enc["observed"], self.columns, top_k, ref_mean, ref_std,
-                                               enc["missing_cells"], err)
+            res["top_features"] = top_features(fig["losses"], enc["observed"], self.columns, top_k, fig["ref_mean"],
+                                               fig["ref_std"], enc["missing_cells"], fig["recon_error"])
         if column_errors:
-            res["column_errors"] = np.where(enc["observed"] > 0, losses, np.nan).astype(np.float32)
-        table = self.assemble(batch, res, list(passthrough), top_k, column_errors,
-                              seen if self.artifact.training_rows is not None else None)
+            res["column_errors"] = np.where(enc["observed"] > 0, fig["losses"], np.nan).astype(np.float32)
+        table = self.assemble(batch, res, list(passthrough), top_k, column_errors, fig.get("seen"))
         table = table.append_column(MODEL_SCOPE, pa.array(np.where(own, "entity", "global"), type=pa.string()))
         if partials:
-            for name, col in self.partial_columns(batch, enc, raw, score).items():
+            for name, col in self.partial_columns(batch, enc, raw, res["anomaly_score"]).items():
                 table = table.append_column(name, col)
         return table
 
@@ -228,7 +252,8 @@ class BankScorer(RowScorer):
 def fit_entities(params: dict, pp: Preprocessor, table: pa.Table, ranges: list[tuple[str, int, int]],
                  val: dict[str, pa.Table] | None, global_threshold: float | None, quantile: float
                  ) -> tuple[bytes, dict[str, dict]]:
-    """Fit one model per entity of ``ranges`` (rows ``table[start:stop]``), one after the other in this process.
+    """Fit one model per entity of ``ranges`` (rows ``table[start:stop]``) in this process, stacked
+    (``AnomalyAutoencoder.fit_each``).
 
     Args:
         params: ``AnomalyAutoencoder``'s parameters (the training options; one thread).
@@ -250,14 +275,15 @@ def fit_entities(params: dict, pp: Preprocessor, table: pa.Table, ranges: list[t
     from aemodel.estimator import AnomalyAutoencoder
 
     buf, entries, references = bytearray(), {}, []
-    for key, start, stop in ranges:
+    fitted = AnomalyAutoencoder(**params).fit_each(
+        [(table.slice(start, stop - start), (val or {}).get(key)) for key, start, stop in ranges], preprocessor=pp)
+    for (key, start, stop), det in zip(ranges, fitted):
         entry: dict = {"rows": stop - start}
-        try:
-            det = AnomalyAutoencoder(**params).fit(table.slice(start, stop - start),
-                                                   X_val=(val or {}).get(key), preprocessor=pp)
-        except (TrainingError, ValueError) as e:
-            entries[key] = {**entry, "status": "failed", "reason": " ".join(str(e).split())[:300]}
+        if isinstance(det, (TrainingError, ValueError)):
+            entries[key] = {**entry, "status": "failed", "reason": " ".join(str(det).split())[:300]}
             continue
+        if isinstance(det, Exception):
+            raise det
         art = det.artifact_
         art.threshold = shrink_threshold(art.threshold, global_threshold,
                                          int(art.threshold.get("validation_rows") or art.reference.get("count", 0)),

@@ -32,13 +32,15 @@ from aemodel.artifact import ModelArtifact, check_model_prefix, load_artifact, s
 from aemodel.commit import OutputCommit, OutputError
 from aemodel.denoise import input_noise
 from aemodel.diagnostics import column_warnings
+from aemodel.errors import TrainingError
 from aemodel.model import TabularAutoencoder
 from aemodel.options import TrainingOptions
 from aemodel.preprocess import Preprocessor
 from aemodel.schema import check_schema, feature_table, resolve_columns
 from aemodel.scoring import RowScorer
 from aemodel.statistics import TableInput, encode_tables, fit_statistics, split_tables
-from aemodel.training import fit_epochs, fit_score_terms, tensor_batches, trained_artifact, validation_reference
+from aemodel.training import (FitState, fit_epochs, fit_score_terms, tensor_batches, trained_artifact,
+                              validation_reference)
 
 MIN_ROWS = 10
 """Fewest training rows: with fewer, the validation split may hold none."""
@@ -60,6 +62,20 @@ def as_table(X, what: str = "X") -> pa.Table:
     if array.ndim != 2:
         raise ValueError(f"{what}: expected a DataFrame, an Arrow table or a 2-D array, got shape {array.shape}")
     return pa.table({f"x{i}": array[:, i] for i in range(array.shape[1])})
+
+
+@dataclass
+class _Prepared:
+    """A fit's rows, ready to train on: the preprocessor, encoded splits, statistics, leakage filter."""
+
+    pp: Preprocessor
+    train_t: dict[str, torch.Tensor]
+    val_t: dict[str, torch.Tensor]
+    stats: dict
+    seen_rows: object
+    leakage: dict
+    schema: pa.Schema
+    rows: int
 
 
 @dataclass(kw_only=True, eq=False, repr=False)
@@ -123,6 +139,68 @@ class AnomalyAutoencoder(TrainingOptions):
             TrainingError: Training produced no usable model (a failed diagnostic, NaN loss).
             ValueError: Fewer than ``MIN_ROWS`` rows.
         """
+        prep = self._prepare(X, X_val, preprocessor)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            model, state = self._fit_weights(prep)
+            art = self._finish(prep, model, state)
+        finally:
+            torch.set_num_threads(threads)
+        self._fitted(art)
+        return self
+
+    def fit_each(self, datasets: list[tuple], *, preprocessor: Preprocessor) -> list[AnomalyAutoencoder | Exception]:
+        """One model per ``(X, X_val)`` of ``datasets`` with these parameters and one shared ``preprocessor``.
+
+        Each model is what ``fit(X, X_val=X_val, preprocessor=preprocessor)`` gives (its own
+        split, batches, early stopping, weights, terms, threshold and verdicts); the weights
+        of models whose epochs have as many steps train stacked (``aemodel.stack_fit``), one
+        batched step for all of them: a model bank's entity models.
+
+        Returns:
+            Per dataset, a fitted estimator, or the exception ``fit`` would have raised.
+        """
+        from aemodel.stack_fit import FitJob, fit_stacked
+
+        preps: list = []
+        for X, X_val in datasets:
+            try:
+                preps.append(self._prepare(X, X_val, preprocessor))
+            except ValueError as e:  # SchemaError, too few rows
+                preps.append(e)
+        ready = [i for i, p in enumerate(preps) if not isinstance(p, Exception)]
+        out: list = list(preps)
+        if not ready:
+            return out
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            torch.manual_seed(self.seed)
+            model = TabularAutoencoder(self.model_config(preprocessor))
+            jobs = [FitJob(preps[i].train_t, preps[i].val_t, self.resolved_batch_size(preps[i].rows), self.seed)
+                    for i in ready]
+            states = fit_stacked(model, jobs, torch.tensor(preprocessor.baselines, dtype=torch.float32),
+                                 learning_rate=self.learning_rate, weight_decay=self.weight_decay, epochs=self.epochs,
+                                 patience=self.patience, min_delta=self.min_delta, input_noise=self._noise(preprocessor))
+            for i, state in zip(ready, states):
+                if isinstance(state, Exception):
+                    out[i] = state
+                    continue
+                try:
+                    trained = TabularAutoencoder(model.config)
+                    trained.load_state_dict(state.best_model)
+                    est = type(self)(**self.get_params())
+                    est._fitted(est._finish(preps[i], trained, state))
+                    out[i] = est
+                except (TrainingError, ValueError) as e:
+                    out[i] = e
+        finally:
+            torch.set_num_threads(threads)
+        return out
+
+    def _prepare(self, X, X_val, preprocessor: Preprocessor | None) -> _Prepared:
+        """Columns, statistics, preprocessor, split and encoding of a fit's rows."""
         table = as_table(X)
         if preprocessor is not None:
             specs = preprocessor.specs
@@ -147,49 +225,50 @@ class AnomalyAutoencoder(TrainingOptions):
             val_t = encode_tables(pp, split_tables(train_in.chunks(), names, self.val_fraction, validation=True))
         else:
             train_t, val_t = encode_tables(pp, train_in.chunks()), encode_tables(pp, val_in.chunks())
-        threads = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        try:
-            rows = pp.train_rows if preprocessor is None else len(train_t["observed"])  # a shared one counts others
-            art = self._train(pp, train_t, val_t, stats, seen_rows, leakage, table.schema, rows)
-        finally:
-            torch.set_num_threads(threads)
-        self._fitted(art)
-        return self
-
-    def _train(self, pp: Preprocessor, train_t: dict, val_t: dict, stats: dict, seen_rows, leakage: dict,
-               schema: pa.Schema, rows: int) -> ModelArtifact:
-        """The loop of ``jobs.train_loop.train_loop_per_worker`` on one worker in this process."""
         device = torch.device(self.device)
         train_t, val_t = ({k: v.to(device) for k, v in t.items()} for t in (train_t, val_t))
+        rows = pp.train_rows if preprocessor is None else len(train_t["observed"])  # a shared one counts others
+        return _Prepared(pp, train_t, val_t, stats, seen_rows, leakage, table.schema, rows)
+
+    def _noise(self, pp: Preprocessor) -> torch.Tensor | None:
+        return (torch.tensor(input_noise(pp, self.input_noise), dtype=torch.float32, device=torch.device(self.device))
+                if self.input_noise else None)
+
+    def _fit_weights(self, prep: _Prepared) -> tuple[TabularAutoencoder, FitState]:
+        """The loop of ``jobs.train_loop.train_loop_per_worker`` on one worker in this process."""
+        device, pp = torch.device(self.device), prep.pp
         torch.manual_seed(self.seed)
-        model_config = self.model_config(pp)
-        model = TabularAutoencoder(model_config).to(device)
+        model = TabularAutoencoder(self.model_config(pp)).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
         baselines = torch.tensor(pp.baselines, dtype=torch.float32, device=device)
-        batch_size = self.resolved_batch_size(rows)
-        noise = (torch.tensor(input_noise(pp, self.input_noise), dtype=torch.float32, device=device)
-                 if self.input_noise else None)
+        batch_size = self.resolved_batch_size(prep.rows)
         state = fit_epochs(model, optimizer, baselines, epochs=self.epochs, patience=self.patience,
-                           min_delta=self.min_delta, input_noise=noise,
-                           train_batches=lambda epoch: tensor_batches(train_t, batch_size, self.seed + epoch),
-                           val_batches=lambda: tensor_batches(val_t, 8192))
-        latent, marginal, distribution = fit_score_terms(model, tensor_batches(train_t, 8192),
-                                           latent_weight=self.resolved_latent_weight(len(pp.specs)),
-                                           latent_components=self.latent_components,
-                                           marginal_weight=self.marginal_weight, clip_sigma=self.clip_sigma,
-                                           seed=self.seed)
+                           min_delta=self.min_delta, input_noise=self._noise(pp),
+                           train_batches=lambda epoch: tensor_batches(prep.train_t, batch_size, self.seed + epoch),
+                           val_batches=lambda: tensor_batches(prep.val_t, 8192))
+        return model, state
+
+    def _finish(self, prep: _Prepared, model: TabularAutoencoder, state: FitState) -> ModelArtifact:
+        """The score's terms, the validation reference and threshold, the verdicts: the artefact of trained weights."""
+        device, pp = torch.device(self.device), prep.pp
+        model = model.to(device)
+        baselines = torch.tensor(pp.baselines, dtype=torch.float32, device=device)
+        latent, marginal, distribution = fit_score_terms(model, tensor_batches(prep.train_t, 8192),
+                                                         latent_weight=self.resolved_latent_weight(len(pp.specs)),
+                                                         latent_components=self.latent_components,
+                                                         marginal_weight=self.marginal_weight,
+                                                         clip_sigma=self.clip_sigma, seed=self.seed)
         reference, threshold = validation_reference(
-            model, lambda: tensor_batches(val_t, 8192), device, baselines, self.quantile, pp.constant_outputs(),
+            model, lambda: tensor_batches(prep.val_t, 8192), device, baselines, self.quantile, pp.constant_outputs(),
             [s.name for s in pp.specs], self.scale_floor if self.scale_by_validation else None, latent, marginal,
             pp.shared_unit_indices)
         reference["columns_distribution"] = distribution
         params = self.get_params()
-        run_id = hashlib.sha256(json.dumps({"params": params, "rows": rows}, sort_keys=True,
+        run_id = hashlib.sha256(json.dumps({"params": params, "rows": prep.rows}, sort_keys=True,
                                            default=str).encode()).hexdigest()[:16]
-        return trained_artifact(self, model_config, pp, {k: v.cpu() for k, v in state.best_model.items()},
-                                state.history, reference, threshold, leakage, seen_rows,
-                                warnings=column_warnings(self, schema, pp.specs, stats, pp),
+        return trained_artifact(self, model.config, pp, {k: v.cpu() for k, v in state.best_model.items()},
+                                state.history, reference, threshold, prep.leakage, prep.seen_rows,
+                                warnings=column_warnings(self, prep.schema, pp.specs, prep.stats, pp),
                                 train_config={**params, "api": "python"}, run_id=run_id)
 
     def _fitted(self, art: ModelArtifact) -> None:

@@ -92,8 +92,7 @@ class BloomFilter:
 
     def _position(self, h1: np.ndarray, h2: np.ndarray, i: np.ndarray | int) -> np.ndarray:
         """Bit ``i`` (or bits, broadcast) of the items with hash pair ``(h1, h2)``."""
-        with np.errstate(over="ignore"):
-            return ((h1 + np.asarray(i, dtype=np.uint64) * h2) % np.uint64(self.n_bits)).astype(np.int64)
+        return _bit(h1, h2, i, np.uint64(self.n_bits))
 
     def _positions(self, hashes: np.ndarray) -> np.ndarray:
         """[n_hashes, items] every bit of every item."""
@@ -106,22 +105,8 @@ class BloomFilter:
         return self
 
     def contains(self, hashes: np.ndarray) -> np.ndarray:
-        """Per hash: True if possibly added (false positives at ``false_positive_rate``).
-
-        Bit by bit, only for the hashes whose bits so far were all set: about half the
-        bits of a full filter are clear, so most rows that were not added leave after one
-        or two of the ``n_hashes`` lookups (the same answer as checking every bit).
-        """
-        h1, h2 = self._hash_pair(hashes)
-        left = np.arange(len(h1))
-        for i in range(self.n_hashes):
-            pos = self._position(h1[left], h2[left], i)
-            left = left[((self.bits[pos >> 3] >> (pos & 7).astype(np.uint8)) & 1).astype(bool)]
-            if len(left) == 0:
-                break
-        found = np.zeros(len(h1), dtype=bool)
-        found[left] = True
-        return found
+        """Per hash: True if possibly added (false positives at ``false_positive_rate``)."""
+        return contains_each([self], np.zeros(len(hashes), dtype=np.int64), hashes)
 
     def merge(self, other: BloomFilter) -> BloomFilter:
         if (other.n_bits, other.n_hashes) != (self.n_bits, self.n_hashes):
@@ -142,6 +127,48 @@ class BloomFilter:
 
 ID_REPEATS = 5.0
 """Expected repeats by chance above which an integer column that never repeats is id-like: P(none) ~ exp(-5) < 1%."""
+
+
+def _bit(h1: np.ndarray, h2: np.ndarray, i: np.ndarray | int, n_bits: np.ndarray | np.uint64) -> np.ndarray:
+    """Double hashing: bit ``i`` of an item with hash pair ``(h1, h2)`` in a filter of ``n_bits``."""
+    with np.errstate(over="ignore"):
+        return ((h1 + np.asarray(i, dtype=np.uint64) * h2) % n_bits).astype(np.int64)
+
+
+def contains_each(filters: list[BloomFilter], which: np.ndarray, hashes: np.ndarray) -> np.ndarray:
+    """Per hash: True if possibly added to filter ``filters[which[i]]`` (``BloomFilter.contains``).
+
+    Bit by bit, only for the hashes whose bits so far were all set: about half the bits of a
+    full filter are clear, so most rows that were not added leave after one or two of the
+    ``n_hashes`` lookups (the same answer as checking every bit). Several filters (a model
+    bank's, ``aemodel.stack``) are looked up as one: their bits end to end, each row at its
+    filter's start.
+    """
+    h1, h2 = BloomFilter._hash_pair(hashes)
+    left = np.arange(len(h1))
+    if len(filters) == 1:
+        f = filters[0]
+        bits, n_hashes, size, start = f.bits, np.array([f.n_hashes]), np.uint64(f.n_bits), 0
+    else:
+        bits = np.concatenate([f.bits for f in filters])
+        n_hashes = np.array([f.n_hashes for f in filters])
+        sizes = np.array([f.n_bits for f in filters], dtype=np.uint64)
+        starts = np.concatenate([[0], np.cumsum(sizes[:-1].astype(np.int64))])
+    passed = []
+    for i in range(int(n_hashes.max()) if len(filters) else 0):
+        if len(filters) > 1:
+            w = which[left]
+            done = n_hashes[w] <= i  # every bit of these rows' filters was set
+            passed.append(left[done])
+            left, w = left[~done], w[~done]
+            size, start = sizes[w], starts[w]
+        pos = _bit(h1[left], h2[left], i, size) + start
+        left = left[((bits[pos >> 3] >> (pos & 7).astype(np.uint8)) & 1).astype(bool)]
+        if len(left) == 0:
+            break
+    found = np.zeros(len(h1), dtype=bool)
+    found[np.concatenate([left, *passed]).astype(np.int64)] = True
+    return found
 
 
 def id_like_columns(specs: list[ColumnSpec], stats: dict, min_rows: int = 50) -> list[dict]:

@@ -134,7 +134,15 @@ def latent_distance(z: torch.Tensor, log_coef: torch.Tensor, stacked: torch.Tens
 
     One component: the squared Mahalanobis distance divided by ``d``. Every component's
     ``(z - mu_k) W_k`` comes from one matrix product, ``z @ [W_1 .. W_K] - [mu_k W_k]``.
+
+    Stacked (``aemodel.stack``): codes [E, P, d] of E models, each with its own mixture
+    (every argument with a leading E), give [E, P].
     """
+    if z.dim() == 3:
+        e, p, d = z.shape
+        k = log_coef.shape[-1]
+        sq = torch.baddbmm(minus_shift.unsqueeze(1), z, stacked).square_().view(e, p, k, d).sum(-1)  # [E, P, K]
+        return (-2 * torch.logsumexp(log_coef.unsqueeze(1) - 0.5 * sq, dim=2) - offset.view(e, 1)) / d
     k, d = log_coef.shape[0], z.shape[1]
     parts = []
     for chunk in z.split(_LATENT_ROWS):

@@ -149,15 +149,19 @@ instead of faulting in fresh pages for the whole batch (a quarter of the time; b
 
 
 def marginal_distance(x_num: torch.Tensor, x_bin: torch.Tensor, x_cat: torch.Tensor, observed: torch.Tensor,
-                      table: torch.Tensor, offsets: torch.Tensor, clip: float, bins: int = BINS) -> torch.Tensor:
+                      table: torch.Tensor, offsets: torch.Tensor, clip: float, bins: int = BINS,
+                      row_tables: torch.Tensor | None = None) -> torch.Tensor:
     """Per-row [B] marginal term of encoded rows: the mean scaled ``nll_c`` over the row's observed cells.
 
     ``bins`` is the artefact's own bin count (``marginal_tensors`` passes it), not today's ``BINS``.
+    ``row_tables`` ([B] int64): where each row's model's table starts in ``table``, for the
+    tables of several models of one shape laid end to end (``aemodel.stack``).
     """
     parts = []
     for start in range(0, x_num.shape[0], _ROWS):
         rows = slice(start, start + _ROWS)
-        cells = torch.take(table, _cell_indices(x_num[rows], x_bin[rows], x_cat[rows], offsets, clip, bins))
+        idx = _cell_indices(x_num[rows], x_bin[rows], x_cat[rows], offsets, clip, bins)
+        cells = torch.take(table, idx if row_tables is None else idx.add_(row_tables[rows].unsqueeze(1)))
         obs = observed[rows]
         parts.append(cells.mul_(obs).sum(dim=1) / obs.sum(dim=1).clamp_min(1.0))
     return torch.cat(parts) if parts else x_num.new_zeros(0)

@@ -116,19 +116,39 @@ def histogram_percentile(hist: dict, values: np.ndarray) -> np.ndarray:
         hist: ``ErrorStats.summary()["histogram"]`` (edges, counts, underflow, overflow).
         values: Scores to place.
     """
-    edges = np.asarray(hist["edges"], dtype=np.float64)
-    counts = np.asarray(hist["counts"], dtype=np.float64)
-    total = counts.sum() + hist.get("underflow", 0) + hist.get("overflow", 0)
+    edges, counts, under, over = histogram_arrays(hist)
+    return stacked_percentile(edges, counts[None], under[None], over[None], np.zeros(np.shape(values), np.int64),
+                              values)
+
+
+def histogram_arrays(hist: dict) -> tuple[np.ndarray, ...]:
+    """A histogram's edges, counts, underflow and overflow as float64 arrays (the last two of shape [])."""
+    return (np.asarray(hist["edges"], dtype=np.float64), np.asarray(hist["counts"], dtype=np.float64),
+            np.float64(hist.get("underflow", 0)), np.float64(hist.get("overflow", 0)))
+
+
+def stacked_percentile(edges: np.ndarray, counts: np.ndarray, under: np.ndarray, over: np.ndarray,
+                       which: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``histogram_percentile`` of each value within histogram ``which[i]`` of H on one grid of ``edges``.
+
+    Args:
+        edges: [n_bins + 1] the histograms' shared edges.
+        counts, under, over: [H, n_bins], [H], [H] each histogram's counts, underflow, overflow.
+        which: Per value, its histogram.
+        values: Scores to place.
+    """
     v = np.asarray(values, dtype=np.float64)
-    if total == 0:
-        return np.full(v.shape, np.nan)
-    below = hist.get("underflow", 0) + np.concatenate([[0.0], np.cumsum(counts)])  # rows below each edge
-    i = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, len(counts) - 1)
+    counts = np.asarray(counts, dtype=np.float64)
+    under, over = np.asarray(under, dtype=np.float64), np.asarray(over, dtype=np.float64)
+    total = (counts.sum(axis=1) + under + over)[which]
+    below = under[:, None] + np.concatenate([np.zeros((len(counts), 1)), np.cumsum(counts, axis=1)], axis=1)
+    i = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, counts.shape[1] - 1)
     frac = np.clip((v - edges[i]) / (edges[i + 1] - edges[i]), 0.0, 1.0)
-    pct = (below[i] + frac * counts[i]) / total
-    pct = np.where(v < edges[0], hist.get("underflow", 0) / total * (v > 0), pct)
-    pct = np.where(v > edges[-1], (total - hist.get("overflow", 0)) / total, pct)  # at least all but overflow
-    return np.where(np.isnan(v), np.nan, 100.0 * pct)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a histogram of no rows: NaN below
+        pct = (below[which, i] + frac * counts[which, i]) / total
+        pct = np.where(v < edges[0], under[which] / total * (v > 0), pct)
+        pct = np.where(v > edges[-1], (total - over[which]) / total, pct)  # at least all but overflow
+    return np.where(np.isnan(v) | (total == 0), np.nan, 100.0 * pct)
 
 
 @dataclass

@@ -114,7 +114,10 @@ class TabularAutoencoder(nn.Module):
     def forward(self, x_num: torch.Tensor, x_bin: torch.Tensor, x_cat: torch.Tensor,
                 input_noise: torch.Tensor | None = None) -> Reconstruction:
         z = self.encode(x_num, x_bin, x_cat, input_noise)
-        out = self.head(self.decoder(z))
+        return self.reconstruction(self.head(self.decoder(z)), z)
+
+    def reconstruction(self, out: torch.Tensor, z: torch.Tensor) -> Reconstruction:
+        """The head's [B, input_dim] output split per column kind (``aemodel.stack`` calls it on stacked rows)."""
         c = self.config
         num, rest = out.split([c.n_numeric, out.shape[1] - c.n_numeric], dim=1)
         bins, cats = rest.split([c.n_binary, rest.shape[1] - c.n_binary], dim=1)

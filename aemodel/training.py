@@ -143,30 +143,47 @@ def fit_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer, baselin
             s, n = eval_step(raw, batch, baselines)
             va_sum, va_n = va_sum + s, va_n + n
         tr_sum, tr_n = reduce([tr_sum, tr_n])
-        if tr_n == 0 or va_n == 0:
-            raise TrainingError(f"no rows reached training (train={tr_n:.0f}, validation={va_n:.0f})")
-        train_loss, val_loss = tr_sum / tr_n, va_sum / va_n
-        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-            raise TrainingError(f"loss became {train_loss} (train) / {val_loss} (validation) at epoch {epoch}; "
-                                "lower --learning-rate or check the data for extreme values")
-        if val_loss < state.lowest:
-            state.lowest = val_loss
+        lowest, stop = record_epoch(state, epoch, tr_sum, tr_n, va_sum, va_n, time.perf_counter() - t0,
+                                    patience, min_delta)
+        if lowest:
             state.best_model = {k: v.detach().clone() for k, v in raw.state_dict().items()}
-        if val_loss < state.best_val * (1.0 - min_delta):
-            state.best_val, state.bad_epochs = val_loss, 0
-        else:
-            state.bad_epochs += 1
-        state.epoch = epoch
-        state.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                              "seconds": time.perf_counter() - t0, "train_rows": int(tr_n), "val_rows": int(va_n),
-                              "attempt": state.attempt})  # > 0: resumed from a checkpoint after a failure
-        stop = state.bad_epochs >= patience
         if on_epoch is not None:
             on_epoch(state, stop)
         if stop:
             break
     raw.load_state_dict(state.best_model)
     return state
+
+
+def record_epoch(state: FitState, epoch: int, tr_sum: float, tr_n: float, va_sum: float, va_n: float,
+                 seconds: float, patience: int, min_delta: float) -> tuple[bool, bool]:
+    """An epoch's losses into ``state``: its history, the early-stopping count. The one home of those rules.
+
+    Returns:
+        (whether the epoch's validation loss is the lowest so far: its weights are to be
+        kept, whether training stops after it).
+
+    Raises:
+        TrainingError: No rows, or a loss that is not finite.
+    """
+    if tr_n == 0 or va_n == 0:
+        raise TrainingError(f"no rows reached training (train={tr_n:.0f}, validation={va_n:.0f})")
+    train_loss, val_loss = tr_sum / tr_n, va_sum / va_n
+    if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+        raise TrainingError(f"loss became {train_loss} (train) / {val_loss} (validation) at epoch {epoch}; "
+                            "lower --learning-rate or check the data for extreme values")
+    lowest = val_loss < state.lowest
+    if lowest:
+        state.lowest = val_loss
+    if val_loss < state.best_val * (1.0 - min_delta):
+        state.best_val, state.bad_epochs = val_loss, 0
+    else:
+        state.bad_epochs += 1
+    state.epoch = epoch
+    state.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "seconds": seconds,
+                          "train_rows": int(tr_n), "val_rows": int(va_n),
+                          "attempt": state.attempt})  # > 0: resumed from a checkpoint after a failure
+    return lowest, state.bad_epochs >= patience
 
 
 def fit_score_terms(model: TabularAutoencoder, train_batches: Batches, *, latent_weight: float,

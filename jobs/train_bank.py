@@ -2,9 +2,9 @@
 
 After the global model is fitted (``jobs.train``), the driver reads the training rows with
 their entity columns, sorts them by entity, and hands the entities with at least
-``--min-entity-rows`` rows to Ray tasks in groups of similar row counts (about four tasks
-per CPU): each task fits its entities one after the other with one torch thread
-(``aemodel.bank.fit_entities``) and returns one part file, which the driver writes into the
+``--min-entity-rows`` rows to Ray tasks (about four tasks per CPU): each task fits its
+entities stacked, with one torch thread (``aemodel.bank.fit_entities``), and returns one
+part file, which the driver writes into the
 run folder as it arrives. A few thousand entities are a few dozen tasks, not a few thousand
 Ray Train runs. The index and the global model's ``model.json`` (holding the index's
 checksum) are written last, by the commit.

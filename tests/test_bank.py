@@ -73,7 +73,7 @@ def test_each_row_is_scored_by_its_entitys_model_or_the_global_one(bank, tmp_pat
     own = table[ENTITY].isin([f"e{i:05d}" for i in range(6)])
     assert (rows.loc[own, "model_scope"] == "entity").all() and (rows.loc[~own, "model_scope"] == "global").all()
     for key, group in table[own].groupby(ENTITY):
-        scorer = models.scorer(key)
+        scorer = RowScorer(models.artifact(key))
         alone = scorer.score_table(pa.Table.from_pandas(group, preserve_index=False))
         np.testing.assert_allclose(rows.loc[group.index, "anomaly_score"], alone["anomaly_score"], rtol=1e-5)
         assert (rows.loc[group.index, "is_anomaly"] == (alone["anomaly_score"] > scorer.threshold)).all()
@@ -92,7 +92,7 @@ def test_an_entity_model_is_the_model_trained_alone_on_its_rows(bank):
     cfg = bank["cfg"]
     alone = AnomalyAutoencoder(exclude_columns=EXCLUDE + [ENTITY], epochs=cfg.epochs, hidden_dims=cfg.hidden_dims,
                                latent_dim=cfg.latent_dim).fit(rows, preprocessor=art.preprocessor)
-    banked = ModelBank(art).scorer("e00002")
+    banked = RowScorer(ModelBank(art).artifact("e00002"))
     probe = bank["score_table"].filter(pc.equal(bank["score_table"][ENTITY], "e00002"))
     np.testing.assert_allclose(banked.score_table(probe)["anomaly_score"], alone.decision_function(probe), rtol=1e-5)
     # Only its threshold differs: shrunk towards the global model's.
@@ -127,7 +127,7 @@ def test_a_bank_on_s3_scores_on_the_ray_path_reading_only_the_entities_it_meets(
     assert (on_ray["model_scope"] == here["model_scope"]).all()
     scorer = BankScorer(load_artifact(f"{bucket}/model"))
     scorer.output_table(bank["score_table"].filter(pc.equal(bank["score_table"][ENTITY], "e00001")))
-    assert list(scorer.bank.scorers) == ["e00001"]
+    assert list(scorer.bank.models) == ["e00001"]
 
 
 def test_a_damaged_entity_model_is_refused_by_name(bank, tmp_path, capsys):
