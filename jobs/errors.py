@@ -13,10 +13,10 @@ class InputError(ValueError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM reached the job (``jobs.entry``); not an ``Exception``.
+    """SIGINT or SIGTERM reached the job (``jobs.signals``); not an ``Exception``.
 
     A ``KeyboardInterrupt`` because Ray's blocking calls (``ray.get``) turn exactly that
-    into an interrupted wait (they raise a new ``KeyboardInterrupt``; ``jobs.entry``
+    into an interrupted wait (they raise a new ``KeyboardInterrupt``; ``jobs.signals``
     remembers which signal came); any other exception raised from a signal handler inside
     them surfaces as a ``SystemError``. Code that knows what the interrupt left behind
     adds a note (``add_note``), e.g. that a run committed before it; the CLI prints the

@@ -12,6 +12,8 @@ import sys
 import time
 from typing import TextIO
 
+from jobs.signals import raise_if_interrupted
+
 _VERBOSE_ENV = "AESCORE_VERBOSE"
 EPOCH_LINE = "epoch "
 """How a training progress line starts; the only worker output the driver's console shows without -v."""
@@ -66,8 +68,6 @@ class Progress:
 
     def update(self, n: int) -> None:
         """Add ``n`` to the count (and end the job if a signal came whose exception was swallowed)."""
-        from jobs.entry import raise_if_interrupted
-
         raise_if_interrupted()
         self.count += n
         if self._bar is not None:

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from aemodel.aggregates import BlockAggregate, MergedAggregates
-from jobs.entry import on_exit, reinstall_signal_handlers
+from jobs.entry import on_exit
+from jobs.signals import reinstall_signal_handlers
 from jobs.errors import InputError
 from jobs.progress import EPOCH_LINE, Progress, is_verbose
 
@@ -79,7 +80,7 @@ def ensure_ray(address: str | None = None, log_to_driver: bool = True) -> None:
     if not verbose:
         filter_ray_stderr()
     # A private local Ray's node installs a SIGTERM handler that exits from wherever the job is;
-    # the job's own handler (jobs.entry) lets its clean-up run first.
+    # the job's own handler (jobs.signals) lets its clean-up run first.
     reinstall_signal_handlers()
     if not verbose:
         quiet_ray_console()  # ray.init replaces the "ray" logger's handlers

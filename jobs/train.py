@@ -38,7 +38,7 @@ from jobs.config import config_to_dict
 from jobs.tracking import check_tracking, track_training
 from aemodel.statistics import fit_statistics
 from jobs.datasets import ParquetInput, check_features, encode, explain_failure, hash_split, open_parquet_input
-from jobs.entry import keep_signal_handlers
+from jobs.signals import keep_signal_handlers
 from jobs.errors import InputError, OutputError, TrainingError, describe
 from jobs.manifest import fingerprint
 from jobs.progress import is_terminal, is_verbose
