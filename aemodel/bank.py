@@ -190,7 +190,7 @@ class ModelBank:
             art = self.artifact(key)
             if art is None:
                 return None
-            self.models[key] = ModelTerms.of(RowScorer(art, self.device, self.precision))
+            self.models[key] = ModelTerms.of(RowScorer(art, self.device, self.precision, network=False))
         return self.models[key]
 
 

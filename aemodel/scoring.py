@@ -161,16 +161,18 @@ class RowScorer:
         device: Torch device to run on.
         precision: ``bf16``/``fp16`` run the network under CUDA autocast (losses stay
             float32); ignored on CPU.
+        network: Build the network (False: the score's terms only, for ``aemodel.stack``,
+            which runs the weights stacked with other models').
     """
 
     def __init__(self, artifact: ModelArtifact, device: str | torch.device = "cpu",
-                 precision: Literal["fp32", "bf16", "fp16"] = "fp32"):
+                 precision: Literal["fp32", "bf16", "fp16"] = "fp32", network: bool = True):
         self.artifact = artifact
         self.precision = precision
         self.preprocessor = artifact.preprocessor
         self.columns = [s.name for s in self.preprocessor.specs]  # model column order
         self.device = torch.device(device)
-        self.model = artifact.build_model().to(self.device)
+        self.model = artifact.build_model().to(self.device) if network else None
         self.threshold = artifact.threshold_value
         ref = artifact.reference.get("columns")
         # Per-column validation scales (see aemodel.losses); artefacts written before them

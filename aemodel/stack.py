@@ -131,7 +131,9 @@ class ModelTerms:
     def of(cls, scorer) -> ModelTerms:
         """The terms of a ``RowScorer`` (which derives them from its artefact)."""
         hist = scorer.validation_histogram
-        return cls(scorer.artifact.model_config, scorer.model.state_dict(), scorer.loss_scales, scorer.latent,
+        weights = (scorer.model.state_dict() if scorer.model is not None else
+                   {k: v.to(scorer.device) for k, v in scorer.artifact.state_dict.items()})
+        return cls(scorer.artifact.model_config, weights, scorer.loss_scales, scorer.latent,
                    scorer.latent_weight, scorer.marginal, scorer.marginal_weight,
                    histogram_arrays(hist) if hist else None, scorer.threshold, scorer.ref_mean, scorer.ref_std,
                    scorer.artifact.training_rows)
@@ -185,11 +187,20 @@ class ShapeStore:
         self.slots[id(m)] = n
         return n
 
-    def take(self, members: list[ModelTerms]) -> dict[str, torch.Tensor]:
-        """The members' stacked tensors, in their order."""
+    def take(self, members: list[ModelTerms]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The members' stacked tensors, in their order, and their slots.
+
+        The marginal tables are not copied: ``marginal_distance`` looks each row up in the
+        whole ``tensors["table"]`` at its model's slot.
+        """
         slots = [self.slot(m) for m in members]
         index = torch.tensor(slots, device=next(iter(self.tensors.values())).device)
-        return {k: v.index_select(0, index) for k, v in self.tensors.items()}
+        return {k: v.index_select(0, index) for k, v in self.tensors.items() if k != "table"}, index
+
+
+def _padding_mask(groups: list[np.ndarray], p: int) -> np.ndarray:
+    """[len(groups), p] True where a group's rows sit when each is padded to ``p`` (row-major: the groups concatenated)."""
+    return np.arange(p)[None, :] < np.array([len(g) for g in groups])[:, None]
 
 
 def _run(members: list[ModelTerms], groups: list[np.ndarray], enc: dict[str, np.ndarray], device: torch.device,
@@ -197,11 +208,10 @@ def _run(members: list[ModelTerms], groups: list[np.ndarray], enc: dict[str, np.
     """``RowScorer.errors_encoded`` of models of one shape, each on its rows: (score, err, losses) padded, flat."""
     e, p = len(members), max(len(g) for g in groups)
     index = np.zeros((e, p), dtype=np.int64)
-    for i, g in enumerate(groups):
-        index[i, :len(g)] = g
+    index[_padding_mask(groups, p)] = np.concatenate(groups)
     flat = index.ravel()
     t = {k: torch.from_numpy(enc[k][flat]).to(device) for k in INPUTS}  # padding repeats row 0, dropped later
-    first, stacked = members[0], store.take(members)
+    first, (stacked, slots) = members[0], store.take(members)
     net = StackedNetwork(store.template, {k[2:]: v for k, v in stacked.items() if k.startswith("w:")})
     with torch.inference_mode():
         with torch.autocast("cuda", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
@@ -218,8 +228,8 @@ def _run(members: list[ModelTerms], groups: list[np.ndarray], enc: dict[str, np.
             dist = dist.reshape(-1)
         rare = None
         if first.marginal is not None:
-            row_tables = torch.arange(e, device=device).mul_(first.marginal[0].numel()).repeat_interleave(p)
-            rare = marginal_distance(*x, t["observed"], stacked["table"].reshape(-1), *first.marginal[1:],
+            row_tables = slots.mul(first.marginal[0].numel()).repeat_interleave(p)
+            rare = marginal_distance(*x, t["observed"], store.tensors["table"].view(-1), *first.marginal[1:],
                                      row_tables=row_tables)
         score = anomaly_score(err, dist, first.latent_weight, rare, first.marginal_weight)
     return (score.float().cpu().numpy(), err.float().cpu().numpy(), losses.float().cpu().numpy())
@@ -239,8 +249,7 @@ def stacked_figures(members: list[ModelTerms], groups: list[np.ndarray], enc: di
     stores = {} if stores is None else stores
     n, c = len(enc["observed"]), enc["observed"].shape[1]
     which = np.empty(n, dtype=np.int64)
-    for i, g in enumerate(groups):
-        which[g] = i
+    which[np.concatenate(groups)] = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
     out = {"anomaly_score": np.empty(n, np.float32), "recon_error": np.empty(n, np.float32),
            "losses": np.empty((n, c), np.float32)}
     by_shape: dict[str, list[int]] = {}
@@ -255,10 +264,11 @@ def stacked_figures(members: list[ModelTerms], groups: list[np.ndarray], enc: di
             store = stores.setdefault(members[picked[0]].shape, ShapeStore(members[picked[0]]))
             score, err, losses = _run([members[i] for i in picked], [groups[i] for i in picked], enc, device, store,
                                       autocast)
-            p = max(len(groups[i]) for i in picked)
-            for j, i in enumerate(picked):
-                rows, g = slice(j * p, j * p + len(groups[i])), groups[i]
-                out["anomaly_score"][g], out["recon_error"][g], out["losses"][g] = score[rows], err[rows], losses[rows]
+            rows = [groups[i] for i in picked]
+            kept = np.flatnonzero(_padding_mask(rows, max(len(g) for g in rows)).ravel())
+            dest = np.concatenate(rows)
+            out["anomaly_score"][dest], out["recon_error"][dest], out["losses"][dest] = (score[kept], err[kept],
+                                                                                          losses[kept])
         if members[same[0]].histogram is not None:  # one shape: one grid of edges
             pos = np.full(len(members), -1)
             pos[same] = np.arange(len(same))
