@@ -1,7 +1,7 @@
 """Mergeable aggregations over blocks of rows: one small accumulator per block, combined in any order.
 
-Shared by every path that summarises rows: Ray tasks (``jobs.ray_runtime.aggregate_blocks``)
-and the single-process paths (``jobs.score_local``, ``jobs.train_local``). Plain Python
+Shared by every path that summarises rows: Ray tasks (``jobs.runtime.ray_runtime.aggregate_blocks``)
+and the single-process paths (``jobs.scoring.local``, ``jobs.training.local``). Plain Python
 rather than subclasses of Ray's ``AggregateFnV2``: the accumulators never go through
 ``Dataset.aggregate`` (``aggregate_blocks`` says why), and the local paths then load
 without importing Ray, about a second of a short run (bench/score_throughput.py).

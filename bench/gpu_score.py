@@ -3,7 +3,7 @@
     python bench/gpu_score.py [--rows 2000000] [--precision fp32,bf16,fp16]
 
 Skipped (exit 0, one line saying so) without CUDA. Ray is not needed: it benchmarks the
-scorer class that ``aescore score --use-gpu`` runs in each actor (``jobs.score_rows.BatchScorer``
+scorer class that ``aescore score --use-gpu`` runs in each actor (``jobs.scoring.rows.BatchScorer``
 when Ray is importable, else ``RowScorer.score_table``: preprocessing, pinned-memory
 transfer, optional bf16/fp16 autocast, per-row error, top-k columns, output table) against
 a fused loop over the same Arrow batches that only encodes, transfers, runs the model and
@@ -60,11 +60,11 @@ def main() -> None:
         make_artifact(table, tmp)
         art = load_artifact(tmp)
         try:
-            from jobs.score_rows import BatchScorer
+            from jobs.scoring.rows import BatchScorer
 
             def make(p):
                 return BatchScorer(tmp, ["id"], use_gpu=True, top_k=3, precision=p)
-            kind = "jobs.score_rows.BatchScorer"
+            kind = "jobs.scoring.rows.BatchScorer"
         except ImportError:  # no Ray on this machine
             def make(p):
                 s = RowScorer(art, "cuda", p)

@@ -107,7 +107,7 @@ def main() -> int:
     args = ap.parse_args()
     variants = dict(parse_variant(v) for v in args.variant)
     from aemodel import auroc
-    # No Ray start: on one machine aescore trains without Ray (jobs/train_local.py).
+    # No Ray start: on one machine aescore trains without Ray (jobs/training/local.py).
     t0 = time.perf_counter()
     sets = load_sets()
     table, warnings = [], []

@@ -70,7 +70,7 @@ def make_shards(root: Path, rows: int, shards: int, seed: int = 0) -> None:
 
 
 def make_mixed_shards(root: Path, rows: int, shards: int) -> None:
-    from jobs.synthetic import make_mixed_table
+    from jobs.data.synthetic import make_mixed_table
 
     per = rows // shards
     for i in range(shards):
@@ -111,8 +111,8 @@ def fused_loop(model_uri: str, data: Path, out: Path) -> float:
 
     import pyarrow as pa
 
-    from jobs.score_local import synthetic_row_hashes
-    from jobs.score_rows import ROW_HASH, BatchScorer, write_block
+    from jobs.scoring.local import synthetic_row_hashes
+    from jobs.scoring.rows import ROW_HASH, BatchScorer, write_block
 
     scorer = BatchScorer(model_uri, ["id", ROW_HASH], threads=os.cpu_count() or 1, top_k=3)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -136,7 +136,7 @@ def extras_cost(model_uri: str, data: Path, repeats: int = 9) -> tuple[float, fl
     import torch
 
     from aemodel import RowScorer, load_artifact
-    from jobs.score_rows import BatchScorer
+    from jobs.scoring.rows import BatchScorer
 
     torch.set_num_threads(1)
     plain = RowScorer(load_artifact(model_uri))

@@ -45,8 +45,8 @@ def plain_loop(data: Path, art, epochs: int, batch_size: int, threads: int, seed
     """
     from aemodel import TabularAutoencoder
     from aemodel.split import keep_split, split_cut
-    from jobs.train_config import TrainConfig
-    from jobs.train_loop import eval_step, train_step
+    from jobs.training.config import TrainConfig
+    from jobs.training.loop import eval_step, train_step
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)

@@ -5,7 +5,7 @@
 Runs ``aescore train`` in fresh subprocesses (Python start-up included) on the same small
 table, alternating three paths so they are measured side by side in one run on the same
 machine: the default on one machine (the data read and encoded in the driver, training
-in the driver, no Ray started: ``jobs/train_local.py``), ``--local-data false`` (Ray
+in the driver, no Ray started: ``jobs/training/local.py``), ``--local-data false`` (Ray
 started, statistics and encoding as Ray Data jobs, training in the driver: the default
 before), and ``--no-in-process`` (that plus a Ray Train worker actor, the default before
 that). The job's own result line gives the seconds inside ``train.run``. The last line is

@@ -1,7 +1,7 @@
 """The ``aescore`` command: ``aescore {train,score,nightly,sweep,promote,demo,submit} [flags]``.
 
 Exit code 0 on success; otherwise one ``error: ...`` line on stderr and exit code 2 for
-bad configuration or input, 1 for any other failure, 130/143 when interrupted (``jobs.entry``).
+bad configuration or input, 1 for any other failure, 130/143 when interrupted (``jobs.runtime.entry``).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-from jobs.entry import run_entry_point
+from jobs.runtime.entry import run_entry_point
 
 _USAGE = """usage: aescore {train,score,nightly,sweep,promote,demo,submit} [--help] [flags]
        aescore --version
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """The ``aescore`` console script: ``main`` and the process's exit (``jobs.entry.run_entry_point``)."""
+    """The ``aescore`` console script: ``main`` and the process's exit (``jobs.runtime.entry.run_entry_point``)."""
     run_entry_point(main)
 
 

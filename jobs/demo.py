@@ -21,7 +21,7 @@ from jobs import score, train
 from aemodel.artifact import check_model_prefix
 from aemodel.commit import claim_prefix
 from aemodel.store import entry_names, join, url_to_fs
-from jobs.synthetic import LABEL, ROW_ID, check_shard_folder, make_mixed_table, write_shards
+from jobs.data.synthetic import LABEL, ROW_ID, check_shard_folder, make_mixed_table, write_shards
 
 
 @dataclass
@@ -131,7 +131,7 @@ def format_result(r: DemoResult) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m jobs.demo``."""
-    from jobs.entry import job_main
+    from jobs.runtime.entry import job_main
 
     return job_main(DemoConfig, run, format_result, argv, "aescore demo", __doc__)
 
@@ -141,6 +141,6 @@ if __name__ == "__main__":
     # the training loop as references to jobs.demo, which every worker can import.
     from jobs.demo import main as module_main
 
-    from jobs.entry import run_entry_point
+    from jobs.runtime.entry import run_entry_point
 
     run_entry_point(module_main)

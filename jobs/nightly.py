@@ -34,14 +34,14 @@ from aemodel.bank import validation_reference
 from aemodel.columns import drifted_columns
 from jobs import score
 from aemodel.commit import claim_prefix, read_committed_json
-from jobs.comparison import challenger_lines
-from jobs.config import parse_config
-from jobs.errors import OutputError, describe
-from jobs.report import nightly_report
-from jobs.score_config import ScoreOptions
-from jobs.storage import check_uris, normalize_storage_options, redact_config
-from jobs.registry import is_registry_uri, pin_challenger, pin_version, resolve_model
-from jobs.tracking import TrackingOptions, check_tracking, log_scoring
+from jobs.monitoring.comparison import challenger_lines
+from jobs.runtime.config import parse_config
+from jobs.runtime.errors import OutputError, describe
+from jobs.reports.html import nightly_report
+from jobs.scoring.config import ScoreOptions
+from jobs.data.storage import check_uris, normalize_storage_options, redact_config
+from jobs.lifecycle.registry import is_registry_uri, pin_challenger, pin_version, resolve_model
+from jobs.lifecycle.tracking import TrackingOptions, check_tracking, log_scoring
 
 DRIFT_EXIT_CODE = 3
 
@@ -410,7 +410,7 @@ def format_night(r: NightResult) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m jobs.nightly``: exit 3 when a night crossed an alert limit."""
-    from jobs.entry import run_cli, verbose_from
+    from jobs.runtime.entry import run_cli, verbose_from
 
     results: list[NightResult] = []
 
@@ -440,6 +440,6 @@ if __name__ == "__main__":
     # Run the importable module so Ray pickles references to jobs.* (see jobs/score.py).
     from jobs.nightly import main as module_main
 
-    from jobs.entry import run_entry_point
+    from jobs.runtime.entry import run_entry_point
 
     run_entry_point(module_main)

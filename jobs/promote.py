@@ -10,7 +10,7 @@ The evidence is the challenger's comparison with the champion on a labelled refe
 (both models scored here). A challenger whose AUROC there is below the champion's is
 refused (exit 2, nothing changed) unless ``--force`` with a ``--reason``. Each promotion
 and rollback appends one record (time, who, old and new version, the figures relied on,
-the reason) to the audit log beside the models (``jobs.promotion``), under a lock: two
+the reason) to the audit log beside the models (``jobs.lifecycle.promotion``), under a lock: two
 promotions at once run one after the other.
 """
 
@@ -20,10 +20,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from jobs.config import parse_config
-from jobs.errors import InputError
-from jobs.promotion import PointerLedger, RegistryLedger, now, who
-from jobs.promotion_evidence import gather_evidence, judge
+from jobs.runtime.config import parse_config
+from jobs.runtime.errors import InputError
+from jobs.lifecycle.promotion import PointerLedger, RegistryLedger, now, who
+from jobs.lifecycle.evidence import gather_evidence, judge
 
 
 @dataclass(kw_only=True)
@@ -109,7 +109,7 @@ def open_ledger(cfg: PromoteConfig, options: dict):
 
     if cfg.name is None:
         return PointerLedger(cfg.to, options, load_artifact)
-    from jobs.tracking import client, resolved_tracking_uri
+    from jobs.lifecycle.tracking import client, resolved_tracking_uri
 
     uri = resolved_tracking_uri(cfg.tracking_uri)
     if uri is None:
@@ -168,7 +168,7 @@ def _outside_change(records: list[dict], current: dict | None) -> dict | None:
 
 def run(cfg: PromoteConfig) -> PromoteResult:
     """Promote, roll back, or list (``cfg.history``); every change is one audit record and one move, under the lock."""
-    from jobs.storage import normalize_storage_options
+    from jobs.data.storage import normalize_storage_options
 
     options = normalize_storage_options(cfg.storage_options)
     ledger = open_ledger(cfg, options)
@@ -267,7 +267,7 @@ _BOOLEAN_WORDS = ("true", "false", "yes", "no", "1", "0", "on", "off")
 
 def positional_name(argv: list[str]) -> list[str]:
     """``argv`` with a bare NAME argument (anywhere: ``--registry URI NAME --to ...``) as ``--name NAME``."""
-    from jobs.config import flag_kinds
+    from jobs.runtime.config import flag_kinds
 
     kinds = flag_kinds(PromoteConfig)
     out, bare, i = [], [], 0
@@ -292,7 +292,7 @@ def positional_name(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m jobs.promote``: parse flags, promote (or roll back, or list), print what changed."""
-    from jobs.entry import run_cli, verbose_from
+    from jobs.runtime.entry import run_cli, verbose_from
 
     def job() -> str:
         args = positional_name(verbose_from(argv))
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from jobs.entry import run_entry_point
+    from jobs.runtime.entry import run_entry_point
     from jobs.promote import main as module_main
 
     run_entry_point(module_main)

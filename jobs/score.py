@@ -30,24 +30,24 @@ from aemodel.bank import validation_reference
 from aemodel.scoring import rows_per_call
 from aemodel.commit import MANIFEST, OutputCommit, read_committed_json
 from aemodel.store import absolute_uri
-from jobs.config import config_to_dict
-from jobs.score_bank import bank_lines, check_bank_options
-from jobs.comparison import (ComparisonAggregate, challenger_lines, challenger_summary, committed_scores, comparison,
+from jobs.runtime.config import config_to_dict
+from jobs.scoring.bank import bank_lines, check_bank_options
+from jobs.monitoring.comparison import (ComparisonAggregate, challenger_lines, challenger_summary, committed_scores, comparison,
                              comparison_tables, labelled_reference, model_figures, prepare_challenger)
-from jobs.datasets import ROW_HASH, ParquetInput, check_columns, explain_failure, open_parquet_input
-from jobs.errors import InputError, OutputError, describe
-from jobs.manifest import fingerprint, git_commit, library_versions
-from jobs.progress import Progress
-from jobs.ray_runtime import check_gpu
-from jobs.report import scoring_report
-from jobs.score_config import ScoreConfig
-from jobs.score_local import score_locally
-from jobs.score_rows import (OUTPUT_FORMAT_VERSION, ModelLoader, read_columns, row_file_metadata,
+from jobs.data.datasets import ROW_HASH, ParquetInput, check_columns, explain_failure, open_parquet_input
+from jobs.runtime.errors import InputError, OutputError, describe
+from jobs.data.manifest import fingerprint, git_commit, library_versions
+from jobs.runtime.progress import Progress
+from jobs.runtime.ray_runtime import check_gpu
+from jobs.reports.html import scoring_report
+from jobs.scoring.config import ScoreConfig
+from jobs.scoring.local import score_locally
+from jobs.scoring.rows import (OUTPUT_FORMAT_VERSION, ModelLoader, read_columns, row_file_metadata,
                              score_on_ray, write_block)
-from jobs.score_summary import summary_aggregations, summary_from, summary_warnings
-from jobs.registry import is_registry_uri, resolve_model
-from jobs.tracking import check_tracking, log_scoring
-from jobs.storage import (arrow_filesystem, check_no_overlap, check_unchanged, check_uris, inspect_parquet_files,
+from jobs.scoring.summary import summary_aggregations, summary_from, summary_warnings
+from jobs.lifecycle.registry import is_registry_uri, resolve_model
+from jobs.lifecycle.tracking import check_tracking, log_scoring
+from jobs.data.storage import (arrow_filesystem, check_no_overlap, check_unchanged, check_uris, inspect_parquet_files,
                           normalize_storage_options, redact_config, resolve_model_uri)
 
 
@@ -194,7 +194,7 @@ def run(cfg: ScoreConfig, loader: ModelLoader = load_artifact,
 
 
 def _tracked(result: ScoreResult, cfg: ScoreConfig, tracking: str | None) -> ScoreResult:
-    """``result`` with its MLflow run, logged once (``jobs.tracking.log_scoring``); the scores are committed already."""
+    """``result`` with its MLflow run, logged once (``jobs.lifecycle.tracking.log_scoring``); the scores are committed already."""
     if tracking is None:
         return result
     try:
@@ -334,16 +334,16 @@ def format_result(r: ScoreResult) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m jobs.score``: parse flags, score, print a one-line result."""
-    from jobs.entry import job_main
+    from jobs.runtime.entry import job_main
 
     return job_main(ScoreConfig, run, format_result, argv, "aescore score", __doc__)
 
 
 if __name__ == "__main__":
     # Run the importable module, not this __main__ copy, so that Ray pickles everything it
-    # ships as references to importable modules (the UDFs live in jobs.score_rows).
+    # ships as references to importable modules (the UDFs live in jobs.scoring.rows).
     from jobs.score import main as module_main
 
-    from jobs.entry import run_entry_point
+    from jobs.runtime.entry import run_entry_point
 
     run_entry_point(module_main)

@@ -33,15 +33,15 @@ from aemodel import check_schema, load_artifact, resolve_columns
 from aemodel.metrics import auroc_from_sketches, histogram_edges
 from aemodel.artifact import check_model_prefix
 from aemodel.commit import OutputError, claim_prefix
-from jobs.config import config_to_dict
-from jobs.datasets import open_parquet_input
-from jobs.errors import InputError, TrainingError, find_user_error
+from jobs.runtime.config import config_to_dict
+from jobs.data.datasets import open_parquet_input
+from jobs.runtime.errors import InputError, TrainingError, find_user_error
 from aemodel.aggregates import ErrorStatsAggregate
-from jobs.progress import is_verbose
-from jobs.ray_runtime import aggregate_blocks, check_gpu, ensure_ray, quiet_ray_console
+from jobs.runtime.progress import is_verbose
+from jobs.runtime.ray_runtime import aggregate_blocks, check_gpu, ensure_ray, quiet_ray_console
 from aemodel.store import join, url_to_fs
-from jobs.storage import check_no_overlap, normalize_storage_options
-from jobs.train_config import TrainConfig, TrainOptions
+from jobs.data.storage import check_no_overlap, normalize_storage_options
+from jobs.training.config import TrainConfig, TrainOptions
 
 
 @dataclass
@@ -108,7 +108,7 @@ class SweepConfig:
 
 def errors_by_class(batch: pa.Table, model_uri: str, label: str, options: dict) -> pa.Table:
     """anomaly_score split into ``pos`` / ``neg`` columns by label (NaN in the other)."""
-    from jobs.score_rows import cached_scorer
+    from jobs.scoring.rows import cached_scorer
 
     # Only the error is needed: the per-process cached model, without the output columns
     # (top features, training-row check) that a scoring run adds.
@@ -363,7 +363,7 @@ def _results(refs: list) -> list[dict]:
 
 
 def _write_outputs(cfg: SweepConfig, rows: list[dict], best: int, rule: str) -> None:
-    from jobs.report import sweep_plot, sweep_report
+    from jobs.reports.html import sweep_plot, sweep_report
 
     fs, path = url_to_fs(cfg.out, normalize_storage_options(cfg.train.storage_options))
     buf = io.StringIO()
@@ -394,7 +394,7 @@ def format_result(r: SweepResult) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m jobs.sweep``."""
-    from jobs.entry import job_main
+    from jobs.runtime.entry import job_main
 
     return job_main(SweepConfig, run, format_result, argv, "aescore sweep", __doc__)
 
@@ -404,6 +404,6 @@ __all__ = ["SweepConfig", "SweepResult", "main", "recommend", "run", "train_one"
 if __name__ == "__main__":
     from jobs.sweep import main as module_main  # pickle UDFs as jobs.sweep, importable on workers
 
-    from jobs.entry import run_entry_point
+    from jobs.runtime.entry import run_entry_point
 
     run_entry_point(module_main)

@@ -7,10 +7,10 @@ Submit to a Ray cluster (from the repository root)::
         --num-workers 4 --use-gpu --storage-path s3://bucket/ray-train
 
 Locally: ``aescore train --data ./data/train --out ./model`` (on one machine with data that fits in
-memory no Ray is started: ``jobs.train_local``; otherwise a private local Ray).
+memory no Ray is started: ``jobs.training.local``; otherwise a private local Ray).
 
 Layers: ``train_step``/``eval_step`` are plain torch and ``train_loop_per_worker`` holds every
-``ray.train`` call (both in ``jobs.train_loop``); ``run(cfg)`` builds datasets, fits preprocessing, trains, computes
+``ray.train`` call (both in ``jobs.training.loop``); ``run(cfg)`` builds datasets, fits preprocessing, trains, computes
 the validation error distribution and saves the artefact; ``main()`` parses the CLI.
 """
 
@@ -34,26 +34,26 @@ from aemodel.artifact import check_model_prefix, flat_layout_files
 from aemodel.commit import OutputCommit
 from aemodel.denoise import input_noise
 from aemodel.preprocess import partial_stats
-from jobs.config import config_to_dict
-from jobs.tracking import check_tracking, track_training
+from jobs.runtime.config import config_to_dict
+from jobs.lifecycle.tracking import check_tracking, track_training
 from aemodel.statistics import fit_statistics
-from jobs.datasets import ParquetInput, check_features, encode, explain_failure, hash_split, open_parquet_input
-from jobs.signals import keep_signal_handlers
-from jobs.errors import InputError, OutputError, TrainingError, describe
-from jobs.manifest import fingerprint
-from jobs.progress import is_terminal, is_verbose
-from jobs.ray_runtime import alive_nodes, check_gpu, ensure_ray, on_one_machine, quiet_ray_console
-from jobs.report import training_report
-from jobs.storage import (arrow_filesystem, check_no_overlap, check_pointer_target, check_shared_paths,
+from jobs.data.datasets import ParquetInput, check_features, encode, explain_failure, hash_split, open_parquet_input
+from jobs.runtime.signals import keep_signal_handlers
+from jobs.runtime.errors import InputError, OutputError, TrainingError, describe
+from jobs.data.manifest import fingerprint
+from jobs.runtime.progress import is_terminal, is_verbose
+from jobs.runtime.ray_runtime import alive_nodes, check_gpu, ensure_ray, on_one_machine, quiet_ray_console
+from jobs.reports.html import training_report
+from jobs.data.storage import (arrow_filesystem, check_no_overlap, check_pointer_target, check_shared_paths,
                           check_unchanged, check_uris, is_within, normalize_storage_options, publish_pointer,
                           redact_config, url_to_fs)
-from jobs.train_bank import check_entity_columns, train_bank
-from jobs.train_config import TrainConfig
-from jobs.train_loop import eval_step, train_loop_per_worker, train_step
+from jobs.training.bank import check_entity_columns, train_bank
+from jobs.training.config import TrainConfig
+from jobs.training.loop import eval_step, train_loop_per_worker, train_step
 from aemodel.training import trained_artifact
-from jobs.train_eval import TrainResult, final_checkpoint, format_result, input_warnings
-from jobs.train_local import LocalInput, input_bytes, local_shards
-from jobs.train_stats import RayInput
+from jobs.training.result import TrainResult, final_checkpoint, format_result, input_warnings
+from jobs.training.local import LocalInput, input_bytes, local_shards
+from jobs.training.stats import RayInput
 
 
 # --- layer 3: the driver ----------------------------------------------------------------
@@ -350,7 +350,7 @@ def _result_from(art: ModelArtifact, uri: str, seconds: float, reused: bool = Fa
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m jobs.train``: parse flags, train, print a one-line result."""
-    from jobs.entry import job_main
+    from jobs.runtime.entry import job_main
 
     return job_main(TrainConfig, run, format_result, argv, "aescore train", __doc__)
 
@@ -359,9 +359,9 @@ __all__ = ["TrainConfig", "TrainResult", "eval_step", "main", "run", "train_loop
 
 if __name__ == "__main__":
     # Run the importable module, not this __main__ copy, so that Ray pickles the UDFs and
-    # the training loop as references to importable modules (jobs.train, jobs.train_loop).
+    # the training loop as references to importable modules (jobs.train, jobs.training.loop).
     from jobs.train import main as module_main
 
-    from jobs.entry import run_entry_point
+    from jobs.runtime.entry import run_entry_point
 
     run_entry_point(module_main)

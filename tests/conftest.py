@@ -61,7 +61,7 @@ def ray_start_2_cpus(s3_server):
 @pytest.fixture(scope="session")
 def mixed_data(tmp_path_factory):
     """Train (4 shards) and score (3 shards) sets of the synthetic mixed-type data."""
-    from jobs.synthetic import make_mixed_table, write_shards
+    from jobs.data.synthetic import make_mixed_table, write_shards
 
     root = tmp_path_factory.mktemp("data")
     train = make_mixed_table(4000, seed=1, anomaly_fraction=0.03)
@@ -98,7 +98,7 @@ def bucket(s3_server, request):
 def trained(ray_start_2_cpus, mixed_data, tmp_path_factory):
     """One real training run with two data-parallel workers (fractional CPUs so reads still run)."""
     from jobs import train
-    from jobs.synthetic import LABEL, ROW_ID
+    from jobs.data.synthetic import LABEL, ROW_ID
 
     root = tmp_path_factory.mktemp("train")
     cfg = train.TrainConfig(data=mixed_data["train"], out=str(root / "model"), exclude_columns=[ROW_ID, LABEL],

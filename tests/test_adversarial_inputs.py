@@ -21,7 +21,7 @@ import pytest
 
 from aemodel.commit import committed_run
 from jobs import score
-from jobs.synthetic import ROW_ID, make_mixed_table, write_shards
+from jobs.data.synthetic import ROW_ID, make_mixed_table, write_shards
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 

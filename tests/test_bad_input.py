@@ -19,7 +19,7 @@ import pytest
 
 from aemodel.artifact import artifact_folder
 from jobs import score
-from jobs.synthetic import LABEL, ROW_ID, make_mixed_table
+from jobs.data.synthetic import LABEL, ROW_ID, make_mixed_table
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -292,7 +292,7 @@ def test_all_nan_column_in_training_names_the_column(ray_start_2_cpus, tmp_path)
     t = t.set_column(t.schema.get_field_index("num_2"), "num_2", pa.array(np.full(400, np.nan)))
     data = _write(tmp_path / "in", {"a.parquet": t})
     from jobs import train
-    from jobs.errors import describe
+    from jobs.runtime.errors import describe
 
     with pytest.raises(Exception) as err:
         train.run(train.TrainConfig(data=data, out=str(tmp_path / "m"), exclude_columns=[ROW_ID, LABEL], epochs=1))
@@ -334,7 +334,7 @@ def test_handled_inputs_are_scored_and_reported(trained, tmp_path):
 
 
 def test_scoring_warns_about_rows_with_nothing_observed_and_about_most_rows_flagged():
-    from jobs.score_summary import summary_warnings
+    from jobs.scoring.summary import summary_warnings
 
     base = {"row_count": 500, "missing_cells": 0, "missing_cell_fraction": 0.0, "training_missing_cell_fraction": 0.0,
             "anomaly_rate": 0.02, "reference_anomaly_rate": 0.0055, "rows_all_missing": 0}

@@ -14,7 +14,7 @@ from aemodel import AnomalyAutoencoder, load_artifact, read_scores, read_summary
 from aemodel.bank import ModelBank, shrink_threshold
 from aemodel.scoring import RowScorer
 from jobs import score, train
-from jobs.synthetic import ENTITY, KIND, LABEL, ROW_ID, make_entity_table, write_shards
+from jobs.data.synthetic import ENTITY, KIND, LABEL, ROW_ID, make_entity_table, write_shards
 
 pytestmark = pytest.mark.e2e
 EXCLUDE = [ROW_ID, LABEL, KIND]
@@ -162,7 +162,7 @@ def test_a_nightly_compares_a_bank_with_its_own_validation_rows(bank, tmp_path):
     """Drift against the bank's pooled validation distribution, not the global model's (a false alarm otherwise)."""
     from aemodel import drift
     from jobs import nightly
-    from jobs.score_config import ScoreOptions
+    from jobs.scoring.config import ScoreOptions
 
     clean = make_entity_table(6, 300, seed=11, anomaly_fraction=0.0, sample=3, start_id=2 * 10**6)
     write_shards(clean, str(tmp_path / "events" / "dt=2026-12-01"), 2)

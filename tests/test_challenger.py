@@ -14,8 +14,8 @@ from aemodel import load_artifact, read_scores
 from aemodel.commit import committed_run
 from aemodel.scoring import RowScorer
 from jobs import score, train
-from jobs.datasets import ParquetInput
-from jobs.synthetic import LABEL, ROW_ID, make_mixed_table
+from jobs.data.datasets import ParquetInput
+from jobs.data.synthetic import LABEL, ROW_ID, make_mixed_table
 
 pytestmark = pytest.mark.e2e
 

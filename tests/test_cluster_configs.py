@@ -21,10 +21,10 @@ import pytest
 import ray
 import yaml
 
-from jobs.config import parse_config
+from jobs.runtime.config import parse_config
 from jobs.nightly import NightlyConfig
 from jobs.score import ScoreConfig
-from jobs.train_config import TrainConfig
+from jobs.training.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"

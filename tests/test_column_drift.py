@@ -15,7 +15,7 @@ from scipy.stats import ks_2samp
 
 from aemodel import columns
 from aemodel.commit import committed_run
-from jobs.synthetic import ROW_ID, make_mixed_table, write_shards
+from jobs.data.synthetic import ROW_ID, make_mixed_table, write_shards
 
 
 def _encoded(n: int, shift: float = 0.0, seed: int = 0) -> dict:

@@ -16,7 +16,7 @@ import textwrap
 import pytest
 
 from aemodel.commit import RUNS, OutputCommit, claim_prefix, committed_run, read_committed_json
-from jobs.errors import OutputError
+from jobs.runtime.errors import OutputError
 from aemodel.store import url_to_fs, write_bytes
 
 _SCRIPT = textwrap.dedent("""

@@ -22,7 +22,7 @@ import pytest
 from aemodel import commit, load_artifact
 from aemodel.commit import committed_run, read_committed_json
 from jobs import score
-from jobs.synthetic import LABEL, ROW_ID, make_mixed_table, write_shards
+from jobs.data.synthetic import LABEL, ROW_ID, make_mixed_table, write_shards
 from tests import paused_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -96,7 +96,7 @@ def test_a_signal_while_rows_are_written_leaves_the_old_run_and_nothing_else(sig
     write_shards(make_mixed_table(3000, seed=5, start_id=0), str(data), 3)
     out = tmp_path / "o"
     before = score.run(_score_cfg(trained, str(data), out))
-    code, _, err, _ = _signal_at(tmp_path, "jobs.progress:Progress.update", "", sig, "score", "--model",
+    code, _, err, _ = _signal_at(tmp_path, "jobs.runtime.progress:Progress.update", "", sig, "score", "--model",
                                  trained.model_uri, "--data", str(data), "--out", str(out), "--id-columns", ROW_ID,
                                  "--top-k", "1", home=tmp_path)
     assert code == 128 + sig and err == f"error: interrupted by {signal.Signals(sig).name}\n", err
@@ -110,7 +110,7 @@ def test_sigterm_while_ray_data_scores_ends_in_one_line_and_stops_its_ray(traine
     write_shards(make_mixed_table(6000, seed=6, start_id=0), str(data), 6)
     out = tmp_path / "o"
     code, stdout, err, family = _signal_at(
-        tmp_path, "jobs.progress:Progress.update", "", signal.SIGTERM, "score", "--model", trained.model_uri,
+        tmp_path, "jobs.runtime.progress:Progress.update", "", signal.SIGTERM, "score", "--model", trained.model_uri,
         "--data", str(data), "--out", str(out), "--compute", "actors", "--concurrency", "1", "--cpus-per-worker",
         "0.5", "--batch-size", "500", home=tmp_path)
     assert code == 143 and err == "error: interrupted by SIGTERM\n", err  # no Ray log line either

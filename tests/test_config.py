@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from jobs.config import ConfigError, build_parser, normalize_argv, flag_kinds, parse_config
+from jobs.runtime.config import ConfigError, build_parser, normalize_argv, flag_kinds, parse_config
 from jobs.nightly import NightlyConfig
 from jobs.score import ScoreConfig
 from jobs.sweep import SweepConfig
@@ -168,7 +168,7 @@ def test_submit_to_an_unreachable_cluster_is_an_outage_not_bad_input(capsys):
 
 def test_print_config_never_shows_storage_option_values(tmp_path, capsys):
     """The options' help promises storage options are never written out; --print_config keeps only their keys."""
-    from jobs.score_config import ScoreConfig
+    from jobs.scoring.config import ScoreConfig
 
     (tmp_path / "c.yaml").write_text("storage_options:\n  secret: from-file\n")
     with pytest.raises(SystemExit) as done:

@@ -190,7 +190,7 @@ def test_auroc_from_mergeable_sketches_matches_exact():
 
 
 def test_reports_are_self_contained_with_valid_pngs():
-    from jobs.report import nightly_report, scoring_report, sweep_plot, sweep_report, training_report
+    from jobs.reports.html import nightly_report, scoring_report, sweep_plot, sweep_report, training_report
 
     hist = ErrorStats(edges=histogram_edges(), threshold=1.0).update(np.random.default_rng(4).lognormal(size=999))
     threshold = {"value": 1.0, "quantile": 0.99, "validation_rows": 999, "ci": [0.8, 1.3]}
@@ -367,7 +367,7 @@ def test_convergence_tells_early_stopping_from_an_epoch_cap_hit_while_improving(
 
 
 def test_contamination_is_the_pyod_convention_and_excludes_threshold_fpr():
-    from jobs.train_config import TrainConfig
+    from jobs.training.config import TrainConfig
 
     assert TrainConfig(data="d", out="o", contamination=0.05).quantile == pytest.approx(0.95)
     with pytest.raises(ValueError, match="either contamination or threshold_fpr"):

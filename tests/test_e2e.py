@@ -15,7 +15,7 @@ from aemodel import ArtifactError, RowScorer, SchemaError, auroc, load_artifact
 from aemodel.marginal import stored_counts
 from jobs import score
 from aemodel.commit import committed_run
-from jobs.synthetic import LABEL, ROW_ID
+from jobs.data.synthetic import LABEL, ROW_ID
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -212,7 +212,7 @@ def test_killed_scoring_run_commits_nothing_and_the_rerun_is_complete(trained, m
     """SIGKILL the scoring driver after it staged rows: no _SUCCESS; the rerun commits each id once."""
     import ray
 
-    from jobs.synthetic import make_mixed_table, write_shards
+    from jobs.data.synthetic import make_mixed_table, write_shards
 
     data = tmp_path / "in"
     table = make_mixed_table(20_000, seed=5, start_id=100_000)
@@ -287,7 +287,7 @@ def test_an_explicit_run_id_is_reused_only_for_the_same_model_inputs_and_options
 
 def test_actor_pool_that_would_reserve_every_cpu_is_refused(trained, mixed_data, tmp_path):
     """2 actors x 1 CPU on a 2-CPU Ray would starve the reads and hang: refused up front."""
-    from jobs.errors import InputError
+    from jobs.runtime.errors import InputError
 
     with pytest.raises(InputError, match="would reserve all 2 CPUs"):
         score.run(score.ScoreConfig(model=trained.model_uri, data=mixed_data["score"], out=str(tmp_path / "o"),
@@ -298,7 +298,7 @@ def test_actor_pool_that_would_reserve_every_cpu_is_refused(trained, mixed_data,
 def test_shard_cache_yields_every_row_once_per_epoch_in_a_new_order_and_skips_empty_shards():
     import torch
 
-    from jobs.train_loop import epoch_batches, load_shard
+    from jobs.training.loop import epoch_batches, load_shard
     from tests.test_diagnostics_leakage import _BatchSource
 
     n = 1000

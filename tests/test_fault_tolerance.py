@@ -11,7 +11,7 @@ import pytest
 
 from jobs import score, train
 from aemodel.commit import committed_run
-from jobs.synthetic import LABEL, ROW_ID, write_shards
+from jobs.data.synthetic import LABEL, ROW_ID, write_shards
 from tests.s3_fault_proxy import FaultProxy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -87,7 +87,7 @@ def test_rerunning_a_finished_training_run_reuses_it(trained, mixed_data):
     from dataclasses import replace
 
     from aemodel import load_artifact
-    from jobs.train_config import TrainConfig
+    from jobs.training.config import TrainConfig
 
     art = load_artifact(trained.model_uri)
     cfg = TrainConfig(**{k: v for k, v in art.train_config.items()})
@@ -113,7 +113,7 @@ def test_flaky_storage_is_retried_and_output_is_correct(trained, mixed_data, buc
 
 
 def test_permanent_storage_error_fails_cleanly(trained, mixed_data, bucket, tmp_path, s3_server):
-    from jobs.errors import describe
+    from jobs.runtime.errors import describe
 
     write_shards(mixed_data["score_table"], f"{bucket}/in", 1)
     secret = s3_server["secret"]
@@ -132,7 +132,7 @@ def _scorer_actors() -> list[psutil.Process]:
 
 
 def test_dead_scorer_actor_is_restarted_without_duplicates(trained, tmp_path):
-    from jobs.synthetic import make_mixed_table
+    from jobs.data.synthetic import make_mixed_table
 
     table = make_mixed_table(30_000, seed=9, start_id=200_000)
     write_shards(table, str(tmp_path / "in"), 10)

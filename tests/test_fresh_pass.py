@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from aemodel.commit import committed_run
-from jobs.synthetic import LABEL, ROW_ID, make_mixed_table, write_shards
+from jobs.data.synthetic import LABEL, ROW_ID, make_mixed_table, write_shards
 from tests import paused_cli
 from tests.test_adversarial_inputs import _cli, _one_error
 
@@ -36,7 +36,7 @@ def test_an_input_file_replaced_while_it_is_read_is_never_committed(trained, tmp
     data = tmp_path / "in"
     write_shards(make_mixed_table(3000, seed=8, start_id=0), str(data), 3)
     ready, go = tmp_path / "ready", tmp_path / "go"
-    proc = subprocess.Popen(paused_cli.command("jobs.progress:Progress.update", "", ready, go, "score", "--model",
+    proc = subprocess.Popen(paused_cli.command("jobs.runtime.progress:Progress.update", "", ready, go, "score", "--model",
                                                trained.model_uri, "--data", str(data), "--out", str(tmp_path / "o"),
                                                "--id-columns", ROW_ID), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -127,7 +127,7 @@ def test_sweep_labels_of_one_class_or_not_0_1_are_refused_before_any_trial(mixed
     import pyarrow.parquet as pq
 
     from jobs import sweep
-    from jobs.errors import InputError
+    from jobs.runtime.errors import InputError
 
     table = mixed_data["score_table"]
     cases = {"one class": (np.zeros(table.num_rows, bool), "holds 0 anomalies and 2000 normal rows; AUROC needs both"),
@@ -162,7 +162,7 @@ def test_an_error_while_the_next_chunk_is_read_stays_the_error(monkeypatch):
     import threading
     import time
 
-    from jobs import score_local
+    from jobs.scoring import local as score_local
 
     inside = threading.Event()
 
@@ -194,7 +194,7 @@ def test_a_failure_after_a_swallowed_signal_reports_the_signal():
     """fsspec's bare except can swallow the handler's exception; the error that follows is not what happened."""
     import signal as _signal
 
-    from jobs import entry
+    from jobs.runtime import entry
 
     def job() -> str:
         try:

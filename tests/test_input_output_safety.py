@@ -19,9 +19,9 @@ import pytest
 
 from aemodel import RowScorer, load_artifact
 from jobs import score, train
-from jobs.entry import run_cli
+from jobs.runtime.entry import run_cli
 from aemodel.commit import OutputCommit, committed_run
-from jobs.synthetic import LABEL, ROW_ID, make_mixed_table
+from jobs.data.synthetic import LABEL, ROW_ID, make_mixed_table
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 

@@ -20,7 +20,7 @@ import pytest
 import s3fs
 
 from aemodel.commit import read_committed_json
-from jobs.synthetic import LABEL, ROW_ID, write_shards
+from jobs.data.synthetic import LABEL, ROW_ID, write_shards
 from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -159,7 +159,7 @@ def test_a_model_bank_trains_on_both_nodes_and_scores_there(ray_head, bucket, s3
     from ray.util.state import list_tasks
 
     from aemodel import read_scores
-    from jobs.synthetic import ENTITY, KIND, make_entity_table
+    from jobs.data.synthetic import ENTITY, KIND, make_entity_table
 
     address, env = ray_head
     write_shards(make_entity_table(8, 250, seed=4, anomaly_fraction=0.0), f"{bucket}/train", 2)

@@ -82,7 +82,7 @@ def test_latent_codes_keep_a_seeded_uniform_sample_in_input_order():
 
 @pytest.mark.parametrize("components", [None, 1, 4])  # None: --latent-weight 0, no latent term
 def test_training_says_what_mixture_bic_chose_only_when_a_mixture_was_asked_for(components):
-    from jobs.train_eval import TrainResult, format_result
+    from jobs.training.result import TrainResult, format_result
 
     result = TrainResult(model_uri="m", version="v", history=[{"epoch": 0, "train_loss": 1.0, "val_loss": 1.0}],
                          threshold=2.0, reference={}, train_rows=10, val_rows=2, wall_seconds=1.0,
@@ -110,7 +110,7 @@ def test_one_gaussian_is_also_stored_for_format_2_readers_and_a_mixture_needs_fo
 
 
 def test_the_default_latent_weight_follows_the_table_width_and_an_explicit_one_wins():
-    from jobs.train_config import TrainConfig
+    from jobs.training.config import TrainConfig
 
     cfg = TrainConfig(data="d", out="o")
     assert [cfg.resolved_latent_weight(n) for n in (3, 44, 45, 130)] == [0.5, 0.5, 0.0, 0.0]
@@ -127,7 +127,7 @@ def test_a_wide_table_trains_without_the_latent_term_and_training_says_so(tmp_pa
 
     from aemodel import RowScorer, load_artifact
     from jobs import train
-    from jobs.train_eval import format_result
+    from jobs.training.result import format_result
 
     rng = np.random.default_rng(0)
     table = pa.table({f"x{i}": rng.normal(size=400) for i in range(width)})

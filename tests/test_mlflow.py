@@ -12,8 +12,8 @@ import pytest
 
 from aemodel import read_scores
 from jobs import nightly, score, train
-from jobs.score_config import ScoreOptions
-from jobs.synthetic import LABEL, ROW_ID
+from jobs.scoring.config import ScoreOptions
+from jobs.data.synthetic import LABEL, ROW_ID
 
 pytestmark = pytest.mark.e2e
 
@@ -156,7 +156,7 @@ def test_a_version_fetched_by_two_processes_at_once_keeps_the_first_whole_copy(r
     import mlflow.artifacts
 
     from aemodel import load_artifact
-    from jobs import registry
+    from jobs.lifecycle import registry
 
     mv = registered["client"].get_model_version("ae", "1")
     final = os.path.join(registry.cache_root(), "registry", "ae", "1")

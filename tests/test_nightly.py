@@ -9,10 +9,10 @@ import s3fs
 
 from jobs import nightly
 from aemodel.commit import committed_run, read_committed_json
-from jobs.errors import InputError
-from jobs.score_config import ScoreOptions
-from jobs.storage import publish_pointer
-from jobs.synthetic import ROW_ID, make_mixed_table, write_shards
+from jobs.runtime.errors import InputError
+from jobs.scoring.config import ScoreOptions
+from jobs.data.storage import publish_pointer
+from jobs.data.synthetic import ROW_ID, make_mixed_table, write_shards
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -158,7 +158,7 @@ def test_a_limit_crossed_within_sampling_noise_is_said_not_alerted():
     assert report["alerts"] == [] and line.splitlines()[0].endswith("; ok")
     assert "PSI above the limit but within sampling noise for 100 rows" in line and "not alerted" in line
 
-    from jobs.report import nightly_report
+    from jobs.reports.html import nightly_report
 
     page = nightly_report({**report, "date": "2026-11-25", "model": {"uri": "m"}, "previous_nights": []},
                           [{"date": "2026-11-25", "row_count": 100, "quantiles": {"p50": 1.0, "p90": 2.0, "p99": 3.0},

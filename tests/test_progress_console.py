@@ -9,9 +9,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.progress import EpochProgress, Progress, split_verbose_flag
-from jobs.score_local import synthetic_row_hashes
-from jobs.score_rows import write_block
+from jobs.runtime.progress import EpochProgress, Progress, split_verbose_flag
+from jobs.scoring.local import synthetic_row_hashes
+from jobs.scoring.rows import write_block
 
 
 def test_verbose_flag_is_taken_out_before_the_job_parses_its_options():

@@ -11,8 +11,8 @@ import pytest
 
 from aemodel.commit import read_committed_json
 from jobs import promote, score, train
-from jobs.promotion import PointerLedger, RegistryLedger
-from jobs.synthetic import LABEL, ROW_ID, make_mixed_table, write_shards
+from jobs.lifecycle.promotion import PointerLedger, RegistryLedger
+from jobs.data.synthetic import LABEL, ROW_ID, make_mixed_table, write_shards
 
 pytestmark = pytest.mark.e2e
 
@@ -230,7 +230,7 @@ def test_a_registry_alias_is_promoted_refused_forced_rolled_back_and_locked(regi
 
 
 def test_a_pointer_moved_outside_promote_is_recorded_and_reads_stay_read_only(models, tmp_path, capsys):
-    from jobs.storage import publish_pointer
+    from jobs.data.storage import publish_pointer
 
     pointer = tmp_path / "pub" / "CHAMPION.json"
     code, _, err = _promote(capsys, "--to", str(pointer), "--rollback", "--reason", "nothing yet")

@@ -20,7 +20,7 @@ from aemodel.commit import OutputError
 from aemodel.estimator import NotFittedError
 from aemodel.outputs import NothingCommittedError
 from jobs import score, train
-from jobs.synthetic import LABEL, ROW_ID, make_mixed_table
+from jobs.data.synthetic import LABEL, ROW_ID, make_mixed_table
 
 OPTIONS = {"exclude_columns": [ROW_ID, LABEL], "epochs": 6, "hidden_dims": [16, 8]}
 

@@ -12,9 +12,9 @@ import pytest
 
 from aemodel import load_artifact
 from jobs import score, sweep, train
-from jobs.errors import TrainingError
-from jobs.synthetic import LABEL, ROW_ID
-from jobs.train_config import TrainOptions
+from jobs.runtime.errors import TrainingError
+from jobs.data.synthetic import LABEL, ROW_ID
+from jobs.training.config import TrainOptions
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -156,7 +156,7 @@ def test_the_sweep_recommends_by_labels_else_by_the_knee_and_never_a_copying_lat
 
 def test_sweep_label_values_other_than_0_1_name_the_column(trained, mixed_data):
     """A continuous column given as the label would make every row "anomalous"; it is refused by name."""
-    from jobs.errors import InputError
+    from jobs.runtime.errors import InputError
 
     batch = pq.read_table(mixed_data["score"]).slice(0, 50)
     as_float = batch.set_column(batch.schema.get_field_index(LABEL), LABEL,

@@ -10,7 +10,7 @@ import s3fs
 from aemodel import load_artifact
 from jobs import score, train
 from aemodel.commit import committed_run, read_committed_json
-from jobs.synthetic import LABEL, ROW_ID, write_shards
+from jobs.data.synthetic import LABEL, ROW_ID, write_shards
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 

@@ -11,11 +11,11 @@ import pytest
 
 from aemodel import load_artifact
 from aemodel.scoring import rows_per_call
-from jobs.errors import InputError
+from jobs.runtime.errors import InputError
 from jobs import score
 from aemodel.commit import committed_run
-from jobs.score_local import synthetic_row_hashes
-from jobs.synthetic import LABEL, ROW_ID
+from jobs.scoring.local import synthetic_row_hashes
+from jobs.data.synthetic import LABEL, ROW_ID
 
 
 def _run(trained, data, out, **kw):
@@ -51,7 +51,7 @@ def test_local_and_ray_paths_write_the_same_rows_and_summary(trained, mixed_data
 def test_synthetic_row_hash_is_ray_datas(ray_start_2_cpus, mixed_data):
     import ray.data
 
-    from jobs.datasets import open_parquet_input
+    from jobs.data.datasets import open_parquet_input
 
     data = open_parquet_input(mixed_data["score"])
     ds = ray.data.read_parquet([f.path for f in data.files], include_row_hash=True, partitioning=None)

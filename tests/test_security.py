@@ -49,7 +49,7 @@ def test_pickle_planted_as_weights_is_refused_and_never_runs(trained, tmp_path):
 
 def test_pickle_planted_as_training_checkpoint_is_refused(tmp_path):
     """Checkpoints are read with torch.load(weights_only=True): code in them never runs."""
-    from jobs.train_eval import final_checkpoint
+    from jobs.training.result import final_checkpoint
     from ray.train import Checkpoint
 
     ckpt = tmp_path / "ckpt"

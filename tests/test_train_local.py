@@ -15,7 +15,7 @@ import pytest
 
 from aemodel import load_artifact
 from jobs import train
-from jobs.synthetic import LABEL, ROW_ID
+from jobs.data.synthetic import LABEL, ROW_ID
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -76,7 +76,7 @@ def test_local_data_is_the_default_on_one_machine_and_not_elsewhere(monkeypatch)
     assert not train.TrainConfig(data="d", out="o", local_data=False).resolved_local_data(True, small)
     with pytest.raises(ValueError, match="local_data trains in this process"):
         train.TrainConfig(data="d", out="o", local_data=True, num_workers=2)
-    from jobs.ray_runtime import on_one_machine
+    from jobs.runtime.ray_runtime import on_one_machine
 
     monkeypatch.setenv("RAY_ADDRESS", "ray://10.0.0.1:10001")
     assert not on_one_machine()
@@ -152,8 +152,8 @@ def test_training_on_one_machine_is_reproducible(mixed_data, tmp_path):
 def test_publish_latest_points_at_the_model_from_anywhere_even_after_a_rerun(mixed_data, tmp_path, monkeypatch):
     """The pointer holds an absolute path; a rerun that reuses the model still (re)writes it;
     a file of the user's at that path is never overwritten."""
-    from jobs.errors import InputError
-    from jobs.storage import resolve_model_uri
+    from jobs.runtime.errors import InputError
+    from jobs.data.storage import resolve_model_uri
 
     monkeypatch.chdir(tmp_path)
     latest = tmp_path / "latest.json"
@@ -177,7 +177,7 @@ def test_columns_with_one_training_value_or_numbers_as_text_are_named_in_warning
     """A label left among the features (always False on normal-only training rows) would
     dominate every row where it differs: training says so, for each kind of column; and a
     numeric column stored as text (modelled as categories) is named too."""
-    from jobs.synthetic import make_mixed_table
+    from jobs.data.synthetic import make_mixed_table
 
     t = make_mixed_table(600, seed=3)
     radius = [f"{v:.2f}" for v in np.random.default_rng(0).normal(14, 3, 600)]
@@ -207,7 +207,7 @@ def test_columns_with_one_training_value_or_numbers_as_text_are_named_in_warning
 
 def test_a_threshold_with_few_validation_rows_above_it_is_flagged(tmp_path):
     """The 0.99 quantile of a few dozen validation rows is their maximum: training says what that means."""
-    from jobs.synthetic import make_mixed_table
+    from jobs.data.synthetic import make_mixed_table
 
     (tmp_path / "d").mkdir()
     pq.write_table(make_mixed_table(150, seed=4), tmp_path / "d" / "p.parquet")
@@ -221,7 +221,7 @@ def test_a_threshold_with_few_validation_rows_above_it_is_flagged(tmp_path):
 
 
 def test_training_into_a_scores_folder_says_so(mixed_data, tmp_path):
-    from jobs.errors import OutputError
+    from jobs.runtime.errors import OutputError
 
     scores = tmp_path / "scores"
     scores.mkdir()

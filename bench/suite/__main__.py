@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     if not tables:
         print("error: no table selected", file=sys.stderr)
         return 2
-    # No Ray start here: on one machine aescore trains without Ray (jobs/train_local.py); a
+    # No Ray start here: on one machine aescore trains without Ray (jobs/training/local.py); a
     # variant that needs Ray starts one private local Ray in its first run, kept for the rest.
     t0 = time.perf_counter()
     results: dict[str, dict[str, np.ndarray]] = {}

@@ -1,0 +1,1 @@
+"""Models over time: MLflow tracking and registry, promotion with its ledger and evidence."""

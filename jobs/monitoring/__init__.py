@@ -1,0 +1,1 @@
+"""``aescore nightly``'s pieces: the comparison of two models' scores on the same rows."""

@@ -1,0 +1,1 @@
+"""The HTML reports of training and scoring runs, and their plots."""
