@@ -1,6 +1,7 @@
 """Scoring memory: peak memory of a whole `aescore score` run at N and 10N rows, and a pandas peer.
 
     .venv/bin/python bench/score_memory.py [--rows 1000000] [--scale 10]
+    .venv/bin/python bench/score_memory.py --rows 10000000 --scale 10 --shards 200 --compute tasks --no-peer
 
 For N and scale*N rows of 32 float32 columns (20 Parquet shards each), this runs
 ``score.run`` on a fresh private local Ray (one per size) while a sampler thread adds up the proportional set
@@ -78,6 +79,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--scale", type=int, default=10)
     parser.add_argument("--shards", type=int, default=20)
+    parser.add_argument("--compute", default="auto", choices=["auto", "local", "tasks", "actors"],
+                        help="ScoreConfig.compute (auto: what aescore score picks; tasks/actors: the Ray Data path)")
+    parser.add_argument("--no-peer", action="store_true",
+                        help="skip the pandas peer (it holds every row: 100M rows of 32 columns need ~26 GB)")
     parser.add_argument("--object-store-limit-mb", type=int, default=None,
                         help="ScoreConfig.object_store_limit_mb (default: the product's; 0: Ray's own budget)")
     args = parser.parse_args()
@@ -105,13 +110,15 @@ def main() -> None:
             with TreeMemorySampler() as mem:
                 t0 = time.perf_counter()
                 score.run(score.ScoreConfig(model=str(root / "model"), data=str(data), out=str(root / f"out-{n}"),
-                                            id_columns=["id"], batch_size=65536, **extra))
+                                            id_columns=["id"], batch_size=65536, compute=args.compute, **extra))
                 seconds = time.perf_counter() - t0
-            peer = subprocess.run([sys.executable, "-c", PEER, str(root / "model"), str(data), str(root / f"peer-{n}")],
-                                  capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(
-                                      Path(__file__).resolve().parents[1])})
-            results[n] = {"peak_mb": mem.peak_mb, "idle_mb": mem.baseline_mb, "seconds": seconds,
-                          "peer_mb": float(peer.stdout.strip().splitlines()[-1])}
+            peer_mb = float("nan")
+            if not args.no_peer:
+                peer = subprocess.run([sys.executable, "-c", PEER, str(root / "model"), str(data),
+                                       str(root / f"peer-{n}")], capture_output=True, text=True, check=True,
+                                      env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+                peer_mb = float(peer.stdout.strip().splitlines()[-1])
+            results[n] = {"peak_mb": mem.peak_mb, "idle_mb": mem.baseline_mb, "seconds": seconds, "peer_mb": peer_mb}
             print(f"rows={n:>10}: aescore score peak {mem.peak_mb:8.0f} MB (Ray idle before the run "
                   f"{mem.baseline_mb:.0f} MB), "
                   f"{seconds:6.1f}s; pandas read-all peer peak {results[n]['peer_mb']:8.0f} MB", flush=True)
@@ -121,7 +128,7 @@ def main() -> None:
     small, large = (results[n] for n in sorted(results))
     big = max(results)
     print(f"machine: {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB")
-    print(f"score_memory: ratio={large['peak_mb'] / small['peak_mb']:.2f} target=1.3 "
+    print(f"score_memory: compute={args.compute} ratio={large['peak_mb'] / small['peak_mb']:.2f} target=1.3 "
           f"rows/s={big / large['seconds']:.0f} peak_rss_mb={large['peak_mb']:.0f} "
           f"peer_ratio={large['peer_mb'] / small['peer_mb']:.2f}")
 

@@ -123,3 +123,26 @@ def test_a_default_score_on_one_machine_never_imports_ray(trained, mixed_data, t
     # The default batch size was decided once, on the driver, and is recorded with the run.
     config = json.loads((run / "manifest.json").read_text())["config"]
     assert config["batch_size"] == rows_per_call(load_artifact(trained.model_uri).preprocessor)
+
+
+def test_many_small_files_make_few_row_files_with_the_same_rows(trained, mixed_data, tmp_path):
+    """Small files are joined into chunks: one row file per ROWS_PER_FILE rows, not one per input file."""
+    from jobs.scoring.rows import ROWS_PER_FILE
+
+    table = mixed_data["score_table"]
+    many = tmp_path / "many"
+    many.mkdir()
+    per = max(1, table.num_rows // 60)
+    for i in range(0, table.num_rows, per):
+        pq.write_table(table.slice(i, per), many / f"part-{i:06d}.parquet")
+    files = len(list(many.iterdir()))
+    assert files >= 60
+    scored = {}
+    for compute in ("local", "tasks"):
+        result, rows = _run(trained, str(many), tmp_path / compute, id_columns=[ROW_ID], compute=compute)
+        written = list((tmp_path / compute).rglob("rows/*.parquet"))
+        assert result.summary["row_count"] == rows.num_rows == table.num_rows
+        assert len(written) <= max(1, -(-table.num_rows // ROWS_PER_FILE)) + 1, (compute, len(written), files)
+        scored[compute] = rows.sort_by(ROW_ID)
+    np.testing.assert_allclose(scored["local"]["anomaly_score"].to_numpy(), scored["tasks"]["anomaly_score"].to_numpy(),
+                               rtol=1e-5, atol=1e-6)

@@ -68,11 +68,24 @@ def synthetic_row_hashes(path: str, start_row: int, num_rows: int) -> np.ndarray
 
 def iter_chunks(data: ParquetInput, columns: list[str], specs: list[ColumnSpec], rows: int,
                 keep: tuple[str, ...] = ()) -> Iterator[pa.Table]:
-    """The input's ``columns`` plus ``row_hash``, in chunks of at most ``rows`` rows, file by file, typed
-    as the Ray path reads them (``keep``: the id columns, read with their own type)."""
+    """The input's ``columns`` plus ``row_hash``, file by file, typed as the Ray path reads them
+    (``keep``: the id columns, read with their own type), in chunks of ``rows`` rows or more.
+
+    Consecutive small files are joined into one chunk (under ``2 * rows``): each chunk is
+    scored in ``batch_size`` calls and written as one row file, so 10,000 files of 100 rows
+    make ten chunks, not 10,000 model calls and row files (bench/score_files.py).
+    """
+    pending: list[pa.Table] = []
+    held = 0
     for f, start, table in data.iter_tables(columns, specs, rows, keep):
-        yield table.append_column(ROW_HASH, pa.array(synthetic_row_hashes(f.path, start, table.num_rows),
-                                                     type=pa.uint64()))
+        pending.append(table.append_column(ROW_HASH, pa.array(synthetic_row_hashes(f.path, start, table.num_rows),
+                                                              type=pa.uint64())))
+        held += table.num_rows
+        if held >= rows:
+            yield pa.concat_tables(pending) if len(pending) > 1 else pending[0]
+            pending, held = [], 0
+    if pending:
+        yield pa.concat_tables(pending) if len(pending) > 1 else pending[0]
 
 
 def score_in_process(chunks: Iterator[pa.Table], scorer: BatchScorer, batch_size: int, merged: MergedAggregates,
