@@ -31,11 +31,16 @@ ONLY_ROWS = 20
 
 
 def _top(table: pa.Table, score: str, n: int, mask: np.ndarray | None = None) -> np.ndarray:
+    """The rows (of ``mask``) with the ``n`` highest scores, highest first, ties in row order.
+
+    Sorted here, not only when two blocks' lists merge: a run of one block (one chunk of
+    small files joined) is never merged.
+    """
     s = np.nan_to_num(table.column(score).to_numpy(zero_copy_only=False).astype(np.float64), nan=-np.inf)
     idx = np.arange(len(s)) if mask is None else np.flatnonzero(mask)
     if len(idx) > n:
-        idx = idx[np.argpartition(-s[idx], n - 1)[:n]]
-    return idx
+        idx = np.sort(idx[np.argpartition(-s[idx], n - 1)[:n]])
+    return idx[np.argsort(-s[idx], kind="stable")]
 
 
 class ComparisonAggregate(BlockAggregate):
