@@ -226,9 +226,9 @@ class BankScorer(RowScorer):
                 members.append(terms)
                 groups.append(idx)
         own = np.ones(batch.num_rows, dtype=bool)
-        if global_rows:
+        if global_rows or not members:  # an empty batch: the global model, on no rows
             members.append(self.global_terms)
-            groups.append(np.sort(np.concatenate(global_rows)))
+            groups.append(np.sort(np.concatenate(global_rows)) if global_rows else np.zeros(0, dtype=np.int64))
             own[groups[-1]] = False
         autocast = ({"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
                     if self.device.type == "cuda" else None)

@@ -318,7 +318,7 @@ class RowScorer:
         """The batch's part of the run's summary (``output_table``'s ``partials``), from its encoding and scores."""
         counter = counter_for(self.preprocessor)
         counter.add(enc)
-        first = [pickle.dumps(counter.state())] + [None] * (batch.num_rows - 1)
+        first = [pickle.dumps(counter.state())] + [None] * (batch.num_rows - 1) if batch.num_rows else []
         top = top_indices(score, TOP_ROWS)
         values: list[str | None] = [None] * batch.num_rows
         columns = {s.name: [_json_value(v, s.kind) for v in (raw[s.name][top].tolist() if s.name in raw else

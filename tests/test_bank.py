@@ -174,3 +174,12 @@ def test_a_nightly_compares_a_bank_with_its_own_validation_rows(bank, tmp_path):
     assert vs["reference_anomaly_rate"] == pytest.approx(reference["above_threshold_fraction"])
     against_global = drift.compare(read_summary(night.out), bank["art"].reference)
     assert vs["psi"] < against_global["psi"] and vs["psi"] < 0.2
+
+
+def test_an_empty_batch_scores_to_an_empty_table(bank):
+    from aemodel.bank import BankScorer
+
+    empty = bank["score_table"].slice(0, 0)
+    for scorer in (RowScorer(bank["art"]), BankScorer(bank["art"])):
+        out = scorer.output_table(empty, [ROW_ID], 3, True, True)
+        assert out.num_rows == 0 and "anomaly_score" in out.column_names
