@@ -176,8 +176,7 @@ class AnomalyAutoencoder(TrainingOptions):
         threads = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
-            torch.manual_seed(self.seed)
-            model = TabularAutoencoder(self.model_config(preprocessor))
+            model = self._initial_model(preprocessor)
             jobs = [FitJob(preps[i].train_t, preps[i].val_t, self.resolved_batch_size(preps[i].rows), self.seed)
                     for i in ready]
             states = fit_stacked(model, jobs, torch.tensor(preprocessor.baselines, dtype=torch.float32),
@@ -234,11 +233,15 @@ class AnomalyAutoencoder(TrainingOptions):
         return (torch.tensor(input_noise(pp, self.input_noise), dtype=torch.float32, device=torch.device(self.device))
                 if self.input_noise else None)
 
+    def _initial_model(self, pp: Preprocessor) -> TabularAutoencoder:
+        """The network before training: seeded, so a model fitted alone and in a stack start from the same weights."""
+        torch.manual_seed(self.seed)
+        return TabularAutoencoder(self.model_config(pp))
+
     def _fit_weights(self, prep: _Prepared) -> tuple[TabularAutoencoder, FitState]:
         """The loop of ``jobs.training.loop.train_loop_per_worker`` on one worker in this process."""
         device, pp = torch.device(self.device), prep.pp
-        torch.manual_seed(self.seed)
-        model = TabularAutoencoder(self.model_config(pp)).to(device)
+        model = self._initial_model(pp).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
         baselines = torch.tensor(pp.baselines, dtype=torch.float32, device=device)
         batch_size = self.resolved_batch_size(prep.rows)
