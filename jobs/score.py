@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from aemodel import ModelArtifact, load_artifact
+from jobs import STARTED_AT
 from aemodel.bank import validation_reference
 from aemodel.scoring import rows_per_call
 from aemodel.commit import MANIFEST, OutputCommit, read_committed_json
@@ -40,10 +41,11 @@ from jobs.data.manifest import fingerprint, git_commit, library_versions
 from jobs.runtime.progress import Progress
 from jobs.runtime.ray_runtime import check_gpu
 from jobs.reports.html import scoring_report
+from jobs.reports.plots import load_in_background
 from jobs.scoring.config import ScoreConfig
 from jobs.scoring.local import score_locally
-from jobs.scoring.rows import (OUTPUT_FORMAT_VERSION, ModelLoader, read_columns, row_file_metadata,
-                             score_on_ray, write_block)
+from jobs.scoring.ray_path import score_on_ray
+from jobs.scoring.rows import OUTPUT_FORMAT_VERSION, ModelLoader, read_columns, row_file_metadata, write_block
 from jobs.scoring.summary import summary_aggregations, summary_from, summary_warnings
 from jobs.lifecycle.registry import is_registry_uri, resolve_model
 from jobs.lifecycle.tracking import check_tracking, log_scoring
@@ -246,9 +248,11 @@ def _score_and_summarize(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInpu
         if cfg.compute == "local":
             agg = score_locally(cfg, art, data, metadata, aggs, sink, progress, challenger)
         else:
+            load_in_background()  # this process only waits on Ray's workers meanwhile
             agg = score_on_ray(cfg, art, data, loader, metadata, aggs, sink, progress)
     finally:
         progress.close()
+    steady = progress.steady_rate()
     check_unchanged(data.fs, data.files)  # a file replaced while it was read: its rows are not what was checked
     t_summary = time.perf_counter()
     summary = summary_from(agg, art, cfg)
@@ -280,7 +284,10 @@ def _score_and_summarize(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInpu
         "wall_seconds": round(time.perf_counter() - t0, 3),
         "compute": cfg.compute,
         "timings": {"read_score_write_s": round(t_summary - t_pipeline, 3),
-                    "check_written_s": round(time.perf_counter() - t_summary, 3)},
+                    "check_written_s": round(time.perf_counter() - t_summary, 3),
+                    # From the process's start (jobs.STARTED_AT): imports, Ray and start-up included.
+                    "first_rows_s": None if progress.first_at is None else round(progress.first_at - STARTED_AT, 3),
+                    "steady_rows_per_s": None if steady is None else round(steady)},
     })
     manifest = {
         "format_version": OUTPUT_FORMAT_VERSION,

@@ -128,7 +128,7 @@ def test_permanent_storage_error_fails_cleanly(trained, mixed_data, bucket, tmp_
 
 
 def _scorer_actors() -> list[psutil.Process]:
-    return _own_ray_processes("MapWorker", "BatchScorer")
+    return _own_ray_processes("MapWorker", "BlockScorer")
 
 
 def test_dead_scorer_actor_is_restarted_without_duplicates(trained, tmp_path):

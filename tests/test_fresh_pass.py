@@ -185,7 +185,7 @@ def test_an_error_while_the_next_chunk_is_read_stays_the_error(monkeypatch):
     gen = chunks()
     with pytest.raises(KeyboardInterrupt):
         try:
-            score_local.score_in_process(gen, scorer, 10, None, lambda t: None)
+            score_local.score_in_process(gen, scorer, None, lambda t: None)
         finally:
             gen.close()  # as score_locally does: must not raise ValueError
 

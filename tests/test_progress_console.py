@@ -31,6 +31,23 @@ def test_progress_off_a_terminal_prints_plain_lines():
     assert lines[1].endswith(" rows/s")
 
 
+def test_steady_rate_leaves_out_the_start_up(monkeypatch):
+    """The rate after the first rows: a job's start-up (Ray, workers, the first block) is not in it."""
+    from jobs.runtime import progress
+
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    p = Progress("scored", stream=io.StringIO(), interval_s=1e9)
+    p.update(0)  # nothing counted: not the first rows
+    assert p.first_at is None and p.steady_rate() is None
+    now[0] = 5.0
+    p.update(100)
+    assert p.first_at == 5.0 and p.steady_rate() is None
+    now[0] = 7.0
+    p.update(300)
+    assert p.steady_rate() == pytest.approx(300 / 2.0)
+
+
 def test_epoch_lines_every_k_epochs_and_the_last(capsys):
     p = EpochProgress(max_epochs=200, every=10)
     for e in range(23):

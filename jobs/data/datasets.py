@@ -15,6 +15,7 @@ from aemodel.preprocess import Preprocessor
 from aemodel.split import keep_split, split_cut
 from aemodel.schema import READ_TYPES, ColumnSpec, SchemaError, check_schema
 from jobs.runtime.errors import InputError, describe, error_chain, find_user_error
+from jobs.data.ray_read import in_memory_bytes, read_settings, settings_in_environment
 from jobs.data.storage import ParquetFileInfo, arrow_filesystem, inspect_parquet_files, list_parquet_files
 
 if TYPE_CHECKING:
@@ -93,12 +94,19 @@ class ParquetInput:
         neither replace a file's values nor become a feature by accident. ``include_row_hash``
         adds ``row_hash`` (file and position; ``jobs.scoring.local.synthetic_row_hashes``).
         """
+        import ray
         import ray.data  # here: the single-process paths read with pyarrow and never load Ray
 
-        # select_columns is pushed down into the read (Ray 2.60 deprecates read_parquet's columns=).
-        ds = ray.data.read_parquet([f.path for f in self.files], filesystem=arrow_filesystem(self.fs),
-                                   schema=self.read_schema(columns, specs, keep), include_row_hash=include_row_hash,
-                                   file_extensions=None, partitioning=None)
+        schema = self.read_schema(columns, specs, keep)
+        # The listing and read tasks sized to this input (jobs.data.ray_read says why).
+        size = sum(in_memory_bytes(pa.schema([f.schema.field(c) for c in columns if c in f.schema.names]), f.num_rows)
+                   for f in self.files)
+        settings = read_settings(len(self.files), size, ray.cluster_resources().get("CPU", 1))
+        with settings_in_environment(settings):
+            # select_columns is pushed down into the read (Ray 2.60 deprecates read_parquet's columns=).
+            ds = ray.data.read_parquet([f.path for f in self.files], filesystem=arrow_filesystem(self.fs),
+                                       schema=schema, include_row_hash=include_row_hash,
+                                       file_extensions=None, partitioning=None)
         return ds.select_columns(columns + ([ROW_HASH] if include_row_hash else []))
 
     def iter_tables(self, columns: list[str], specs: list[ColumnSpec] | None = None,

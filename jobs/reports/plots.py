@@ -25,6 +25,14 @@ def _plt():
     return plt
 
 
+def load_in_background() -> None:
+    """Import matplotlib in a daemon thread: a job that waits on its workers (the Ray Data paths)
+    has its half second of import done by the time it draws the report (bench/score_throughput.py)."""
+    import threading
+
+    threading.Thread(target=_plt, name="aescore-plots-import", daemon=True).start()
+
+
 def png(fig) -> str:
     """The figure as a base64 PNG (closed afterwards)."""
     buf = io.BytesIO()

@@ -59,6 +59,9 @@ class Progress:
         self.stream = stream or sys.stdout
         self.count, self.t0 = 0, time.monotonic()
         self._last = self.t0
+        self.first_at: float | None = None
+        """``time.monotonic()`` when the first items were counted (None before)."""
+        self.first_count = 0
         self._bar = None
         if is_terminal(self.stream):
             from tqdm import tqdm
@@ -69,6 +72,8 @@ class Progress:
     def update(self, n: int) -> None:
         """Add ``n`` to the count (and end the job if a signal came whose exception was swallowed)."""
         raise_if_interrupted()
+        if self.first_at is None and n:
+            self.first_at, self.first_count = time.monotonic(), n
         self.count += n
         if self._bar is not None:
             self._bar.update(n)
@@ -83,6 +88,12 @@ class Progress:
         elapsed = max((now or time.monotonic()) - self.t0, 1e-9)
         share = f" ({100 * self.count / self.total:.0f}%)" if self.total else ""
         return f"{self.count:,} {self.unit} {self.what}{share}, {self.count / elapsed:,.0f} {self.unit}/s"
+
+    def steady_rate(self, now: float | None = None) -> float | None:
+        """Items per second after the first were counted (start-up excluded); None before a second count."""
+        if self.first_at is None or self.count == self.first_count:
+            return None
+        return (self.count - self.first_count) / max((now or time.monotonic()) - self.first_at, 1e-9)
 
     def close(self) -> None:
         """Remove the bar (the job's result line follows)."""

@@ -7,6 +7,7 @@ module (``on_one_machine``) and never load Ray, about a second of a short run
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pickle
@@ -73,8 +74,11 @@ def ensure_ray(address: str | None = None, log_to_driver: bool = True) -> None:
     verbose = is_verbose()
     if not verbose:
         quiet_ray_console()
-    # Workers' output still reaches the driver: a Train worker prints the epoch lines.
-    ray.init(address=target, log_to_driver=log_to_driver, logging_level=logging.INFO if verbose else logging.WARNING)
+    # Workers' output still reaches the driver: a Train worker prints the epoch lines. A private
+    # Ray runs no dashboard: it would end with the job, and its processes start with Ray and
+    # share the job's CPUs (bench/score_throughput.py, the Ray Data processes).
+    ray.init(address=target, log_to_driver=log_to_driver, logging_level=logging.INFO if verbose else logging.WARNING,
+             include_dashboard=False if target == "local" else None)
     if log_to_driver and not verbose:
         show_only_job_lines()
     if not verbose:
@@ -184,6 +188,34 @@ def alive_nodes() -> int:
     return sum(1 for n in ray.nodes() if n["Alive"])
 
 
+def block_summary(table: pa.Table, aggs: tuple[BlockAggregate, ...],
+                  sink: Callable[[pa.Table], None] | None = None) -> dict:
+    """One block's part of an aggregation: its row count and pickled accumulators (never its rows).
+
+    ``sink`` is called with the block first, in the worker (scoring writes it there), so the
+    rows are written and summarised in one pass. ``merge_block_summaries`` adds the parts up.
+    """
+    return {"rows": [table.num_rows], "acc": [pickle.dumps(MergedAggregates.partial(table, aggs, sink))]}
+
+
+def merge_block_summaries(ds: ray.data.Dataset, aggs: tuple[BlockAggregate, ...],
+                          progress: Progress | None = None) -> dict:
+    """Run ``ds``, whose rows are ``block_summary`` parts, and merge them on the driver.
+
+    Args:
+        ds: One row per block: ``rows`` and ``acc`` (``block_summary``).
+        aggs: The aggregations the parts were taken with.
+        progress: Counts the rows as their blocks finish.
+    """
+    merged = MergedAggregates(aggs)
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        for rows, blob in zip(batch.column("rows").to_pylist(), batch.column("acc").to_pylist()):
+            merged.add(pickle.loads(blob))  # our own workers' output
+            if progress is not None:
+                progress.update(rows)
+    return merged.result()
+
+
 def aggregate_blocks(ds: ray.data.Dataset, *aggs: BlockAggregate, sink: Callable[[pa.Table], None] | None = None,
                      progress: Progress | None = None, rows_per_call: int | None = None) -> dict:
     """``Dataset.aggregate(*aggs)`` as one map over blocks plus a merge on the driver.
@@ -196,20 +228,12 @@ def aggregate_blocks(ds: ray.data.Dataset, *aggs: BlockAggregate, sink: Callable
     Args:
         ds: The rows.
         aggs: Mergeable aggregations.
-        sink: Called with each block first, in the worker (scoring writes it there), so the
-            rows are written and summarised in one pass.
+        sink: Called with each block first, in the worker (``block_summary``).
         progress: Counts the rows as their blocks finish.
         rows_per_call: Rows handed to ``sink`` and the accumulators at once (Ray Data
-            bundles blocks up to it); default one block per call.
+            bundles blocks up to it); default one block per call, which lets Ray Data fuse
+            the map with the one before it (a read included).
     """
-    def partial(table: pa.Table) -> dict:
-        return {"rows": [table.num_rows], "acc": [pickle.dumps(MergedAggregates.partial(table, aggs, sink))]}
-
-    merged = MergedAggregates(aggs)
-    for batch in ds.map_batches(partial, batch_format="pyarrow", batch_size=rows_per_call).iter_batches(
-            batch_format="pyarrow", batch_size=None):
-        for rows, blob in zip(batch.column("rows").to_pylist(), batch.column("acc").to_pylist()):
-            merged.add(pickle.loads(blob))  # our own workers' output
-            if progress is not None:
-                progress.update(rows)
-    return merged.result()
+    parts = ds.map_batches(functools.partial(block_summary, aggs=aggs, sink=sink), batch_format="pyarrow",
+                           batch_size=rows_per_call)
+    return merge_block_summaries(parts, aggs, progress)

@@ -88,17 +88,13 @@ def iter_chunks(data: ParquetInput, columns: list[str], specs: list[ColumnSpec],
         yield pa.concat_tables(pending) if len(pending) > 1 else pending[0]
 
 
-def score_in_process(chunks: Iterator[pa.Table], scorer: BatchScorer, batch_size: int, merged: MergedAggregates,
+def score_in_process(chunks: Iterator[pa.Table], scorer: BatchScorer, merged: MergedAggregates,
                      sink: Callable[[pa.Table], None], progress: Progress | None = None) -> None:
-    """Score every chunk (``batch_size`` rows per model call), write it with ``sink`` and add its accumulators.
+    """Score every chunk (in the scorer's model calls), write it with ``sink`` and add its accumulators.
 
     One thread prefetches the next chunk while this one scores; another writes and
     summarises the previous scored chunk. Exceptions from either surface here.
     """
-    def score(table: pa.Table) -> pa.Table:
-        parts = [scorer(table.slice(i, batch_size)) for i in range(0, table.num_rows, batch_size)]
-        return pa.concat_tables(parts) if len(parts) != 1 else parts[0]
-
     def finish(scored: pa.Table) -> list:
         return MergedAggregates.partial(scored, merged.aggs, sink)
 
@@ -114,7 +110,7 @@ def score_in_process(chunks: Iterator[pa.Table], scorer: BatchScorer, batch_size
         try:
             while (table := ahead.result()) is not None:
                 ahead = pool.submit(next, chunks, None)
-                scored = score(table)
+                scored = scorer(table)
                 collect(writing)
                 writing = (pool.submit(finish, scored), scored.num_rows)
             collect(writing)
@@ -160,12 +156,12 @@ def score_locally(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput, meta
                              lambda uri, _options: copy.copy(art if uri == cfg.model else challenger),
                              normalize_storage_options(cfg.storage_options),
                              cfg.top_k, cfg.column_errors, cfg.precision, metadata, partials=True,
-                             challenger_uri=cfg.challenger)
+                             challenger_uri=cfg.challenger, rows_per_call=cfg.batch_size)
         merged = MergedAggregates(tuple(aggs))
         chunks = iter_chunks(data, read_columns(cfg, art), art.preprocessor.specs, ROWS_PER_FILE,
                              keep=kept_columns(cfg, art))
         try:
-            score_in_process(chunks, scorer, cfg.batch_size, merged, sink, progress)
+            score_in_process(chunks, scorer, merged, sink, progress)
         finally:
             # A failed batch: close the open file's reader now, not at exit. "Generator already
             # executing" (a reader thread still in it) must never replace the error that got here.

@@ -1,8 +1,8 @@
-"""The scoring UDFs: one batch of input rows in, one batch of output rows out.
+"""The scoring UDFs: one batch of input rows in, one batch of output rows (or its summary part) out.
 
-``build_scored_dataset`` wires them into the lazy read -> score pipeline that
-``jobs.score`` writes; Ray pickles ``score_batch`` and ``BatchScorer`` by reference to
-this module, which every worker imports.
+``jobs.scoring.ray_path`` wires them into the Ray Data pipeline and ``jobs.scoring.local``
+into the single-process one; Ray pickles ``score_batch``, ``BatchScorer`` and
+``BlockScorer`` by reference to this module, which every worker imports.
 """
 
 from __future__ import annotations
@@ -25,20 +25,15 @@ from aemodel.challenger import challenger_columns
 from aemodel.scoring import PARTIAL_PREFIX
 from aemodel.store import absolute_uri
 from aemodel.aggregates import BlockAggregate
-from jobs.data.datasets import ParquetInput
-from jobs.runtime.errors import InputError
-from jobs.runtime.progress import Progress
-from jobs.runtime.ray_runtime import aggregate_blocks, alive_nodes, ensure_ray
+from jobs.runtime.ray_runtime import block_summary
 from jobs.scoring.summary import ROW_HASH
-from jobs.data.storage import check_shared_paths, normalize_storage_options
 
 if TYPE_CHECKING:
-    import ray.data
-
     from jobs.scoring.config import ScoreConfig
 
 ROWS_PER_FILE = 100_000
-"""Rows per output Parquet file (fewer where an input is smaller)."""
+"""Rows per output Parquet file on the local and GPU paths (fewer where an input is smaller);
+the CPU Ray paths write one file per Ray Data read block (up to about 128 MiB of input)."""
 OUTPUT_FORMAT_VERSION = 4
 """Version of the rows / summary.json / manifest.json layout. 4: top_features.column is
 dictionary-encoded (the same strings when read); 3: one pass writes rows and summary;
@@ -64,14 +59,17 @@ class BatchScorer:
         metadata: Parquet key-value metadata of every output batch (``row_file_metadata``).
         partials: Add the batch's part of the summary (``RowScorer.output_table``; dropped by ``write_block``).
         challenger_uri: A second model scored on the same batch (``aemodel.challenger``; its own threshold).
+        rows_per_call: Rows per model call: a longer batch is scored in slices of this many
+            rows (None: the whole batch in one call).
     """
 
     def __init__(self, model_uri: str, passthrough: list[str], threshold: float | None = None,
                  use_gpu: bool = False, threads: int = 1, loader: ModelLoader = load_artifact,
                  storage_options: dict | None = None, top_k: int = 0, column_errors: bool = False,
                  precision: str = "fp32", metadata: dict[str, str] | None = None, partials: bool = False,
-                 challenger_uri: str | None = None):
+                 challenger_uri: str | None = None, rows_per_call: int | None = None):
         torch.set_num_threads(threads)
+        self.rows_per_call = rows_per_call
         self.metadata = metadata
         art = loader(model_uri, storage_options)
         if threshold is not None:
@@ -85,6 +83,12 @@ class BatchScorer:
                            if challenger_uri else None)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        step = self.rows_per_call or batch.num_rows
+        if batch.num_rows <= step:
+            return self._score(batch)
+        return pa.concat_tables([self._score(batch.slice(i, step)) for i in range(0, batch.num_rows, step)])
+
+    def _score(self, batch: pa.Table) -> pa.Table:
         out = self.scorer.output_table(batch, self.passthrough, self.top_k, self.column_errors, self.partials)
         if self.challenger is not None:
             for name, col in challenger_columns(self.challenger, batch, out.column("is_anomaly").to_numpy(),
@@ -93,14 +97,35 @@ class BatchScorer:
         return with_metadata(out, self.metadata)
 
 
+class BlockScorer(BatchScorer):
+    """Ray Data UDF of the CPU actor path: scores a block, writes it and returns its summary part.
+
+    The block is written with ``sink`` and summarised where it was scored, and only its
+    ``block_summary`` (row count and accumulators) leaves the actor: no scored row goes
+    through Ray's object store, and no CPU task after the pool is needed to write it.
+
+    Args:
+        aggs: The summary's mergeable aggregations.
+        sink: Writes the scored block (``write_block``).
+        **scorer: ``BatchScorer``'s arguments.
+    """
+
+    def __init__(self, *, aggs: tuple[BlockAggregate, ...], sink: Callable[[pa.Table], None], **scorer):
+        super().__init__(**scorer)
+        self.aggs, self.sink = aggs, sink
+
+    def __call__(self, batch: pa.Table) -> dict:
+        return block_summary(super().__call__(batch), self.aggs, self.sink)
+
+
 @functools.lru_cache(maxsize=4)
 def cached_scorer(model_uri: str, passthrough: tuple[str, ...], threshold: float | None, use_gpu: bool,
                   threads: int, loader: ModelLoader, storage_options: str, top_k: int,
                   column_errors: bool, precision: str, partials: bool = False,
-                  challenger_uri: str | None = None) -> BatchScorer:
+                  challenger_uri: str | None = None, rows_per_call: int | None = None) -> BatchScorer:
     return BatchScorer(model_uri, list(passthrough), threshold, use_gpu, threads, loader,
                        json.loads(storage_options), top_k, column_errors, precision, partials=partials,
-                       challenger_uri=challenger_uri)
+                       challenger_uri=challenger_uri, rows_per_call=rows_per_call)
 
 
 def with_metadata(table: pa.Table, metadata: dict[str, str] | None) -> pa.Table:
@@ -112,12 +137,19 @@ def score_batch(batch: pa.Table, *, model_uri: str, passthrough: list[str], thre
                 use_gpu: bool, threads: int, loader: ModelLoader, storage_options: dict | None,
                 top_k: int = 0, column_errors: bool = False, precision: str = "fp32",
                 metadata: dict[str, str] | None = None, partials: bool = False,
-                challenger_uri: str | None = None) -> pa.Table:
-    """Task-path UDF: the model is loaded once per worker process and reused across tasks."""
+                challenger_uri: str | None = None, rows_per_call: int | None = None,
+                aggs: tuple[BlockAggregate, ...] | None = None,
+                sink: Callable[[pa.Table], None] | None = None) -> pa.Table | dict:
+    """Task-path UDF: the model is loaded once per worker process and reused across tasks.
+
+    With ``aggs`` the scored batch is written with ``sink`` and summarised here, and its
+    ``block_summary`` returned in place of its rows, as ``BlockScorer`` does.
+    """
     scored = cached_scorer(model_uri, tuple(passthrough), threshold, use_gpu, threads, loader,
                            json.dumps(storage_options or {}, sort_keys=True), top_k, column_errors,
-                           precision, partials, challenger_uri)(batch)
-    return with_metadata(scored, metadata)
+                           precision, partials, challenger_uri, rows_per_call)(batch)
+    scored = with_metadata(scored, metadata)
+    return scored if aggs is None else block_summary(scored, aggs, sink)
 
 
 def kept_columns(cfg: ScoreConfig, art: ModelArtifact) -> tuple[str, ...]:
@@ -134,77 +166,6 @@ def passthrough_columns(cfg: ScoreConfig) -> list[str]:
     """Input columns the scorer copies to its output: the ids, and ``row_hash`` (which names the row
     files, and is written as the id when no --id-columns are given; ``write_block``)."""
     return [*cfg.id_columns, ROW_HASH]
-
-
-def build_scored_dataset(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput,
-                         loader: ModelLoader = load_artifact, metadata: dict[str, str] | None = None
-                         ) -> ray.data.Dataset:
-    """The lazy read -> score pipeline; rows keep their ids, so order never matters.
-
-    ``metadata`` goes into every row file's Parquet footer (see ``row_file_metadata``).
-    """
-    import ray  # here, not at the top: the local path never loads Ray (jobs.runtime.ray_runtime)
-    from ray.data import ActorPoolStrategy
-
-    passthrough = passthrough_columns(cfg)
-    ds = data.read(read_columns(cfg, art), art.preprocessor.specs, include_row_hash=True, keep=kept_columns(cfg, art))
-    threads = max(1, int(cfg.cpus_per_worker))
-    args = {"model_uri": cfg.model, "passthrough": passthrough, "threshold": cfg.threshold,
-            "use_gpu": cfg.use_gpu, "threads": threads, "loader": loader,
-            "storage_options": normalize_storage_options(cfg.storage_options), "top_k": cfg.top_k,
-            "column_errors": cfg.column_errors, "precision": cfg.precision, "metadata": metadata, "partials": True,
-            "challenger_uri": cfg.challenger}
-    common = {"batch_format": "pyarrow", "batch_size": cfg.batch_size, "num_cpus": cfg.cpus_per_worker,
-              "num_gpus": 1 if cfg.use_gpu else 0}
-    # A dead scorer (OOM, preempted node) is restarted and its batches retried: Ray Data
-    # gives pool actors max_restarts=-1 and max_task_retries=-1, and tasks keep Ray's
-    # retries on system failures (passing these explicitly is deprecated in Ray 2.60).
-    # Retries cannot duplicate rows: a write task's files are named by task, so a retry
-    # replaces them, and the row count is checked against the input before committing.
-    if cfg.use_actors:
-        default_size = max(1, int(ray.cluster_resources().get("GPU", 0))) if cfg.use_gpu else 1
-        size = cfg.concurrency or default_size
-        cpus = ray.cluster_resources().get("CPU", 0)
-        if not cfg.use_gpu and cpus and size * cfg.cpus_per_worker >= cpus:
-            # Seen here: a pool that reserves every CPU leaves none for the Parquet reads
-            # that feed it, and the job stalls forever instead of failing.
-            raise InputError(f"{size} scoring actors x {cfg.cpus_per_worker:g} CPU would reserve all {cpus:g} "
-                             "CPUs and starve the Parquet reads; lower --concurrency or --cpus-per-worker, "
-                             "or use the default task path")
-        return ds.map_batches(BatchScorer, fn_constructor_kwargs=args,
-                              compute=ActorPoolStrategy(size=size), **common)
-    compute = ray.data.TaskPoolStrategy(size=cfg.concurrency) if cfg.concurrency else None
-    return ds.map_batches(score_batch, fn_kwargs=args, compute=compute, **common)
-
-
-def score_on_ray(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput, loader: ModelLoader,
-                 metadata: dict[str, str], aggs: list[BlockAggregate], sink: Callable[[pa.Table], None],
-                 progress: Progress) -> dict:
-    """The Ray Data path (``tasks`` or ``actors``): read -> score -> ``sink`` on the cluster's workers.
-
-    Returns the merged summary accumulators (``aggregate_blocks``).
-    """
-    import ray.data
-
-    ensure_ray(cfg.ray_address)
-    options = normalize_storage_options(cfg.storage_options)
-    # Tasks on every node read the data and model and write the rows.
-    check_shared_paths({"--data": cfg.data, "--model": cfg.model, "--out": cfg.out}, alive_nodes(),
-                       cfg.shared_local_paths, options)
-    ctx = ray.data.DataContext.get_current()
-    limits, raise_original = ctx.execution_options.resource_limits, ctx.raise_original_map_exception
-    try:
-        if cfg.object_store_limit_mb:
-            # Ray Data's default budget is a share of the node's object store, so a bigger input
-            # keeps more blocks in flight (bench/score_memory.py). Datasets copy the context when created.
-            ctx.execution_options.resource_limits = limits.copy(object_store_memory=cfg.object_store_limit_mb * 2**20)
-        # Errors raised in our UDFs reach the driver as themselves (a SchemaError naming the
-        # column), not as a UserCodeException whose message holds only a cut traceback.
-        ctx.raise_original_map_exception = True
-        return aggregate_blocks(build_scored_dataset(cfg, art, data, loader, metadata), *aggs,
-                                progress=progress, rows_per_call=ROWS_PER_FILE, sink=sink)
-    finally:
-        ctx.execution_options.resource_limits, ctx.raise_original_map_exception = limits, raise_original
 
 
 def row_file_metadata(cfg: ScoreConfig, art: ModelArtifact, run_id: str, threshold: float | None) -> dict[str, str]:
