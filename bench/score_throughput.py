@@ -15,6 +15,14 @@ shard, then times, side by side in this one run:
   alternate runs;
 * ``aescore score`` as a whole process (a subprocess, imports and all), default options;
   both processes run first, before this process starts Ray, so no Ray runs beside them;
+* ``aescore score --compute tasks`` and ``--compute actors`` as whole processes (each
+  starts a private Ray, as a first run on one machine does), alternated with the above:
+  their ratio against the plain script's process, and their steady rows/s (summary.json
+  ``timings.steady_rows_per_s``: after the first rows, start-up excluded) against the
+  default local path's;
+* joining a running Ray (as under ``ray job submit``): ``--compute tasks`` / ``actors``
+  processes on one file of 10,000 rows with ``RAY_ADDRESS`` set to this process's Ray;
+  ``timings.first_rows_s`` is the fixed cost, from the process's start to its first rows;
 * pipeline (local / tasks / actors): ``score.run`` in this process, each compute path
   (``local``, the default on one machine, needs no Ray; the Ray Data paths run on an
   already started Ray); the read -> score -> write part alone comes from ``summary.json``
@@ -40,6 +48,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -154,13 +163,28 @@ def extras_cost(model_uri: str, data: Path, repeats: int = 9) -> tuple[float, fl
     return statistics.median(times[0]), statistics.median(times[1]), statistics.median(times[2])
 
 
-def whole_process(model_uri: str, data: Path, out: Path, challenger: str | None = None) -> float:
-    """``aescore score`` with default options (and ``--challenger``) as its own process; returns seconds."""
+def whole_process(model_uri: str, data: Path, out: Path, challenger: str | None = None, compute: str | None = None,
+                  ray_address: str = "") -> float:
+    """``aescore score`` with default options (or ``--challenger``, ``--compute``) as its own process; seconds.
+
+    ``ray_address`` empty: no Ray cluster is named (the default path runs without Ray, the
+    Ray Data paths start a private one); else the process joins that running Ray.
+    """
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "jobs.cli", "score", "--model", model_uri, "--data", str(data),
-                    "--out", str(out), "--id-columns", "id", *(["--challenger", challenger] if challenger else [])],
-                   check=True, stdout=subprocess.DEVNULL, env={**os.environ, "RAY_ADDRESS": ""})
+                    "--out", str(out), "--id-columns", "id", *(["--challenger", challenger] if challenger else []),
+                    *(["--compute", compute] if compute else [])],
+                   check=True, stdout=subprocess.DEVNULL, env={**os.environ, "RAY_ADDRESS": ray_address})
     return time.perf_counter() - t0
+
+
+def run_timings(out: Path) -> dict:
+    """``timings`` of the run committed at ``out`` (its summary.json)."""
+    import json
+
+    from aemodel.commit import committed_run
+
+    return json.loads((Path(committed_run(str(out))) / "summary.json").read_text())["timings"]
 
 
 def main() -> None:
@@ -196,12 +220,21 @@ def main() -> None:
         # The whole processes first, while no Ray runs on the machine; alternated and
         # repeated (medians): one run of each moves by +-15% on a shared 2-CPU machine.
         whole_runs, plain_runs, challenger_runs = [], [], []
+        ray_runs: dict[str, list[float]] = {"tasks": [], "actors": []}
+        steady: dict[str, list[float]] = {"local": [], "tasks": [], "actors": []}
         for i in range(PROCESS_REPEATS):
             whole_runs.append(whole_process(model, data, root / f"out-process-{i}"))
+            steady["local"].append(run_timings(root / f"out-process-{i}")["steady_rows_per_s"])
             challenger_runs.append(whole_process(model, data, root / f"challenger-process-{i}",
                                                  str(root / "challenger")))
             if not args.challenger_only:
                 plain_runs.append(plain_process(model, data, root / f"plain-process-{i}"))
+                for compute in ray_runs:  # each starts a private Ray, as a user's first run does
+                    out = root / f"{compute}-process-{i}"
+                    ray_runs[compute].append(whole_process(model, data, out, compute=compute))
+                    steady[compute].append(run_timings(out)["steady_rows_per_s"])
+            for out in root.glob("*-process-*"):  # 10M rows of output each: keep the disk free
+                shutil.rmtree(out)
         whole_s, challenger_s = statistics.median(whole_runs), statistics.median(challenger_runs)
         print(f"aescore score --challenger (process): {challenger_s:8.2f}s  {challenger_s / whole_s:.2f}x scoring "
               f"alone ({whole_s:.2f}s; medians of {PROCESS_REPEATS}, alternated; target <= 1.8x)")
@@ -216,11 +249,20 @@ def main() -> None:
         t0 = time.perf_counter()
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         startup = time.perf_counter() - t0
+        # The fixed cost of a job that joins a running Ray (as under `ray job submit`): a whole
+        # process on one file of 10,000 rows; summary.json's first_rows_s counts from its start.
+        tiny = root / "tiny"
+        tiny.mkdir()
+        pq.write_table(pq.read_table(data / "part-00000.parquet").slice(0, 10_000), tiny / "part-0.parquet")
+        address = ray.get_runtime_context().gcs_address
+        first_rows: dict[str, list[float]] = {"tasks": [], "actors": []}
+        for i in range(PROCESS_REPEATS):
+            for compute in first_rows:
+                whole_process(model, tiny, root / f"join-{compute}-{i}", compute=compute, ray_address=address)
+                first_rows[compute].append(run_timings(root / f"join-{compute}-{i}")["first_rows_s"])
         results, parts = {}, {}
-        # Actors must leave CPUs for the Parquet reads: a pool that reserves every CPU hangs.
-        actors = max(1, (os.cpu_count() or 2) - 1)
         for name, extra in (("local", {"compute": "local"}), ("tasks", {"compute": "tasks"}),
-                            ("actors", {"compute": "actors", "concurrency": actors, "cpus_per_worker": 1.0})):
+                            ("actors", {"compute": "actors"})):
             t0 = time.perf_counter()
             res = score.run(score.ScoreConfig(model=model, data=str(data), out=str(root / f"out-{name}"),
                                               id_columns=["id"], **extra))
@@ -242,6 +284,16 @@ def main() -> None:
     for name, seconds in results.items():
         print(f"pipeline ({name:6s})        : {seconds:7.2f}s {rows / seconds:12,.0f} rows/s  ratio "
               f"{plain_s / seconds:.2f}  (read->score->write alone {parts[name]:.2f}s, ratio {plain_s / parts[name]:.2f})")
+    for compute, runs in ray_runs.items():
+        seconds = statistics.median(runs)
+        print(f"aescore score --compute {compute:6s} (process): {seconds:7.2f}s  ratio {plain_whole_s / seconds:.2f} against "
+              f"the plain script's process (target >= 0.75; median of {', '.join(f'{x:.2f}' for x in runs)}); "
+              f"steady {statistics.median(steady[compute]):,.0f} rows/s = "
+              f"{statistics.median(steady[compute]) / statistics.median(steady['local']):.2f} of the local path's "
+              f"{statistics.median(steady['local']):,.0f} (target >= 0.9)")
+    for compute, firsts in first_rows.items():
+        print(f"joining a running Ray ({compute:6s}): first rows {statistics.median(firsts):.2f}s after the process "
+              f"started (target <= 5 s; median of {', '.join(f'{x:.2f}' for x in firsts)})")
     print(f"per-row extras           : {extras_s:.2f}s vs {recon_s:.2f}s for the score alone (one thread, 4 shards): "
           f"+{100 * (extras_s / recon_s - 1):.0f}% (target <= 25%)")
     print(f"per-column drift         : {drift_s:.2f}s vs {extras_s:.2f}s for the default outputs without it "
@@ -253,6 +305,11 @@ def main() -> None:
           f"pipeline_target=0.9 extras=+{100 * (extras_s / recon_s - 1):.0f}% extras_target=25% "
           f"column_drift=+{100 * (drift_s / extras_s - 1):.1f}% column_drift_target=10% "
           f"challenger={challenger_s / whole_s:.2f}x challenger_target=1.8x "
+          + "".join(f"{c}_ratio={plain_whole_s / statistics.median(r):.2f} " for c, r in ray_runs.items())
+          + "".join(f"{c}_steady={statistics.median(steady[c]) / statistics.median(steady['local']):.2f} "
+                    for c in ray_runs)
+          + "".join(f"{c}_first_rows_s={statistics.median(f):.2f} " for c, f in first_rows.items()) +
+          f"ray_target=0.75 steady_target=0.9 first_rows_target=5 "
           f"rows/s={rows / whole_s:.0f} peak_rss_mb={peak:.0f}")
 
 
