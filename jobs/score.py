@@ -26,11 +26,11 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from aemodel import ModelArtifact, load_artifact
-from jobs import STARTED_AT
 from aemodel.bank import validation_reference
 from aemodel.scoring import rows_per_call
 from aemodel.commit import MANIFEST, OutputCommit, read_committed_json
 from aemodel.store import absolute_uri
+from jobs import STARTED_AT
 from jobs.runtime.config import config_to_dict
 from jobs.scoring.bank import bank_lines, check_bank_options
 from jobs.monitoring.comparison import (ComparisonAggregate, challenger_lines, challenger_summary, committed_scores, comparison,
