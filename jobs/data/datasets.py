@@ -94,7 +94,6 @@ class ParquetInput:
         neither replace a file's values nor become a feature by accident. ``include_row_hash``
         adds ``row_hash`` (file and position; ``jobs.scoring.local.synthetic_row_hashes``).
         """
-        import ray
         import ray.data  # here: the single-process paths read with pyarrow and never load Ray
 
         schema = self.read_schema(columns, specs, keep)

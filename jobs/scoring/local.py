@@ -82,10 +82,10 @@ def iter_chunks(data: ParquetInput, columns: list[str], specs: list[ColumnSpec],
                                                               type=pa.uint64())))
         held += table.num_rows
         if held >= rows:
-            yield pa.concat_tables(pending) if len(pending) > 1 else pending[0]
+            yield pa.concat_tables(pending)
             pending, held = [], 0
     if pending:
-        yield pa.concat_tables(pending) if len(pending) > 1 else pending[0]
+        yield pa.concat_tables(pending)
 
 
 def score_in_process(chunks: Iterator[pa.Table], scorer: BatchScorer, merged: MergedAggregates,
