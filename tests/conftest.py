@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 import secrets
 import socket
@@ -19,10 +20,37 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 
+_HANDED_OUT: set[int] = set()
+_RAY_WORKER_PORTS_END = 20000  # Ray's default worker ports are 10002-19999
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on, below the kernel's ephemeral range, never handed out twice.
+
+    A port from ``bind(0)`` lies in the ephemeral range: between this call and the server's own
+    bind, any outbound connection on the machine (a starting Ray node makes many) may take it,
+    and ``ray start`` then fails on "address already in use".
+    """
+    rng = random.SystemRandom()
+    for _ in range(1000):
+        port = rng.randrange(_RAY_WORKER_PORTS_END, max(_ephemeral_start(), _RAY_WORKER_PORTS_END + 1000))
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 @pytest.fixture(scope="session")

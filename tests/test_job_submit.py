@@ -41,22 +41,39 @@ def _ports() -> list[str]:
 @pytest.fixture(scope="module")
 def ray_head(s3_server):
     """A head and a worker node on 127.0.0.1 in their own short temp dir; yields (dashboard address, env)."""
-    temp_dir = tempfile.mkdtemp(prefix="aesray-", dir="/tmp")  # short: Ray's socket paths are length-limited
     env = {**os.environ, **s3_server["env"], "RAY_AUTH_MODE": "disabled",
            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
+    errors = []
+    for _ in range(2):  # a second try on fresh ports; both failures are reported with Ray's own words
+        temp_dir = tempfile.mkdtemp(prefix="aesray-", dir="/tmp")  # short: Ray's socket paths are length-limited
+        try:
+            dash = _start_cluster(temp_dir, env)
+        except RuntimeError as e:
+            errors.append(str(e))
+            _stop_processes_under(temp_dir)
+            continue
+        try:
+            yield f"http://127.0.0.1:{dash}", env
+        finally:
+            _stop_processes_under(temp_dir)
+        return
+    pytest.fail("\n\n".join(errors))
+
+
+def _start_cluster(temp_dir: str, env: dict) -> int:
+    """Start the head and the worker node; returns the dashboard port, or raises with what ``ray start`` said."""
     dash, gcs = free_port(), free_port()
     head = [_ray_cli(), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp_dir}",
             f"--ray-client-server-port={free_port()}", *_ports()]
     worker = [_ray_cli(), "start", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1",
               f"--temp-dir={temp_dir}", *_ports()]
-    try:
-        subprocess.run(head, env=env, check=True, capture_output=True, timeout=180)
-        subprocess.run(worker, env=env, check=True, capture_output=True, timeout=180)
-        yield f"http://127.0.0.1:{dash}", env
-    finally:
-        _stop_processes_under(temp_dir)
+    for cmd in (head, worker):
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+        if out.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} exited {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return dash
 
 
 def _stop_processes_under(temp_dir: str) -> None:
