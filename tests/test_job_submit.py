@@ -40,7 +40,7 @@ def _ports() -> list[str]:
 
 @pytest.fixture(scope="module")
 def ray_head(s3_server):
-    """A head and a worker node on 127.0.0.1 in their own short temp dir; yields (dashboard address, env)."""
+    """A head and a worker node on 127.0.0.1, each in a short temp dir of its own; yields (dashboard address, env)."""
     env = {**os.environ, **s3_server["env"], "RAY_AUTH_MODE": "disabled",
            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
@@ -62,13 +62,19 @@ def ray_head(s3_server):
 
 
 def _start_cluster(temp_dir: str, env: dict) -> int:
-    """Start the head and the worker node; returns the dashboard port, or raises with what ``ray start`` said."""
+    """Start the head and the worker node; returns the dashboard port, or raises with what ``ray start`` said.
+
+    Each node has a temp dir of its own (``temp_dir`` and ``temp_dir-worker``), as on machines
+    of their own: nodes sharing one would unpack a job's working_dir into the same folder,
+    and one node's unpacking removes the files under the driver that runs on the other.
+    """
+    os.makedirs(f"{temp_dir}-worker")
     dash, gcs = free_port(), free_port()
     head = [_ray_cli(), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp_dir}",
             f"--ray-client-server-port={free_port()}", *_ports()]
     worker = [_ray_cli(), "start", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1",
-              f"--temp-dir={temp_dir}", *_ports()]
+              f"--temp-dir={temp_dir}-worker", *_ports()]
     for cmd in (head, worker):
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
         if out.returncode:
@@ -77,7 +83,7 @@ def _start_cluster(temp_dir: str, env: dict) -> int:
 
 
 def _stop_processes_under(temp_dir: str) -> None:
-    """Terminate the processes of the cluster in ``temp_dir`` (and their children) by PID."""
+    """Terminate the processes of the cluster in ``temp_dir`` (and ``temp_dir-worker``; and their children) by PID."""
     mine = []
     for p in psutil.process_iter(["cmdline"]):
         try:
