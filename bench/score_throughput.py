@@ -120,7 +120,7 @@ def fused_loop(model_uri: str, data: Path, out: Path) -> float:
 
     import pyarrow as pa
 
-    from jobs.scoring.local import synthetic_row_hashes
+    from jobs.data.chunks import synthetic_row_hashes
     from jobs.scoring.rows import ROW_HASH, BatchScorer, write_block
 
     scorer = BatchScorer(model_uri, ["id", ROW_HASH], threads=os.cpu_count() or 1, top_k=3)

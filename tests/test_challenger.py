@@ -14,7 +14,7 @@ from aemodel import load_artifact, read_scores
 from aemodel.commit import committed_run
 from aemodel.scoring import RowScorer
 from jobs import score, train
-from jobs.data.datasets import ParquetInput
+from jobs.data import chunks
 from jobs.data.synthetic import LABEL, ROW_ID, make_mixed_table
 
 pytestmark = pytest.mark.e2e
@@ -45,15 +45,15 @@ def test_one_read_scores_both_and_comparison_matches_an_independent_count(traine
     labelled = make_mixed_table(1200, seed=9, anomaly_fraction=0.1, start_id=5_000_000)
     pq.write_table(labelled, reference)
     read: list[int] = []
-    iter_tables = ParquetInput.iter_tables
+    iter_part_tables = chunks.iter_part_tables
 
-    def counting(self, *args, **kwargs):  # every chunk of the scored input that is read, by rows
-        for f, start, table in iter_tables(self, *args, **kwargs):
-            if f.uri.startswith(str(mixed_data["score"])) or f.path.startswith(str(mixed_data["score"])):
+    def counting(*args, **kwargs):  # every chunk of the scored input that is read, by rows
+        for part, start, table in iter_part_tables(*args, **kwargs):
+            if str(mixed_data["score"]) in part.file.uri:
                 read.append(table.num_rows)
-            yield f, start, table
+            yield part, start, table
 
-    monkeypatch.setattr(ParquetInput, "iter_tables", counting)
+    monkeypatch.setattr(chunks, "iter_part_tables", counting)
     both = score.run(score.ScoreConfig(model=trained.model_uri, data=mixed_data["score"], out=str(tmp_path / "ab"),
                                        id_columns=[ROW_ID], challenger=challenger.model_uri,
                                        reference_data=str(reference), label_column=LABEL, compute="local"))

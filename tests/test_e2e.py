@@ -285,25 +285,17 @@ def test_an_explicit_run_id_is_reused_only_for_the_same_model_inputs_and_options
     assert _rows(str(tmp_path / "o")).num_rows == 50
 
 
-def test_actor_that_would_leave_no_cpu_for_the_listing_is_refused(trained, mixed_data, tmp_path):
-    """An actor of 2 CPUs on a 2-CPU Ray leaves none for Ray Data's file listing, and would hang: refused up front."""
-    from jobs.runtime.errors import InputError
-
-    with pytest.raises(InputError, match="leaves no CPU of the cluster's 2"):
-        score.run(score.ScoreConfig(model=trained.model_uri, data=mixed_data["score"], out=str(tmp_path / "o"),
-                                    compute="actors", cpus_per_worker=2.0))
-    assert not (tmp_path / "o" / "_SUCCESS").exists() and not (tmp_path / "o" / "runs").exists()
-
-
-def test_actor_pool_as_large_as_the_cpus_starts_smaller_and_finishes(trained, mixed_data, tmp_path):
-    """2 actors x 1 CPU on a 2-CPU Ray: the pool starts with one, leaving the listing its CPU, and grows."""
+@pytest.mark.parametrize("concurrency,cpus", [(2, 1.0), (None, 2.0)])
+def test_actor_pools_that_hold_every_cpu_score(trained, mixed_data, tmp_path, concurrency, cpus):
+    """2 actors x 1 CPU, or one actor of 2 CPUs, on a 2-CPU Ray: the actors read their own blocks (the read is
+    fused into them even at 2 CPUs each), so no read task waits for a CPU the pool holds."""
     from jobs.scoring.ray_path import actor_pool
 
     cfg = score.ScoreConfig(model=trained.model_uri, data=mixed_data["score"], out=str(tmp_path / "o"),
-                            id_columns=[ROW_ID], compute="actors", concurrency=2, cpus_per_worker=1.0)
+                            id_columns=[ROW_ID], compute="actors", concurrency=concurrency, cpus_per_worker=cpus)
     assert score.run(cfg).summary["row_count"] == mixed_data["score_table"].num_rows
     pool = actor_pool(cfg)  # on the Ray the run joined
-    assert (pool.min_size, pool.max_size) == (1, 2)
+    assert pool.min_size == pool.max_size == 2 // int(cpus)
 
 
 def test_shard_cache_yields_every_row_once_per_epoch_in_a_new_order_and_skips_empty_shards():

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.runtime.progress import EpochProgress, Progress, split_verbose_flag
-from jobs.scoring.local import synthetic_row_hashes
+from jobs.data.chunks import synthetic_row_hashes
 from jobs.scoring.rows import write_block
 
 

@@ -14,7 +14,7 @@ from aemodel.scoring import rows_per_call
 from jobs.runtime.errors import InputError
 from jobs import score
 from aemodel.commit import committed_run
-from jobs.scoring.local import synthetic_row_hashes
+from jobs.data.chunks import synthetic_row_hashes
 from jobs.data.synthetic import LABEL, ROW_ID
 
 

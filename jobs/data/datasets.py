@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -9,22 +10,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from aemodel.preprocess import Preprocessor
 from aemodel.split import keep_split, split_cut
 from aemodel.schema import READ_TYPES, ColumnSpec, SchemaError, check_schema
 from jobs.runtime.errors import InputError, describe, error_chain, find_user_error
-from jobs.data.ray_read import in_memory_bytes, read_settings, settings_in_environment
+from jobs.data.chunks import ROW_HASH, cast_table, iter_chunks, iter_part_tables, whole_files
 from jobs.data.storage import ParquetFileInfo, arrow_filesystem, inspect_parquet_files, list_parquet_files
 
 if TYPE_CHECKING:
     import ray.data
-
-
-ROW_HASH = "row_hash"
-"""The synthetic row id reading adds (file and position): the rows' id when no --id-columns
-are given, and what names each written row file."""
 
 
 
@@ -38,6 +35,11 @@ class ParquetInput:
     skipped_empty: list[str]
     skipped_other: list[str] = field(default_factory=list)
     """Files in the input folder without the .parquet extension (not read)."""
+
+    @functools.cached_property
+    def arrow_fs(self) -> pafs.FileSystem:
+        """The pyarrow filesystem the data is read with (``jobs.data.storage.arrow_filesystem``)."""
+        return arrow_filesystem(self.fs)
 
     @property
     def num_rows(self) -> int:
@@ -86,47 +88,42 @@ class ParquetInput:
         return pa.schema(fields)
 
     def read(self, columns: list[str], specs: list[ColumnSpec] | None = None,
-             include_row_hash: bool = False, keep: tuple[str, ...] = ()) -> ray.data.Dataset:
+             include_row_hash: bool = False, keep: tuple[str, ...] = (), num_cpus: float = 1) -> ray.data.Dataset:
         """The files as a Ray Dataset (lazy): only ``columns``, each with one type in every file.
 
-        Folder names are never read as columns (no hive partitioning): the columns Ray
-        reads are exactly the ones the footer checks saw, so a ``key=value`` folder can
+        Read tasks come from the footers already read (``jobs.data.ray_read``); folder names
+        are never read as columns (no hive partitioning), so a ``key=value`` folder can
         neither replace a file's values nor become a feature by accident. ``include_row_hash``
-        adds ``row_hash`` (file and position; ``jobs.scoring.local.synthetic_row_hashes``).
+        adds ``row_hash`` (file and position; ``jobs.data.chunks.synthetic_row_hashes``).
+        ``num_cpus``: the CPUs of each read task; Ray Data fuses the read only into a map
+        that asks for the same resources.
         """
         import ray.data  # here: the single-process paths read with pyarrow and never load Ray
 
-        schema = self.read_schema(columns, specs, keep)
-        # The listing and read tasks sized to this input (jobs.data.ray_read says why).
-        size = sum(in_memory_bytes(pa.schema([f.schema.field(c) for c in columns if c in f.schema.names]), f.num_rows)
-                   for f in self.files)
-        settings = read_settings(len(self.files), size, ray.cluster_resources().get("CPU", 1))
-        with settings_in_environment(settings):
-            # select_columns is pushed down into the read (Ray 2.60 deprecates read_parquet's columns=).
-            ds = ray.data.read_parquet([f.path for f in self.files], filesystem=arrow_filesystem(self.fs),
-                                       schema=schema, include_row_hash=include_row_hash,
-                                       file_extensions=None, partitioning=None)
-        return ds.select_columns(columns + ([ROW_HASH] if include_row_hash else []))
+        from jobs.data.ray_read import ParquetInputDatasource
+
+        source = ParquetInputDatasource(self.arrow_fs, self.files, self.read_schema(columns, specs, keep), include_row_hash,
+                                        ray.cluster_resources().get("CPU", 1))
+        # As many blocks as read tasks: asked for fewer blocks than its default (200), Ray Data
+        # splits each task's output into pieces, and more blocks of an input's first file
+        # land on other workers that are still starting.
+        return ray.data.read_datasource(source, override_num_blocks=source.num_tasks, num_cpus=num_cpus)
 
     def iter_tables(self, columns: list[str], specs: list[ColumnSpec] | None = None,
                     rows: int = 100_000, keep: tuple[str, ...] = ()) -> Iterator[tuple[ParquetFileInfo, int, pa.Table]]:
         """The files' ``columns`` in this process, in chunks of at most ``rows`` rows, typed as ``read`` types them.
 
-        Each file's reader is closed before the next opens, and when the caller stops early
-        (a failed batch): no Parquet decode is left running in pyarrow's threads.
-
         Yields:
             (file, index of the chunk's first row in that file, chunk), file by file in order.
         """
-        schema = self.read_schema(columns, specs, keep)
-        for f in self.files:
-            with self.fs.open(f.path, "rb") as fh, pq.ParquetFile(fh) as pf:
-                start = 0
-                batches = pf.iter_batches(batch_size=rows, columns=columns, use_threads=False)
-                for batch in batches:
-                    table = cast_table(pa.Table.from_batches([batch]).select(columns), schema, f.uri)
-                    yield f, start, table
-                    start += table.num_rows
+        parts = iter_part_tables(self.arrow_fs, whole_files(self.files), self.read_schema(columns, specs, keep), rows)
+        return ((part.file, start, table) for part, start, table in parts)
+
+    def iter_chunks(self, columns: list[str], specs: list[ColumnSpec], rows: int,
+                    keep: tuple[str, ...] = ()) -> Iterator[pa.Table]:
+        """The input's ``columns`` plus ``row_hash`` in this process, as a Ray read task reads them
+        (``jobs.data.chunks.iter_chunks``; ``keep``: columns read with their own type)."""
+        return iter_chunks(self.arrow_fs, whole_files(self.files), self.read_schema(columns, specs, keep), rows)
 
     def locate(self, columns: list[str], specs: list[ColumnSpec] | None = None,
                check: Callable[[pa.Table], object] | None = None,
@@ -174,7 +171,7 @@ def check_features(f: ParquetFileInfo, specs: list[ColumnSpec]) -> None:
 
     Raises:
         InputError: A repeated column; a feature named ``row_hash`` (the synthetic row id:
-            Ray Data's ``include_row_hash`` would silently replace its values); a numeric or
+            reading adds it, and a column of that name would be replaced); a numeric or
             binary feature holding integers float64 cannot represent (beyond +/- 2**53,
             from the footer statistics).
         SchemaError: A missing feature column or an incompatible type.
@@ -190,25 +187,6 @@ def check_features(f: ParquetFileInfo, specs: list[ColumnSpec]) -> None:
             raise InputError(f"{f.uri}: column {s.name!r} holds integers up to {f.wide_integers[s.name]:.3g}, beyond "
                              f"2**53, which a float64 cannot hold exactly; if it is an id or a hash, leave it out "
                              f"(--exclude-columns {s.name}), if it is a quantity, store it as float64")
-
-
-def cast_table(table: pa.Table, schema: pa.Schema, uri: str) -> pa.Table:
-    """``table`` cast to ``schema`` column by column; a value that does not convert names its file and column.
-
-    Raises:
-        InputError: A cell does not convert (an integer beyond 2**53 in a file without
-            footer statistics, a string where a number is expected).
-    """
-    if table.schema.equals(schema):
-        return table
-    columns = []
-    for name, target in zip(schema.names, schema.types):
-        col = table.column(name)
-        try:
-            columns.append(col if col.type == target else col.cast(target))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-            raise InputError(f"{uri}: column {name!r} ({col.type}) cannot be read as {target}: {e}") from e
-    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def open_parquet_input(uri: str, storage_options: dict | None = None,

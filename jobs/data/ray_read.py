@@ -1,81 +1,95 @@
-"""Ray Data's Parquet read sized to the input: its listing and read-task knobs, decided on the driver.
+"""Ray Data's read of a checked Parquet input: read tasks made from the footers the driver read.
 
-Ray 2.60's Parquet read (``ReadFilesParquetV2``) lists the input in one task that reads
-every file's footer again on a pool of footer-reading actors: 32 actors by default, each a
-Python worker of its own, batches of 10 files per call and one object per file. On a
-small cluster the actors' start-up is most of a short job's fixed cost, and 10,000 small
-files became 10,000 results to fetch (bench/score_files.py). It then packs the listed
-files into read tasks of up to 128 MiB (uncompressed, as the footers count it), so a small
-input became one or two tasks however many CPUs wait, and a large one many tasks whose
-scheduling gaps add up. Ray exposes these as environment variables, read when
-``read_parquet`` builds the plan on the driver; ``read_settings`` sizes them from what the
-input checks already know (files, rows, column types) and the cluster's CPUs. A value the
-user has set in the environment is kept.
+``ray.data.read_parquet`` lists the input again on the cluster: Ray 2.60 runs a listing
+task that reads every footer a second time on a pool of footer-reading actors (32 by
+default, each a Python process of its own) before the first read task starts. The driver
+has read every footer already (``open_parquet_input``, the input checks), so
+``ParquetInputDatasource`` (Ray Data's public ``Datasource`` API) makes the read tasks from
+them: the first task starts when the plan runs, no listing task or actor shares the CPUs,
+and each footer is read once (bench/score_throughput.py: the first rows of a job that
+joins a running Ray, and the whole process). Each task reads its file parts in order with
+``jobs.data.chunks``, the local path's reader: a row's type and ``row_hash`` do not depend
+on the path that read it. Transient storage errors are retried by the filesystem (s3fs,
+gcsfs); a task whose worker dies is retried by Ray.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
-import os
-from collections.abc import Iterator
+import functools
 
 import pyarrow as pa
+import pyarrow.fs as pafs
+from ray.data import Datasource, ReadTask
+from ray.data.block import BlockMetadata
 
-FILES_PER_FOOTER_ACTOR = 5_000
-"""Footers one listing actor reads (its 128 concurrent reads keep up with an object store)."""
+from jobs.data.chunks import ROW_HASH, FilePart, in_memory_bytes, iter_chunks, split_parts
+from jobs.data.storage import ParquetFileInfo
+
 READ_TASKS_PER_CPU = 4
 """Read tasks per CPU: enough that the last tasks do not leave CPUs idle, few enough that Ray
 Data's gap between one task's end and the next one's start (about 0.15 s here) stays small."""
 MIN_READ_TASK_BYTES, MAX_READ_TASK_BYTES = 16 * 2**20, 256 * 2**20
-"""Bounds of a read task's uncompressed bytes. A task streams its files in blocks of Ray's
-``target_max_block_size``, so a larger task does not hold more of them in memory."""
-UNKNOWN_WIDTH = 32
-"""Bytes per value assumed for a column of variable width (strings, lists)."""
+"""Bounds of a read task's bytes (in memory). A task yields chunks of ``CHUNK_ROWS`` rows,
+which Ray Data joins into blocks of at most its ``target_max_block_size``, so a larger task
+does not hold more of them in memory."""
+CHUNK_ROWS = 100_000
+"""Rows per table a read task yields."""
 
 
-def in_memory_bytes(schema: pa.Schema, rows: int) -> int:
-    """Estimated bytes of ``rows`` rows of ``schema`` as Arrow arrays (and uncompressed in Parquet)."""
-    width = 0
-    for f in schema:
-        try:
-            width += max(1, f.type.bit_width // 8)
-        except ValueError:  # not a fixed-width type
-            width += UNKNOWN_WIDTH
-    return rows * width
+def task_bytes(size: int, cpus: float) -> int:
+    """Bytes per read task for an input of ``size`` bytes on ``cpus`` CPUs (``READ_TASKS_PER_CPU`` each)."""
+    return int(min(MAX_READ_TASK_BYTES, max(MIN_READ_TASK_BYTES, size / max(1.0, READ_TASKS_PER_CPU * cpus))))
 
 
-def read_settings(files: int, size: int, cpus: float) -> dict[str, str]:
-    """Ray Data's Parquet read knobs for an input of ``files`` files and ``size`` bytes.
+def pack_tasks(parts: list[FilePart], width: int, max_bytes: int) -> list[list[FilePart]]:
+    """Consecutive parts grouped into tasks of at most ``max_bytes`` (rows of ``width`` bytes; a larger part alone)."""
+    tasks: list[list[FilePart]] = []
+    held = 0
+    for part in parts:
+        size = part.num_rows * width
+        if not tasks or (tasks[-1] and held + size > max_bytes):
+            tasks.append([])
+            held = 0
+        tasks[-1].append(part)
+        held += size
+    return tasks
+
+
+class ParquetInputDatasource(Datasource):
+    """The files of a ``ParquetInput`` as Ray Data read tasks, ``columns`` typed as ``schema``.
 
     Args:
-        files: Files in the input.
-        size: Uncompressed bytes of the columns read (``in_memory_bytes`` of each file).
-        cpus: The cluster's CPUs.
-
-    Returns:
-        Environment variable -> value.
+        fs: The input's pyarrow filesystem (pickled into each task).
+        files: The checked files, footers read.
+        schema: The columns to read and their types (``ParquetInput.read_schema``).
+        row_hash: Add the synthetic ``row_hash`` id.
+        cpus: The cluster's CPUs, to size the tasks.
     """
-    actors = min(32, max(1, math.ceil(files / FILES_PER_FOOTER_ACTOR)))
-    batch = min(500, max(10, math.ceil(files / (4 * actors))))
-    task_bytes = size / max(1.0, READ_TASKS_PER_CPU * cpus)
-    return {"RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": str(actors),
-            "RAY_DATA_PARQUET_FOOTER_BATCH_SIZE": str(batch),
-            "RAY_DATA_PARQUET_FOOTER_RESULT_BATCH_SIZE": str(batch),
-            "RAY_DATA_PARQUET_BIN_PACKING_BYTES": str(int(min(MAX_READ_TASK_BYTES,
-                                                              max(MIN_READ_TASK_BYTES, task_bytes))))}
 
+    def __init__(self, fs: pafs.FileSystem, files: list[ParquetFileInfo], schema: pa.Schema, row_hash: bool, cpus: float):
+        super().__init__()
+        self._fs, self._schema, self._row_hash = fs, schema, row_hash
+        self._width = in_memory_bytes(schema, 1)
+        self._size = sum(f.num_rows for f in files) * self._width
+        per_task = task_bytes(self._size, cpus)
+        self._tasks = pack_tasks(split_parts(files, self._width, per_task), self._width, per_task)
 
-@contextlib.contextmanager
-def settings_in_environment(settings: dict[str, str]) -> Iterator[dict[str, str]]:
-    """Set ``settings`` in this process's environment for the ``with`` block; yields those applied.
+    @property
+    def num_tasks(self) -> int:
+        return len(self._tasks)
 
-    A variable already set (by the user) keeps its value; the others are removed again after.
-    """
-    applied = {k: v for k, v in settings.items() if k not in os.environ}
-    os.environ.update(applied)
-    try:
-        yield applied
-    finally:
-        for k in applied:
-            os.environ.pop(k, None)
+    def estimate_inmemory_data_size(self) -> int:
+        return self._size
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                       data_context: object = None) -> list[ReadTask]:
+        """One task per packed group of file parts (``parallelism`` is decided here, from the input's size)."""
+        schema = self._schema.append(pa.field(ROW_HASH, pa.uint64())) if self._row_hash else self._schema
+        tasks = []
+        for parts in self._tasks:
+            meta = BlockMetadata(num_rows=sum(p.num_rows for p in parts),
+                                 size_bytes=sum(p.num_rows for p in parts) * self._width,
+                                 exec_stats=None, input_files=list(dict.fromkeys(p.file.path for p in parts)))
+            read = functools.partial(iter_chunks, self._fs, parts, self._schema, CHUNK_ROWS, self._row_hash)
+            tasks.append(ReadTask(read, meta, schema=schema, per_task_row_limit=per_task_row_limit))
+        return tasks

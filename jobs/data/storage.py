@@ -194,6 +194,8 @@ class ParquetFileInfo:
     wide_integers: dict[str, int] = field(default_factory=dict)
     """64-bit integer columns whose footer statistics show a value float64 cannot hold exactly
     (beyond +/- 2**53): name -> the largest absolute value."""
+    row_groups: tuple[int, ...] = ()
+    """Rows of each row group, in order (a Ray read task may read a run of them)."""
 
 
 SAFE_INTEGER = 2 ** 53
@@ -256,7 +258,9 @@ def inspect_parquet_files(fs: fsspec.AbstractFileSystem, files: list[str]) -> li
                 pf = pq.ParquetFile(f)
                 infos.append(ParquetFileInfo(path=path, uri=uri, num_rows=pf.metadata.num_rows,
                                              size=int(info.get("size") or 0), schema=pf.schema_arrow,
-                                             etag=file_version(info), wide_integers=wide_integer_columns(pf)))
+                                             etag=file_version(info), wide_integers=wide_integer_columns(pf),
+                                             row_groups=tuple(pf.metadata.row_group(i).num_rows
+                                                              for i in range(pf.metadata.num_row_groups))))
         except FileNotFoundError as e:
             raise InputError(f"{uri}: file disappeared while reading ({e})") from e
         except Exception as e:  # pyarrow raises ArrowInvalid/OSError for corrupt footers

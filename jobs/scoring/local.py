@@ -9,30 +9,27 @@ summary accumulators as the Ray path, so both write the same files, rows and sum
 while the current one is scored, and writing the previous one as well (pyarrow releases
 the GIL while it reads and writes).
 
-The synthetic ``row_hash`` id is the one Ray Data's ``include_row_hash`` computes, so a
-row keeps its id whichever path scored it.
+Both paths read with the same reader (``jobs.data.chunks``), so a row has the same type
+and synthetic ``row_hash`` id whichever path scored it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING
 
-import numpy as np
 import pyarrow as pa
 import torch
 
-from aemodel.schema import ColumnSpec
 from jobs.data.datasets import ParquetInput
 from jobs.runtime.progress import Progress
 from jobs.data.storage import normalize_storage_options
 from aemodel.aggregates import MergedAggregates
-from jobs.scoring.rows import (ROW_HASH, ROWS_PER_FILE, BatchScorer, kept_columns, passthrough_columns,
+from jobs.scoring.rows import (ROWS_PER_FILE, BatchScorer, kept_columns, passthrough_columns,
                              read_columns)
 
 if TYPE_CHECKING:
@@ -46,46 +43,6 @@ def usable_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
-
-
-def synthetic_row_hashes(path: str, start_row: int, num_rows: int) -> np.ndarray:
-    """uint64 ids of rows ``start_row ..`` of the file at ``path``, as Ray Data's ``include_row_hash``.
-
-    Ray 2.60 hashes the file path with MD5 (first 8 bytes, little-endian), adds the row
-    positions and mixes each with the splitmix64 finalizer; reproduced here so that the
-    id does not depend on which path scored the row. A test pins it to Ray's output.
-    """
-    seed = np.uint64(int.from_bytes(hashlib.md5(path.encode("utf-8")).digest()[:8], byteorder="little"))
-    with np.errstate(over="ignore"):
-        keys = seed + np.arange(start_row, start_row + num_rows, dtype=np.uint64)
-        keys ^= keys >> np.uint64(30)
-        keys *= np.uint64(0xBF58476D1CE4E5B9)
-        keys ^= keys >> np.uint64(27)
-        keys *= np.uint64(0x94D049BB133111EB)
-        keys ^= keys >> np.uint64(31)
-    return keys
-
-
-def iter_chunks(data: ParquetInput, columns: list[str], specs: list[ColumnSpec], rows: int,
-                keep: tuple[str, ...] = ()) -> Iterator[pa.Table]:
-    """The input's ``columns`` plus ``row_hash``, file by file, typed as the Ray path reads them
-    (``keep``: the id columns, read with their own type), in chunks of ``rows`` rows or more.
-
-    Consecutive small files are joined into one chunk (under ``2 * rows``): each chunk is
-    scored in ``batch_size`` calls and written as one row file, so 10,000 files of 100 rows
-    make ten chunks, not 10,000 model calls and row files (bench/score_files.py).
-    """
-    pending: list[pa.Table] = []
-    held = 0
-    for f, start, table in data.iter_tables(columns, specs, rows, keep):
-        pending.append(table.append_column(ROW_HASH, pa.array(synthetic_row_hashes(f.path, start, table.num_rows),
-                                                              type=pa.uint64())))
-        held += table.num_rows
-        if held >= rows:
-            yield pa.concat_tables(pending)
-            pending, held = [], 0
-    if pending:
-        yield pa.concat_tables(pending)
 
 
 def score_in_process(chunks: Iterator[pa.Table], scorer: BatchScorer, merged: MergedAggregates,
@@ -158,7 +115,7 @@ def score_locally(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput, meta
                              cfg.top_k, cfg.column_errors, cfg.precision, metadata, partials=True,
                              challenger_uri=cfg.challenger, rows_per_call=cfg.batch_size)
         merged = MergedAggregates(tuple(aggs))
-        chunks = iter_chunks(data, read_columns(cfg, art), art.preprocessor.specs, ROWS_PER_FILE,
+        chunks = data.iter_chunks(read_columns(cfg, art), art.preprocessor.specs, ROWS_PER_FILE,
                              keep=kept_columns(cfg, art))
         try:
             score_in_process(chunks, scorer, merged, sink, progress)

@@ -15,7 +15,6 @@ from aemodel import ModelArtifact, load_artifact
 from aemodel.aggregates import BlockAggregate
 from jobs.data.datasets import ParquetInput
 from jobs.data.storage import check_shared_paths, normalize_storage_options
-from jobs.runtime.errors import InputError
 from jobs.runtime.progress import Progress
 from jobs.runtime.ray_runtime import aggregate_blocks, alive_nodes, ensure_ray, merge_block_summaries
 from jobs.scoring.rows import (ROWS_PER_FILE, BatchScorer, BlockScorer, ModelLoader, kept_columns,
@@ -46,7 +45,10 @@ def build_scored_dataset(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInpu
 
     if aggs is not None and cfg.use_gpu:
         raise ValueError("a GPU pipeline returns its rows: they are written by CPU tasks after it")
-    ds = data.read(read_columns(cfg, art), art.preprocessor.specs, include_row_hash=True, keep=kept_columns(cfg, art))
+    # Read tasks of the scorers' CPUs: Ray Data fuses a read only into a map of the same
+    # resources. A GPU actor is never fused with it; there the read takes one CPU per task.
+    ds = data.read(read_columns(cfg, art), art.preprocessor.specs, include_row_hash=True, keep=kept_columns(cfg, art),
+                   num_cpus=1 if cfg.use_gpu else cfg.cpus_per_worker)
     threads = max(1, int(cfg.cpus_per_worker))
     args = {"model_uri": cfg.model, "passthrough": passthrough_columns(cfg), "threshold": cfg.threshold,
             "use_gpu": cfg.use_gpu, "threads": threads, "loader": loader,
@@ -72,26 +74,17 @@ def build_scored_dataset(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInpu
 def actor_pool(cfg: ScoreConfig) -> ray.data.ActorPoolStrategy:
     """The scoring actors: one per GPU (or ``--concurrency``); on CPUs, as many as the CPUs hold.
 
-    Ray Data's file listing is a task of one CPU that runs first: a pool that reserves every
-    CPU before it runs waits for it forever (seen here). So a CPU pool starts with the actors
-    that leave one CPU free and grows to its size once the listing has produced files (it
-    holds its CPU from then until it ends, so the pool's growth cannot take it).
-
-    Raises:
-        InputError: One CPU actor alone would leave no CPU for the listing.
+    A CPU actor reads its own blocks (the read is fused into it, ``build_scored_dataset``),
+    so the pool may hold every CPU; an actor of the cluster's every CPU scores too.
     """
     import ray
     from ray.data import ActorPoolStrategy
 
     if cfg.use_gpu:
         return ActorPoolStrategy(size=cfg.concurrency or max(1, int(ray.cluster_resources().get("GPU", 0))))
-    cpus = ray.cluster_resources().get("CPU", 0)
-    if cpus and cpus - cfg.cpus_per_worker < 1:  # no CPUs yet: an autoscaler adds the nodes asked for
-        raise InputError(f"a scoring actor of {cfg.cpus_per_worker:g} CPUs leaves no CPU of the cluster's {cpus:g} "
-                         "for Ray Data's file listing, and the job would wait forever; lower --cpus-per-worker, "
-                         "or use the default task path")
-    most = cfg.concurrency or max(1, int(cpus // cfg.cpus_per_worker))
-    return ActorPoolStrategy(min_size=max(1, min(most, int((cpus - 1) // cfg.cpus_per_worker))), max_size=most)
+    # No CPUs yet (an autoscaler adds the nodes asked for): one actor.
+    return ActorPoolStrategy(size=cfg.concurrency or max(1, int(ray.cluster_resources().get("CPU", 0)
+                                                                // cfg.cpus_per_worker)))
 
 
 def score_on_ray(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput, loader: ModelLoader,
@@ -114,12 +107,7 @@ def score_on_ray(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput, loade
                        cfg.shared_local_paths, options)
     ctx = ray.data.DataContext.get_current()
     limits, raise_original = ctx.execution_options.resource_limits, ctx.raise_original_map_exception
-    preserve_order = ctx.execution_options.preserve_order
     try:
-        # Ray 2.60's Parquet read opens one thread per file of a read task unless the order is
-        # preserved: read tasks of thousands of small files, a thread per file, scored nothing
-        # in 6 minutes (bench/score_files.py). In order, a task reads its files one by one.
-        ctx.execution_options.preserve_order = True
         if cfg.object_store_limit_mb:
             # Ray Data's default budget is a share of the node's object store, so a bigger input
             # keeps more blocks in flight (bench/score_memory.py). Datasets copy the context when created.
@@ -134,4 +122,3 @@ def score_on_ray(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput, loade
         return merge_block_summaries(parts, tuple(aggs), progress)
     finally:
         ctx.execution_options.resource_limits, ctx.raise_original_map_exception = limits, raise_original
-        ctx.execution_options.preserve_order = preserve_order
