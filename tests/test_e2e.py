@@ -285,17 +285,22 @@ def test_an_explicit_run_id_is_reused_only_for_the_same_model_inputs_and_options
     assert _rows(str(tmp_path / "o")).num_rows == 50
 
 
-@pytest.mark.parametrize("concurrency,cpus", [(2, 1.0), (None, 2.0)])
-def test_actor_pools_that_hold_every_cpu_score(trained, mixed_data, tmp_path, concurrency, cpus):
+@pytest.mark.parametrize("concurrency,cpus", [(None, 1.0), (None, 2.0)])
+def test_actor_pools_that_hold_every_cpu_score(trained, mixed_data, tmp_path, monkeypatch, concurrency, cpus):
     """2 actors x 1 CPU, or one actor of 2 CPUs, on a 2-CPU Ray: the actors read their own blocks (the read is
     fused into them even at 2 CPUs each), so no read task waits for a CPU the pool holds."""
+    from jobs.data import ray_read
     from jobs.scoring.ray_path import actor_pool
 
+    monkeypatch.setattr(ray_read, "MIN_READ_TASK_BYTES", 1)  # a read task per file of the 3: room for 2 actors
     cfg = score.ScoreConfig(model=trained.model_uri, data=mixed_data["score"], out=str(tmp_path / "o"),
                             id_columns=[ROW_ID], compute="actors", concurrency=concurrency, cpus_per_worker=cpus)
-    assert score.run(cfg).summary["row_count"] == mixed_data["score_table"].num_rows
-    pool = actor_pool(cfg)  # on the Ray the run joined
+    result = score.run(cfg)
+    assert result.summary["row_count"] == mixed_data["score_table"].num_rows
+    assert len(result.manifest["outputs"]) == 3  # a row file per read task
+    pool = actor_pool(cfg, read_tasks=3)  # on the Ray the run joined
     assert pool.min_size == pool.max_size == 2 // int(cpus)
+    assert actor_pool(cfg, read_tasks=1).max_size == 1  # never more actors than blocks
 
 
 def test_shard_cache_yields_every_row_once_per_epoch_in_a_new_order_and_skips_empty_shards():

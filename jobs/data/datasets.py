@@ -23,6 +23,8 @@ from jobs.data.storage import ParquetFileInfo, arrow_filesystem, inspect_parquet
 if TYPE_CHECKING:
     import ray.data
 
+    from jobs.data.ray_read import ParquetInputDatasource
+
 
 
 @dataclass
@@ -98,16 +100,19 @@ class ParquetInput:
         ``num_cpus``: the CPUs of each read task; Ray Data fuses the read only into a map
         that asks for the same resources.
         """
-        import ray.data  # here: the single-process paths read with pyarrow and never load Ray
+        from jobs.data.ray_read import read_source  # here: the single-process paths never load Ray
+
+        return read_source(self.ray_source(columns, specs, include_row_hash, keep), num_cpus)
+
+    def ray_source(self, columns: list[str], specs: list[ColumnSpec] | None = None, include_row_hash: bool = False,
+                   keep: tuple[str, ...] = ()) -> ParquetInputDatasource:
+        """The Ray Data source ``read`` reads (its ``num_tasks`` sizes what follows it)."""
+        import ray
 
         from jobs.data.ray_read import ParquetInputDatasource
 
-        source = ParquetInputDatasource(self.arrow_fs, self.files, self.read_schema(columns, specs, keep), include_row_hash,
-                                        ray.cluster_resources().get("CPU", 1))
-        # As many blocks as read tasks: asked for fewer blocks than its default (200), Ray Data
-        # splits each task's output into pieces, and more blocks of an input's first file
-        # land on other workers that are still starting.
-        return ray.data.read_datasource(source, override_num_blocks=source.num_tasks, num_cpus=num_cpus)
+        return ParquetInputDatasource(self.arrow_fs, self.files, self.read_schema(columns, specs, keep),
+                                      include_row_hash, ray.cluster_resources().get("CPU", 1))
 
     def iter_tables(self, columns: list[str], specs: list[ColumnSpec] | None = None,
                     rows: int = 100_000, keep: tuple[str, ...] = ()) -> Iterator[tuple[ParquetFileInfo, int, pa.Table]]:

@@ -19,6 +19,7 @@ import functools
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+import ray.data
 from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 
@@ -93,3 +94,13 @@ class ParquetInputDatasource(Datasource):
             read = functools.partial(iter_chunks, self._fs, parts, self._schema, CHUNK_ROWS, self._row_hash)
             tasks.append(ReadTask(read, meta, schema=schema, per_task_row_limit=per_task_row_limit))
         return tasks
+
+
+def read_source(source: ParquetInputDatasource, num_cpus: float = 1) -> ray.data.Dataset:
+    """``source`` as a lazy Dataset of one block per read task, each task of ``num_cpus`` CPUs.
+
+    Asked for fewer blocks than its default (200), Ray Data would split each task's output
+    into pieces, and the blocks of an input's first file would wait on workers that are
+    still starting.
+    """
+    return ray.data.read_datasource(source, override_num_blocks=source.num_tasks, num_cpus=num_cpus)

@@ -43,12 +43,15 @@ def build_scored_dataset(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInpu
     """
     import ray  # here, not at the top: the local path never loads Ray (jobs.runtime.ray_runtime)
 
+    from jobs.data.ray_read import read_source
+
     if aggs is not None and cfg.use_gpu:
         raise ValueError("a GPU pipeline returns its rows: they are written by CPU tasks after it")
     # Read tasks of the scorers' CPUs: Ray Data fuses a read only into a map of the same
     # resources. A GPU actor is never fused with it; there the read takes one CPU per task.
-    ds = data.read(read_columns(cfg, art), art.preprocessor.specs, include_row_hash=True, keep=kept_columns(cfg, art),
-                   num_cpus=1 if cfg.use_gpu else cfg.cpus_per_worker)
+    source = data.ray_source(read_columns(cfg, art), art.preprocessor.specs, include_row_hash=True,
+                             keep=kept_columns(cfg, art))
+    ds = read_source(source, num_cpus=1 if cfg.use_gpu else cfg.cpus_per_worker)
     threads = max(1, int(cfg.cpus_per_worker))
     args = {"model_uri": cfg.model, "passthrough": passthrough_columns(cfg), "threshold": cfg.threshold,
             "use_gpu": cfg.use_gpu, "threads": threads, "loader": loader,
@@ -66,13 +69,14 @@ def build_scored_dataset(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInpu
     # replaces it, and the row count is checked against the input before committing.
     if cfg.use_actors:
         return ds.map_batches(BlockScorer if aggs is not None else BatchScorer, fn_constructor_kwargs=args,
-                              compute=actor_pool(cfg), **common)
+                              compute=actor_pool(cfg, source.num_tasks), **common)
     compute = ray.data.TaskPoolStrategy(size=cfg.concurrency) if cfg.concurrency else None
     return ds.map_batches(score_batch, fn_kwargs=args, compute=compute, **common)
 
 
-def actor_pool(cfg: ScoreConfig) -> ray.data.ActorPoolStrategy:
-    """The scoring actors: one per GPU (or ``--concurrency``); on CPUs, as many as the CPUs hold.
+def actor_pool(cfg: ScoreConfig, read_tasks: int) -> ray.data.ActorPoolStrategy:
+    """The scoring actors: one per GPU (or ``--concurrency``); on CPUs, as many as the CPUs hold;
+    never more than the input's ``read_tasks`` (blocks), which would leave actors idle.
 
     A CPU actor reads its own blocks (the read is fused into it, ``build_scored_dataset``),
     so the pool may hold every CPU; an actor of the cluster's every CPU scores too.
@@ -81,10 +85,10 @@ def actor_pool(cfg: ScoreConfig) -> ray.data.ActorPoolStrategy:
     from ray.data import ActorPoolStrategy
 
     if cfg.use_gpu:
-        return ActorPoolStrategy(size=cfg.concurrency or max(1, int(ray.cluster_resources().get("GPU", 0))))
-    # No CPUs yet (an autoscaler adds the nodes asked for): one actor.
-    return ActorPoolStrategy(size=cfg.concurrency or max(1, int(ray.cluster_resources().get("CPU", 0)
-                                                                // cfg.cpus_per_worker)))
+        size = cfg.concurrency or int(ray.cluster_resources().get("GPU", 0))
+    else:  # no CPUs yet (an autoscaler adds the nodes asked for): one actor
+        size = cfg.concurrency or int(ray.cluster_resources().get("CPU", 0) // cfg.cpus_per_worker)
+    return ActorPoolStrategy(size=max(1, min(size, read_tasks)))
 
 
 def score_on_ray(cfg: ScoreConfig, art: ModelArtifact, data: ParquetInput, loader: ModelLoader,
