@@ -49,7 +49,7 @@ def test_one_read_scores_both_and_comparison_matches_an_independent_count(traine
 
     def counting(*args, **kwargs):  # every chunk of the scored input that is read, by rows
         for part, start, table in iter_part_tables(*args, **kwargs):
-            if str(mixed_data["score"]) in part.file.uri:
+            if str(mixed_data["score"]) in part.uri:
                 read.append(table.num_rows)
             yield part, start, table
 

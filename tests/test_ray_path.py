@@ -15,7 +15,7 @@ from jobs import score
 from jobs.data.datasets import open_parquet_input
 from jobs.data.chunks import (ROW_HASH, UNKNOWN_WIDTH, in_memory_bytes, iter_chunks, split_parts, synthetic_row_hashes,
                               whole_files)
-from jobs.data.ray_read import MAX_READ_TASK_BYTES, MIN_READ_TASK_BYTES, pack_tasks, task_bytes
+from jobs.data.ray_read import MAX_PARTS_PER_TASK, MAX_READ_TASK_BYTES, MIN_READ_TASK_BYTES, pack_tasks, task_bytes
 from jobs.data.storage import ParquetFileInfo
 from jobs.data.synthetic import ROW_ID
 from jobs.runtime.ray_runtime import merge_block_summaries
@@ -40,12 +40,14 @@ def test_read_tasks_follow_the_input_and_the_cluster():
     # Small files join into one task; a large one is cut at its row groups; the order is kept.
     files = [_file(f"s{i}", (100,)) for i in range(3)] + [_file("big", (1000, 1000, 1000, 1000)), _file("last", (10,))]
     parts = split_parts(files, width, max_bytes=2_500 * width)
-    assert [(p.file.path, p.groups, p.first_row, p.num_rows) for p in parts] == [
+    assert [(p.path, p.groups, p.first_row, p.num_rows) for p in parts] == [
         ("s0", None, 0, 100), ("s1", None, 0, 100), ("s2", None, 0, 100),
         ("big", (0, 1), 0, 2000), ("big", (2, 3), 2000, 2000), ("last", None, 0, 10)]
     tasks = pack_tasks(parts, width, max_bytes=2_500 * width)
-    assert [[p.file.path for p in t] for t in tasks] == [["s0", "s1", "s2", "big"], ["big", "last"]]
-    assert [p.file.path for p in split_parts([_file("one-group", (5000,))], width, 10 * width)] == ["one-group"]
+    assert [[p.path for p in t] for t in tasks] == [["s0", "s1", "s2", "big"], ["big", "last"]]
+    assert [p.path for p in split_parts([_file("one-group", (5000,))], width, 10 * width)] == ["one-group"]
+    many = whole_files([_file(f"t{i}", (1,)) for i in range(2 * MAX_PARTS_PER_TASK + 1)])
+    assert [len(t) for t in pack_tasks(many, width, MAX_READ_TASK_BYTES)] == [MAX_PARTS_PER_TASK] * 2 + [1]
 
 
 def test_a_read_task_reads_its_row_groups_with_the_ids_of_the_whole_file(tmp_path):
@@ -73,6 +75,8 @@ def test_the_read_is_one_block_per_task_and_lists_nothing(ray_start_2_cpus, mixe
     assert blocks.num_blocks() == source.num_tasks  # Ray's default would split one task's output into many
     assert blocks.count() == data.num_rows and blocks.schema().names == [ROW_ID, ROW_HASH]
     assert "ListFiles" not in ds.stats()
+    # Ray Data names a read task above 1 MiB (10,000 small files) after its function's __name__.
+    assert source.get_read_tasks(source.num_tasks)[0].read_fn.__name__ == "read_parts"
 
 
 @pytest.mark.parametrize("compute,udf", [("tasks", "score_batch"), ("actors", "BlockScorer")])

@@ -28,9 +28,14 @@ UNKNOWN_WIDTH = 32
 
 @dataclass(frozen=True)
 class FilePart:
-    """Row groups ``groups`` of ``file`` (None: the whole file), starting at row ``first_row`` of the file."""
+    """Row groups ``groups`` of the file at ``path`` (None: the whole file), from row ``first_row`` of the file.
 
-    file: ParquetFileInfo
+    Only what reading needs: a Ray read task carries thousands of these for an input of
+    small files.
+    """
+
+    path: str
+    uri: str
     num_rows: int
     groups: tuple[int, ...] | None = None
     first_row: int = 0
@@ -49,7 +54,7 @@ def in_memory_bytes(schema: pa.Schema, rows: int) -> int:
 
 def whole_files(files: list[ParquetFileInfo]) -> list[FilePart]:
     """Each file as one part."""
-    return [FilePart(f, f.num_rows) for f in files]
+    return [FilePart(f.path, f.uri, f.num_rows) for f in files]
 
 
 def split_parts(files: list[ParquetFileInfo], width: int, max_bytes: int) -> list[FilePart]:
@@ -61,17 +66,17 @@ def split_parts(files: list[ParquetFileInfo], width: int, max_bytes: int) -> lis
     parts = []
     for f in files:
         if f.num_rows * width <= max_bytes or len(f.row_groups) <= 1:
-            parts.append(FilePart(f, f.num_rows))
+            parts.append(FilePart(f.path, f.uri, f.num_rows))
             continue
         run: list[int] = []
         run_rows = first = 0
         for g, rows in enumerate(f.row_groups):
             if run and (run_rows + rows) * width > max_bytes:
-                parts.append(FilePart(f, run_rows, tuple(run), first))
+                parts.append(FilePart(f.path, f.uri, run_rows, tuple(run), first))
                 run, first, run_rows = [], first + run_rows, 0
             run.append(g)
             run_rows += rows
-        parts.append(FilePart(f, run_rows, tuple(run), first))
+        parts.append(FilePart(f.path, f.uri, run_rows, tuple(run), first))
     return parts
 
 
@@ -127,10 +132,10 @@ def iter_part_tables(fs: pafs.FileSystem, parts: list[FilePart], schema: pa.Sche
     """
     columns = schema.names
     for part in parts:
-        with fs.open_input_file(part.file.path) as fh, pq.ParquetFile(fh) as pf:
+        with fs.open_input_file(part.path) as fh, pq.ParquetFile(fh) as pf:
             start = part.first_row
             for batch in pf.iter_batches(batch_size=rows, row_groups=part.groups, columns=columns, use_threads=False):
-                table = cast_table(pa.Table.from_batches([batch]).select(columns), schema, part.file.uri)
+                table = cast_table(pa.Table.from_batches([batch]).select(columns), schema, part.uri)
                 yield part, start, table
                 start += table.num_rows
 
@@ -147,7 +152,7 @@ def iter_chunks(fs: pafs.FileSystem, parts: list[FilePart], schema: pa.Schema, r
     held = 0
     for part, start, table in iter_part_tables(fs, parts, schema, rows):
         if row_hash:
-            hashes = synthetic_row_hashes(part.file.path, start, table.num_rows)
+            hashes = synthetic_row_hashes(part.path, start, table.num_rows)
             table = table.append_column(ROW_HASH, pa.array(hashes, type=pa.uint64()))
         pending.append(table)
         held += table.num_rows

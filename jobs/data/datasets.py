@@ -122,7 +122,8 @@ class ParquetInput:
             (file, index of the chunk's first row in that file, chunk), file by file in order.
         """
         parts = iter_part_tables(self.arrow_fs, whole_files(self.files), self.read_schema(columns, specs, keep), rows)
-        return ((part.file, start, table) for part, start, table in parts)
+        files = {f.path: f for f in self.files}
+        return ((files[part.path], start, table) for part, start, table in parts)
 
     def iter_chunks(self, columns: list[str], specs: list[ColumnSpec], rows: int,
                     keep: tuple[str, ...] = ()) -> Iterator[pa.Table]:

@@ -15,7 +15,7 @@ gcsfs); a task whose worker dies is retried by Ray.
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -35,6 +35,9 @@ which Ray Data joins into blocks of at most its ``target_max_block_size``, so a 
 does not hold more of them in memory."""
 CHUNK_ROWS = 100_000
 """Rows per table a read task yields."""
+MAX_PARTS_PER_TASK = 2_000
+"""File parts per read task, at most: a task is pickled with its parts' paths, and Ray Data
+warns of (and may spill) a read task above 1 MiB."""
 
 
 def task_bytes(size: int, cpus: float) -> int:
@@ -43,12 +46,13 @@ def task_bytes(size: int, cpus: float) -> int:
 
 
 def pack_tasks(parts: list[FilePart], width: int, max_bytes: int) -> list[list[FilePart]]:
-    """Consecutive parts grouped into tasks of at most ``max_bytes`` (rows of ``width`` bytes; a larger part alone)."""
+    """Consecutive parts grouped into tasks of at most ``max_bytes`` (rows of ``width`` bytes; a larger part alone)
+    and ``MAX_PARTS_PER_TASK`` parts."""
     tasks: list[list[FilePart]] = []
     held = 0
     for part in parts:
         size = part.num_rows * width
-        if not tasks or (tasks[-1] and held + size > max_bytes):
+        if not tasks or held + size > max_bytes or len(tasks[-1]) >= MAX_PARTS_PER_TASK:
             tasks.append([])
             held = 0
         tasks[-1].append(part)
@@ -90,10 +94,17 @@ class ParquetInputDatasource(Datasource):
         for parts in self._tasks:
             meta = BlockMetadata(num_rows=sum(p.num_rows for p in parts),
                                  size_bytes=sum(p.num_rows for p in parts) * self._width,
-                                 exec_stats=None, input_files=list(dict.fromkeys(p.file.path for p in parts)))
-            read = functools.partial(iter_chunks, self._fs, parts, self._schema, CHUNK_ROWS, self._row_hash)
-            tasks.append(ReadTask(read, meta, schema=schema, per_task_row_limit=per_task_row_limit))
+                                 exec_stats=None, input_files=list(dict.fromkeys(p.path for p in parts)))
+            tasks.append(ReadTask(_reader(self._fs, parts, self._schema, self._row_hash), meta, schema=schema, per_task_row_limit=per_task_row_limit))
         return tasks
+
+
+def _reader(fs: pafs.FileSystem, parts: list[FilePart], schema: pa.Schema, row_hash: bool) -> Callable[[], Iterator]:
+    """A read task's function (Ray names a large task after its ``__name__``, which a partial lacks)."""
+    def read_parts() -> Iterator[pa.Table]:
+        return iter_chunks(fs, parts, schema, CHUNK_ROWS, row_hash)
+
+    return read_parts
 
 
 def read_source(source: ParquetInputDatasource, num_cpus: float = 1) -> ray.data.Dataset:
