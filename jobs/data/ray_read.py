@@ -71,7 +71,8 @@ class ParquetInputDatasource(Datasource):
         cpus: The cluster's CPUs, to size the tasks.
     """
 
-    def __init__(self, fs: pafs.FileSystem, files: list[ParquetFileInfo], schema: pa.Schema, row_hash: bool, cpus: float):
+    def __init__(self, fs: pafs.FileSystem, files: list[ParquetFileInfo], schema: pa.Schema, row_hash: bool,
+                 cpus: float):
         super().__init__()
         self._fs, self._schema, self._row_hash = fs, schema, row_hash
         self._width = in_memory_bytes(schema, 1)
@@ -95,7 +96,8 @@ class ParquetInputDatasource(Datasource):
             meta = BlockMetadata(num_rows=sum(p.num_rows for p in parts),
                                  size_bytes=sum(p.num_rows for p in parts) * self._width,
                                  exec_stats=None, input_files=list(dict.fromkeys(p.path for p in parts)))
-            tasks.append(ReadTask(_reader(self._fs, parts, self._schema, self._row_hash), meta, schema=schema, per_task_row_limit=per_task_row_limit))
+            read = _reader(self._fs, parts, self._schema, self._row_hash)
+            tasks.append(ReadTask(read, meta, schema=schema, per_task_row_limit=per_task_row_limit))
         return tasks
 
 
@@ -108,10 +110,9 @@ def _reader(fs: pafs.FileSystem, parts: list[FilePart], schema: pa.Schema, row_h
 
 
 def read_source(source: ParquetInputDatasource, num_cpus: float = 1) -> ray.data.Dataset:
-    """``source`` as a lazy Dataset of one block per read task, each task of ``num_cpus`` CPUs.
+    """``source`` as a lazy Dataset, each read task of ``num_cpus`` CPUs, its output not split.
 
     Asked for fewer blocks than its default (200), Ray Data would split each task's output
-    into pieces, and the blocks of an input's first file would wait on workers that are
-    still starting.
+    into pieces: smaller blocks, each a model call and a row file of its own.
     """
     return ray.data.read_datasource(source, override_num_blocks=source.num_tasks, num_cpus=num_cpus)
