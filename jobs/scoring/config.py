@@ -28,7 +28,7 @@ class ScoreOptions:
     batch_size: int | None = None
     """Rows per model call; default: as many as keep one call's outputs and loss terms near 64 MiB (256 to 65,536 rows, see aemodel.scoring.rows_per_call)."""
     concurrency: int | None = None
-    """Scoring actors (actor path) or max parallel tasks (task path); default: one actor per GPU, on CPUs as many as the CPUs hold (the pool starts one CPU short, for Ray Data's file listing, then grows) / Ray decides."""
+    """Scoring actors (actor path) or max parallel tasks (task path); default: one actor per GPU, on CPUs as many as the CPUs hold, never more than the input's read tasks / Ray decides."""
     compute: Literal["auto", "local", "actors", "tasks"] = "auto"
     """local: this process reads, scores and writes with every core, no Ray; tasks: Ray Data tasks fused with the read; actors: a Ray Data actor pool that loads the model once per actor; auto: local on one machine (no --ray-address, no RAY_ADDRESS, no multi-node Ray already connected, no --concurrency, CPU), else actors on GPU and tasks on CPU."""
     use_gpu: bool = False
