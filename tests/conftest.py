@@ -38,9 +38,9 @@ def free_port() -> int:
     bind, any outbound connection on the machine (a starting Ray node makes many) may take it,
     and ``ray start`` then fails on "address already in use".
     """
-    rng = random.SystemRandom()
+    rng, end = random.SystemRandom(), max(_ephemeral_start(), _RAY_WORKER_PORTS_END + 1000)
     for _ in range(1000):
-        port = rng.randrange(_RAY_WORKER_PORTS_END, max(_ephemeral_start(), _RAY_WORKER_PORTS_END + 1000))
+        port = rng.randrange(_RAY_WORKER_PORTS_END, end)
         if port in _HANDED_OUT:
             continue
         with socket.socket() as s:

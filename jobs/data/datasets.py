@@ -11,13 +11,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from aemodel.preprocess import Preprocessor
 from aemodel.split import keep_split, split_cut
 from aemodel.schema import READ_TYPES, ColumnSpec, SchemaError, check_schema
 from jobs.runtime.errors import InputError, describe, error_chain, find_user_error
-from jobs.data.chunks import ROW_HASH, cast_table, iter_chunks, iter_part_tables, whole_files
+from jobs.data.chunks import ROW_HASH, iter_chunks, iter_part_tables, whole_files
 from jobs.data.storage import ParquetFileInfo, arrow_filesystem, inspect_parquet_files, list_parquet_files
 
 if TYPE_CHECKING:
@@ -140,17 +139,15 @@ class ParquetInput:
         ``budget_s`` seconds.
         """
         deadline, schema = time.monotonic() + budget_s, self.read_schema(columns, specs)
-        for f in self.files:
+        for part in whole_files(self.files):
             if time.monotonic() > deadline:
                 return None
-            try:
-                with self.fs.open(f.path, "rb") as fh, pq.ParquetFile(fh) as pf:
-                    table = pf.read(columns=columns, use_threads=False).select(columns)
-                table = cast_table(table, schema, f.uri)
+            try:  # with the reader that failed: the same filesystem client, casts and errors
+                table = pa.concat_tables(t for _, _, t in iter_part_tables(self.arrow_fs, [part], schema, part.num_rows))
                 if check is not None:
                     check(table)
             except Exception as e:  # noqa: BLE001 - any failure on this file is the answer
-                return f.uri, e
+                return part.uri, e
         return None
 
 

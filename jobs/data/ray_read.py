@@ -93,8 +93,8 @@ class ParquetInputDatasource(Datasource):
         schema = self._schema.append(pa.field(ROW_HASH, pa.uint64())) if self._row_hash else self._schema
         tasks = []
         for parts in self._tasks:
-            meta = BlockMetadata(num_rows=sum(p.num_rows for p in parts),
-                                 size_bytes=sum(p.num_rows for p in parts) * self._width,
+            rows = sum(p.num_rows for p in parts)
+            meta = BlockMetadata(num_rows=rows, size_bytes=rows * self._width,
                                  exec_stats=None, input_files=list(dict.fromkeys(p.path for p in parts)))
             read = _reader(self._fs, parts, self._schema, self._row_hash)
             tasks.append(ReadTask(read, meta, schema=schema, per_task_row_limit=per_task_row_limit))
